@@ -1,0 +1,112 @@
+"""ChatService: the one place that knows every room. The UI and the API call it; it reads and
+writes session memory and streams from the engine (the router and modifiers plug in here)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from app.memory import Memory
+from models.engine import Engine, GenerationStats
+from models.errors import ContextOverflowError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatSettings:
+    system_prompt: str = "You are Cogumi, a helpful assistant running locally."
+    max_tokens: int = 256        # per reply; the engine keeps this much room in the context
+    temperature: float = 0.7     # 0 = greedy and deterministic (the tests and benchmarks use it)
+    top_p: float = 0.95
+    seed: int | None = None      # None: a new seed per reply, so "regenerate" gives new text
+    save_every_s: float = 0.5    # how often a streaming reply is written to sessions.db
+
+
+@dataclass
+class ReplyUpdate:
+    session_id: str
+    text: str = ""                # the reply so far
+    done: bool = False
+    status: str = "streaming"     # when done: complete | stopped | error | ignored
+    notice: str | None = None     # something the user should be told (a hint, a dropped turn, an error)
+    stats: GenerationStats | None = None
+    message_id: int | None = None  # the assistant row in sessions.db
+
+
+@dataclass
+class ChatService:
+    engine: Engine
+    memory: Memory
+    settings: ChatSettings = field(default_factory=ChatSettings)
+
+    # -- sessions, for the UI's list ----------------------------------------------------------
+    def new_session(self) -> str:
+        return self.memory.new_session()
+
+    def sessions(self) -> list[dict]:
+        return self.memory.list_sessions()
+
+    def transcript(self, session_id: str) -> list[dict]:
+        """The stored conversation as {role, content, status} dicts, oldest first."""
+        return [{"role": m["role"], "content": m["content"], "status": m["status"]}
+                for m in self.memory.messages(session_id)]
+
+    # -- one message --------------------------------------------------------------------------
+    def respond(self, session_id: str | None, message: str) -> Iterator[ReplyUpdate]:
+        """Store the message, stream the reply, store it as it grows. Yields ReplyUpdates; the
+        last one has done=True. Closing the iterator (Stop) keeps the partial reply as "stopped"."""
+        if not message or not message.strip():
+            yield ReplyUpdate(session_id or "", done=True, status="ignored",
+                              notice="Type a message first: empty messages are not sent.")
+            return
+        if not session_id or self.memory.session(session_id) is None:
+            session_id = self.memory.new_session()
+        history = [{"role": m["role"], "content": m["content"]} for m in self.memory.messages(session_id)
+                   if m["content"] and m["status"] != "error"]
+        self.memory.add_message(session_id, "user", message)  # committed before generation starts
+        reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
+        messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
+                    {"role": "user", "content": message}]
+        update = ReplyUpdate(session_id, message_id=reply_id)
+        pieces: list[str] = []
+        saved_at = time.monotonic()
+        try:
+            seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
+            stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
+                                          temperature=self.settings.temperature,
+                                          top_p=self.settings.top_p, seed=seed)
+            with closing(stream):  # on Stop, release the engine at once
+                for item in stream:
+                    if isinstance(item, GenerationStats):
+                        update.stats = item
+                        break
+                    pieces.append(item)
+                    update.text = "".join(pieces)
+                    if time.monotonic() - saved_at >= self.settings.save_every_s:
+                        self.memory.update_message(reply_id, content=update.text)
+                        saved_at = time.monotonic()
+                    yield update
+            update.status, update.done = "complete", True
+            if update.stats and update.stats.dropped_turns:
+                update.notice = (f"This conversation is longer than the model's context window: the "
+                                 f"oldest {update.stats.dropped_turns} message(s) were left out of this reply.")
+        except ContextOverflowError as exc:
+            update.status, update.done, update.notice = "error", True, str(exc)
+        except GeneratorExit:
+            update.status, update.done = "stopped", True
+            raise
+        except Exception as exc:  # the reply fails; what was written so far is kept
+            log.exception("generation failed")
+            update.status, update.done = "error", True
+            update.notice = f"The model failed while replying ({type(exc).__name__}: {exc}). The text so far is kept."
+        finally:
+            self.memory.update_message(
+                reply_id, content="".join(pieces), status=update.status or "stopped",
+                stats=update.stats.to_dict() if update.stats else None,
+                error=update.notice if update.status == "error" else None,
+            )
+        yield update

@@ -1,0 +1,135 @@
+"""Session memory in SQLite (sessions.db) through sqlite-utils.
+
+Schema changes are numbered migrations in one list, recorded in a `_migrations` table and run on
+every open, so opening twice is safe (the simonw/llm way). The database runs in WAL mode so the
+panel can read while a reply is being written.
+
+A user's message is committed before generation starts; the assistant row is created at once with
+status "streaming" and its text is saved as it grows, so a crash loses at most the last half
+second. At the end the status becomes "complete", "stopped" (the user pressed Stop) or "error";
+rows still "streaming" at the next start are marked "interrupted".
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_sessions_and_messages(db: sqlite_utils.Database) -> None:
+    db["sessions"].create({"id": str, "title": str, "created_at": str, "updated_at": str}, pk="id")
+    db["messages"].create(
+        {"id": int, "session_id": str, "role": str, "content": str, "status": str,
+         "error": str, "stats": str, "created_at": str},
+        pk="id", foreign_keys=[("session_id", "sessions", "id")],
+    )
+    db["messages"].create_index(["session_id", "id"])
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+    done = {row["name"] for row in db["_migrations"].rows}
+    for fn in MIGRATIONS:
+        if fn.__name__ not in done:
+            with db.atomic():
+                fn(db)
+                db["_migrations"].insert({"name": fn.__name__, "applied_at": _now()})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Memory:
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        # One connection shared by Gradio's worker threads, serialised by a lock.
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        with self._lock:
+            if self.path != ":memory:":
+                self.db.enable_wal()
+            migrate(self.db)
+            self.interrupted = self._mark_interrupted()
+
+    def _mark_interrupted(self) -> int:
+        with self.db.atomic():
+            cursor = self.db.execute("update messages set status = 'interrupted' where status = 'streaming'")
+        return cursor.rowcount
+
+    # -- sessions -----------------------------------------------------------------------------
+    def new_session(self, title: str = "New chat") -> str:
+        session_id = uuid.uuid4().hex
+        now = _now()
+        with self._lock:
+            self.db["sessions"].insert({"id": session_id, "title": title, "created_at": now, "updated_at": now})
+        return session_id
+
+    def session(self, session_id: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
+        return rows[0] if rows else None
+
+    def list_sessions(self, limit: int = 50) -> list[dict]:
+        with self._lock:
+            return list(self.db["sessions"].rows_where(order_by="updated_at desc", limit=limit))
+
+    # -- messages -----------------------------------------------------------------------------
+    def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:
+        with self._lock, self.db.atomic():
+            message_id = self.db["messages"].insert(
+                {"session_id": session_id, "role": role, "content": content, "status": status, "created_at": _now()}
+            ).last_pk
+            updates = {"updated_at": _now()}
+            if role == "user" and self._count(session_id, "user") == 1:
+                updates["title"] = _title(content)
+            self.db["sessions"].update(session_id, updates)
+        return message_id
+
+    def update_message(self, message_id: int, content: str | None = None, status: str | None = None,
+                       stats: dict | None = None, error: str | None = None) -> None:
+        updates = {k: v for k, v in {"content": content, "status": status, "error": error}.items() if v is not None}
+        if stats is not None:
+            updates["stats"] = json.dumps(stats)
+        with self._lock:
+            self.db["messages"].update(message_id, updates)
+
+    def messages(self, session_id: str) -> list[dict]:
+        with self._lock:
+            rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id"))
+        for row in rows:
+            row["stats"] = json.loads(row["stats"]) if row["stats"] else None
+        return rows
+
+    def recent(self, session_id: str, n: int = 5) -> list[dict]:
+        """The last n turns (user + assistant messages) in order, oldest first."""
+        with self._lock:
+            rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id desc", limit=2 * n))
+        return [{**row, "stats": json.loads(row["stats"]) if row["stats"] else None} for row in reversed(rows)]
+
+    def _count(self, session_id: str, role: str) -> int:
+        return self.db.execute(
+            "select count(*) from messages where session_id = ? and role = ?", [session_id, role]
+        ).fetchone()[0]
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line[:60] + ("…" if len(line) > 60 else "") or "New chat"

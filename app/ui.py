@@ -1,0 +1,101 @@
+"""The Gradio layout. Callbacks only translate between components and ChatService; per-visitor
+state (the open session) lives in gr.State, never in module globals."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from app.chat import ChatService, ReplyUpdate
+
+DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
+STATUS_NOTES = {
+    "stopped": "*(stopped)*",
+    "interrupted": "*(interrupted: the app stopped before this reply finished)*",
+    "error": "*(failed)*",
+}
+
+
+def _shown(role: str, content: str, status: str = "complete") -> dict:
+    # Escaped: whatever a user (or the model) typed is shown as text, never run as HTML.
+    text = html.escape(content)
+    note = STATUS_NOTES.get(status) if role == "assistant" else None
+    return {"role": role, "content": f"{text}\n\n{note}" if note else text}
+
+
+def _stats_line(update: ReplyUpdate) -> str:
+    s = update.stats
+    if not s:
+        return ""
+    return (f"{s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
+            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}")
+
+
+def build_ui(service: ChatService, banner: str | None = None, model_label: str = "") -> gr.Blocks:
+    def session_choices():
+        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions()])
+
+    def open_session(session_id):
+        if not session_id:
+            return gr.skip(), gr.skip()
+        return session_id, [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)]
+
+    def new_chat():
+        return None, [], "", "", gr.update(value=None)
+
+    def send(message, session_id):
+        before = [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
+        for update in service.respond(session_id, message):
+            if update.status == "ignored":
+                yield gr.skip(), message, session_id, update.notice, gr.skip()
+                return
+            status = update.status if update.done else "complete"
+            shown = before + [_shown("user", message), _shown("assistant", update.text, status)]
+            yield shown, "", update.session_id, update.notice or "", _stats_line(update)
+
+    def chat_api(message: str, session_id: str = "") -> str:
+        """Send one message and return the whole reply. Pass a session id (from /new_session) to
+        continue a conversation; without one each call starts a new session."""
+        final = None
+        for final in service.respond(session_id or None, message):
+            pass
+        if final.status in ("error", "ignored"):
+            raise gr.Error(final.notice)
+        return final.text
+
+    def new_session_api() -> str:
+        """Create an empty session and return its id, for /chat."""
+        return service.new_session()
+
+    with gr.Blocks(title="Cogumi Chat") as demo:
+        session_id = gr.State(None)
+        gr.Markdown(f"## Cogumi Chat {model_label}")
+        if banner:
+            gr.Markdown(banner, elem_id="demo-banner")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=200):
+                new_button = gr.Button("New chat", elem_id="new-chat")
+                sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
+            with gr.Column(scale=4):
+                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", feedback_options=None)
+                notice = gr.Markdown(elem_id="notice")
+                with gr.Row():
+                    box = gr.Textbox(placeholder="Message Cogumi…", show_label=False, scale=8,
+                                     autofocus=True, elem_id="message", max_lines=12)
+                    send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                    stop_button = gr.Button("Stop", scale=1, elem_id="stop")
+                stats = gr.Markdown(elem_id="stats")
+
+        outputs = [chatbot, box, session_id, notice, stats]
+        submitted = box.submit(send, [box, session_id], outputs, api_visibility="private")
+        clicked = send_button.click(send, [box, session_id], outputs, api_visibility="private")
+        for event in (submitted, clicked):
+            event.then(session_choices, None, sessions, api_visibility="private")
+        stop_button.click(None, cancels=[submitted, clicked])
+        new_button.click(new_chat, None, [session_id, chatbot, notice, stats, sessions], api_visibility="private")
+        sessions.input(open_session, sessions, [session_id, chatbot], api_visibility="private")
+        demo.load(session_choices, None, sessions, api_visibility="private")
+        gr.api(chat_api, api_name="chat")
+        gr.api(new_session_api, api_name="new_session")
+    return demo

@@ -1,0 +1,80 @@
+"""Start Cogumi Chat: `python launch.py` (see --help). The composition root: it reads the command
+line, makes sure the model files are on disk and verified, builds the engine, memory, chat service
+and UI, and launches Gradio. With no real model set on disk it builds and uses the demo set."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no phoning home
+
+from models.errors import ModelFileError  # noqa: E402
+from models.manifest import Profile, data_dir, get_profile, models_dir  # noqa: E402
+from models.store import Store  # noqa: E402
+
+log = logging.getLogger("cogumi")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Cogumi Chat: a local chat app with a visual router.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+    p.add_argument("--profile", default="demo", help="model set from models/manifest.json (default: demo)")
+    p.add_argument("--demo", action="store_true", help="use the demo model set, whatever --profile says")
+    p.add_argument("--models-dir", type=Path, default=None, help="model cache (default: $COGUMI_DATA_DIR/model-cache)")
+    p.add_argument("--db", type=Path, default=None, help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
+    p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    return p.parse_args(argv)
+
+
+def prepare_models(profile: Profile, store: Store, verify: bool = False) -> dict[str, Path]:
+    """Verified GGUF paths by name (base, draft, modifiers), building the demo set if needed."""
+    if profile.demo and not all(store.is_ready(profile.name, f) or store.source_path(profile.name, f).is_file()
+                                for f in profile.files):
+        from models.demo import build_demo_set
+
+        log.info("building the demo model set in %s", store.folder(profile.name))
+        build_demo_set(store.folder(profile.name))
+    return {f.name: store.ensure(profile.name, f, verify=verify) for f in profile.files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        profile = get_profile("demo" if args.demo else args.profile)
+        paths = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
+        from models.engine import Engine
+
+        engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096))
+    except ModelFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from app.chat import ChatService
+    from app.memory import Memory
+    from app.ui import DEMO_BANNER, build_ui
+
+    memory = Memory(args.db or data_dir() / "sessions.db")
+    if memory.interrupted:
+        log.info("%d reply(ies) cut off by an earlier stop are kept and marked interrupted", memory.interrupted)
+    service = ChatService(engine, memory)
+    demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}")
+    if args.share:
+        log.warning("--share publishes this chat, its model and every stored session list on a public URL "
+                    "for 72 hours; anyone with the link can use it.")
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

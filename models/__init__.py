@@ -1,0 +1,1 @@
+"""Model files (manifest, store, demo builder) and the llama.cpp engine."""

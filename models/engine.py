@@ -1,0 +1,230 @@
+"""The llama.cpp engine: one base model loaded once, one context, a streaming decode loop.
+
+The loop is written against llama-cpp-python's low-level bindings rather than `Llama.__call__`
+because the app needs what that path gets wrong or hides: prompt tokens built without parsing
+user text as control tokens (chat_format.py), per-call control over which KV cache is reused, and
+(as those issues land) a draft model and LoRA adapters on the same context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import llama_cpp
+from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSampler
+
+from models.chat_format import ChatML
+from models.errors import ContextOverflowError, ModelFileError
+
+# llama.cpp logs through one process-wide callback. Keep the recent warnings and errors so a
+# failed load can say *why* (with logging off it only says "failed to load model").
+_LOG_LINES: deque[str] = deque(maxlen=50)
+_VERBOSE = os.environ.get("COGUMI_LLAMA_VERBOSE") == "1"
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    line = text.decode("utf-8", "replace")
+    if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+        _LOG_LINES.append(line.strip())
+    if _VERBOSE:
+        print(line, end="", flush=True)
+
+
+llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0        # tokens in the prompt after fitting it to the context
+    reused_tokens: int = 0        # of those, how many came from the KV cache (not re-evaluated)
+    tokens: int = 0               # tokens generated, each counted once
+    ttft_ms: float = 0.0          # from the call to the first generated token
+    total_ms: float = 0.0
+    tokens_per_s: float = 0.0     # generated tokens over the decode phase (after the first token)
+    dropped_turns: int = 0        # oldest turns left out so the conversation fits the context
+    stop_reason: str = ""         # "eos" | "length" | "context" | "stopped"
+    adapter: str | None = None    # the LoRA modifier active for this reply (None: plain base)
+    draft_proposed: int = 0       # speculative decoding: draft tokens proposed ...
+    draft_accepted: int = 0       # ... and accepted by the base
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse what llama.cpp would fail on with no useful message."""
+    if not path.exists():
+        raise ModelFileError(f"{path}: model file not found.")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory, not a GGUF model file.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        what = "is empty" if not magic else f"starts with {magic!r}, not b'GGUF'"
+        raise ModelFileError(f"{path}: not a GGUF model file (it {what}).")
+
+
+class Engine:
+    def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
+                 n_gpu_layers: int = 0, seed: int = 0):
+        self.model_path = Path(model_path)
+        check_gguf_file(self.model_path)
+        model_params = LlamaModel.default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        _LOG_LINES.clear()
+        try:
+            self.model = LlamaModel(path_model=str(self.model_path), params=model_params, verbose=_VERBOSE)
+        except ValueError as exc:
+            reason = " / ".join(_LOG_LINES) or str(exc)
+            raise ModelFileError(f"{self.model_path}: llama.cpp could not load this model: {reason}") from exc
+        threads = n_threads or max(1, min(8, os.cpu_count() or 1))
+        ctx_params = LlamaContext.default_params()
+        ctx_params.n_ctx = min(n_ctx, self.model.n_ctx_train())
+        ctx_params.n_batch = ctx_params.n_ubatch = n_batch
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        ctx_params.no_perf = True
+        self.ctx = LlamaContext(model=self.model, params=ctx_params, verbose=_VERBOSE)
+        self.n_ctx = self.ctx.n_ctx()
+        self.n_batch = n_batch
+        self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
+        self.n_vocab = self.model.n_vocab()
+        self.seed = seed
+        self.chat = ChatML(self.tokenize, self.model_path.name)
+        self._lock = threading.Lock()      # one reply at a time on the one context
+        self._kv_tokens: list[int] = []    # tokens whose keys/values sit in sequence 0, in order
+        self._pieces: dict[int, bytes] = {}
+
+    # -- tokens -------------------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for; control tokens give b"" (never rendered as markup)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, False)
+            if n < 0:  # longer than the buffer: -n is the size needed
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self.model.vocab, token)
+
+    def fit(self, messages: Sequence[dict], max_tokens: int) -> tuple[list[int], int]:
+        """Prompt tokens for `messages`, dropping the oldest turns (never the system prompt or the
+        newest message) until prompt + room for the reply fits. Returns (tokens, turns dropped)."""
+        budget = self.n_ctx - min(max_tokens, self.n_ctx // 4)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = list(messages[len(system):])
+        head = self.chat.prompt(system)[: -len(self.chat.generation_prompt())] if system else []
+        encoded = [self.chat.message(m["role"], m["content"]) for m in turns]
+        tail = self.chat.generation_prompt()
+        dropped = 0
+        while len(head) + sum(map(len, encoded)) + len(tail) > budget:
+            if len(encoded) <= 1:
+                need = len(head) + sum(map(len, encoded)) + len(tail)
+                raise ContextOverflowError(
+                    f"This message is too long for the model: it needs {need:,} tokens but the context "
+                    f"window holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the reply). "
+                    f"Shorten it or split it into parts."
+                )
+            encoded.pop(0)
+            dropped += 1
+        return head + [t for e in encoded for t in e] + tail, dropped
+
+    # -- decoding -----------------------------------------------------------------------------
+    def _evaluate(self, tokens: Sequence[int]) -> int:
+        """Bring the KV cache to exactly `tokens`, reusing the longest cached prefix."""
+        keep = 0
+        for a, b in zip(self._kv_tokens, tokens[:-1]):  # re-evaluate >= 1 token to get fresh logits
+            if a != b:
+                break
+            keep += 1
+        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, keep, -1):
+            self.ctx.kv_cache_clear()
+            keep = 0
+        self._kv_tokens = self._kv_tokens[:keep]
+        for start in range(keep, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            self.batch.set_batch(chunk, n_past=start, logits_all=False)
+            self.ctx.decode(self.batch)
+            self._kv_tokens.extend(chunk)
+        return keep
+
+    def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[str | GenerationStats]:
+        """Stream the reply to `messages` as text pieces; the last item is a GenerationStats.
+        temperature 0 is greedy and deterministic; otherwise sampling is seeded."""
+        start = time.perf_counter()
+        prompt, dropped = self.fit(messages, max_tokens)
+        with self._lock:
+            stats = GenerationStats(prompt_tokens=len(prompt), dropped_turns=dropped)
+            sampler = _sampler(temperature, top_p, top_k, self.seed if seed is None else seed)
+            utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            first_token_at = None
+            stats.stop_reason = "length"
+            try:
+                stats.reused_tokens = self._evaluate(prompt)
+                while stats.tokens < max_tokens:
+                    if should_stop and should_stop():
+                        stats.stop_reason = "stopped"
+                        break
+                    token = sampler.sample(self.ctx, -1)
+                    if self.is_end_of_generation(token):
+                        stats.stop_reason = "eos"
+                        break
+                    stats.tokens += 1
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    text = utf8.decode(self.piece(token))
+                    if stats.tokens == 1:
+                        text = text.lstrip()  # SPM words begin with a space
+                    if text:
+                        yield text
+                    if len(self._kv_tokens) >= self.n_ctx:
+                        stats.stop_reason = "context"
+                        break
+                    if stats.tokens < max_tokens:
+                        self.batch.set_batch([token], n_past=len(self._kv_tokens), logits_all=False)
+                        self.ctx.decode(self.batch)
+                        self._kv_tokens.append(token)
+                tail = utf8.decode(b"", final=True)
+                if tail:
+                    yield tail
+            except GeneratorExit:
+                stats.stop_reason = "stopped"
+                raise
+            finally:
+                sampler.close()
+            end = time.perf_counter()
+            stats.total_ms = (end - start) * 1000
+            if first_token_at is not None:
+                stats.ttft_ms = (first_token_at - start) * 1000
+                decode_s = end - first_token_at
+                stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else 0.0
+            yield stats
+
+
+def _sampler(temperature: float, top_p: float, top_k: int, seed: int) -> LlamaSampler:
+    sampler = LlamaSampler()
+    if temperature <= 0:
+        sampler.add_greedy()
+    else:
+        sampler.add_top_k(top_k)
+        sampler.add_top_p(top_p, 1)
+        sampler.add_temp(temperature)
+        sampler.add_dist(seed)
+    return sampler

@@ -1,0 +1,77 @@
+"""Model sets ("profiles") from models/manifest.json, and where data lives on disk.
+
+One environment variable, COGUMI_DATA_DIR, names the data directory that holds sessions.db and
+the model cache; by default it is the project folder, so `sessions.db` sits beside launch.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.errors import ModelFileError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("COGUMI_DATA_DIR", PROJECT_ROOT))
+
+
+def models_dir(override: Path | None = None) -> Path:
+    return override or data_dir() / "model-cache"
+
+
+def demo_dir(override: Path | None) -> Path:
+    return models_dir(override) / "demo"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str              # "base", "draft", or the modifier's name ("code", ...)
+    role: str              # "base" | "draft" | "modifier"
+    file: str              # under the profile's folder; a .gguf.zst is decompressed by the store
+    sha256: str            # of the decompressed GGUF: what llama.cpp will read
+    size: int              # bytes of the decompressed GGUF, to refuse a truncated file early
+    source: dict | None = None  # {"repo", "filename"} on the HuggingFace Hub, if it can be fetched
+    scale: float = 1.0     # LoRA scale, modifiers only
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    files: tuple[ModelFile, ...]
+    demo: bool = False     # built locally by models.demo instead of downloaded
+    settings: dict = field(default_factory=dict)  # n_ctx and router thresholds for this model set
+
+    def file(self, name: str) -> ModelFile | None:
+        return next((f for f in self.files if f.name == name), None)
+
+    @property
+    def modifiers(self) -> tuple[ModelFile, ...]:
+        return tuple(f for f in self.files if f.role == "modifier")
+
+
+def load_profiles(path: Path = MANIFEST_PATH) -> dict[str, Profile]:
+    raw = json.loads(path.read_text())
+    return {
+        name: Profile(
+            name=name,
+            description=p.get("description", ""),
+            files=tuple(ModelFile(**f) for f in p["files"]),
+            demo=p.get("demo", False),
+            settings=p.get("settings", {}),
+        )
+        for name, p in raw["profiles"].items()
+    }
+
+
+def get_profile(name: str, path: Path = MANIFEST_PATH) -> Profile:
+    profiles = load_profiles(path)
+    if name not in profiles:
+        raise ModelFileError(f"No model profile named {name!r} in {path}; known profiles: {', '.join(profiles)}")
+    return profiles[name]

@@ -1,0 +1,152 @@
+"""The model store: turns a manifest entry into a verified GGUF on disk that llama.cpp may read.
+
+A `.gguf.zst` is decompressed once, streaming, with its SHA-256 computed on the way, into a temp
+file that is renamed into place only when the digest matches; the digest is then recorded beside
+the file (`NAME.gguf.sha256`), so the next launch reuses it without decompressing or rehashing.
+`verify=True` rehashes a cached file. A failure names the file, the expected and the actual digest,
+and leaves no partial file; an earlier good file is never touched by a failed attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import zstandard
+from tqdm import tqdm
+
+from models.errors import ModelFileError
+from models.manifest import ModelFile
+
+CHUNK = 1 << 22  # 4 MiB: large enough that zstd and SHA-256 run at full speed per call
+
+
+class Store:
+    def __init__(self, root: Path, progress: bool = True):
+        self.root = Path(root)
+        self.progress = progress
+
+    def folder(self, profile: str) -> Path:
+        return self.root / profile
+
+    def source_path(self, profile: str, entry: ModelFile) -> Path:
+        return self.folder(profile) / entry.file
+
+    def model_path(self, profile: str, entry: ModelFile) -> Path:
+        return self.folder(profile) / entry.file.removesuffix(".zst")
+
+    def is_ready(self, profile: str, entry: ModelFile) -> bool:
+        """True when the verified GGUF is in place (by its recorded digest and size)."""
+        path = self.model_path(profile, entry)
+        return _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
+
+    def ensure(self, profile: str, entry: ModelFile, verify: bool = False) -> Path:
+        """Return the path of the verified GGUF for this entry, decompressing it if needed."""
+        path = self.model_path(profile, entry)
+        if self.is_ready(profile, entry):
+            if not verify:
+                return path
+            actual = hash_file(path, progress=self.progress)
+            if actual == entry.sha256:
+                return path
+            _digest_path(path).unlink(missing_ok=True)  # the cached copy changed on disk: redo it
+        source = self.source_path(profile, entry)
+        if source == path:  # a plain .gguf: nothing to decompress, only check it
+            return self._verify_plain(path, entry)
+        if not source.is_file():
+            raise ModelFileError(f"{source}: model file not found ({entry.name} of profile {profile!r}).")
+        decompress_verified(source, path, entry.sha256, entry.size, progress=self.progress)
+        return path
+
+    def _verify_plain(self, path: Path, entry: ModelFile) -> Path:
+        if not path.is_file():
+            raise ModelFileError(f"{path}: model file not found ({entry.name}).")
+        actual = hash_file(path, progress=self.progress)
+        if actual != entry.sha256:
+            raise ModelFileError(_mismatch(path, entry.sha256, actual))
+        _write_digest(path, actual)
+        return path
+
+
+def decompress_verified(source: Path, target: Path, sha256: str, size: int | None, progress: bool = True) -> None:
+    """Stream-decompress `source` into `target`, hashing as it goes; rename into place only on a
+    digest match. Raises ModelFileError naming the file, and leaves no partial file behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    tmp = Path(tmp_name)
+    written = 0
+    try:
+        with open(source, "rb") as fin, os.fdopen(fd, "wb") as fout, tqdm(
+            total=source.stat().st_size, unit="B", unit_scale=True, desc=f"decompress {source.name}",
+            disable=not progress, leave=False,
+        ) as bar:
+            reader = zstandard.ZstdDecompressor().stream_reader(fin, read_size=CHUNK, closefd=False)
+            last = 0
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+                fout.write(chunk)
+                written += len(chunk)
+                bar.update(fin.tell() - last)
+                last = fin.tell()
+            fout.flush()
+            os.fsync(fout.fileno())
+        actual = digest.hexdigest()
+        if size is not None and written != size:
+            raise ModelFileError(
+                f"{source}: decompressed to {written:,} bytes, expected {size:,} (truncated or wrong file); "
+                f"expected sha256 {sha256}, actual {actual}. Delete it and fetch or rebuild it."
+            )
+        if actual != sha256:
+            raise ModelFileError(_mismatch(source, sha256, actual))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
+        os.replace(tmp, target)
+        _write_digest(target, actual)
+    except zstandard.ZstdError as exc:
+        raise ModelFileError(
+            f"{source}: not a valid zstd stream after {written:,} bytes ({exc}); the file is corrupt or "
+            f"truncated. Delete it and fetch or rebuild it."
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def hash_file(path: Path, progress: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f, tqdm(total=_size(path), unit="B", unit_scale=True, desc=f"verify {path.name}",
+                                     disable=not progress, leave=False) as bar:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _mismatch(path: Path, expected: str, actual: str) -> str:
+    return (f"{path}: SHA-256 mismatch: expected {expected}, actual {actual}. The file is corrupt or "
+            f"not the one the manifest names; delete it and fetch or rebuild it.")
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _recorded_digest(path: Path) -> str | None:
+    try:
+        return _digest_path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_digest(path: Path, digest: str) -> None:
+    tmp = _digest_path(path).with_suffix(".tmp")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, _digest_path(path))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

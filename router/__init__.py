@@ -1,0 +1,1 @@
+"""Routing: signals, policy and the Decision record (the router issue builds them)."""
