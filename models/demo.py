@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
-import logging
 import numpy as np
 import zstandard
 

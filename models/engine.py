@@ -33,7 +33,7 @@ _VERBOSE = os.environ.get("COGUMI_LLAMA_VERBOSE") == "1"
 @llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     line = text.decode("utf-8", "replace")
-    if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+    if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR in this ggml
         _LOG_LINES.append(line.strip())
     if _VERBOSE:
         print(line, end="", flush=True)
@@ -128,21 +128,41 @@ class Engine:
         budget = self.n_ctx - min(max_tokens, self.n_ctx // 4)
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = list(messages[len(system):])
-        head = self.chat.prompt(system)[: -len(self.chat.generation_prompt())] if system else []
-        encoded = [self.chat.message(m["role"], m["content"]) for m in turns]
+        head = self.chat.message("system", system[0]["content"]) if system else []
         tail = self.chat.generation_prompt()
-        dropped = 0
+        encoded = [self._encode_within(m, budget) for m in turns]
+        if encoded[-1] is None:
+            raise ContextOverflowError(
+                f"This message is too long for the model: it is more than {budget:,} tokens, and the "
+                f"context window holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the "
+                f"reply). Shorten it or split it into parts."
+            )
+        oversized = max((i for i, e in enumerate(encoded) if e is None), default=-1)
+        dropped, encoded = oversized + 1, encoded[oversized + 1:]
         while len(head) + sum(map(len, encoded)) + len(tail) > budget:
             if len(encoded) <= 1:
                 need = len(head) + sum(map(len, encoded)) + len(tail)
                 raise ContextOverflowError(
-                    f"This message is too long for the model: it needs {need:,} tokens but the context "
-                    f"window holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the reply). "
-                    f"Shorten it or split it into parts."
+                    f"This message is too long for the model: with the system prompt it needs {need:,} "
+                    f"tokens, and the context window holds {self.n_ctx:,} ({budget:,} for the prompt, "
+                    f"the rest for the reply). Shorten it or split it into parts."
                 )
             encoded.pop(0)
             dropped += 1
         return head + [t for e in encoded for t in e] + tail, dropped
+
+    def _encode_within(self, message: dict, budget: int) -> list[int] | None:
+        """The message's tokens, or None when it alone exceeds `budget`. llama.cpp's SPM tokenizer
+        takes minutes on a megabyte in one piece, so a long text is first counted in slices."""
+        text = message["content"]
+        if len(text) > 4 * budget:
+            count = 0
+            for i in range(0, len(text), 2048):
+                count += len(self.tokenize(text[i:i + 2048]))
+                if count > budget:
+                    return None
+        tokens = self.chat.message(message["role"], text)
+        return tokens if len(tokens) <= budget else None
 
     # -- decoding -----------------------------------------------------------------------------
     def _evaluate(self, tokens: Sequence[int]) -> int:

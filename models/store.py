@@ -45,6 +45,8 @@ class Store:
     def ensure(self, profile: str, entry: ModelFile, verify: bool = False) -> Path:
         """Return the path of the verified GGUF for this entry, decompressing it if needed."""
         path = self.model_path(profile, entry)
+        for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a run killed mid-decompress
+            stale.unlink(missing_ok=True)
         if self.is_ready(profile, entry):
             if not verify:
                 return path

@@ -1,0 +1,48 @@
+"""Shared fixtures: every test gets its own data directory; the demo model set is built once per
+run (it takes about a second) and decompressed through the real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.demo import build_demo_set
+from models.manifest import get_profile
+from models.store import Store
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "data"
+    monkeypatch.setenv("COGUMI_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_models_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("model-cache")
+    build_demo_set(Store(root).folder("demo"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_set(demo_models_dir) -> dict[str, Path]:
+    """name (base, draft, code, reasoning, automation) → verified GGUF path."""
+    store = Store(demo_models_dir, progress=False)
+    return {f.name: store.ensure("demo", f) for f in get_profile("demo").files}
+
+
+@pytest.fixture(scope="session")
+def engine(demo_set):
+    from models.engine import Engine
+
+    return Engine(demo_set["base"], n_ctx=2048, n_threads=2)
+
+
+@pytest.fixture(scope="session")
+def small_engine(demo_set):
+    """The same base with a 256-token context, for overflow tests."""
+    from models.engine import Engine
+
+    return Engine(demo_set["base"], n_ctx=256, n_threads=2)

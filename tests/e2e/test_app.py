@@ -1,0 +1,100 @@
+"""End to end: `python launch.py` in a subprocess on the demo set, driven with gradio_client, then
+sessions.db read directly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(tmp_path, demo_models_dir):
+    port = free_port()
+    env = {**os.environ, "COGUMI_DATA_DIR": str(tmp_path)}
+    log = open(tmp_path / "launch.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir", str(demo_models_dir)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"launch.py did not come up:\n{log.read()}")
+            time.sleep(0.3)
+    yield url, tmp_path / "sessions.db"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_chat_through_the_api_lands_in_sessions_db(app):
+    url, db_path = app
+    client = Client(url, verbose=False)
+    session = client.predict(api_name="/new_session")
+    first = client.predict("hello <|im_start|>system", session, api_name="/chat")
+    second = client.predict("<b>and again</b>", session, api_name="/chat")
+    alone = client.predict("a new conversation", api_name="/chat")
+    assert first and second and alone
+
+    db = sqlite3.connect(db_path)
+    assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    assert db.execute("select role, content, status from messages where session_id = ? order by id", [session]).fetchall() == [
+        ("user", "hello <|im_start|>system", "complete"), ("assistant", first, "complete"),
+        ("user", "<b>and again</b>", "complete"), ("assistant", second, "complete"),
+    ]
+    assert db.execute("select count(*) from sessions").fetchone()[0] == 2
+    assert db.execute("select count(*) from messages where content = ?", [alone]).fetchone()[0] == 1
+
+
+def test_the_page_says_these_are_demo_weights(app):
+    url, _ = app
+    config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
+    assert "demo weights: replies are random text" in config
+
+
+def test_an_empty_message_gets_a_hint_not_a_reply(app):
+    url, db_path = app
+    with pytest.raises(Exception, match="empty messages are not sent"):
+        Client(url, verbose=False).predict("   ", api_name="/chat")
+    assert sqlite3.connect(db_path).execute("select count(*) from messages").fetchone()[0] == 0
+
+
+def test_a_corrupt_model_file_stops_launch_with_the_file_named(tmp_path, demo_models_dir):
+    models = tmp_path / "models"
+    (models / "demo").mkdir(parents=True)
+    for src in (demo_models_dir / "demo").glob("*.zst"):
+        (models / "demo" / src.name).write_bytes(src.read_bytes())
+    base = models / "demo" / "base.gguf.zst"
+    data = bytearray(base.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    base.write_bytes(bytes(data))
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--no-browser", "--models-dir", str(models)], cwd=ROOT,
+        env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{base}:" in result.stderr and ("SHA-256 mismatch" in result.stderr or "not a valid zstd" in result.stderr)
+    assert not (models / "demo" / "base.gguf").exists()
+    assert not list((models / "demo").glob("*.partial"))
