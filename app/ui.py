@@ -4,12 +4,14 @@ state (the open session) lives in gr.State, never in module globals."""
 from __future__ import annotations
 
 import html
+import time
 
 import gradio as gr
 
 from app.chat import ChatService, ReplyUpdate
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
+UI_FRAME_S = 0.04
 STATUS_NOTES = {
     "stopped": "*(stopped)*",
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
@@ -33,8 +35,8 @@ def _stats_line(update: ReplyUpdate) -> str:
 
 
 def build_ui(service: ChatService, banner: str | None = None, model_label: str = "") -> gr.Blocks:
-    def session_choices():
-        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions()])
+    def session_choices(current=None):
+        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions()], value=current)
 
     def open_session(session_id):
         if not session_id:
@@ -46,10 +48,16 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
 
     def send(message, session_id):
         before = [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
+        shown_at = 0.0
         for update in service.respond(session_id, message):
             if update.status == "ignored":
                 yield gr.skip(), message, session_id, update.notice, gr.skip()
                 return
+            # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
+            # not held back by the page.
+            if not update.done and time.monotonic() - shown_at < UI_FRAME_S:
+                continue
+            shown_at = time.monotonic()
             status = update.status if update.done else "complete"
             shown = before + [_shown("user", message), _shown("assistant", update.text, status)]
             yield shown, "", update.session_id, update.notice or "", _stats_line(update)
@@ -91,7 +99,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         submitted = box.submit(send, [box, session_id], outputs, api_visibility="private")
         clicked = send_button.click(send, [box, session_id], outputs, api_visibility="private")
         for event in (submitted, clicked):
-            event.then(session_choices, None, sessions, api_visibility="private")
+            event.then(session_choices, session_id, sessions, api_visibility="private")
         stop_button.click(None, cancels=[submitted, clicked])
         new_button.click(new_chat, None, [session_id, chatbot, notice, stats, sessions], api_visibility="private")
         sessions.input(open_session, sessions, [session_id, chatbot], api_visibility="private")

@@ -37,7 +37,7 @@ def demo_set(demo_models_dir) -> dict[str, Path]:
 def engine(demo_set):
     from models.engine import Engine
 
-    return Engine(demo_set["base"], n_ctx=2048, n_threads=2)
+    return Engine(demo_set["base"], n_ctx=2048)
 
 
 @pytest.fixture(scope="session")
@@ -45,4 +45,4 @@ def small_engine(demo_set):
     """The same base with a 256-token context, for overflow tests."""
     from models.engine import Engine
 
-    return Engine(demo_set["base"], n_ctx=256, n_threads=2)
+    return Engine(demo_set["base"], n_ctx=256)

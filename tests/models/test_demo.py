@@ -48,7 +48,7 @@ def test_draft_shares_the_base_vocabulary(demo_set):
 
 
 def _greedy_next_tokens(path, tokens):
-    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=2)
+    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False)
     llm.eval(tokens)
     return np.argmax(llm.scores[: len(tokens)], axis=1)
 

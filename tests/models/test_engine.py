@@ -37,7 +37,7 @@ def test_greedy_output_equals_llama_cpp_python_reference(engine, demo_set):
     messages = chat("hello there, how are you?")
     prompt, _ = engine.fit(messages, 48)
     ours, stats, _ = run(engine, messages, max_tokens=48)
-    reference = llama_cpp.Llama(str(demo_set["base"]), n_ctx=2048, verbose=False, n_threads=2)
+    reference = llama_cpp.Llama(str(demo_set["base"]), n_ctx=2048, verbose=False)
     theirs = reference.create_completion(prompt, max_tokens=48, temperature=0.0)["choices"][0]["text"]
     assert ours == theirs.lstrip()
 
