@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--gpu-layers", type=int, default=None,
+                   help="layers to offload to the GPU (default: all on Apple Silicon, 0 elsewhere; 0 turns Metal off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: half the cores)")
     return p.parse_args(argv)
 
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
         from models.engine import Engine
 
-        engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads)
+        engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads,
+                        n_gpu_layers=args.gpu_layers)
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

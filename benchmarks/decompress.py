@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -84,7 +83,8 @@ def main() -> int:
         compress(gguf, zst, level=args.level)
         print(f"GGUF: {size / 1e6:.1f} MB ({spec.draft_layers + spec.extra_layers} layers, n_embd {spec.n_embd}, "
               f"n_ff {spec.n_ff}); .zst {zst.stat().st_size / 1e6:.1f} MB at level {args.level} "
-              f"(ratio {size / zst.stat().st_size:.2f}); built in {time.perf_counter() - t0:.1f} s")
+              f"(ratio {size / zst.stat().st_size:.2f}); built in {time.perf_counter() - t0:.1f} s; "
+              f"1-min load average {os.getloadavg()[0]:.2f}")
 
         out_store, out_cli = tmp / "store" / "big.gguf", tmp / "cli" / "big.gguf"
         out_cli.parent.mkdir()

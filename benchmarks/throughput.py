@@ -7,9 +7,12 @@ The prompt tokens are the ones the engine builds (engine.fit). tok/s is generate
 wall time of the whole call; TTFT is from the call to the first streamed text; decode tok/s is
 (tokens - 1) over the time after the first token. Both paths reuse the cached prompt between runs
 (the same prompt each time), so TTFT is mostly one token. One warm-up, then the median of
---repeats runs, alternating which path goes first.
+--repeats runs, alternating which path goes first. The engine's context takes llama.cpp's default
+flash-attention setting (auto: on for CPU) while Llama() turns it off, so the direct path is given
+flash_attn=True: otherwise the arithmetic differs and long greedy replies drift apart.
 
-    .venv/bin/python benchmarks/throughput.py [--max-tokens 128] [--repeats 5] [--threads 2]
+    .venv/bin/python benchmarks/throughput.py [--max-tokens 256] [--repeats 5] [--threads 2]
+                                              [--no-direct-flash-attn]
 
 The last line printed is a JSON object: app_vs_direct (median app tok/s / median direct tok/s,
 for the demo base) and per-model figures under "models".
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -79,7 +83,7 @@ def bench_model(path: Path, tmp: Path, args: argparse.Namespace) -> tuple[dict, 
     messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": args.message}]
     prompt = engine.fit(messages, args.max_tokens)[0]  # exactly what respond() sends to the engine
     llm = llama_cpp.Llama(str(path), n_ctx=2048, n_batch=512, n_threads=args.threads,
-                          n_threads_batch=args.threads, verbose=False)
+                          n_threads_batch=args.threads, flash_attn=args.direct_flash_attn, verbose=False)
     paths = {"app": lambda: run_app(service, args.message), "direct": lambda: run_direct(llm, prompt, args.max_tokens)}
     for run in paths.values():  # warm-up
         run()
@@ -96,11 +100,14 @@ def bench_model(path: Path, tmp: Path, args: argparse.Namespace) -> tuple[dict, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-tokens", type=int, default=128, help="reply length cap (default 128)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="reply length cap (default 256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per path (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads, both paths (default 2)")
+    parser.add_argument("--direct-flash-attn", action=argparse.BooleanOptionalAction, default=True,
+                        help="flash attention for the direct path (default on, as the engine's context)")
     parser.add_argument("--message", default="Write a short story about a model router that learns to plan.")
     args = parser.parse_args()
+    load = os.getloadavg()[0]
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
@@ -113,7 +120,8 @@ def main() -> None:
                              "gguf_mb": path.stat().st_size / 1e6, "spec": spec}
 
     print(f"{'model':9s} {'GGUF MB':>7s} {'path':6s} {'tokens':>6s} {'TTFT ms':>8s} {'tok/s':>8s} {'decode tok/s':>12s}  "
-          f"({args.repeats} runs, medians; max_tokens {args.max_tokens}, {args.threads} threads)")
+          f"({args.repeats} runs, medians; max_tokens {args.max_tokens}, {args.threads} threads; "
+          f"1-min load average at start {load:.2f})")
     for name, r in results.items():
         for path in ("app", "direct"):
             s = r[path]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import platform
+import sys
 import threading
 import time
 from collections import deque
@@ -77,13 +79,18 @@ def default_threads() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def default_gpu_layers() -> int:
+    """Every layer on Metal on Apple Silicon (-1); none elsewhere (CPU builds ignore it anyway)."""
+    return -1 if sys.platform == "darwin" and platform.machine() == "arm64" else 0
+
+
 class Engine:
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, seed: int = 0):
+                 n_gpu_layers: int | None = None, seed: int = 0):
         self.model_path = Path(model_path)
         check_gguf_file(self.model_path)
         model_params = LlamaModel.default_params()
-        model_params.n_gpu_layers = n_gpu_layers
+        model_params.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         _LOG_LINES.clear()
         try:
             self.model = LlamaModel(path_model=str(self.model_path), params=model_params, verbose=_VERBOSE)
