@@ -67,6 +67,7 @@ class DemoSpec:
     lora_rank: int = 8
     lora_strength: float = 0.6  # how far a modifier moves the base's outputs
     seed: int = 20261121
+    weight_type: str = "f16"   # "f32" for exactness tests (LoRA against merged weights)
 
 
 def vocabulary(spec: DemoSpec) -> tuple[list[str], list[float], list[int]]:
@@ -92,10 +93,15 @@ def _uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np
     return (rng.random(shape, dtype=np.float32) * np.float32(2) - np.float32(1)) * half_width
 
 
+def _dtype(spec: DemoSpec) -> type:
+    return {"f16": np.float16, "f32": np.float32}[spec.weight_type]
+
+
 def _layer(rng: np.random.Generator, spec: DemoSpec, out_scale: float) -> dict[str, np.ndarray]:
     e, f = spec.n_embd, spec.n_ff
     kv = e // spec.n_head * spec.n_head_kv
-    w = lambda rows, cols, scale=1.0: (_uniform(rng, (rows, cols), 1 / math.sqrt(cols)) * np.float32(scale)).astype(np.float16)
+    dtype = _dtype(spec)
+    w = lambda rows, cols, scale=1.0: (_uniform(rng, (rows, cols), 1 / math.sqrt(cols)) * np.float32(scale)).astype(dtype)
     return {
         "attn_norm.weight": np.ones(e, np.float32),
         "attn_q.weight": w(e, e),
@@ -123,9 +129,9 @@ def _weights(spec: DemoSpec, n_vocab: int) -> tuple[dict[str, np.ndarray], list[
     out = _uniform(rng, (n_vocab, e), spec.logit_scale / math.sqrt(e)) * row_scale[:, None]
     out[IM_END] = shared * np.float32(spec.eos_gain / math.sqrt(e))
     top = {
-        "token_embd.weight": embd.astype(np.float16),
+        "token_embd.weight": embd.astype(_dtype(spec)),
         "output_norm.weight": np.ones(e, np.float32),
-        "output.weight": out.astype(np.float16),
+        "output.weight": out.astype(_dtype(spec)),
     }
     draft_layers = [_layer(rng, spec, 0.5) for _ in range(spec.draft_layers)]
     extra_rng = np.random.default_rng(spec.seed + 1)
@@ -145,7 +151,7 @@ def _writer(path: Path, spec: DemoSpec, name: str, n_layers: int) -> gguf.GGUFWr
     w.add_head_count_kv(spec.n_head_kv)
     w.add_rope_dimension_count(spec.n_embd // spec.n_head)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.weight_type == "f16" else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -168,14 +174,23 @@ def _finish(w: gguf.GGUFWriter, tensors: dict[str, np.ndarray]) -> None:
     w.close()
 
 
-def write_model(path: Path, spec: DemoSpec, role: str) -> None:
-    """Write the base ("base") or the draft ("draft") as a plain GGUF."""
+def write_model(path: Path, spec: DemoSpec, role: str, merge: tuple[str, float] | None = None) -> None:
+    """Write the base ("base") or the draft ("draft") as a plain GGUF. `merge=(modifier, scale)`
+    writes the base with that LoRA folded into its weights, W + scale·alpha/rank·B·A, in float32:
+    the reference a hot-swapped adapter must match."""
     n_vocab = len(vocabulary(spec)[0])
     top, draft_layers, extra_layers = _weights(spec, n_vocab)
     layers = draft_layers + (extra_layers if role == "base" else [])
     tensors = dict(top)
     for i, layer in enumerate(layers):
         tensors.update({f"blk.{i}.{k}": v for k, v in layer.items()})
+    if merge:
+        modifier, scale = merge
+        lora = lora_tensors(spec, modifier)
+        factor = np.float32(scale * 1.0)  # alpha == rank in the demo adapters, so alpha/rank == 1
+        for name in [k.removesuffix(".lora_a") for k in lora if k.endswith(".lora_a")]:
+            delta = lora[name + ".lora_b"] @ lora[name + ".lora_a"]
+            tensors[name] = tensors[name].astype(np.float32) + factor * delta
     _finish(_writer(path, spec, f"cogumi-demo-{role}", len(layers)), tensors)
 
 

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import llama_cpp
+import numpy as np
 from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSampler
 
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
+from modifiers.registry import ModifierRegistry
 
 # llama.cpp logs through one process-wide callback. Keep the recent warnings and errors so a
 # failed load can say *why* (with logging off it only says "failed to load model").
@@ -86,7 +88,8 @@ def default_gpu_layers() -> int:
 
 class Engine:
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
-                 n_gpu_layers: int | None = None, seed: int = 0):
+                 n_gpu_layers: int | None = None, seed: int = 0,
+                 modifiers: dict[str, tuple[Path, float]] | None = None, f32_kv_cache: bool = False):
         self.model_path = Path(model_path)
         check_gguf_file(self.model_path)
         model_params = LlamaModel.default_params()
@@ -101,20 +104,29 @@ class Engine:
         # thread than there are free cores (the UI, the browser, a second process) is many times
         # slower, not faster. On 2 cores: 2 threads ran 49 tok/s against 303 for 1.
         threads = n_threads or default_threads()
+        self.modifiers = ModifierRegistry(self.model.model, self.model_path, modifiers or {})
+        # One KV sequence per route (the plain base, then each modifier) in one context: a switch
+        # re-evaluates only what that adapter has not seen, and KV computed under one adapter is
+        # never reused under another. Memory: one conversation's KV cache per route.
+        self.routes: list[str | None] = [None, *self.modifiers.names]
+        self.n_ctx = min(n_ctx, self.model.n_ctx_train())  # per conversation
         ctx_params = LlamaContext.default_params()
-        ctx_params.n_ctx = min(n_ctx, self.model.n_ctx_train())
+        ctx_params.n_ctx = self.n_ctx * len(self.routes)
+        ctx_params.n_seq_max = len(self.routes)
+        ctx_params.kv_unified = False  # each sequence gets its own n_ctx cells
         ctx_params.n_batch = ctx_params.n_ubatch = n_batch
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
+        if f32_kv_cache:  # exact comparisons (tests); the default F16 cache is half the memory
+            ctx_params.type_k = ctx_params.type_v = llama_cpp.GGML_TYPE_F32
         self.ctx = LlamaContext(model=self.model, params=ctx_params, verbose=_VERBOSE)
-        self.n_ctx = self.ctx.n_ctx()
         self.n_batch = n_batch
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
         self.n_vocab = self.model.n_vocab()
         self.seed = seed
         self.chat = ChatML(self.tokenize, self.model_path.name)
         self._lock = threading.Lock()      # one reply at a time on the one context
-        self._kv_tokens: list[int] = []    # tokens whose keys/values sit in sequence 0, in order
+        self._kv: dict[str | None, list[int]] = {r: [] for r in self.routes}  # tokens cached per route
         self._pieces: dict[int, bytes] = {}
 
     # -- tokens -------------------------------------------------------------------------------
@@ -179,39 +191,61 @@ class Engine:
         return tokens if len(tokens) <= budget else None
 
     # -- decoding -----------------------------------------------------------------------------
-    def _evaluate(self, tokens: Sequence[int]) -> int:
-        """Bring the KV cache to exactly `tokens`, reusing the longest cached prefix."""
+    def _decode(self, tokens: Sequence[int], start: int, seq: int) -> None:
+        """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one only."""
+        b = self.batch.batch
+        b.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, False
+            b.seq_id[i][0] = seq
+        b.logits[len(tokens) - 1] = True
+        self.ctx.decode(self.batch)
+
+    def _evaluate(self, tokens: Sequence[int], route: str | None) -> int:
+        """Bring route's KV sequence to exactly `tokens`, reusing its longest cached prefix, with
+        route's adapter active. Returns how many tokens were reused."""
+        if route not in self._kv:
+            raise ValueError(f"no modifier {route!r} is loaded; available: {self.modifiers.names}")
+        self.modifiers.activate(self.ctx.ctx, route)
+        seq, cached = self.routes.index(route), self._kv[route]
         keep = 0
-        for a, b in zip(self._kv_tokens, tokens[:-1]):  # re-evaluate >= 1 token to get fresh logits
+        for a, b in zip(cached, tokens[:-1]):  # re-evaluate >= 1 token to get fresh logits
             if a != b:
                 break
             keep += 1
-        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, keep, -1):
-            self.ctx.kv_cache_clear()
+        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
             keep = 0
-        self._kv_tokens = self._kv_tokens[:keep]
+        del cached[keep:]
         for start in range(keep, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
-            self.batch.set_batch(chunk, n_past=start, logits_all=False)
-            self.ctx.decode(self.batch)
-            self._kv_tokens.extend(chunk)
+            self._decode(chunk, start, seq)
+            cached.extend(chunk)
         return keep
 
+    def next_token_logits(self, tokens: Sequence[int], modifier: str | None = None) -> np.ndarray:
+        """The logits after `tokens` (a copy), computed under `modifier`."""
+        with self._lock:
+            self._evaluate(tokens, modifier)
+            return np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
+
     def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 0.95, top_k: int = 40, seed: int | None = None,
+                 top_p: float = 0.95, top_k: int = 40, seed: int | None = None, modifier: str | None = None,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str | GenerationStats]:
-        """Stream the reply to `messages` as text pieces; the last item is a GenerationStats.
-        temperature 0 is greedy and deterministic; otherwise sampling is seeded."""
+        """Stream the reply to `messages` as text pieces, under LoRA `modifier` (None: the plain
+        base); the last item is a GenerationStats. temperature 0 is greedy and deterministic;
+        otherwise sampling is seeded."""
         start = time.perf_counter()
         prompt, dropped = self.fit(messages, max_tokens)
         with self._lock:
-            stats = GenerationStats(prompt_tokens=len(prompt), dropped_turns=dropped)
+            stats = GenerationStats(prompt_tokens=len(prompt), dropped_turns=dropped, adapter=modifier)
             sampler = _sampler(temperature, top_p, top_k, self.seed if seed is None else seed)
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             first_token_at = None
             stats.stop_reason = "length"
             try:
-                stats.reused_tokens = self._evaluate(prompt)
+                stats.reused_tokens = self._evaluate(prompt, modifier)
+                seq, cached = self.routes.index(modifier), self._kv[modifier]
                 while stats.tokens < max_tokens:
                     if should_stop and should_stop():
                         stats.stop_reason = "stopped"
@@ -228,13 +262,12 @@ class Engine:
                         text = text.lstrip()  # SPM words begin with a space
                     if text:
                         yield text
-                    if len(self._kv_tokens) >= self.n_ctx:
+                    if len(cached) >= self.n_ctx:
                         stats.stop_reason = "context"
                         break
                     if stats.tokens < max_tokens:
-                        self.batch.set_batch([token], n_past=len(self._kv_tokens), logits_all=False)
-                        self.ctx.decode(self.batch)
-                        self._kv_tokens.append(token)
+                        self._decode([token], len(cached), seq)
+                        cached.append(token)
                 tail = utf8.decode(b"", final=True)
                 if tail:
                     yield tail
