@@ -37,15 +37,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare_models(profile: Profile, store: Store, verify: bool = False) -> dict[str, Path]:
-    """Verified GGUF paths by name (base, draft, modifiers), building the demo set if needed."""
+def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
+    """Verified GGUF paths by name (base, draft, modifiers), building the demo set if needed, and
+    the modifiers that could not be had with the reason. A bad base or draft stops the app; a bad
+    modifier only leaves that modifier out."""
     if profile.demo and not all(store.is_ready(profile.name, f) or store.source_path(profile.name, f).is_file()
                                 for f in profile.files):
         from models.demo import build_demo_set
 
         log.info("building the demo model set in %s", store.folder(profile.name))
         build_demo_set(store.folder(profile.name))
-    return {f.name: store.ensure(profile.name, f, verify=verify) for f in profile.files}
+    paths, failed = {}, {}
+    for f in profile.files:
+        try:
+            paths[f.name] = store.ensure(profile.name, f, verify=verify)
+        except ModelFileError as exc:
+            if f.role != "modifier":
+                raise
+            failed[f.name] = str(exc)
+    return paths, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         profile = get_profile("demo" if args.demo else args.profile)
-        paths = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
+        paths, failed = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
         from models.engine import Engine
 
         engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads,
-                        n_gpu_layers=args.gpu_layers)
+                        n_gpu_layers=args.gpu_layers,
+                        modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths})
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     memory = Memory(args.db or data_dir() / "sessions.db")
     if memory.interrupted:
         log.info("%d reply(ies) cut off by an earlier stop are kept and marked interrupted", memory.interrupted)
-    service = ChatService(engine, memory)
+    failed.update(engine.modifiers.failed)
+    for name, reason in failed.items():
+        log.warning("modifier %s is not available: %s", name, reason)
+    service = ChatService(engine, memory, unavailable=failed)
     demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}")
     if args.share:
         log.warning("--share publishes this chat, its model and every stored session list on a public URL "

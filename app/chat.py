@@ -37,11 +37,21 @@ class ReplyUpdate:
     message_id: int | None = None  # the assistant row in sessions.db
 
 
+ROUTES = ("base", "code", "reasoning", "automation")  # the plain base, then the LoRA modifiers
+
+
 @dataclass
 class ChatService:
     engine: Engine
     memory: Memory
     settings: ChatSettings = field(default_factory=ChatSettings)
+    unavailable: dict[str, str] = field(default_factory=dict)  # modifier → why it could not be loaded
+
+    def modifier_status(self) -> dict[str, str | None]:
+        """Each modifier route → None when ready, else the reason it is not available."""
+        loaded = set(self.engine.modifiers.names)
+        return {r: None if r in loaded else self.unavailable.get(r, "not installed in this model set")
+                for r in ROUTES[1:]}
 
     # -- sessions, for the UI's list ----------------------------------------------------------
     def new_session(self) -> str:
@@ -56,13 +66,25 @@ class ChatService:
                 for m in self.memory.messages(session_id)]
 
     # -- one message --------------------------------------------------------------------------
-    def respond(self, session_id: str | None, message: str) -> Iterator[ReplyUpdate]:
+    def respond(self, session_id: str | None, message: str, override: str | None = None) -> Iterator[ReplyUpdate]:
         """Store the message, stream the reply, store it as it grows. Yields ReplyUpdates; the
-        last one has done=True. Closing the iterator (Stop) keeps the partial reply as "stopped"."""
+        last one has done=True. Closing the iterator (Stop) keeps the partial reply as "stopped".
+        `override` picks the route by hand (base, code, reasoning, automation); without one the
+        reply runs on the plain base."""
         if not message or not message.strip():
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice="Type a message first: empty messages are not sent.")
             return
+        route = (override or "base").lower()
+        if route not in ROUTES:
+            yield ReplyUpdate(session_id or "", done=True, status="ignored",
+                              notice=f"Unknown route {override!r}: choose one of {', '.join(ROUTES)}.")
+            return
+        notices = []
+        missing = self.modifier_status().get(route)
+        if missing:
+            notices.append(f"The {route} modifier is not available ({missing}); this reply uses the plain base.")
+            route = "base"
         if not session_id or self.memory.session(session_id) is None:
             session_id = self.memory.new_session()
         history = [{"role": m["role"], "content": m["content"]} for m in self.memory.messages(session_id)
@@ -71,14 +93,15 @@ class ChatService:
         reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
         messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
                     {"role": "user", "content": message}]
-        update = ReplyUpdate(session_id, message_id=reply_id)
+        update = ReplyUpdate(session_id, message_id=reply_id, notice=" ".join(notices) or None)
         pieces: list[str] = []
         saved_at = time.monotonic()
         try:
             seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
             stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
                                           temperature=self.settings.temperature,
-                                          top_p=self.settings.top_p, seed=seed)
+                                          top_p=self.settings.top_p, seed=seed,
+                                          modifier=None if route == "base" else route)
             with closing(stream):  # on Stop, release the engine at once
                 for item in stream:
                     if isinstance(item, GenerationStats):
@@ -92,8 +115,9 @@ class ChatService:
                     yield update
             update.status, update.done = "complete", True
             if update.stats and update.stats.dropped_turns:
-                update.notice = (f"This conversation is longer than the model's context window: the "
-                                 f"oldest {update.stats.dropped_turns} message(s) were left out of this reply.")
+                notices.append(f"This conversation is longer than the model's context window: the oldest "
+                               f"{update.stats.dropped_turns} message(s) were left out of this reply.")
+                update.notice = " ".join(notices)
         except ContextOverflowError as exc:
             update.status, update.done, update.notice = "error", True, str(exc)
         except GeneratorExit:

@@ -30,7 +30,7 @@ def _stats_line(update: ReplyUpdate) -> str:
     s = update.stats
     if not s:
         return ""
-    return (f"{s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
+    return (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}")
 
 
@@ -46,10 +46,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def new_chat():
         return None, [], "", "", gr.update(value=None)
 
-    def send(message, session_id):
+    def send(message, session_id, route):
         before = [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
         shown_at = 0.0
-        for update in service.respond(session_id, message):
+        for update in service.respond(session_id, message, override=route):
             if update.status == "ignored":
                 yield gr.skip(), message, session_id, update.notice, gr.skip()
                 return
@@ -62,11 +62,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             shown = before + [_shown("user", message), _shown("assistant", update.text, status)]
             yield shown, "", update.session_id, update.notice or "", _stats_line(update)
 
-    def chat_api(message: str, session_id: str = "") -> str:
+    def chat_api(message: str, session_id: str = "", override: str = "") -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
-        continue a conversation; without one each call starts a new session."""
+        continue a conversation; without one each call starts a new session. `override` picks
+        the route by hand: base, code, reasoning or automation."""
         final = None
-        for final in service.respond(session_id or None, message):
+        for final in service.respond(session_id or None, message, override=override or None):
             pass
         if final.status in ("error", "ignored"):
             raise gr.Error(final.notice)
@@ -81,9 +82,16 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         gr.Markdown(f"## Cogumi Chat {model_label}")
         if banner:
             gr.Markdown(banner, elem_id="demo-banner")
+        status = service.modifier_status()
+        missing = [f"**{name}**: {html.escape(reason)}" for name, reason in status.items() if reason]
+        if missing:
+            gr.Markdown("Modifiers not available, their messages use the plain base — " + "; ".join(missing),
+                        elem_id="modifier-status")
         with gr.Row():
             with gr.Column(scale=1, min_width=200):
                 new_button = gr.Button("New chat", elem_id="new-chat")
+                route = gr.Radio(["base", "code", "reasoning", "automation"], value="base", label="Modifier",
+                                 info="LoRA applied to your next messages", elem_id="route")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
             with gr.Column(scale=4):
                 chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", feedback_options=None)
@@ -96,8 +104,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 stats = gr.Markdown(elem_id="stats")
 
         outputs = [chatbot, box, session_id, notice, stats]
-        submitted = box.submit(send, [box, session_id], outputs, api_visibility="private")
-        clicked = send_button.click(send, [box, session_id], outputs, api_visibility="private")
+        submitted = box.submit(send, [box, session_id, route], outputs, api_visibility="private")
+        clicked = send_button.click(send, [box, session_id, route], outputs, api_visibility="private")
         for event in (submitted, clicked):
             event.then(session_choices, session_id, sessions, api_visibility="private")
         stop_button.click(None, cancels=[submitted, clicked])

@@ -37,7 +37,8 @@ def demo_set(demo_models_dir) -> dict[str, Path]:
 def engine(demo_set):
     from models.engine import Engine
 
-    return Engine(demo_set["base"], n_ctx=2048)
+    return Engine(demo_set["base"], n_ctx=2048,
+                  modifiers={name: (demo_set[name], 1.0) for name in ("code", "reasoning", "automation")})
 
 
 @pytest.fixture(scope="session")

@@ -71,3 +71,29 @@ def test_stored_text_equals_sent_text(service, text):
     *_, last = service.respond(None, text)
     assert last.status == "complete"
     assert rows(service, last.session_id)[0] == ("user", text, "complete")
+
+
+def test_override_runs_the_reply_on_that_modifier_and_records_it(service):
+    *_, base = service.respond(None, "same question", override="base")
+    *_, code = service.respond(None, "same question", override="code")
+    assert base.stats.adapter is None and code.stats.adapter == "code"
+    assert base.text != code.text
+    assert service.memory.messages(code.session_id)[1]["stats"]["adapter"] == "code"
+
+
+def test_an_unavailable_modifier_falls_back_to_base_and_says_why(demo_set, tmp_path):
+    from models.engine import Engine
+
+    engine = Engine(demo_set["base"], modifiers={"code": (demo_set["code"], 1.0)})
+    service = ChatService(engine, Memory(tmp_path / "s.db"), ChatSettings(temperature=0, max_tokens=8),
+                          unavailable={"automation": "automation.gguf.zst: SHA-256 mismatch"})
+    *_, last = service.respond(None, "book a meeting", override="automation")
+    assert last.status == "complete" and last.stats.adapter is None
+    assert "automation modifier is not available (automation.gguf.zst: SHA-256 mismatch)" in last.notice
+    assert service.modifier_status() == {"code": None, "reasoning": "not installed in this model set",
+                                         "automation": "automation.gguf.zst: SHA-256 mismatch"}
+
+
+def test_an_unknown_route_is_refused(service):
+    (update,) = list(service.respond(None, "hi", override="poetry"))
+    assert update.status == "ignored" and "Unknown route 'poetry'" in update.notice

@@ -3,6 +3,7 @@ sessions.db read directly."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -98,3 +99,38 @@ def test_a_corrupt_model_file_stops_launch_with_the_file_named(tmp_path, demo_mo
     assert f"{base}:" in result.stderr and ("SHA-256 mismatch" in result.stderr or "not a valid zstd" in result.stderr)
     assert not (models / "demo" / "base.gguf").exists()
     assert not list((models / "demo").glob("*.partial"))
+
+
+def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_dir):
+    models = tmp_path / "models"
+    (models / "demo").mkdir(parents=True)
+    for src in (demo_models_dir / "demo").glob("*.zst"):
+        (models / "demo" / src.name).write_bytes(src.read_bytes())
+    code = models / "demo" / "code.gguf.zst"
+    code.write_bytes(code.read_bytes()[:-5000])  # truncated
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir", str(models)],
+        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.3)
+        config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
+        assert "Modifiers not available" in config and "code.gguf.zst" in config
+        client = Client(url, verbose=False)
+        assert client.predict("hi", "", "code", api_name="/chat")
+        assert client.predict("hi", "", "reasoning", api_name="/chat")
+        db = sqlite3.connect(tmp_path / "sessions.db")
+        adapters = [json.loads(s)["adapter"] for (s,) in db.execute("select stats from messages where role = 'assistant' order by id")]
+        assert adapters == [None, "reasoning"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
