@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -26,7 +27,10 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
+from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
+
+DRAFT_MIN_CONFIDENCE = 0.2  # stop drafting where the draft's own top probability is lower
 
 # llama.cpp logs through one process-wide callback. Keep the recent warnings and errors so a
 # failed load can say *why* (with logging off it only says "failed to load model").
@@ -86,20 +90,26 @@ def default_gpu_layers() -> int:
     return -1 if sys.platform == "darwin" and platform.machine() == "arm64" else 0
 
 
+def load_model(path: Path, n_gpu_layers: int, verbose: bool = False) -> LlamaModel:
+    check_gguf_file(path)
+    params = LlamaModel.default_params()
+    params.n_gpu_layers = n_gpu_layers
+    _LOG_LINES.clear()
+    try:
+        return LlamaModel(path_model=str(path), params=params, verbose=verbose)
+    except ValueError as exc:
+        reason = " / ".join(_LOG_LINES) or str(exc)
+        raise ModelFileError(f"{path}: llama.cpp could not load this model: {reason}") from exc
+
+
 class Engine:
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
                  n_gpu_layers: int | None = None, seed: int = 0,
-                 modifiers: dict[str, tuple[Path, float]] | None = None, f32_kv_cache: bool = False):
+                 modifiers: dict[str, tuple[Path, float]] | None = None, f32_kv_cache: bool = False,
+                 draft: Path | None = None):
         self.model_path = Path(model_path)
-        check_gguf_file(self.model_path)
-        model_params = LlamaModel.default_params()
-        model_params.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
-        _LOG_LINES.clear()
-        try:
-            self.model = LlamaModel(path_model=str(self.model_path), params=model_params, verbose=_VERBOSE)
-        except ValueError as exc:
-            reason = " / ".join(_LOG_LINES) or str(exc)
-            raise ModelFileError(f"{self.model_path}: llama.cpp could not load this model: {reason}") from exc
+        gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
+        self.model = load_model(self.model_path, gpu_layers, _VERBOSE)
         # Half the logical cores: llama.cpp's worker threads spin while they wait, so one more
         # thread than there are free cores (the UI, the browser, a second process) is many times
         # slower, not faster. On 2 cores: 2 threads ran 49 tok/s against 303 for 1.
@@ -121,6 +131,8 @@ class Engine:
             ctx_params.type_k = ctx_params.type_v = llama_cpp.GGML_TYPE_F32
         self.ctx = LlamaContext(model=self.model, params=ctx_params, verbose=_VERBOSE)
         self.n_batch = n_batch
+        self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
+                           _VERBOSE) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
         self.n_vocab = self.model.n_vocab()
         self.seed = seed
@@ -191,12 +203,13 @@ class Engine:
         return tokens if len(tokens) <= budget else None
 
     # -- decoding -----------------------------------------------------------------------------
-    def _decode(self, tokens: Sequence[int], start: int, seq: int) -> None:
-        """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one only."""
+    def _decode(self, tokens: Sequence[int], start: int, seq: int, all_logits: bool = False) -> None:
+        """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one only,
+        or for each of them (verifying a draft: a few rows, never n_ctx × n_vocab)."""
         b = self.batch.batch
         b.n_tokens = len(tokens)
         for i, token in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, False
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, all_logits
             b.seq_id[i][0] = seq
         b.logits[len(tokens) - 1] = True
         self.ctx.decode(self.batch)
@@ -231,10 +244,12 @@ class Engine:
 
     def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, top_k: int = 40, seed: int | None = None, modifier: str | None = None,
+                 use_draft: bool = True, draft_length: int | None = None,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str | GenerationStats]:
         """Stream the reply to `messages` as text pieces, under LoRA `modifier` (None: the plain
         base); the last item is a GenerationStats. temperature 0 is greedy and deterministic;
-        otherwise sampling is seeded."""
+        otherwise sampling is seeded. With a draft model loaded and use_draft, tokens come by
+        speculative decoding (same tokens; draft_length fixes the draft length, else adaptive)."""
         start = time.perf_counter()
         prompt, dropped = self.fit(messages, max_tokens)
         with self._lock:
@@ -242,32 +257,30 @@ class Engine:
             sampler = _sampler(temperature, top_p, top_k, self.seed if seed is None else seed)
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             first_token_at = None
-            stats.stop_reason = "length"
+            stats.stop_reason = "context"
             try:
                 stats.reused_tokens = self._evaluate(prompt, modifier)
-                seq, cached = self.routes.index(modifier), self._kv[modifier]
-                while stats.tokens < max_tokens:
-                    if should_stop and should_stop():
-                        stats.stop_reason = "stopped"
-                        break
-                    token = sampler.sample(self.ctx, -1)
-                    if self.is_end_of_generation(token):
-                        stats.stop_reason = "eos"
-                        break
-                    stats.tokens += 1
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                    text = utf8.decode(self.piece(token))
-                    if stats.tokens == 1:
-                        text = text.lstrip()  # SPM words begin with a space
-                    if text:
-                        yield text
-                    if len(cached) >= self.n_ctx:
-                        stats.stop_reason = "context"
-                        break
-                    if stats.tokens < max_tokens:
-                        self._decode([token], len(cached), seq)
-                        cached.append(token)
+                lengths = DraftLength(draft_length) if self.draft and use_draft else None
+                tokens = self._base_tokens(sampler, modifier, stats, max_tokens, lengths)
+                with closing(tokens):
+                    for token in tokens:
+                        if should_stop and should_stop():
+                            stats.stop_reason = "stopped"
+                            break
+                        if self.is_end_of_generation(token):
+                            stats.stop_reason = "eos"
+                            break
+                        stats.tokens += 1
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                        text = utf8.decode(self.piece(token))
+                        if stats.tokens == 1:
+                            text = text.lstrip()  # SPM words begin with a space
+                        if text:
+                            yield text
+                        if stats.tokens >= max_tokens:
+                            stats.stop_reason = "length"
+                            break
                 tail = utf8.decode(b"", final=True)
                 if tail:
                     yield tail
@@ -283,6 +296,41 @@ class Engine:
                 decode_s = end - first_token_at
                 stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else 0.0
             yield stats
+
+    def _base_tokens(self, sampler: LlamaSampler, route: str | None, stats: GenerationStats, max_tokens: int,
+                     lengths: DraftLength | None) -> Iterator[int]:
+        """The base's tokens, one at a time, each from the base's own sampler in order. Plain: decode
+        the last token, sample the next. Speculative: the draft proposes k tokens, the base decodes
+        them in one batch (logits at those positions only) and keeps them up to the first one its
+        own sample disagrees with; that sample is the next token. Ends when the context is full."""
+        seq, cached = self.routes.index(route), self._kv[route]
+        token = sampler.sample(self.ctx, -1)
+        while True:
+            yield token
+            room = self.n_ctx - len(cached) - 1  # positions left after this token's
+            if room < 0:
+                return
+            k = min(lengths.choose(), room, max_tokens - stats.tokens) if lengths else 0
+            t0 = time.perf_counter()
+            proposal = self.draft.propose(cached + [token], k, DRAFT_MIN_CONFIDENCE) if k > 0 else []
+            t1 = time.perf_counter()
+            batch = [token, *proposal]
+            self._decode(batch, len(cached), seq, all_logits=bool(proposal))
+            cached.extend(batch)
+            accepted = 0
+            for i in range(len(batch)):
+                token = sampler.sample(self.ctx, i if proposal else -1)
+                if i == len(proposal) or token != proposal[i]:
+                    break
+                accepted += 1
+            if lengths:
+                lengths.update(len(proposal), accepted, t1 - t0, time.perf_counter() - t1)
+            if accepted < len(proposal):  # forget the rejected drafts' keys and values
+                llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, len(cached) - len(proposal) + accepted, -1)
+                del cached[len(cached) - len(proposal) + accepted:]
+            stats.draft_proposed += len(proposal)
+            stats.draft_accepted += accepted
+            yield from proposal[:accepted]
 
 
 def _sampler(temperature: float, top_p: float, top_k: int, seed: int) -> LlamaSampler:

@@ -1,0 +1,93 @@
+"""Speculative decoding with the demo draft: the same tokens as plain decoding, for every draft
+length, with and without a LoRA modifier, past n_batch and up to the context limit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from models import demo
+from models.demo import DemoSpec, write_model
+from models.engine import Engine
+from models.errors import ModelFileError
+
+SYSTEM = {"role": "system", "content": "You are a test."}
+PROMPTS = ["write a function", "why is the sky blue? " * 3, "hello", "plan every Monday email " * 40]
+
+
+@pytest.fixture(scope="module")
+def pair(demo_set):
+    """(plain, speculative) engines on the demo base, n_batch 64 so long prompts span batches."""
+    mods = {"code": (demo_set["code"], 1.0)}
+    return (Engine(demo_set["base"], n_batch=64, modifiers=mods),
+            Engine(demo_set["base"], n_batch=64, modifiers=mods, draft=demo_set["draft"]))
+
+
+def run(engine, prompt, **kw):
+    *pieces, stats = engine.generate([SYSTEM, {"role": "user", "content": prompt}], **kw)
+    return "".join(pieces), stats
+
+
+@pytest.mark.parametrize("length", [1, 2, 4, 8, 16, None])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_output_is_identical_for_every_draft_length(pair, prompt, length):
+    plain, spec = pair
+    expected, plain_stats = run(plain, prompt, max_tokens=160)
+    got, stats = run(spec, prompt, max_tokens=160, draft_length=length)
+    assert got == expected
+    assert stats.tokens == plain_stats.tokens and stats.stop_reason == plain_stats.stop_reason
+    assert 0 <= stats.draft_accepted <= stats.draft_proposed
+    if length:
+        assert stats.draft_proposed > 0
+
+
+@pytest.mark.parametrize("length", [2, 8, None])
+def test_identical_with_a_lora_modifier_active(pair, length):
+    plain, spec = pair
+    expected, _ = run(plain, "convert this to rust", max_tokens=120, modifier="code")
+    got, stats = run(spec, "convert this to rust", max_tokens=120, modifier="code", draft_length=length)
+    assert got == expected and stats.adapter == "code"
+
+
+def test_sampling_draws_the_same_tokens_as_plain_sampling(pair):
+    plain, spec = pair
+    for seed in range(3):
+        expected, _ = run(plain, "tell me a story", max_tokens=100, temperature=0.8, seed=seed)
+        got, stats = run(spec, "tell me a story", max_tokens=100, temperature=0.8, seed=seed, draft_length=4)
+        assert got == expected and stats.draft_proposed > 0
+
+
+def test_identical_up_to_the_context_limit(demo_set):
+    plain = Engine(demo_set["base"], n_ctx=256)
+    spec = Engine(demo_set["base"], n_ctx=256, draft=demo_set["draft"])
+    for length in (3, 16):
+        expected, plain_stats = run(plain, "go on and on", max_tokens=1000)
+        got, stats = run(spec, "go on and on", max_tokens=1000, draft_length=length)
+        assert got == expected and stats.stop_reason == plain_stats.stop_reason
+        assert stats.prompt_tokens + stats.tokens <= 257
+
+
+def test_draft_can_be_switched_off_per_call(pair):
+    _, spec = pair
+    _, stats = run(spec, "hello", max_tokens=40, use_draft=False)
+    assert stats.draft_proposed == stats.draft_accepted == 0
+
+
+def test_a_draft_with_another_vocabulary_size_is_refused_naming_both_files(demo_set, tmp_path):
+    other = tmp_path / "big-vocab-draft.gguf"
+    write_model(other, dataclasses.replace(DemoSpec(), min_vocab=2000), "draft")
+    with pytest.raises(ModelFileError, match="vocabulary sizes differ") as err:
+        Engine(demo_set["base"], draft=other)
+    assert str(other) in str(err.value) and str(demo_set["base"]) in str(err.value)
+
+
+def test_a_draft_with_different_token_texts_is_refused(demo_set, tmp_path, monkeypatch):
+    tokens, scores, types = demo.vocabulary(DemoSpec())
+    tokens = list(tokens)
+    tokens[-1], tokens[-2] = tokens[-2], tokens[-1]  # same size, two texts swapped
+    monkeypatch.setattr(demo, "vocabulary", lambda spec: (tokens, scores, types))
+    other = tmp_path / "swapped-draft.gguf"
+    write_model(other, DemoSpec(), "draft")
+    with pytest.raises(ModelFileError, match=f"token {len(tokens) - 2} is"):
+        Engine(demo_set["base"], draft=other)
