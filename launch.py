@@ -5,6 +5,7 @@ and UI, and launches Gradio. With no real model set on disk it builds and uses t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true", help="use the demo model set, whatever --profile says")
     p.add_argument("--models-dir", type=Path, default=None, help="model cache (default: $COGUMI_DATA_DIR/model-cache)")
     p.add_argument("--db", type=Path, default=None, help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
+    p.add_argument("--no-draft", action="store_true", help="do not load the draft model (no speculative decoding)")
     p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
@@ -63,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         profile = get_profile("demo" if args.demo else args.profile)
+        if args.no_draft:
+            profile = dataclasses.replace(profile, files=tuple(f for f in profile.files if f.role != "draft"))
         paths, failed = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
         from models.engine import Engine
 
         engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads,
                         n_gpu_layers=args.gpu_layers,
-                        modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths})
+                        modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths},
+                        draft=None if args.no_draft else paths.get("draft"))
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

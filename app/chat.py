@@ -66,7 +66,8 @@ class ChatService:
                 for m in self.memory.messages(session_id)]
 
     # -- one message --------------------------------------------------------------------------
-    def respond(self, session_id: str | None, message: str, override: str | None = None) -> Iterator[ReplyUpdate]:
+    def respond(self, session_id: str | None, message: str, override: str | None = None,
+                use_draft: bool = True) -> Iterator[ReplyUpdate]:
         """Store the message, stream the reply, store it as it grows. Yields ReplyUpdates; the
         last one has done=True. Closing the iterator (Stop) keeps the partial reply as "stopped".
         `override` picks the route by hand (base, code, reasoning, automation); without one the
@@ -101,7 +102,7 @@ class ChatService:
             stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
                                           temperature=self.settings.temperature,
                                           top_p=self.settings.top_p, seed=seed,
-                                          modifier=None if route == "base" else route)
+                                          modifier=None if route == "base" else route, use_draft=use_draft)
             with closing(stream):  # on Stop, release the engine at once
                 for item in stream:
                     if isinstance(item, GenerationStats):

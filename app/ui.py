@@ -31,7 +31,9 @@ def _stats_line(update: ReplyUpdate) -> str:
     if not s:
         return ""
     return (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
-            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}")
+            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
+            + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
+               if s.draft_proposed else ""))
 
 
 def build_ui(service: ChatService, banner: str | None = None, model_label: str = "") -> gr.Blocks:
@@ -46,10 +48,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def new_chat():
         return None, [], "", "", gr.update(value=None)
 
-    def send(message, session_id, route):
+    def send(message, session_id, route, use_draft):
         before = [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
         shown_at = 0.0
-        for update in service.respond(session_id, message, override=route):
+        for update in service.respond(session_id, message, override=route, use_draft=use_draft):
             if update.status == "ignored":
                 yield gr.skip(), message, session_id, update.notice, gr.skip()
                 return
@@ -92,6 +94,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 new_button = gr.Button("New chat", elem_id="new-chat")
                 route = gr.Radio(["base", "code", "reasoning", "automation"], value="base", label="Modifier",
                                  info="LoRA applied to your next messages", elem_id="route")
+                use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
+                                        info="a small draft model proposes tokens; the reply is the same",
+                                        interactive=service.engine.draft is not None, elem_id="use-draft")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
             with gr.Column(scale=4):
                 chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", feedback_options=None)
@@ -104,8 +109,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 stats = gr.Markdown(elem_id="stats")
 
         outputs = [chatbot, box, session_id, notice, stats]
-        submitted = box.submit(send, [box, session_id, route], outputs, api_visibility="private")
-        clicked = send_button.click(send, [box, session_id, route], outputs, api_visibility="private")
+        inputs = [box, session_id, route, use_draft]
+        submitted = box.submit(send, inputs, outputs, api_visibility="private")
+        clicked = send_button.click(send, inputs, outputs, api_visibility="private")
         for event in (submitted, clicked):
             event.then(session_choices, session_id, sessions, api_visibility="private")
         stop_button.click(None, cancels=[submitted, clicked])

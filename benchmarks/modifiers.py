@@ -14,8 +14,9 @@ generate(max_tokens=1, greedy); TTFT is GenerationStats.ttft_ms. Every repeat re
   switch_1tok / same_1tok: next_token_logits re-evaluating one cached token, right after another
                   route was active vs the same route: isolates the switch itself (llama.cpp re-reserves
                   its compute graphs at the first decode after llama_set_adapters_lora)
-Per-token cost: decode tok/s (GenerationStats.tokens_per_s, greedy, --max-tokens) on the plain base vs
-with "code" active, same prompt, alternating order. Memory: the F16 KV cache of one route, from the spec.
+Per-token cost: decode tok/s (GenerationStats.tokens_per_s, greedy, --max-tokens) on the plain
+base vs with "code" active, same prompt, in the order base, code, code, base each repeat (drift
+cancels). Memory: the F16 KV cache of one route, n_ctx x layers x 2 (K, V) x n_embd_kv x 2 bytes.
 
     .venv/bin/python benchmarks/modifiers.py [--repeats 5] [--threads N] [--prompt-tokens 1000]
                                              [--max-tokens 128]
@@ -115,7 +116,7 @@ def main() -> None:
                 put(None, prompt[:n_hist])  # re-evaluates the last token only
                 if i:
                     times[name].append((time.perf_counter() - start) * 1000)
-            for name, route in (("base_tok_s", None), ("code_tok_s", "code"))[:: 1 if i % 2 else -1]:
+            for name, route in (("base_tok_s", None), ("code_tok_s", "code"), ("code_tok_s", "code"), ("base_tok_s", None)):
                 stats = list(engine.generate(nxt, max_tokens=args.max_tokens, temperature=0, modifier=route))[-1]
                 if i:
                     times[name].append(stats.tokens_per_s)

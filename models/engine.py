@@ -63,6 +63,7 @@ class GenerationStats:
     adapter: str | None = None    # the LoRA modifier active for this reply (None: plain base)
     draft_proposed: int = 0       # speculative decoding: draft tokens proposed ...
     draft_accepted: int = 0       # ... and accepted by the base
+    draft_acceptance: float = 0.0  # accepted / proposed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -290,6 +291,7 @@ class Engine:
             finally:
                 sampler.close()
             end = time.perf_counter()
+            stats.draft_acceptance = stats.draft_accepted / stats.draft_proposed if stats.draft_proposed else 0.0
             stats.total_ms = (end - start) * 1000
             if first_token_at is not None:
                 stats.ttft_ms = (first_token_at - start) * 1000

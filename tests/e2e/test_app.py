@@ -3,6 +3,7 @@ sessions.db read directly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -25,29 +26,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app(tmp_path, demo_models_dir):
+@contextlib.contextmanager
+def running_app(data_dir: Path, models_dir: Path, *args: str):
+    """launch.py on a free port; yields (url, sessions.db path) once it answers."""
     port = free_port()
-    env = {**os.environ, "COGUMI_DATA_DIR": str(tmp_path)}
-    log = open(tmp_path / "launch.log", "w+")
+    log = open(data_dir / "launch.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir", str(demo_models_dir)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir", str(models_dir), *args],
+        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(data_dir)}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"launch.py did not come up:\n{log.read()}")
-            time.sleep(0.3)
-    yield url, tmp_path / "sessions.db"
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"launch.py did not come up:\n{log.read()}")
+                time.sleep(0.3)
+        yield url, data_dir / "sessions.db"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def app(tmp_path, demo_models_dir):
+    with running_app(tmp_path, demo_models_dir) as started:
+        yield started
+
+
+def draft_counts(db_path: Path) -> list[int]:
+    rows = sqlite3.connect(db_path).execute("select stats from messages where role = 'assistant' order by id")
+    return [json.loads(stats)["draft_proposed"] for (stats,) in rows]
 
 
 def test_chat_through_the_api_lands_in_sessions_db(app):
@@ -108,21 +122,7 @@ def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_
         (models / "demo" / src.name).write_bytes(src.read_bytes())
     code = models / "demo" / "code.gguf.zst"
     code.write_bytes(code.read_bytes()[:-5000])  # truncated
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir", str(models)],
-        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path)}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.3)
+    with running_app(tmp_path, models) as (url, _):
         config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
         assert "Modifiers not available" in config and "code.gguf.zst" in config
         client = Client(url, verbose=False)
@@ -131,6 +131,15 @@ def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_
         db = sqlite3.connect(tmp_path / "sessions.db")
         adapters = [json.loads(s)["adapter"] for (s,) in db.execute("select stats from messages where role = 'assistant' order by id")]
         assert adapters == [None, "reasoning"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+
+
+def test_speculative_decoding_is_on_by_default_and_off_with_no_draft(tmp_path, demo_models_dir):
+    for args, drafted in (((), True), (("--no-draft",), False)):
+        data = tmp_path / ("plain" if args else "draft")
+        data.mkdir()
+        with running_app(data, demo_models_dir, *args) as (url, db_path):
+            client = Client(url, verbose=False)
+            for i in range(3):
+                client.predict(f"message {i}", api_name="/chat")
+        counts = draft_counts(db_path)
+        assert len(counts) == 3 and (max(counts) > 0) == drafted, (args, counts)
