@@ -96,11 +96,16 @@ def test_an_empty_message_gets_a_hint_not_a_reply(app):
     assert sqlite3.connect(db_path).execute("select count(*) from messages").fetchone()[0] == 0
 
 
-def test_a_corrupt_model_file_stops_launch_with_the_file_named(tmp_path, demo_models_dir):
-    models = tmp_path / "models"
+def compressed_demo_copy(demo_models_dir: Path, models: Path) -> Path:
+    """A models dir holding only the demo set's .gguf.zst files, to be damaged by a test."""
     (models / "demo").mkdir(parents=True)
     for src in (demo_models_dir / "demo").glob("*.zst"):
         (models / "demo" / src.name).write_bytes(src.read_bytes())
+    return models
+
+
+def test_a_corrupt_model_file_stops_launch_with_the_file_named(tmp_path, demo_models_dir):
+    models = compressed_demo_copy(demo_models_dir, tmp_path / "models")
     base = models / "demo" / "base.gguf.zst"
     data = bytearray(base.read_bytes())
     data[len(data) // 3] ^= 0x55
@@ -116,10 +121,7 @@ def test_a_corrupt_model_file_stops_launch_with_the_file_named(tmp_path, demo_mo
 
 
 def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_dir):
-    models = tmp_path / "models"
-    (models / "demo").mkdir(parents=True)
-    for src in (demo_models_dir / "demo").glob("*.zst"):
-        (models / "demo" / src.name).write_bytes(src.read_bytes())
+    models = compressed_demo_copy(demo_models_dir, tmp_path / "models")
     code = models / "demo" / "code.gguf.zst"
     code.write_bytes(code.read_bytes()[:-5000])  # truncated
     with running_app(tmp_path, models) as (url, _):
