@@ -12,11 +12,11 @@ generate(max_tokens=1, greedy); TTFT is GenerationStats.ttft_ms. Every repeat re
   unseen_prefill  base route holding the first half only: the same unseen tokens, plain base
   full_reprefill  "code" route with nothing cached (an app without per-adapter KV), base active before
   switch_1tok / same_1tok: next_token_logits re-evaluating one cached token, right after another
-                  route was active vs the same route: isolates the switch itself (llama.cpp re-reserves
-                  its compute graphs at the first decode after llama_set_adapters_lora)
-Per-token cost: decode tok/s (GenerationStats.tokens_per_s, greedy, --max-tokens) on the plain
-base vs with "code" active, same prompt, in the order base, code, code, base each repeat (drift
-cancels). Memory: the F16 KV cache of one route, n_ctx x layers x 2 (K, V) x n_embd_kv x 2 bytes.
+                  route was active vs the same route (4 of each per repeat): isolates the switch itself
+                  (llama.cpp re-reserves its compute graphs at the first decode after a set_adapters_lora)
+Per-token cost: decode tok/s (GenerationStats.tokens_per_s, greedy, --max-tokens), plain base vs
+"code" active, same prompt, order base code code base twice per repeat (drift cancels). Memory: the
+F16 KV cache of one route, n_ctx x layers x 2 (K, V) x n_embd_kv x 2 bytes, from the spec.
 
     .venv/bin/python benchmarks/modifiers.py [--repeats 5] [--threads N] [--prompt-tokens 1000]
                                              [--max-tokens 128]
@@ -73,16 +73,14 @@ def main() -> None:
     load = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
-        base = Path(tmp) / "base.gguf"
-        write_model(base, SPEC, "base")
+        write_model(base := Path(tmp) / "base.gguf", SPEC, "base")
         for name in MODIFIERS:
             write_lora(Path(tmp) / f"{name}.gguf", SPEC, name)
         engine = Engine(base, n_ctx=N_CTX, n_threads=args.threads,
                         modifiers={m: (Path(tmp) / f"{m}.gguf", 1.0) for m in MODIFIERS})
         history, nxt = conversation(engine, args.prompt_tokens, args.max_tokens)
         prompt = engine.fit(nxt, args.max_tokens)[0]
-        # Token boundaries: the history (all but the new message) and its first half, cut after an
-        # assistant reply (what "code" answered earlier).
+        # Token lengths of the history and of its first half, cut after a reply (what "code" answered).
         sizes = [len(engine.chat.message(m["role"], m["content"])) for m in history]
         ends = [sum(sizes[:i + 1]) for i in range(len(history))]
         n_hist = ends[-1]
@@ -101,7 +99,8 @@ def main() -> None:
         }
         times: dict[str, list[float]] = {k: [] for k in [*setups, "switch_1tok", "same_1tok", "base_tok_s", "code_tok_s"]}
         unseen: dict[str, set[int]] = {k: set() for k in setups}
-        replies: dict[str, set[int]] = {"base_tok_s": set(), "code_tok_s": set()}
+        replies: set[int] = set()  # reply lengths of the tok/s runs
+        abba = (("base_tok_s", None), ("code_tok_s", "code"), ("code_tok_s", "code"), ("base_tok_s", None))
         for i in range(args.repeats + 1):  # the first round is a warm-up
             for name, (setup, route) in list(setups.items())[:: 1 if i % 2 else -1]:
                 setup()
@@ -109,25 +108,25 @@ def main() -> None:
                 if i:
                     times[name].append(stats.ttft_ms)
                     unseen[name].add(stats.prompt_tokens - stats.reused_tokens)
-            for name, before in (("switch_1tok", "code"), ("same_1tok", None)):
+            for name, before in (("switch_1tok", "code"), ("same_1tok", None)) * 4:
                 put(None, prompt[:n_hist])
                 put(before, prompt[:n_half] if before else prompt[:n_hist])
                 start = time.perf_counter()
                 put(None, prompt[:n_hist])  # re-evaluates the last token only
                 if i:
                     times[name].append((time.perf_counter() - start) * 1000)
-            for name, route in (("base_tok_s", None), ("code_tok_s", "code"), ("code_tok_s", "code"), ("base_tok_s", None)):
+            for name, route in abba * 2:
                 stats = list(engine.generate(nxt, max_tokens=args.max_tokens, temperature=0, modifier=route))[-1]
                 if i:
                     times[name].append(stats.tokens_per_s)
-                    replies[name].add(stats.tokens)
+                    replies.add(stats.tokens)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    n_embd_kv = SPEC.n_embd // SPEC.n_head * SPEC.n_head_kv  # K and V, F16: 2 bytes each
-    kv_mb = N_CTX * (SPEC.draft_layers + SPEC.extra_layers) * 2 * n_embd_kv * 2 / 2**20
+    n_kv = SPEC.n_embd // SPEC.n_head * SPEC.n_head_kv  # x2 for K and V, x2 bytes for F16
+    kv_mb = N_CTX * (SPEC.draft_layers + SPEC.extra_layers) * 2 * n_kv * 2 / 2**20
     routes = 1 + len(engine.modifiers.names)
 
-    print(f"modifier costs  ({args.repeats} runs, medians; n_embd {SPEC.n_embd}, n_ff {SPEC.n_ff}, "
+    print(f"modifier costs  ({args.repeats} repeats, medians; n_embd {SPEC.n_embd}, n_ff {SPEC.n_ff}, "
           f"{SPEC.draft_layers + SPEC.extra_layers} layers, LoRA rank {SPEC.lora_rank}; {args.threads} threads; "
           f"1-min load average at start {load:.2f})")
     print(f"conversation: {len(history)} messages + the next one = {len(prompt)} prompt tokens; "
@@ -145,12 +144,13 @@ def main() -> None:
           f"  x  the switch itself (switch / code_same) {med['switch'] / med['code_same']:.3f}\n"
           f"  switch overhead alone (switch_1tok - same_1tok) {med['switch_1tok'] - med['same_1tok']:.1f} ms\n"
           f"switch TTFT / full re-prefill         {med['switch'] / med['full_reprefill']:.3f}")
-    print(f"decode tok/s: base {med['base_tok_s']:.1f}, with 'code' {med['code_tok_s']:.1f}  -> a token with the "
-          f"adapter costs {med['base_tok_s'] / med['code_tok_s']:.2f}x  (replies of "
-          f"{sorted(replies['base_tok_s'] | replies['code_tok_s'])} tokens, cap {args.max_tokens})")
+    b, c = times["base_tok_s"], times["code_tok_s"]
+    print(f"decode tok/s ({len(b)} runs each, replies of {sorted(replies)} tokens): base {med['base_tok_s']:.1f} "
+          f"({min(b):.0f}-{max(b):.0f}), with 'code' {med['code_tok_s']:.1f} ({min(c):.0f}-{max(c):.0f})\n"
+          f"  -> a token with the adapter costs {med['base_tok_s'] / med['code_tok_s']:.3f}x")
     print(f"KV cache (F16) per route: {kv_mb:.1f} MiB at n_ctx {N_CTX}; {routes} routes (base + "
           f"{routes - 1} modifiers): {kv_mb * routes:.1f} MiB")
-    if not unseen["switch"] == unseen["code_same"] == unseen["unseen_prefill"] or any(len(u) > 1 for u in unseen.values()):
+    if not unseen["switch"] == unseen["code_same"] == unseen["unseen_prefill"] or max(map(len, unseen.values())) > 1:
         print("WARNING: switch, code_same and unseen_prefill did not all re-evaluate the same number of tokens")
     print(json.dumps({
         "switch_ttft_vs_unseen_prefill": round(med["switch"] / med["unseen_prefill"], 3),
