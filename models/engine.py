@@ -30,8 +30,6 @@ from models.errors import ContextOverflowError, ModelFileError
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
-DRAFT_MIN_CONFIDENCE = 0.2  # stop drafting where the draft's own top probability is lower
-
 # llama.cpp logs through one process-wide callback. Keep the recent warnings and errors so a
 # failed load can say *why* (with logging off it only says "failed to load model").
 _LOG_LINES: deque[str] = deque(maxlen=50)
@@ -91,10 +89,13 @@ def default_gpu_layers() -> int:
     return -1 if sys.platform == "darwin" and platform.machine() == "arm64" else 0
 
 
-def load_model(path: Path, n_gpu_layers: int, verbose: bool = False) -> LlamaModel:
+def load_model(path: Path, n_gpu_layers: int, verbose: bool = False, repack: bool = True) -> LlamaModel:
+    """Load a GGUF. repack=False keeps the weights in the memory-mapped file instead of copying
+    them into CPU-specific repacked buffers (which leaves the file's pages resident as well)."""
     check_gguf_file(path)
     params = LlamaModel.default_params()
     params.n_gpu_layers = n_gpu_layers
+    params.use_extra_bufts = repack
     _LOG_LINES.clear()
     try:
         return LlamaModel(path_model=str(path), params=params, verbose=verbose)
@@ -140,6 +141,7 @@ class Engine:
         self.chat = ChatML(self.tokenize, self.model_path.name)
         self._lock = threading.Lock()      # one reply at a time on the one context
         self._kv: dict[str | None, list[int]] = {r: [] for r in self.routes}  # tokens cached per route
+        self._draft_length = DraftLength()
         self._pieces: dict[int, bytes] = {}
 
     # -- tokens -------------------------------------------------------------------------------
@@ -261,7 +263,9 @@ class Engine:
             stats.stop_reason = "context"
             try:
                 stats.reused_tokens = self._evaluate(prompt, modifier)
-                lengths = DraftLength(draft_length) if self.draft and use_draft else None
+                lengths = None
+                if self.draft and use_draft:  # the adaptive controller's measurements carry over replies
+                    lengths = self._draft_length if draft_length is None else DraftLength(draft_length)
                 tokens = self._base_tokens(sampler, modifier, stats, max_tokens, lengths)
                 with closing(tokens):
                     for token in tokens:
@@ -314,7 +318,7 @@ class Engine:
                 return
             k = min(lengths.choose(), room, max_tokens - stats.tokens) if lengths else 0
             t0 = time.perf_counter()
-            proposal = self.draft.propose(cached + [token], k, DRAFT_MIN_CONFIDENCE) if k > 0 else []
+            proposal = self.draft.propose(cached + [token], k, lengths.min_confidence) if k > 0 else []
             t1 = time.perf_counter()
             batch = [token, *proposal]
             self._decode(batch, len(cached), seq, all_logits=bool(proposal))
