@@ -25,13 +25,13 @@ class ChatML:
                     f"ChatML (Qwen-style) models; pick a ChatML model."
                 )
         self.im_end = tokenize("<|im_end|>", True)[0]
-        self._close = tokenize("<|im_end|>\n", True)
+        self.close = tokenize("<|im_end|>\n", True)
         self._headers = {role: tokenize(f"<|im_start|>{role}\n", True) for role in ROLES}
 
     def message(self, role: str, content: str) -> list[int]:
         if role not in ROLES:
             raise ValueError(f"unknown chat role {role!r}; expected one of {ROLES}")
-        return self._headers[role] + self.tokenize(content, False) + self._close
+        return self._headers[role] + self.tokenize(content, False) + self.close
 
     def generation_prompt(self) -> list[int]:
         return list(self._headers["assistant"])

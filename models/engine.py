@@ -245,6 +245,42 @@ class Engine:
             self._evaluate(tokens, modifier)
             return np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
 
+    def score(self, messages: Sequence[dict], max_tokens: int = 256, chunk: int = 64) -> tuple[float, int]:
+        """Mean negative log-likelihood (nats) of the last message's text tokens given everything
+        before them, under the plain base. Returns (mean NLL, tokens scored).
+
+        Logits come `chunk` rows at a time, so memory stays chunk × n_vocab however long the
+        message is. The base route's KV cache is left holding the prompt through the message, so
+        a reply on the base route (same messages and max_tokens) prefills only the template tokens
+        after it: routing costs the reply almost no time to first token."""
+        prompt, _ = self.fit(messages, max_tokens)
+        end = len(prompt) - len(self.chat.generation_prompt()) - len(self.chat.close)
+        start = end - len(self.tokenize(messages[-1]["content"]))
+        if start >= end:
+            return 0.0, 0
+        chunk = max(1, min(chunk, self.n_batch))
+        with self._lock:
+            self._evaluate(prompt[:start], None)  # its last row predicts the message's first token
+            nll = self._nll(np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(1, self.n_vocab)),
+                            prompt[start:start + 1])
+            cached = self._kv[None]
+            for at in range(start, end, chunk):
+                batch = prompt[at:min(at + chunk, end)]
+                self._decode(batch, at, 0, all_logits=True)
+                cached.extend(batch)
+                targets = prompt[at + 1:min(at + chunk, end - 1) + 1]  # row j predicts prompt[at + j + 1]
+                if targets:
+                    logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(len(batch), self.n_vocab))
+                    nll += self._nll(logits[:len(targets)], targets)
+        return nll / (end - start), end - start
+
+    @staticmethod
+    def _nll(logits: np.ndarray, targets: Sequence[int]) -> float:
+        """Sum over rows of -log softmax(row)[target]."""
+        top = logits.max(axis=1, keepdims=True)
+        log_z = np.log(np.exp(logits - top).sum(axis=1, dtype=np.float64)) + top[:, 0]
+        return float((log_z - logits[np.arange(len(targets)), targets]).sum())
+
     def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, top_k: int = 40, seed: int | None = None, modifier: str | None = None,
                  use_draft: bool = True, draft_length: int | None = None,
