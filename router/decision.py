@@ -1,0 +1,60 @@
+"""The records that come out of the router: the signal values, the thresholds, and the Decision
+that the panel draws and memory stores (nothing recomputes it later)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+ROUTES = ("base", "code", "reasoning", "automation")   # the plain base, then the LoRA modifiers
+DOMAINS = ("code", "reasoning", "automation", "general")
+FALLBACK_TAU_P = 12.4  # only where no calibration exists for the model set (router.calibrate)
+
+
+@dataclass
+class Thresholds:
+    tau_p: float = FALLBACK_TAU_P  # perplexity at or below this: the plain base handles it
+    tau_e: float = 0.5             # escalation probability at or above this: the user is unhappy
+    tau_d: float = 0.8             # domain probability needed to pick that domain's modifier
+    calibrated: bool = False       # tau_p measured on this base model, not the fallback
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Thresholds":
+        """From a profile's settings["router"] (models/manifest.json)."""
+        router = settings.get("router", {})
+        known = {k: router[k] for k in ("tau_p", "tau_e", "tau_d") if router.get(k) is not None}
+        return cls(**known, calibrated="tau_p" in known)
+
+
+@dataclass
+class Signals:
+    perplexity: float                     # base model's perplexity on the message in context
+    escalation_p: float                   # P(user unhappy with the previous answer)
+    domain_probs: dict[str, float]        # P over DOMAINS, with the session's recent domain as context
+    session_escalations: int = 0          # escalations among the session's recent decisions
+    most_used_modifier: str | None = None  # the modifier routed to most in the session's recent turns
+
+    @property
+    def domain(self) -> str:
+        return max(self.domain_probs, key=self.domain_probs.get)
+
+
+@dataclass
+class Decision:
+    route: str                 # what the reply runs on: base, code, reasoning, automation
+    router_choice: str         # what the router picked by itself (kept when overridden)
+    overridden: bool           # the user picked the route by hand
+    reason: str                # one line: which rule fired and on what numbers
+    rule: str                  # override | escalation | perplexity | domain | fallback
+    perplexity: float
+    tau_p: float
+    escalation_p: float
+    tau_e: float
+    domain: str
+    domain_probs: dict[str, float] = field(default_factory=dict)
+    tau_d: float = 0.8
+    tau_p_calibrated: bool = False
+    session_escalations: int = 0
+    routing_ms: float = 0.0    # all signals and the policy, as the user waited for them
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,50 @@
+"""The routing policy: plain code over the signal values and thresholds, in a fixed order
+override ▸ escalation ▸ perplexity gate ▸ domain. It returns a Decision with a one-line reason."""
+
+from __future__ import annotations
+
+from router.decision import ROUTES, Decision, Signals, Thresholds
+
+
+def decide(signals: Signals, thresholds: Thresholds, override: str | None = None) -> Decision:
+    if override is not None and override not in ROUTES:
+        raise ValueError(f"unknown route {override!r}: choose one of {', '.join(ROUTES)}")
+    choice, rule, reason = _router_choice(signals, thresholds)
+    decision = Decision(
+        route=choice, router_choice=choice, overridden=False, reason=reason, rule=rule,
+        perplexity=signals.perplexity, tau_p=thresholds.tau_p, escalation_p=signals.escalation_p,
+        tau_e=thresholds.tau_e, domain=signals.domain, domain_probs=dict(signals.domain_probs),
+        tau_d=thresholds.tau_d, tau_p_calibrated=thresholds.calibrated,
+        session_escalations=signals.session_escalations,
+    )
+    if override is not None:
+        decision.route, decision.overridden, decision.rule = override, True, "override"
+        decision.reason = f"override: you chose {override} (the router would pick {choice}: {reason})"
+    return decision
+
+
+def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
+    """(route, rule, reason) from the signals alone."""
+    domain, p_domain = s.domain, s.domain_probs[s.domain]
+    if s.escalation_p >= t.tau_e:
+        # Unhappy with the last answer: never the plain base again.
+        if domain != "general":
+            route, why = domain, f"the conversation is about {domain}"
+        elif s.most_used_modifier:
+            route, why = s.most_used_modifier, f"general conversation; {s.most_used_modifier} is this session's most used modifier"
+        else:
+            route, why = "reasoning", "general conversation and no modifier used yet"
+        repeat = f", escalation #{s.session_escalations + 1} in this session" if s.session_escalations else ""
+        return route, "escalation", (f"escalation P={s.escalation_p:.2f} ≥ τe {t.tau_e:.2f}: the user is unhappy "
+                                     f"with the last answer → {route} ({why}{repeat})")
+    if s.perplexity <= t.tau_p:
+        return "base", "perplexity", (f"perplexity {s.perplexity:.1f} ≤ τp {t.tau_p:.1f}: familiar to the base "
+                                      f"model → base")
+    if domain != "general" and p_domain >= t.tau_d:
+        return domain, "domain", (f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; domain {domain} "
+                                  f"P={p_domain:.2f} ≥ τd {t.tau_d:.2f} → {domain}")
+    if domain == "general":
+        why = f"domain general P={p_domain:.2f}"
+    else:
+        why = f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"
+    return "base", "fallback", f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; {why} → base"
