@@ -41,6 +41,26 @@ def m001_sessions_and_messages(db: sqlite_utils.Database) -> None:
     db["messages"].create_index(["session_id", "id"])
 
 
+# GenerationStats fields stored beside each decision (they arrive when the reply ends).
+STATS_COLUMNS = {"prompt_tokens": int, "reused_tokens": int, "tokens": int, "ttft_ms": float, "total_ms": float,
+                 "tokens_per_s": float, "dropped_turns": int, "stop_reason": str, "adapter": str,
+                 "draft_proposed": int, "draft_accepted": int, "draft_acceptance": float}
+
+
+@migration
+def m002_decisions(db: sqlite_utils.Database) -> None:
+    """One row per assistant turn: the router's Decision and the reply's GenerationStats."""
+    db["decisions"].create(
+        {"id": int, "session_id": str, "message_id": int, "route": str, "router_choice": str, "overridden": int,
+         "rule": str, "reason": str, "perplexity": float, "tau_p": float, "tau_p_calibrated": int,
+         "escalation_p": float, "tau_e": float, "domain": str, "domain_probs": str, "tau_d": float,
+         "session_escalations": int, "routing_ms": float, **STATS_COLUMNS, "created_at": str},
+        pk="id", foreign_keys=[("session_id", "sessions", "id"), ("message_id", "messages", "id")],
+    )
+    db["decisions"].create_index(["session_id", "id"])
+    db["decisions"].create_index(["message_id"], unique=True)
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     if "_migrations" not in db.table_names():
         db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
@@ -123,6 +143,32 @@ class Memory:
         with self._lock:
             rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id desc", limit=2 * n))
         return [{**row, "stats": json.loads(row["stats"]) if row["stats"] else None} for row in reversed(rows)]
+
+    # -- routing decisions --------------------------------------------------------------------
+    def add_decision(self, session_id: str, message_id: int, decision: dict) -> int:
+        """Store a Decision (as a dict) for the assistant message it routes, before generation."""
+        row = {**decision, "session_id": session_id, "message_id": message_id, "created_at": _now(),
+               "domain_probs": json.dumps(decision.get("domain_probs", {}))}
+        with self._lock:
+            return self.db["decisions"].insert(row, alter=False).last_pk
+
+    def add_decision_stats(self, message_id: int, stats: dict) -> None:
+        """The reply's GenerationStats, once it has ended."""
+        assignments = ", ".join(f"{column} = ?" for column in STATS_COLUMNS)
+        with self._lock, self.db.atomic():
+            self.db.execute(f"update decisions set {assignments} where message_id = ?",
+                            [stats.get(k) for k in STATS_COLUMNS] + [message_id])
+
+    def decisions(self, session_id: str, last: int | None = None) -> list[dict]:
+        """The session's decisions, oldest first; `last` keeps only the most recent ones."""
+        with self._lock:
+            rows = list(self.db["decisions"].rows_where("session_id = ?", [session_id], order_by="id desc",
+                                                        limit=last))
+        for row in rows:
+            row["domain_probs"] = json.loads(row["domain_probs"] or "{}")
+            row["overridden"] = bool(row["overridden"])
+            row["tau_p_calibrated"] = bool(row["tau_p_calibrated"])
+        return rows[::-1]
 
     def _count(self, session_id: str, role: str) -> int:
         return self.db.execute(

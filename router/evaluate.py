@@ -1,0 +1,124 @@
+"""Score the trained heads on labelled files:
+
+    python -m router.evaluate --domain FILE --escalation FILE
+
+domain lines are {"text", "label"}; escalation lines are {"previous_answer", "text", "label"}
+(label 1 = the user is unhappy). Prints one JSON object with a "domain" and/or "escalation" part."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+
+from router.decision import DOMAINS
+
+
+def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
+    """Rows of a JSON Lines file, each checked for `keys`; blank lines are skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            missing = [k for k in keys if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no examples")
+    return rows
+
+
+def domain_report(truth: list[str], predicted: list[str]) -> dict:
+    per_label = f1_score(truth, predicted, labels=list(DOMAINS), average=None, zero_division=0)
+    return {
+        "accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "macro_f1": round(float(f1_score(truth, predicted, labels=list(DOMAINS), average="macro", zero_division=0)), 4),
+        "per_label": {d: round(float(f), 4) for d, f in zip(DOMAINS, per_label)},
+        # {true label: {predicted label: count}}
+        "confusion": {t: {p: int(n) for p, n in zip(DOMAINS, row)}
+                      for t, row in zip(DOMAINS, confusion_matrix(truth, predicted, labels=list(DOMAINS)))},
+    }
+
+
+def escalation_report(truth: list[int], predicted: list[int]) -> dict:
+    truth_a, pred_a = np.asarray(truth), np.asarray(predicted)
+    negatives = int((truth_a == 0).sum())
+    false_positives = int(((pred_a == 1) & (truth_a == 0)).sum())
+    return {
+        "f1": round(float(f1_score(truth, predicted, zero_division=0)), 4),
+        "precision": round(float(precision_score(truth, predicted, zero_division=0)), 4),
+        "recall": round(float(recall_score(truth, predicted, zero_division=0)), 4),
+        "fpr": round(false_positives / negatives, 4) if negatives else 0.0,
+    }
+
+
+def evaluate_domain(rows: list[dict], embedder, classifier) -> dict:
+    unknown = sorted({r["label"] for r in rows} - set(DOMAINS))
+    if unknown:
+        raise ValueError(f"unknown domain label(s) {unknown}; expected {list(DOMAINS)}")
+    probs = classifier.score_many(embedder.encode([r["text"] for r in rows]))
+    return domain_report([r["label"] for r in rows], [DOMAINS[i] for i in probs.argmax(axis=1)])
+
+
+def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> dict:
+    messages = embedder.encode([r["text"] for r in rows])
+    previous = embedder.encode([r["previous_answer"] or "" for r in rows])
+    previous[[not r["previous_answer"] for r in rows]] = 0.0
+    probs = detector.score_many(messages, previous)
+    return escalation_report([int(r["label"]) for r in rows], [int(p >= tau_e) for p in probs])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domain", type=Path, help="JSON Lines of {text, label}")
+    parser.add_argument("--escalation", type=Path, help="JSON Lines of {previous_answer, text, label}")
+    parser.add_argument("--tau-e", type=float, default=None, help="escalation threshold (default: the demo profile's)")
+    args = parser.parse_args(argv)
+    if not args.domain and not args.escalation:
+        parser.error("give --domain FILE, --escalation FILE or both")
+    try:
+        domain_rows = read_jsonl(args.domain, ("text", "label")) if args.domain else None
+        escalation_rows = read_jsonl(args.escalation, ("previous_answer", "text", "label")) if args.escalation else None
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from router.domain import DomainClassifier
+    from router.embeddings import Embedder
+    from router.escalation import EscalationDetector
+
+    embedder, report = Embedder(cache_size=1 << 20), {}
+    try:
+        if domain_rows:
+            report["domain"] = evaluate_domain(domain_rows, embedder, DomainClassifier())
+        if escalation_rows:
+            report["escalation"] = evaluate_escalation(escalation_rows, embedder, EscalationDetector(),
+                                                       args.tau_e if args.tau_e is not None else default_tau_e())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+def default_tau_e() -> float:
+    from router.decision import Thresholds
+
+    try:
+        from models.manifest import get_profile  # the thresholds live in the profile
+        return Thresholds.from_settings(get_profile("demo").settings).tau_e
+    except Exception:
+        return Thresholds().tau_e
+
+
+if __name__ == "__main__":
+    sys.exit(main())

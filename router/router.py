@@ -1,0 +1,68 @@
+"""The Router: runs the signals on one message and hands their values to the policy.
+
+The message is embedded once and both heads read that embedding. The encode runs on a worker
+thread while the calling thread scores perplexity on the base model, so on a base route the time
+to first token pays for whichever of the two is slower, not for both."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+
+from router.decision import Decision, Signals, Thresholds
+from router.domain import DomainClassifier
+from router.embeddings import Embedder
+from router.escalation import EscalationDetector
+from router.perplexity import Perplexity
+from router.policy import decide
+
+
+class Router:
+    def __init__(self, perplexity: Perplexity, thresholds: Thresholds | None = None,
+                 embedder: Embedder | None = None, domain: DomainClassifier | None = None,
+                 escalation: EscalationDetector | None = None):
+        self.perplexity = perplexity
+        self.thresholds = thresholds or Thresholds()
+        self.embedder = embedder or Embedder()
+        self.domain = domain or DomainClassifier()
+        self.escalation = escalation or EscalationDetector()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-signals")
+
+    def decide(self, message: str, history: Sequence[dict], recent: Sequence[dict] = (),
+               override: str | None = None, system_prompt: str | None = None) -> Decision:
+        """history: the conversation so far ({role, content}); recent: the session's last decisions
+        (Decision dicts, oldest first), which give the domain prior and the escalation count."""
+        started = time.perf_counter()
+        previous_answer = next((m["content"] for m in reversed(history) if m["role"] == "assistant"), None)
+        previous_probs = recent[-1]["domain_probs"] if recent else None
+        signals = self._worker.submit(self.signals, message, previous_answer, previous_probs)
+        perplexity = self.perplexity.score(message, history, system_prompt)
+        escalation_p, domain_probs = signals.result()
+        routed = [d["route"] for d in recent if d["route"] != "base"]
+        decision = decide(Signals(
+            perplexity=perplexity, escalation_p=escalation_p, domain_probs=domain_probs,
+            session_escalations=sum(d["escalation_p"] >= d["tau_e"] for d in recent),
+            most_used_modifier=Counter(routed).most_common(1)[0][0] if routed else None,
+        ), self.thresholds, override)
+        decision.routing_ms = (time.perf_counter() - started) * 1000
+        return decision
+
+    def signals(self, message: str, previous_answer: str | None,
+                previous_probs: dict[str, float] | None) -> tuple[float, dict[str, float]]:
+        """(escalation P, domain probabilities): one encode of the message, both heads. With no
+        previous answer there is nothing to be unhappy about, and the escalation P is 0."""
+        embedding = self.embedder.encode([message])[0]
+        domain_probs = self.domain.score(embedding, previous_probs)
+        if not previous_answer:
+            return 0.0, domain_probs
+        answer = self.embedder.encode([previous_answer])[0]  # cached by remember() when the reply ended
+        return self.escalation.score(embedding, answer), domain_probs
+
+    def remember(self, answer: str) -> None:
+        """Embed a finished reply in the background (on the signals thread, which owns the
+        embedder's cache), so the next message's routing finds it ready."""
+        if answer:
+            self._worker.submit(self.embedder.encode, [answer])
