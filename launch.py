@@ -60,6 +60,23 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
     return paths, failed
 
 
+def build_router(engine, profile: Profile, max_tokens: int):
+    """The router, with the base model's scoring handed to its perplexity signal and the
+    thresholds from the profile. The embedder gets the cores llama.cpp does not use, because the
+    two run at the same time."""
+    from router.decision import Thresholds
+    from router.embeddings import Embedder
+    from router.perplexity import Perplexity
+    from router.router import Router
+
+    thresholds = Thresholds.from_settings(profile.settings)
+    if not thresholds.calibrated:
+        log.warning("profile %s has no calibrated perplexity threshold: using %.1f; run python -m router.calibrate "
+                    "--profile %s", profile.name, thresholds.tau_p, profile.name)
+    threads = max(1, (os.cpu_count() or 2) - engine.n_threads)
+    return Router(Perplexity(engine.score, max_tokens=max_tokens), thresholds, Embedder(threads=threads))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -78,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from app.chat import ChatService
+    from app.chat import ChatService, ChatSettings
     from app.memory import Memory
     from app.ui import DEMO_BANNER, build_ui
 
@@ -88,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     failed.update(engine.modifiers.failed)
     for name, reason in failed.items():
         log.warning("modifier %s is not available: %s", name, reason)
-    service = ChatService(engine, memory, unavailable=failed)
+    settings = ChatSettings()
+    service = ChatService(engine, memory, settings, unavailable=failed,
+                          router=build_router(engine, profile, settings.max_tokens))
     demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}")
     if args.share:
         log.warning("--share publishes this chat, its model and every stored session list on a public URL "

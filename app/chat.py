@@ -1,5 +1,6 @@
-"""ChatService: the one place that knows every room. The UI and the API call it; it reads and
-writes session memory and streams from the engine (the router and modifiers plug in here)."""
+"""ChatService: the one place that knows every room. The UI and the API call it; it reads session
+memory, asks the router for a route, streams from the engine under that route's modifier, and
+writes the turn, its Decision and its GenerationStats back to memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Iterator
 from app.memory import Memory
 from models.engine import Engine, GenerationStats
 from models.errors import ContextOverflowError
+from router.decision import ROUTES, Decision
+from router.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,11 @@ class ReplyUpdate:
     notice: str | None = None     # something the user should be told (a hint, a dropped turn, an error)
     stats: GenerationStats | None = None
     message_id: int | None = None  # the assistant row in sessions.db
+    decision: Decision | None = None  # how this reply was routed (None: no router configured)
 
 
-ROUTES = ("base", "code", "reasoning", "automation")  # the plain base, then the LoRA modifiers
+AUTO = "auto"           # the override value that leaves the choice to the router
+RECENT_TURNS = 5        # how many of the session's last turns the router reads
 
 
 @dataclass
@@ -46,6 +51,7 @@ class ChatService:
     memory: Memory
     settings: ChatSettings = field(default_factory=ChatSettings)
     unavailable: dict[str, str] = field(default_factory=dict)  # modifier → why it could not be loaded
+    router: Router | None = None  # None: every reply runs on the override, else the plain base
 
     def modifier_status(self) -> dict[str, str | None]:
         """Each modifier route → None when ready, else the reason it is not available."""
@@ -68,57 +74,42 @@ class ChatService:
     # -- one message --------------------------------------------------------------------------
     def respond(self, session_id: str | None, message: str, override: str | None = None,
                 use_draft: bool = True) -> Iterator[ReplyUpdate]:
-        """Store the message, stream the reply, store it as it grows. Yields ReplyUpdates; the
-        last one has done=True. Closing the iterator (Stop) keeps the partial reply as "stopped".
-        `override` picks the route by hand (base, code, reasoning, automation); without one the
-        reply runs on the plain base."""
+        """Store the message, route it, stream the reply, store it as it grows. Yields ReplyUpdates;
+        the last one has done=True. Closing the iterator (Stop) keeps the partial reply as
+        "stopped". `override` picks the route by hand (base, code, reasoning, automation);
+        None or "auto" lets the router choose."""
         if not message or not message.strip():
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice="Type a message first: empty messages are not sent.")
             return
-        route = (override or "base").lower()
-        if route not in ROUTES:
+        override = (override or AUTO).strip().lower()
+        if override not in (AUTO, *ROUTES):
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
-                              notice=f"Unknown route {override!r}: choose one of {', '.join(ROUTES)}.")
+                              notice=f"Unknown route {override!r}: choose auto, {', '.join(ROUTES)}.")
             return
-        notices = []
-        missing = self.modifier_status().get(route)
-        if missing:
-            notices.append(f"The {route} modifier is not available ({missing}); this reply uses the plain base.")
-            route = "base"
         if not session_id or self.memory.session(session_id) is None:
             session_id = self.memory.new_session()
         history = [{"role": m["role"], "content": m["content"]} for m in self.memory.messages(session_id)
                    if m["content"] and m["status"] != "error"]
-        self.memory.add_message(session_id, "user", message)  # committed before generation starts
+        self.memory.add_message(session_id, "user", message)  # committed before anything can fail
         reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
-        messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
-                    {"role": "user", "content": message}]
-        update = ReplyUpdate(session_id, message_id=reply_id, notice=" ".join(notices) or None)
+        update = ReplyUpdate(session_id, message_id=reply_id)
         pieces: list[str] = []
-        saved_at = time.monotonic()
         try:
-            seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
-            stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
-                                          temperature=self.settings.temperature,
-                                          top_p=self.settings.top_p, seed=seed,
-                                          modifier=None if route == "base" else route, use_draft=use_draft)
-            with closing(stream):  # on Stop, release the engine at once
-                for item in stream:
-                    if isinstance(item, GenerationStats):
-                        update.stats = item
-                        break
-                    pieces.append(item)
-                    update.text = "".join(pieces)
-                    if time.monotonic() - saved_at >= self.settings.save_every_s:
-                        self.memory.update_message(reply_id, content=update.text)
-                        saved_at = time.monotonic()
-                    yield update
-            update.status, update.done = "complete", True
-            if update.stats and update.stats.dropped_turns:
-                notices.append(f"This conversation is longer than the model's context window: the oldest "
-                               f"{update.stats.dropped_turns} message(s) were left out of this reply.")
-                update.notice = " ".join(notices)
+            decision = update.decision = self._route(session_id, message, history, override)
+            route = decision.route if decision else (override if override != AUTO else "base")
+            missing = self.modifier_status().get(route)
+            if missing:
+                update.notice = f"The {route} modifier is not available ({missing}); this reply uses the plain base."
+                if decision:
+                    decision.reason += f"; the {route} modifier is not available → base"
+                    decision.route = "base"
+                route = "base"
+            if decision:
+                self.memory.add_decision(session_id, reply_id, decision.to_dict())
+            messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
+                        {"role": "user", "content": message}]
+            yield from self._stream(messages, route, use_draft, reply_id, update, pieces)
         except ContextOverflowError as exc:
             update.status, update.done, update.notice = "error", True, str(exc)
         except GeneratorExit:
@@ -129,9 +120,44 @@ class ChatService:
             update.status, update.done = "error", True
             update.notice = f"The model failed while replying ({type(exc).__name__}: {exc}). The text so far is kept."
         finally:
-            self.memory.update_message(
-                reply_id, content="".join(pieces), status=update.status or "stopped",
-                stats=update.stats.to_dict() if update.stats else None,
-                error=update.notice if update.status == "error" else None,
-            )
+            stats = update.stats.to_dict() if update.stats else None
+            self.memory.update_message(reply_id, content="".join(pieces), status=update.status or "stopped",
+                                       stats=stats, error=update.notice if update.status == "error" else None)
+            if stats and update.decision:
+                self.memory.add_decision_stats(reply_id, stats)
+        if self.router and update.status == "complete":
+            self.router.remember(update.text)
         yield update
+
+    def _route(self, session_id: str, message: str, history: list[dict], override: str) -> Decision | None:
+        """The router's Decision, from the message, the conversation and the session's last turns."""
+        if self.router is None:
+            return None
+        return self.router.decide(message, history, self.memory.decisions(session_id, last=RECENT_TURNS),
+                                  override=None if override == AUTO else override,
+                                  system_prompt=self.settings.system_prompt)
+
+    def _stream(self, messages: list[dict], route: str, use_draft: bool, reply_id: int, update: ReplyUpdate,
+                pieces: list[str]) -> Iterator[ReplyUpdate]:
+        """Generate on `route`, growing `pieces` and saving the text every save_every_s."""
+        saved_at = time.monotonic()
+        seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
+        stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
+                                      temperature=self.settings.temperature, top_p=self.settings.top_p,
+                                      seed=seed, modifier=None if route == "base" else route, use_draft=use_draft)
+        with closing(stream):  # on Stop, release the engine at once
+            for item in stream:
+                if isinstance(item, GenerationStats):
+                    update.stats = item
+                    break
+                pieces.append(item)
+                update.text = "".join(pieces)
+                if time.monotonic() - saved_at >= self.settings.save_every_s:
+                    self.memory.update_message(reply_id, content=update.text)
+                    saved_at = time.monotonic()
+                yield update
+        update.status, update.done = "complete", True
+        if update.stats and update.stats.dropped_turns:
+            dropped = (f"This conversation is longer than the model's context window: the oldest "
+                       f"{update.stats.dropped_turns} message(s) were left out of this reply.")
+            update.notice = f"{update.notice} {dropped}" if update.notice else dropped

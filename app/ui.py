@@ -27,10 +27,11 @@ def _shown(role: str, content: str, status: str = "complete") -> dict:
 
 
 def _stats_line(update: ReplyUpdate) -> str:
-    s = update.stats
+    s, d = update.stats, update.decision
+    route = f"**→ {d.route}** — {html.escape(d.reason)}  \n" if d else ""
     if not s:
-        return ""
-    return (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
+        return route
+    return route + (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
             + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
                if s.draft_proposed else ""))
@@ -67,7 +68,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def chat_api(message: str, session_id: str = "", override: str = "") -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
         continue a conversation; without one each call starts a new session. `override` picks
-        the route by hand: base, code, reasoning or automation."""
+        the route by hand (base, code, reasoning, automation); empty or "auto" lets the router choose."""
         final = None
         for final in service.respond(session_id or None, message, override=override or None):
             pass
@@ -92,8 +93,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         with gr.Row():
             with gr.Column(scale=1, min_width=200):
                 new_button = gr.Button("New chat", elem_id="new-chat")
-                route = gr.Radio(["base", "code", "reasoning", "automation"], value="base", label="Modifier",
-                                 info="LoRA applied to your next messages", elem_id="route")
+                route = gr.Radio(["auto", "base", "code", "reasoning", "automation"], value="auto", label="Route",
+                                 info="auto: the router picks a modifier per message; pick one to override it",
+                                 elem_id="route")
                 use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
                                         info="a small draft model proposes tokens; the reply is the same",
                                         interactive=service.engine.draft is not None, elem_id="use-draft")

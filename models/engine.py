@@ -116,6 +116,7 @@ class Engine:
         # thread than there are free cores (the UI, the browser, a second process) is many times
         # slower, not faster. On 2 cores: 2 threads ran 49 tok/s against 303 for 1.
         threads = n_threads or default_threads()
+        self.n_threads = threads
         self.modifiers = ModifierRegistry(self.model.model, self.model_path, modifiers or {})
         # One KV sequence per route (the plain base, then each modifier) in one context: a switch
         # re-evaluates only what that adapter has not seen, and KV computed under one adapter is

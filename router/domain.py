@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from router.decision import DOMAINS
-from router.heads import WEIGHTS_DIR, Head, domain_features
+from router.heads import WEIGHTS_DIR, Head, domain_dense
 
 
 class DomainClassifier:
     def __init__(self, path: Path = WEIGHTS_DIR / "domain.pt"):
         self.head, self.meta = Head.load(path)
 
-    def score(self, embedding: np.ndarray, previous_probs: dict[str, float] | None = None) -> dict[str, float]:
-        """embedding: the message's (DIM,); previous_probs: the previous turn's domain probabilities."""
+    def score(self, text: str, embedding: np.ndarray, previous_probs: dict[str, float] | None = None) -> dict[str, float]:
+        """text and its (DIM,) embedding; previous_probs: the previous turn's domain probabilities."""
         prior = None if previous_probs is None else np.array([[previous_probs.get(d, 0.0) for d in DOMAINS]])
-        probs = self.score_many(embedding[None, :], prior)[0]
+        probs = self.score_many([text], embedding[None, :], prior)[0]
         return {d: float(p) for d, p in zip(DOMAINS, probs)}
 
-    def score_many(self, embeddings: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
-        """(n, DIM) embeddings, optional (n, 4) priors (NaN rows: none) → (n, 4) probabilities."""
-        return self.head.probabilities(domain_features(embeddings, previous))
+    def score_many(self, texts: list[str], embeddings: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+        """(n, 4) probabilities; previous: optional (n, 4) priors, NaN rows where there is none."""
+        return self.head.probabilities(texts, domain_dense(texts, embeddings, previous))

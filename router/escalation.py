@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from router.heads import WEIGHTS_DIR, Head, escalation_features
+from router.heads import WEIGHTS_DIR, Head, escalation_dense
 
 
 class EscalationDetector:
     def __init__(self, path: Path = WEIGHTS_DIR / "escalation.pt"):
         self.head, self.meta = Head.load(path)
 
-    def score(self, embedding: np.ndarray, previous_answer: np.ndarray | None = None) -> float:
-        """embedding: the message's (DIM,); previous_answer: the last assistant reply's, if any."""
+    def score(self, text: str, embedding: np.ndarray, previous_answer: np.ndarray | None = None) -> float:
+        """text and its (DIM,) embedding; previous_answer: the last reply's embedding, if any."""
         previous = None if previous_answer is None else previous_answer[None, :]
-        return float(self.score_many(embedding[None, :], previous)[0])
+        return float(self.score_many([text], embedding[None, :], previous)[0])
 
-    def score_many(self, embeddings: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
-        return self.head.probabilities(escalation_features(embeddings, previous_answers))
+    def score_many(self, texts: list[str], embeddings: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
+        return self.head.probabilities(texts, escalation_dense(embeddings, previous_answers))

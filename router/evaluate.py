@@ -66,15 +66,16 @@ def evaluate_domain(rows: list[dict], embedder, classifier) -> dict:
     unknown = sorted({r["label"] for r in rows} - set(DOMAINS))
     if unknown:
         raise ValueError(f"unknown domain label(s) {unknown}; expected {list(DOMAINS)}")
-    probs = classifier.score_many(embedder.encode([r["text"] for r in rows]))
+    texts = [r["text"] for r in rows]
+    probs = classifier.score_many(texts, embedder.encode(texts))
     return domain_report([r["label"] for r in rows], [DOMAINS[i] for i in probs.argmax(axis=1)])
 
 
 def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> dict:
-    messages = embedder.encode([r["text"] for r in rows])
+    texts = [r["text"] for r in rows]
     previous = embedder.encode([r["previous_answer"] or "" for r in rows])
     previous[[not r["previous_answer"] for r in rows]] = 0.0
-    probs = detector.score_many(messages, previous)
+    probs = detector.score_many(texts, embedder.encode(texts), previous)
     return escalation_report([int(r["label"]) for r in rows], [int(p >= tau_e) for p in probs])
 
 

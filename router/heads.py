@@ -1,73 +1,129 @@
-"""The two small trained heads over sentence embeddings, and the features each one reads.
+"""The two small trained heads and the features each one reads.
 
-domain head:     [message embedding, previous turn's domain probabilities, has-previous flag]
-escalation head: [message embedding, message ⊙ previous-answer embedding, has-previous flag]
+Each head is a log-linear model in torch over two views of the message: TF-IDF of its word 1–2-
+grams and in-word character 2–4-grams (the exact cue words: "I said", "still", "doesn't
+compile", "every Monday", typos included), and the MiniLM sentence embedding (the meaning when the
+words are new). On held-out data the two together beat either alone and beat an MLP on the
+embedding (domain macro-F1 0.96 against 0.90; see the router notes in README.md).
 
-The previous turn's domain probabilities carry a conversation's domain through vague follow-ups
-("and in Rust?") and through chains of them; the product with the previous answer lets the
-escalation head tell "that's wrong" about this answer from a new question that sounds alike."""
+domain head:     + the previous turn's domain probabilities and a has-previous flag, which carry a
+                 conversation's domain through vague follow-ups ("and in Rust?") and chains of them
+escalation head: + message ⊙ previous-answer embedding, which relates "that's wrong" to the answer
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
 from router.decision import DOMAINS
-from router.embeddings import DIM
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DOMAIN_FEATURES = DIM + len(DOMAINS) + 1
-ESCALATION_FEATURES = 2 * DIM + 1
+EMBEDDING_SCALE = 0.5  # TF-IDF rows have unit length too; at 0.5 neither view drowns the other
 
 
-def domain_features(messages: np.ndarray, previous_probs: np.ndarray | None = None) -> np.ndarray:
-    """messages (n, DIM); previous_probs (n, 4) in DOMAINS order, rows of NaN where there is none."""
+class TextFeatures:
+    """TF-IDF over word 1–2-grams and in-word character 2–4-grams, fitted on the training texts."""
+
+    def __init__(self, word: TfidfVectorizer, char: TfidfVectorizer):
+        self.word, self.char = word, char
+
+    @staticmethod
+    def _vectorizers(word_vocab=None, char_vocab=None) -> tuple[TfidfVectorizer, TfidfVectorizer]:
+        return (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=word_vocab),
+                TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True,
+                                vocabulary=char_vocab))
+
+    @classmethod
+    def fit(cls, texts: Sequence[str]) -> "TextFeatures":
+        word, char = cls._vectorizers()
+        word.fit(texts)
+        char.fit(texts)
+        return cls(word, char)
+
+    @property
+    def size(self) -> int:
+        return len(self.word.vocabulary_) + len(self.char.vocabulary_)
+
+    def transform(self, texts: Sequence[str], max_chars: int = 4000) -> sparse.csr_matrix:
+        clipped = [t[:max_chars] for t in texts]  # the start says what a message is; bounds the cost
+        return sparse.hstack([self.word.transform(clipped), self.char.transform(clipped)]).tocsr()
+
+    def state(self) -> dict:
+        return {"word_vocab": self.word.get_feature_names_out().tolist(), "word_idf": torch.tensor(self.word.idf_),
+                "char_vocab": self.char.get_feature_names_out().tolist(), "char_idf": torch.tensor(self.char.idf_)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TextFeatures":
+        word, char = cls._vectorizers(state["word_vocab"], state["char_vocab"])
+        word.idf_, char.idf_ = state["word_idf"].numpy(), state["char_idf"].numpy()
+        return cls(word, char)
+
+
+def domain_dense(texts: Sequence[str], messages: np.ndarray, previous_probs: np.ndarray | None = None) -> np.ndarray:
+    """texts and their (n, DIM) embeddings; previous_probs (n, 4) in DOMAINS order, NaN rows where
+    none. The prior enters twice: as is, and weighted by how short the message is, because a
+    linear model cannot otherwise lean on it for "and in Go?" but not for a new full question."""
     n = len(messages)
-    prior = np.zeros((n, len(DOMAINS)), np.float32) if previous_probs is None else previous_probs.astype(np.float32)
+    prior = np.full((n, len(DOMAINS)), np.nan, np.float32) if previous_probs is None else previous_probs
     has = ~np.isnan(prior).any(axis=1, keepdims=True)
-    return np.hstack([messages, np.where(has, prior, 0.0), has.astype(np.float32)]).astype(np.float32)
+    prior = np.where(has, prior, 0.0)
+    shortness = np.array([[max(0.0, 1.0 - len(t.split()) / 12)] for t in texts], np.float32)
+    return np.hstack([EMBEDDING_SCALE * messages, prior, shortness * prior, has]).astype(np.float32)
 
 
-def escalation_features(messages: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
-    """messages (n, DIM); previous_answers (n, DIM) with rows of zeros where there is none."""
+def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
+    """messages (n, DIM); previous_answers (n, DIM), rows of zeros where there is none."""
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
-    has = (np.abs(previous).sum(axis=1, keepdims=True) > 0).astype(np.float32)
-    return np.hstack([messages, messages * previous, has]).astype(np.float32)
+    return np.hstack([EMBEDDING_SCALE * messages, 4 * EMBEDDING_SCALE * messages * previous]).astype(np.float32)
+
+
+def to_torch(matrix: sparse.spmatrix) -> torch.Tensor:
+    coo = sparse.coo_matrix(matrix, dtype=np.float32)
+    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape,
+                                   check_invariants=False).coalesce()  # built from a valid scipy matrix
 
 
 class Head(nn.Module):
-    """A one-hidden-layer MLP: enough over a good embedding, small enough to train in seconds."""
+    """softmax (or, with one output, sigmoid) of a linear map of [TF-IDF, dense features]."""
 
-    def __init__(self, n_in: int, n_out: int, hidden: int = 128, dropout: float = 0.2):
+    def __init__(self, text: TextFeatures, n_dense: int, n_out: int):
         super().__init__()
-        self.config = {"n_in": n_in, "n_out": n_out, "hidden": hidden, "dropout": dropout}
-        self.net = nn.Sequential(nn.Dropout(0.1), nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_out))
+        self.text = text
+        self.config = {"n_dense": n_dense, "n_out": n_out}
+        self.linear = nn.Linear(text.size + n_dense, n_out)
+
+    def inputs(self, texts: Sequence[str], dense: np.ndarray) -> torch.Tensor:
+        return to_torch(sparse.hstack([self.text.transform(texts), sparse.csr_matrix(dense)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return torch.sparse.mm(x, self.linear.weight.T) + self.linear.bias
 
-    def probabilities(self, features: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-        self.eval()
+    def probabilities(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits = self(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))) / temperature
+            logits = self(self.inputs(texts, dense))
             if self.config["n_out"] == 1:
                 return torch.sigmoid(logits[:, 0]).numpy()
             return torch.softmax(logits, dim=-1).numpy()
 
     def save(self, path: Path, meta: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": self.config, "meta": meta, "state": self.state_dict()}, path)
+        torch.save({"config": self.config, "meta": meta, "text": self.text.state(),
+                    "state": {k: v.half() for k, v in self.state_dict().items()}}, path)  # float16: half the file
 
     @classmethod
     def load(cls, path: Path) -> tuple["Head", dict]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: router head not trained; run python -m router.train")
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        head = cls(**saved["config"])
-        head.load_state_dict(saved["state"])
+        head = cls(TextFeatures.from_state(saved["text"]), **saved["config"])
+        head.load_state_dict({k: v.float() for k, v in saved["state"].items()})
         head.eval()
         return head, saved["meta"]

@@ -52,14 +52,14 @@ class Router:
 
     def signals(self, message: str, previous_answer: str | None,
                 previous_probs: dict[str, float] | None) -> tuple[float, dict[str, float]]:
-        """(escalation P, domain probabilities): one encode of the message, both heads. With no
+        """(escalation P, domain probabilities): one encode of the message, read by both heads. With no
         previous answer there is nothing to be unhappy about, and the escalation P is 0."""
         embedding = self.embedder.encode([message])[0]
-        domain_probs = self.domain.score(embedding, previous_probs)
+        domain_probs = self.domain.score(message, embedding, previous_probs)
         if not previous_answer:
             return 0.0, domain_probs
         answer = self.embedder.encode([previous_answer])[0]  # cached by remember() when the reply ended
-        return self.escalation.score(embedding, answer), domain_probs
+        return self.escalation.score(message, embedding, answer), domain_probs
 
     def remember(self, answer: str) -> None:
         """Embed a finished reply in the background (on the signals thread, which owns the

@@ -47,3 +47,13 @@ def small_engine(demo_set):
     from models.engine import Engine
 
     return Engine(demo_set["base"], n_ctx=256)
+
+
+@pytest.fixture(scope="session")
+def router_parts():
+    """The committed router heads and the embedder, loaded once (torch and the MiniLM weights)."""
+    from router.domain import DomainClassifier
+    from router.embeddings import Embedder
+    from router.escalation import EscalationDetector
+
+    return Embedder(), DomainClassifier(), EscalationDetector()

@@ -1,0 +1,156 @@
+"""Router speed: the signals other than perplexity, and what routing adds to time to first token.
+
+signals: Router.signals (one MiniLM encode of the message + the domain and escalation heads) on
+  --n messages from router/data (domain texts alone, escalation texts after their previous answer),
+  each text seen once so nothing comes from the embedding cache. The previous answer is embedded
+  beforehand, as the app does when a reply ends (Router.remember). Threads as in the app: the
+  cores llama.cpp does not use.
+ttft: ChatService.respond on a new session, from the call to the first streamed text, greedy.
+  routed:   with the Router, τp = ∞ so every message takes the base route by the perplexity gate
+            (all signals computed, the scoring prefill reused by the reply);
+  unrouted: no Router, the reply on the base.
+  Each message goes through both paths, in two passes that swap which messages each path gets, so
+  neither path finds the other's prefill in the KV cache. Run on the demo base and a 768-wide one.
+
+    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60]
+
+The last line is JSON: signals_p50_ms, signals_p95_ms, ttft_base_route_vs_unrouted (median routed
+TTFT / median unrouted TTFT on the demo base), and the per-model figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
+
+import numpy as np  # noqa: E402
+
+from app.chat import ChatService, ChatSettings  # noqa: E402
+from app.memory import Memory  # noqa: E402
+from models.demo import DemoSpec, write_model  # noqa: E402
+from models.engine import Engine  # noqa: E402
+from router.decision import Thresholds  # noqa: E402
+from router.embeddings import Embedder  # noqa: E402
+from router.evaluate import read_jsonl  # noqa: E402
+from router.perplexity import Perplexity  # noqa: E402
+from router.router import Router  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent / "router" / "data"
+MODELS = {"demo": DemoSpec(), "demo-768": replace(DemoSpec(), n_embd=768, n_ff=2048)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def bench_signals(router: Router, n: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    domain = rng.sample(read_jsonl(DATA / "domain.jsonl", ("text", "label")), n // 2)
+    escalation = rng.sample(read_jsonl(DATA / "escalation.jsonl", ("previous_answer", "text", "label")), n - n // 2)
+    for row in escalation:
+        router.embedder.encode([row["previous_answer"]])  # what Router.remember does when a reply ends
+    cases = [(r["text"], None) for r in domain] + [(r["text"], r["previous_answer"]) for r in escalation]
+    rng.shuffle(cases)
+    for text, previous in cases[:10]:  # warm-up (torch's first calls allocate)
+        router.signals(text + " warm-up", previous, None)
+    times = []
+    for text, previous in cases:
+        start = time.perf_counter()
+        router.signals(text, previous, {"code": 0.25, "reasoning": 0.25, "automation": 0.25, "general": 0.25})
+        times.append((time.perf_counter() - start) * 1000)
+    chars = [len(t) for t, _ in cases]
+    return {"n": len(times), "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
+            "max_ms": max(times), "mean_chars": statistics.mean(chars)}
+
+
+def first_text_ms(service: ChatService, message: str) -> float:
+    start = time.perf_counter()
+    stream = service.respond(service.new_session(), message, override="auto")
+    for update in stream:
+        if update.text:
+            stream.close()
+            return (time.perf_counter() - start) * 1000
+    raise RuntimeError("no text streamed")
+
+
+def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, threads: int) -> dict:
+    engine = Engine(path, n_ctx=2048, n_threads=threads)
+    settings = ChatSettings(temperature=0, max_tokens=16, seed=0)
+    embedder, domain, escalation = router_parts
+    router = Router(Perplexity(engine.score, max_tokens=settings.max_tokens),
+                    Thresholds(tau_p=float("inf"), calibrated=True), embedder, domain, escalation)
+    routed = ChatService(engine, Memory(tmp / f"{path.stem}-routed.db"), settings, router=router)
+    unrouted = ChatService(engine, Memory(tmp / f"{path.stem}-unrouted.db"), settings)
+    for m in messages[:4]:  # warm-up
+        first_text_ms(routed, m + " (warm-up)")
+        first_text_ms(unrouted, m + " (warm-up 2)")
+    half = len(messages) // 2
+    a, b = messages[:half], messages[half:2 * half]
+    times = {"routed": [], "unrouted": []}
+    for first, second in ((a, b), (b, a)):  # each message through both paths, never back to back
+        for x, y in zip(first, second):
+            times["routed"].append(first_text_ms(routed, x))
+            times["unrouted"].append(first_text_ms(unrouted, y))
+    decisions = routed.memory.db.execute("select count(*), sum(route = 'base') from decisions").fetchone()
+    assert decisions[0] == decisions[1], "every routed message should have taken the base route"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"routed_ms": med["routed"], "unrouted_ms": med["unrouted"], "ratio": med["routed"] / med["unrouted"],
+            "routed_p95_ms": percentile(times["routed"], 95), "unrouted_p95_ms": percentile(times["unrouted"], 95),
+            "n": len(times["routed"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=300, help="messages for the signals timing (default 300)")
+    parser.add_argument("--ttft-n", type=int, default=60, help="messages per path for TTFT (default 60)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from models.engine import default_threads
+    from router.domain import DomainClassifier
+    from router.escalation import EscalationDetector
+
+    llama_threads = args.threads or default_threads()
+    torch_threads = max(1, (os.cpu_count() or 2) - llama_threads)
+    parts = (Embedder(threads=torch_threads), DomainClassifier(), EscalationDetector())
+    signal_router = Router(Perplexity(lambda *a, **k: (0.0, 0)), Thresholds(), *parts)
+    signals = bench_signals(signal_router, args.n, args.seed)
+    print(f"signals (encode + heads), {signals['n']} messages, mean {signals['mean_chars']:.0f} chars, "
+          f"{torch_threads} torch thread(s): p50 {signals['p50_ms']:.2f} ms  p95 {signals['p95_ms']:.2f} ms  "
+          f"max {signals['max_ms']:.2f} ms")
+
+    rows = read_jsonl(DATA / "domain.jsonl", ("text", "label"))
+    messages = [r["text"] for r in random.Random(args.seed + 1).sample(rows, 2 * (args.ttft_n // 2))]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
+        tmp = Path(tmp)
+        for name, spec in MODELS.items():
+            path = tmp / f"{name}.gguf"
+            write_model(path, spec, "base")
+            results[name] = bench_ttft(path, parts, messages, tmp, llama_threads)
+    print(f"\nTTFT, new session, first message ({len(messages)} messages per path, {llama_threads} llama thread(s))")
+    print(f"{'model':<10}{'unrouted ms':>13}{'routed ms':>11}{'ratio':>8}{'unrouted p95':>14}{'routed p95':>12}")
+    for name, r in results.items():
+        print(f"{name:<10}{r['unrouted_ms']:>13.2f}{r['routed_ms']:>11.2f}{r['ratio']:>8.3f}"
+              f"{r['unrouted_p95_ms']:>14.2f}{r['routed_p95_ms']:>12.2f}")
+    print(json.dumps({
+        "signals_p50_ms": round(signals["p50_ms"], 2), "signals_p95_ms": round(signals["p95_ms"], 2),
+        "ttft_base_route_vs_unrouted": round(results["demo"]["ratio"], 3),
+        "ttft_base_route_vs_unrouted_768": round(results["demo-768"]["ratio"], 3),
+        "ttft_ms": {k: {"routed": round(v["routed_ms"], 2), "unrouted": round(v["unrouted_ms"], 2)}
+                    for k, v in results.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

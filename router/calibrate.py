@@ -1,0 +1,89 @@
+"""Calibrate the perplexity gate on the loaded base model:
+
+    python -m router.calibrate [--profile demo] [--share 0.5]
+
+Scores every prompt in router/data/domain.jsonl with the profile's base model (a one-message
+conversation under the app's system prompt) and sets τp to the perplexity below which `share` of
+them fall, so that share of messages goes to the plain base. τp is written into the profile's
+settings.router in models/manifest.json, with the base file's digest it was measured on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from router.decision import DOMAINS
+from router.evaluate import read_jsonl
+from router.perplexity import Perplexity
+
+DATA = Path(__file__).resolve().parent / "data" / "domain.jsonl"
+
+
+def tau_for_share(perplexities: list[float], share: float) -> float:
+    """The perplexity at or below which `share` of the prompts fall."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be between 0 and 1 (exclusive), not {share}")
+    return float(np.quantile(np.asarray(perplexities), share, method="inverted_cdf"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router.calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--share", type=float, default=0.5, help="share of prompts sent to the plain base (default 0.5)")
+    parser.add_argument("--data", type=Path, default=DATA, help="JSON Lines with a text field")
+    parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="score only this many prompts (a big model on CPU)")
+    parser.add_argument("--manifest", type=Path, default=None, help="manifest to read and update (default models/manifest.json)")
+    parser.add_argument("--dry-run", action="store_true", help="print τp; do not write the manifest")
+    args = parser.parse_args(argv)
+    # A command-line entry point, so it may load the model itself; the router library does not.
+    from app.chat import ChatSettings
+    from launch import prepare_models
+    from models.engine import Engine
+    from models.errors import ModelFileError
+    from models.manifest import MANIFEST_PATH, get_profile, models_dir
+    from models.store import Store
+
+    try:
+        rows = read_jsonl(args.data, ("text",))
+        manifest_path = args.manifest or MANIFEST_PATH
+        profile = get_profile(args.profile, manifest_path)
+        base = next(f for f in profile.files if f.role == "base")
+        paths, _ = prepare_models(profile, Store(models_dir(args.models_dir)))
+        engine = Engine(paths["base"], n_ctx=profile.settings.get("n_ctx", 4096))
+    except (OSError, ValueError, KeyError, ModelFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.limit:
+        rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:args.limit]]
+    settings = ChatSettings()
+    signal = Perplexity(engine.score, max_tokens=settings.max_tokens)
+    started = time.perf_counter()
+    values = [signal.score(r["text"], [], settings.system_prompt) for r in tqdm(rows, desc="scoring", unit="prompt")]
+    tau = tau_for_share(values, args.share)
+    print(f"{len(values)} prompts in {time.perf_counter() - started:.1f} s on {paths['base'].name}")
+    print(f"{'label':<12}{'n':>6}{'p25':>10}{'median':>10}{'p75':>10}{'≤ τp':>8}")
+    for label in (*DOMAINS, "all"):
+        v = np.array([x for x, r in zip(values, rows) if label in ("all", r.get("label"))])
+        if len(v):
+            print(f"{label:<12}{len(v):>6}{np.quantile(v, .25):>10.2f}{np.median(v):>10.2f}"
+                  f"{np.quantile(v, .75):>10.2f}{(v <= tau).mean():>8.0%}")
+    print(f"τp = {tau:.4f} sends {np.mean(np.array(values) <= tau):.0%} of prompts to base (asked {args.share:.0%})")
+    if args.dry_run:
+        return 0
+    manifest = json.loads(manifest_path.read_text())
+    router = manifest["profiles"][profile.name].setdefault("settings", {}).setdefault("router", {})
+    router.update({"tau_p": round(tau, 4), "tau_p_share": args.share, "tau_p_base_sha256": base.sha256})
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote settings.router.tau_p to {manifest_path} (profile {profile.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""python -m router.evaluate on small files: the report's shape and arithmetic, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from router.evaluate import domain_report, escalation_report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "router.evaluate", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_domain_report_arithmetic():
+    truth = ["code", "code", "reasoning", "automation", "general", "general"]
+    guess = ["code", "general", "reasoning", "automation", "general", "code"]
+    r = domain_report(truth, guess)
+    assert r["accuracy"] == round(4 / 6, 4)
+    assert r["per_label"] == {"code": 0.5, "reasoning": 1.0, "automation": 1.0, "general": 0.5}
+    assert r["macro_f1"] == 0.75
+    assert r["confusion"]["code"] == {"code": 1, "reasoning": 0, "automation": 0, "general": 1}
+    assert r["confusion"]["general"]["code"] == 1
+
+
+def test_escalation_report_arithmetic():
+    r = escalation_report([1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 1, 0, 0, 0])
+    assert r == {"f1": round(2 / 3, 4), "precision": round(2 / 3, 4), "recall": round(2 / 3, 4), "fpr": 0.25}
+
+
+def test_the_cli_scores_both_files(tmp_path):
+    domain = write_jsonl(tmp_path / "domain.jsonl", [
+        {"text": "Fix this Python error: TypeError: unsupported operand type(s) for +: 'int' and 'str'", "label": "code"},
+        {"text": "write a regex that matches US zip codes", "label": "code"},
+        {"text": "If 3 painters paint a house in 8 hours, how long do 4 painters take?", "label": "reasoning"},
+        {"text": "What is the derivative of x^3 * sin(x)?", "label": "reasoning"},
+        {"text": "Add a meeting with Dana to my Google Calendar tomorrow at 10 and send her the invite",
+         "label": "automation"},
+        {"text": "turn off all the lights in the house at 11pm every night", "label": "automation"},
+        {"text": "What's a good book to read on a rainy weekend?", "label": "general"},
+        {"text": "How long should I boil an egg for a runny yolk?", "label": "general"},
+    ])
+    escalation = write_jsonl(tmp_path / "escalation.jsonl", [
+        {"previous_answer": "The capital of Australia is Sydney.", "text": "No, that's wrong. It's Canberra.",
+         "label": 1},
+        {"previous_answer": "Here's the function:\n```python\ndef add(a, b): return a - b\n```",
+         "text": "this doesn't work, it subtracts instead of adding", "label": 1},
+        {"previous_answer": "Preheat the oven to 180°C and bake for 25 minutes.", "text": "perfect, thank you!",
+         "label": 0},
+        {"previous_answer": "You can use `git stash` to save your changes.", "text": "cool. how do I see the stash list?",
+         "label": 0},
+    ])
+    done = evaluate("--domain", str(domain), "--escalation", str(escalation))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(report) == {"domain", "escalation"}
+    assert set(report["domain"]) == {"accuracy", "macro_f1", "per_label", "confusion"}
+    assert set(report["escalation"]) == {"f1", "precision", "recall", "fpr"}
+    assert sum(sum(row.values()) for row in report["domain"]["confusion"].values()) == 8
+    # Clear-cut examples, written for this test, not taken from the training data.
+    assert report["domain"]["accuracy"] >= 0.75 and report["escalation"]["f1"] >= 0.66
+
+
+def test_either_part_alone(tmp_path):
+    escalation = write_jsonl(tmp_path / "e.jsonl", [
+        {"previous_answer": "2 + 2 = 5", "text": "that's not right", "label": 1},
+        {"previous_answer": "Done, the lights are off.", "text": "thanks!", "label": 0},
+    ])
+    done = evaluate("--escalation", str(escalation))
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) == {"escalation"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "hi", "label": "general"}\nnot json\n', "bad.jsonl:2: not valid JSON"),
+    ('{"text": "hi"}\n', "bad.jsonl:1: missing label"),
+    ('{"text": "hi", "label": "poetry"}\n', "unknown domain label(s) ['poetry']"),
+    ("", "bad.jsonl: no examples"),
+])
+def test_bad_files_get_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    done = evaluate("--domain", str(path))
+    assert done.returncode == 2 and message in done.stderr and not done.stdout
+
+
+def test_a_missing_file_and_no_arguments(tmp_path):
+    done = evaluate("--domain", str(tmp_path / "nope.jsonl"))
+    assert done.returncode == 2 and "nope.jsonl" in done.stderr
+    assert evaluate().returncode == 2

@@ -1,0 +1,121 @@
+"""The router on the real stack: MiniLM embeddings, the committed heads, the demo base model's
+perplexity; then ChatService storing every decision in sessions.db."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from app.chat import ChatService, ChatSettings
+from app.memory import Memory
+from router.decision import Thresholds
+from router.perplexity import Perplexity
+from router.router import Router
+
+SYSTEM = "You are a test."
+ALWAYS_PAST_THE_GATE = Thresholds(tau_p=0.0, tau_e=0.5, tau_d=0.8, calibrated=True)
+
+
+def make_router(engine, router_parts, thresholds=ALWAYS_PAST_THE_GATE) -> Router:
+    embedder, domain, escalation = router_parts
+    return Router(Perplexity(engine.score, max_tokens=48), thresholds, embedder, domain, escalation)
+
+
+@pytest.mark.parametrize("message, route", [
+    ("Write a Python function that removes duplicates from a list while keeping the order.", "code"),
+    ("A train leaves at 3pm going 80 km/h; a second leaves at 4pm going 100 km/h. When does it catch up?",
+     "reasoning"),
+    ("Every Monday at 9am, email me last week's sales totals from the Shopify store.", "automation"),
+])
+def test_a_clear_message_goes_to_its_domain_modifier(engine, router_parts, message, route):
+    d = make_router(engine, router_parts).decide(message, [], system_prompt=SYSTEM)
+    assert (d.route, d.rule, d.overridden) == (route, "domain", False)
+    assert d.domain_probs[route] >= 0.8 and d.perplexity > 0 and d.routing_ms > 0
+    assert d.escalation_p == 0.0  # nothing answered yet, nothing to be unhappy about
+
+
+def test_a_general_message_stays_on_base(engine, router_parts):
+    d = make_router(engine, router_parts).decide("What's a good name for a golden retriever puppy?", [],
+                                                  system_prompt=SYSTEM)
+    assert (d.route, d.domain) == ("base", "general")
+
+
+def test_the_perplexity_gate_sends_familiar_text_to_base(engine, router_parts):
+    message = "Write a SQL query that counts orders per customer."
+    perplexity = make_router(engine, router_parts).decide(message, [], system_prompt=SYSTEM).perplexity
+    gate = Thresholds(tau_p=perplexity * 1.01, calibrated=True)
+    d = make_router(engine, router_parts, gate).decide(message, [], system_prompt=SYSTEM)
+    assert (d.route, d.rule, d.domain) == ("base", "perplexity", "code")
+
+
+def test_a_follow_up_keeps_the_conversation_domain(engine, router_parts):
+    router = make_router(engine, router_parts)
+    history = [{"role": "user", "content": "How do I read a CSV file into a list of dicts in Python?"},
+               {"role": "assistant", "content": "Use csv.DictReader: `list(csv.DictReader(open(path)))`."}]
+    first = router.decide(history[0]["content"], [], system_prompt=SYSTEM)
+    alone = router.decide("and in Rust?", [], system_prompt=SYSTEM)
+    follow = router.decide("and in Rust?", history, [first.to_dict()], system_prompt=SYSTEM)
+    assert follow.domain == "code" and follow.route == "code"
+    assert follow.domain_probs["code"] > alone.domain_probs["code"]
+
+
+def test_an_unhappy_user_is_escalated_to_the_conversation_domain(engine, router_parts):
+    router = make_router(engine, router_parts, Thresholds(tau_p=1e9, calibrated=True))  # gate: all to base
+    history = [{"role": "user", "content": "What is 15% of 240?"},
+               {"role": "assistant", "content": "15% of 240 is 32."}]
+    first = router.decide(history[0]["content"], [], system_prompt=SYSTEM)
+    happy = router.decide("great, thanks! and 20% of 240?", history, [first.to_dict()], system_prompt=SYSTEM)
+    unhappy = router.decide("That's wrong. 15% of 240 is 36, check your math.", history, [first.to_dict()],
+                            system_prompt=SYSTEM)
+    assert happy.route == "base" and happy.escalation_p < 0.5
+    assert unhappy.escalation_p >= 0.5 and unhappy.rule == "escalation" and unhappy.route == "reasoning"
+
+
+@pytest.fixture
+def routed_service(engine, router_parts, tmp_path):
+    settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt=SYSTEM)
+    return ChatService(engine, Memory(tmp_path / "sessions.db"), settings, router=make_router(engine, router_parts))
+
+
+def test_every_reply_stores_its_decision_and_stats(routed_service):
+    *_, last = routed_service.respond(None, "Write a bash one-liner that counts lines in all .py files.")
+    assert last.status == "complete" and last.decision.route == "code" and last.stats.adapter == "code"
+    db = sqlite3.connect(routed_service.memory.path)
+    db.row_factory = sqlite3.Row
+    (row,) = db.execute("select * from decisions where session_id = ?", [last.session_id]).fetchall()
+    assert row["message_id"] == last.message_id and row["route"] == "code" and row["router_choice"] == "code"
+    assert row["overridden"] == 0 and row["reason"] == last.decision.reason
+    assert row["perplexity"] == pytest.approx(last.decision.perplexity) and row["tau_p"] == 0.0
+    assert row["tokens"] == last.stats.tokens and row["ttft_ms"] == pytest.approx(last.stats.ttft_ms)
+    assert row["routing_ms"] > 0 and '"code"' in row["domain_probs"]
+
+
+def test_an_override_is_followed_and_the_router_choice_recorded(routed_service):
+    *_, last = routed_service.respond(None, "Write a bash one-liner that counts lines in all .py files.",
+                                      override="automation")
+    assert last.stats.adapter == "automation"
+    (row,) = routed_service.memory.decisions(last.session_id)
+    assert (row["route"], row["router_choice"], row["overridden"]) == ("automation", "code", True)
+    assert row["reason"].startswith("override: you chose automation (the router would pick code")
+
+
+def test_auto_leaves_the_choice_to_the_router(routed_service):
+    *_, last = routed_service.respond(None, "Solve for x: 3x + 7 = 22.", override="Auto")
+    assert not last.decision.overridden and last.decision.route == "reasoning" == last.stats.adapter
+
+
+def test_a_base_route_reply_reuses_the_routing_prefill(engine, router_parts, tmp_path):
+    settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt=SYSTEM)
+    router = make_router(engine, router_parts, Thresholds(tau_p=1e9, calibrated=True))
+    service = ChatService(engine, Memory(tmp_path / "s.db"), settings, router=router)
+    *_, last = service.respond(None, "tell me something about mushrooms that grow in forests")
+    assert last.decision.route == "base" and last.decision.rule == "perplexity"
+    assert last.stats.prompt_tokens - last.stats.reused_tokens == len(engine.chat.close) + len(
+        engine.chat.generation_prompt())
+
+
+def test_the_router_reads_the_session_last_turns(routed_service):
+    *_, one = routed_service.respond(None, "How do I reverse a string in Python?")
+    *_, two = routed_service.respond(one.session_id, "and in Go?")
+    assert two.decision.domain == "code" and two.decision.route == "code", two.decision.reason
