@@ -144,6 +144,7 @@ class Engine:
         self._kv: dict[str | None, list[int]] = {r: [] for r in self.routes}  # tokens cached per route
         self._draft_length = DraftLength()
         self._pieces: dict[int, bytes] = {}
+        self._fresh: tuple[str | None, int] | None = None  # see _decode
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -207,15 +208,19 @@ class Engine:
         return tokens if len(tokens) <= budget else None
 
     # -- decoding -----------------------------------------------------------------------------
-    def _decode(self, tokens: Sequence[int], start: int, seq: int, all_logits: bool = False) -> None:
-        """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one only,
-        or for each of them (verifying a draft: a few rows, never n_ctx × n_vocab)."""
+    def _decode(self, tokens: Sequence[int], start: int, seq: int, all_logits: bool = False,
+                logits_from: int | None = None) -> None:
+        """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one, and
+        for every one (all_logits: verifying a draft) or every one from index `logits_from` on
+        (scoring a message): a few rows at a time, never n_ctx × n_vocab."""
         b = self.batch.batch
         b.n_tokens = len(tokens)
+        first = 0 if all_logits else len(tokens) if logits_from is None else logits_from
         for i, token in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, all_logits
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, i >= first
             b.seq_id[i][0] = seq
         b.logits[len(tokens) - 1] = True
+        self._fresh = None  # which (route, length) the context's last logits row belongs to
         self.ctx.decode(self.batch)
 
     def _evaluate(self, tokens: Sequence[int], route: str | None) -> int:
@@ -225,8 +230,10 @@ class Engine:
             raise ValueError(f"no modifier {route!r} is loaded; available: {self.modifiers.names}")
         self.modifiers.activate(self.ctx.ctx, route)
         seq, cached = self.routes.index(route), self._kv[route]
+        if cached == list(tokens) and self._fresh == (route, len(tokens)):
+            return len(tokens)  # just decoded (by score()): its last logits are still in the context
         keep = 0
-        for a, b in zip(cached, tokens[:-1]):  # re-evaluate >= 1 token to get fresh logits
+        for a, b in zip(cached, tokens[:-1]):  # else re-evaluate >= 1 token to get fresh logits
             if a != b:
                 break
             keep += 1
@@ -238,6 +245,7 @@ class Engine:
             chunk = tokens[start:start + self.n_batch]
             self._decode(chunk, start, seq)
             cached.extend(chunk)
+        self._fresh = (route, len(tokens))
         return keep
 
     def next_token_logits(self, tokens: Sequence[int], modifier: str | None = None) -> np.ndarray:
@@ -250,10 +258,10 @@ class Engine:
         """Mean negative log-likelihood (nats) of the last message's text tokens given everything
         before them, under the plain base. Returns (mean NLL, tokens scored).
 
-        Logits come `chunk` rows at a time, so memory stays chunk × n_vocab however long the
-        message is. The base route's KV cache is left holding the prompt through the message, so
-        a reply on the base route (same messages and max_tokens) prefills only the template tokens
-        after it: routing costs the reply almost no time to first token."""
+        The whole reply prompt is prefilled on the base route, asking llama.cpp for logits on the
+        message's rows only, at most `chunk` rows per batch (memory: chunk × n_vocab however long
+        the message). A reply on the base route with the same messages and max_tokens then starts
+        sampling at once: routing costs it only the extra logits rows, not a second prefill."""
         prompt, _ = self.fit(messages, max_tokens)
         end = len(prompt) - len(self.chat.generation_prompt()) - len(self.chat.close)
         start = end - len(self.tokenize(messages[-1]["content"]))
@@ -261,18 +269,31 @@ class Engine:
             return 0.0, 0
         chunk = max(1, min(chunk, self.n_batch))
         with self._lock:
-            self._evaluate(prompt[:start], None)  # its last row predicts the message's first token
-            nll = self._nll(np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(1, self.n_vocab)),
-                            prompt[start:start + 1])
+            self.modifiers.activate(self.ctx.ctx, None)
             cached = self._kv[None]
-            for at in range(start, end, chunk):
-                batch = prompt[at:min(at + chunk, end)]
-                self._decode(batch, at, 0, all_logits=True)
-                cached.extend(batch)
-                targets = prompt[at + 1:min(at + chunk, end - 1) + 1]  # row j predicts prompt[at + j + 1]
-                if targets:
-                    logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(len(batch), self.n_vocab))
-                    nll += self._nll(logits[:len(targets)], targets)
+            keep = 0
+            for a, b in zip(cached, prompt[:start - 1]):  # row start - 1 predicts the first message token
+                if a != b:
+                    break
+                keep += 1
+            if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, keep, -1):
+                llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, -1, -1)
+                keep = 0
+            del cached[keep:]
+            nll, at = 0.0, keep
+            while at < len(prompt):
+                # rows from start - 1 to end - 2 predict the message's tokens; at most `chunk` per batch
+                first_row = max(start - 1 - at, 0)
+                size = min(self.n_batch, len(prompt) - at, first_row + chunk)
+                self._decode(prompt[at:at + size], at, 0, logits_from=first_row)
+                cached.extend(prompt[at:at + size])
+                rows = range(at + first_row, min(at + size, end - 1))  # positions whose next token is scored
+                if len(rows):
+                    n_out = size - first_row
+                    logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(n_out, self.n_vocab))
+                    nll += self._nll(logits[:len(rows)], [prompt[p + 1] for p in rows])
+                at += size
+            self._fresh = (None, len(prompt))
         return nll / (end - start), end - start
 
     @staticmethod

@@ -107,11 +107,17 @@ class Head(nn.Module):
         return torch.sparse.mm(x, self.linear.weight.T) + self.linear.bias
 
     def probabilities(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits = self(self.inputs(texts, dense))
-            if self.config["n_out"] == 1:
-                return torch.sigmoid(logits[:, 0]).numpy()
-            return torch.softmax(logits, dim=-1).numpy()
+        """The forward pass in numpy over scipy's sparse rows: for one message, a tenth of the
+        time torch's sparse tensors take to build (the router's budget is a few milliseconds)."""
+        weight = self.linear.weight.detach().numpy()
+        n_text = self.text.size
+        logits = self.text.transform(texts) @ weight[:, :n_text].T + dense @ weight[:, n_text:].T
+        logits += self.linear.bias.detach().numpy()
+        if self.config["n_out"] == 1:
+            return 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
 
     def save(self, path: Path, meta: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,11 +56,24 @@ def test_chunking_does_not_change_the_score(engine):
 
 
 def test_base_reply_reuses_the_scoring_prefill(engine):
+    """Scoring prefills the whole reply prompt; the reply samples from its last logits at once,
+    and its text is the same as without scoring first."""
     messages = conversation("a message scored for routing, then answered on the base route")
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    unscored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
     engine.score(messages, max_tokens=32)
-    stats = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))[-1]
-    template_after_text = len(engine.chat.close) + len(engine.chat.generation_prompt())
-    assert stats.reused_tokens == stats.prompt_tokens - template_after_text
+    scored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
+    assert scored[-1].reused_tokens == scored[-1].prompt_tokens
+    assert unscored[-1].reused_tokens < unscored[-1].prompt_tokens
+    assert "".join(scored[:-1]) == "".join(unscored[:-1])
+
+
+def test_a_reply_on_a_modifier_after_scoring_prefills_under_its_adapter(engine):
+    messages = conversation("scored on the base, answered with the code modifier")
+    engine.score(messages, max_tokens=32)
+    stats = list(engine.generate(messages, max_tokens=8, modifier="code", use_draft=False))[-1]
+    assert stats.adapter == "code" and stats.reused_tokens < stats.prompt_tokens
 
 
 def test_long_message_is_scored_with_bounded_logits_memory(small_engine, monkeypatch):
@@ -69,9 +82,9 @@ def test_long_message_is_scored_with_bounded_logits_memory(small_engine, monkeyp
     rows_asked: list[int] = []
     decode = small_engine._decode
 
-    def counting_decode(tokens, start, seq, all_logits=False):
-        rows_asked.append(len(tokens) if all_logits else 1)
-        return decode(tokens, start, seq, all_logits)
+    def counting_decode(tokens, start, seq, all_logits=False, logits_from=None):
+        rows_asked.append(len(tokens) if all_logits else 1 if logits_from is None else len(tokens) - logits_from)
+        return decode(tokens, start, seq, all_logits, logits_from)
 
     monkeypatch.setattr(small_engine, "_decode", counting_decode)
     messages = conversation("the quick brown fox jumps over the lazy dog " * 7)
@@ -87,4 +100,4 @@ def test_perplexity_signal_is_exp_of_the_mean_nll(engine):
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
     value = signal.score("what is a closure in JavaScript?", history, system_prompt=SYSTEM["content"])
     nll, _ = engine.score(conversation("hi", "Hello!", "what is a closure in JavaScript?"))
-    assert value == pytest.approx(math.exp(nll), rel=1e-6)
+    assert value == pytest.approx(math.exp(nll), rel=1e-3)  # KV reuse changes batch shapes: float noise
