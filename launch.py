@@ -105,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     failed.update(engine.modifiers.failed)
     for name, reason in failed.items():
         log.warning("modifier %s is not available: %s", name, reason)
+    from router.heads import HeadFileError
+
     settings = ChatSettings()
-    service = ChatService(engine, memory, settings, unavailable=failed,
-                          router=build_router(engine, profile, settings.max_tokens))
+    try:
+        router = build_router(engine, profile, settings.max_tokens)
+    except HeadFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    service = ChatService(engine, memory, settings, unavailable=failed, router=router)
     demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}")
     if args.share:
         log.warning("--share publishes this chat, its model and every stored session list on a public URL "

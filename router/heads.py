@@ -28,6 +28,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EMBEDDING_SCALE = 0.5  # TF-IDF rows have unit length too; at 0.5 neither view drowns the other
 
 
+class HeadFileError(Exception):
+    """A router head's weights file is missing or unreadable; the message says how to rebuild it."""
+
+
 class TextFeatures:
     """TF-IDF over word 1–2-grams and in-word character 2–4-grams, fitted on the training texts."""
 
@@ -126,10 +130,16 @@ class Head(nn.Module):
 
     @classmethod
     def load(cls, path: Path) -> tuple["Head", dict]:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: router head not trained; run python -m router.train")
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        head = cls(TextFeatures.from_state(saved["text"]), **saved["config"])
-        head.load_state_dict({k: v.float() for k, v in saved["state"].items()})
+        rebuild = "rebuild it with: python -m router.train (or restore it with git checkout router/weights)"
+        if not path.is_file():
+            raise HeadFileError(f"{path}: router head weights not found; {rebuild}")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            head = cls(TextFeatures.from_state(saved["text"]), **saved["config"])
+            head.load_state_dict({k: v.float() for k, v in saved["state"].items()})
+        except Exception as exc:  # truncated, corrupt, or from an incompatible version
+            first_line = (str(exc).splitlines() or [""])[0][:120]  # torch's own text goes on for a page
+            raise HeadFileError(f"{path}: router head weights unreadable ({type(exc).__name__}: {first_line}); "
+                                f"{rebuild}") from exc
         head.eval()
         return head, saved["meta"]

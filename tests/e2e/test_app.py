@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
+from models.manifest import get_profile
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -81,6 +83,27 @@ def test_chat_through_the_api_lands_in_sessions_db(app):
     ]
     assert db.execute("select count(*) from sessions").fetchone()[0] == 2
     assert db.execute("select count(*) from messages where content = ?", [alone]).fetchone()[0] == 1
+
+
+def test_every_reply_is_routed_and_its_decision_stored(app):
+    url, db_path = app
+    client = Client(url, verbose=False)
+    session = client.predict(api_name="/new_session")
+    client.predict("Write a Python function that checks whether a number is prime.", session, api_name="/chat")
+    client.predict("and in Rust?", session, "auto", api_name="/chat")
+    client.predict("thanks", session, "reasoning", api_name="/chat")
+    db = sqlite3.connect(db_path)
+    rows = db.execute(
+        "select d.route, d.router_choice, d.overridden, d.reason, d.tau_p, d.tokens, m.role, m.stats "
+        "from decisions d join messages m on m.id = d.message_id where d.session_id = ? order by d.id", [session]
+    ).fetchall()
+    assert len(rows) == 3 and all(r[6] == "assistant" for r in rows)
+    assert [r[2] for r in rows] == [0, 0, 1] and rows[2][0] == "reasoning"
+    assert rows[2][3].startswith("override: you chose reasoning")
+    for route, _, _, reason, tau_p, tokens, _, stats in rows:
+        assert reason and tokens == json.loads(stats)["tokens"]
+        assert (json.loads(stats)["adapter"] or "base") == route
+        assert tau_p == get_profile("demo").settings["router"]["tau_p"]  # the profile's calibrated τp
 
 
 def test_the_page_says_these_are_demo_weights(app):

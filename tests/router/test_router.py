@@ -118,3 +118,11 @@ def test_the_router_reads_the_session_last_turns(routed_service):
     *_, one = routed_service.respond(None, "How do I reverse a string in Python?")
     *_, two = routed_service.respond(one.session_id, "and in Go?")
     assert two.decision.domain == "code" and two.decision.route == "code", two.decision.reason
+
+
+def test_a_message_too_long_to_route_is_refused_clearly_and_the_chat_goes_on(routed_service):
+    *_, refused = routed_service.respond(None, "word " * 5000)
+    assert refused.status == "error" and "too long for the model" in refused.notice
+    assert routed_service.memory.messages(refused.session_id)[0]["content"] == "word " * 5000  # kept
+    *_, next_one = routed_service.respond(refused.session_id, "Write a regex for ISO dates.")
+    assert next_one.status == "complete" and next_one.decision.route == "code"
