@@ -67,9 +67,32 @@ class ChatService:
         return self.memory.list_sessions()
 
     def transcript(self, session_id: str) -> list[dict]:
-        """The stored conversation as {role, content, status} dicts, oldest first."""
-        return [{"role": m["role"], "content": m["content"], "status": m["status"]}
+        """The stored conversation as {id, role, content, status} dicts, oldest first."""
+        return [{"id": m["id"], "role": m["role"], "content": m["content"], "status": m["status"]}
                 for m in self.memory.messages(session_id)]
+
+    # -- the router panel and feedback --------------------------------------------------------
+    def panel(self, session_id: str | None) -> dict:
+        """What the router panel draws, all of it read from sessions.db: the session's decisions
+        (oldest first, each with its user message and the reply's speed figures), the routes used
+        in this session and in all sessions, and the user's 👍/👎 by assistant message id."""
+        known = bool(session_id) and self.memory.session(session_id) is not None
+        return {
+            "session_id": session_id if known else None,
+            "decisions": self.memory.decisions(session_id) if known else [],
+            "routes": {"session": self.memory.route_counts(session_id) if known else {},
+                       "all": self.memory.route_counts()},
+            "feedback": self.memory.feedback(session_id) if known else {},
+        }
+
+    def give_feedback(self, session_id: str, index: int, liked: bool | None) -> int:
+        """👍 (True), 👎 (False) or neither (None) on the message at `index` of the session's
+        transcript (the chat's own numbering); returns that message's id."""
+        messages = self.memory.messages(session_id) if session_id else []
+        if not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
+            raise ValueError(f"there is no reply at position {index} of this chat")
+        self.memory.set_feedback(messages[index]["id"], liked)
+        return messages[index]["id"]
 
     # -- one message --------------------------------------------------------------------------
     def respond(self, session_id: str | None, message: str, override: str | None = None,

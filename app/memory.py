@@ -61,6 +61,16 @@ def m002_decisions(db: sqlite_utils.Database) -> None:
     db["decisions"].create_index(["message_id"], unique=True)
 
 
+@migration
+def m003_feedback(db: sqlite_utils.Database) -> None:
+    """A 👍/👎 per assistant message (the latest click wins; un-clicking removes the row)."""
+    db["feedback"].create(
+        {"message_id": int, "session_id": str, "liked": int, "created_at": str},
+        pk="message_id", foreign_keys=[("message_id", "messages", "id"), ("session_id", "sessions", "id")],
+    )
+    db["feedback"].create_index(["session_id"])
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     if "_migrations" not in db.table_names():
         db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
@@ -160,15 +170,46 @@ class Memory:
                             [stats.get(k) for k in STATS_COLUMNS] + [message_id])
 
     def decisions(self, session_id: str, last: int | None = None) -> list[dict]:
-        """The session's decisions, oldest first; `last` keeps only the most recent ones."""
+        """The session's decisions, oldest first, each with the user message it routed (`message`);
+        `last` keeps only the most recent ones."""
+        sql = ("select d.*, (select u.content from messages u where u.session_id = d.session_id and u.role = 'user' "
+               "and u.id < d.message_id order by u.id desc limit 1) as message "
+               "from decisions d where d.session_id = ? order by d.id desc" + (" limit ?" if last else ""))
         with self._lock:
-            rows = list(self.db["decisions"].rows_where("session_id = ?", [session_id], order_by="id desc",
-                                                        limit=last))
+            cursor = self.db.execute(sql, [session_id, last] if last else [session_id])
+            columns = [c[0] for c in cursor.description]
+            rows = [dict(zip(columns, values)) for values in cursor.fetchall()]
         for row in rows:
             row["domain_probs"] = json.loads(row["domain_probs"] or "{}")
             row["overridden"] = bool(row["overridden"])
             row["tau_p_calibrated"] = bool(row["tau_p_calibrated"])
         return rows[::-1]
+
+    def route_counts(self, session_id: str | None = None) -> dict[str, int]:
+        """How many replies ran on each route, in one session or (None) in all of them."""
+        where, params = ("where session_id = ?", [session_id]) if session_id else ("", [])
+        with self._lock:
+            rows = self.db.execute(f"select route, count(*) from decisions {where} group by route", params).fetchall()
+        return dict(rows)
+
+    # -- feedback -----------------------------------------------------------------------------
+    def set_feedback(self, message_id: int, liked: bool | None) -> None:
+        """Store 👍 (True) or 👎 (False) on an assistant message; None takes it back."""
+        with self._lock, self.db.atomic():
+            row = self.db.execute("select session_id, role from messages where id = ?", [message_id]).fetchone()
+            if row is None or row[1] != "assistant":
+                raise ValueError(f"message {message_id} is not an assistant reply")
+            if liked is None:
+                self.db.execute("delete from feedback where message_id = ?", [message_id])
+            else:
+                self.db["feedback"].upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
+                                            "created_at": _now()}, pk="message_id")
+
+    def feedback(self, session_id: str) -> dict[int, bool]:
+        """assistant message id → liked (True) or disliked (False), for one session."""
+        with self._lock:
+            rows = self.db.execute("select message_id, liked from feedback where session_id = ?", [session_id])
+            return {message_id: bool(liked) for message_id, liked in rows.fetchall()}
 
     def _count(self, session_id: str, role: str) -> int:
         return self.db.execute(

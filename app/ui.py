@@ -8,6 +8,7 @@ import time
 
 import gradio as gr
 
+from app import panel
 from app.chat import ChatService, ReplyUpdate
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
@@ -37,24 +38,41 @@ def _stats_line(update: ReplyUpdate) -> str:
                if s.draft_proposed else ""))
 
 
+def panel_views(service: ChatService, session_id: str | None) -> tuple:
+    """The four router panel views of a session, drawn from sessions.db."""
+    data = service.panel(session_id)
+    decisions = data["decisions"]
+    latest = decisions[-1] if decisions else None
+    return (panel.path_html(latest, latest["message"] if latest else None),
+            panel.timeline_chart(decisions),
+            panel.distribution_frame(data["routes"]["session"], data["routes"]["all"]),
+            panel.decisions_frame(decisions, data["feedback"]))
+
+
 def build_ui(service: ChatService, banner: str | None = None, model_label: str = "") -> gr.Blocks:
     def session_choices(current=None):
         return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions()], value=current)
 
+    def shown_transcript(session_id):
+        return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
+
     def open_session(session_id):
         if not session_id:
-            return gr.skip(), gr.skip()
-        return session_id, [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)]
+            return (gr.skip(),) * 6
+        return session_id, shown_transcript(session_id), *panel_views(service, session_id)
 
     def new_chat():
-        return None, [], "", "", gr.update(value=None)
+        return None, [], "", "", gr.update(value=None), *panel_views(service, None)
+
+    def after_reply(session_id):
+        return session_choices(session_id), *panel_views(service, session_id)
 
     def send(message, session_id, route, use_draft):
-        before = [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
-        shown_at = 0.0
+        before = shown_transcript(session_id)
+        shown_at, path_drawn = 0.0, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft):
             if update.status == "ignored":
-                yield gr.skip(), message, session_id, update.notice, gr.skip()
+                yield gr.skip(), message, session_id, update.notice, gr.skip(), gr.skip()
                 return
             # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
             # not held back by the page.
@@ -63,7 +81,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             shown_at = time.monotonic()
             status = update.status if update.done else "complete"
             shown = before + [_shown("user", message), _shown("assistant", update.text, status)]
-            yield shown, "", update.session_id, update.notice or "", _stats_line(update)
+            drawing = gr.skip()
+            if update.decision and not path_drawn:  # the route is known before the first token: draw it once
+                drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
+            yield shown, "", update.session_id, update.notice or "", _stats_line(update), drawing
+
+    def on_like(session_id, like: gr.LikeData):
+        liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
+        service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked)
+        return panel_views(service, session_id)[3]
 
     def chat_api(message: str, session_id: str = "", override: str = "") -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
@@ -80,6 +106,19 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         """Create an empty session and return its id, for /chat."""
         return service.new_session()
 
+    def panel_api(session_id: str) -> dict:
+        """The data the router panel draws for a session, as stored in sessions.db: its decisions
+        (oldest first), route counts for the session and for all sessions, and 👍/👎 by message id."""
+        return service.panel(session_id)
+
+    def feedback_api(session_id: str, index: int, liked: bool | None) -> int:
+        """👍 (true), 👎 (false) or neither (null) on the reply at `index` of the session's messages
+        (0-based, user and assistant messages counted); returns the message id."""
+        try:
+            return service.give_feedback(session_id, int(index), liked)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+
     with gr.Blocks(title="Cogumi Chat") as demo:
         session_id = gr.State(None)
         gr.Markdown(f"## Cogumi Chat {model_label}")
@@ -94,32 +133,49 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             with gr.Column(scale=1, min_width=200):
                 new_button = gr.Button("New chat", elem_id="new-chat")
                 route = gr.Radio(["auto", "base", "code", "reasoning", "automation"], value="auto", label="Route",
-                                 info="auto: the router picks a modifier per message; pick one to override it",
+                                 info="auto: the router picks per message; pick one to overrule it until you "
+                                      "change it back (the router's own choice is still shown)",
                                  elem_id="route")
                 use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
                                         info="a small draft model proposes tokens; the reply is the same",
                                         interactive=service.engine.draft is not None, elem_id="use-draft")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
-            with gr.Column(scale=4):
-                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", feedback_options=None)
+            with gr.Column(scale=5):
+                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat")
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Row():
                     box = gr.Textbox(placeholder="Message Cogumi…", show_label=False, scale=8,
                                      autofocus=True, elem_id="message", max_lines=12)
-                    send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                    stop_button = gr.Button("Stop", scale=1, elem_id="stop")
+                    send_button = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send")
+                    stop_button = gr.Button("Stop", scale=1, min_width=70, elem_id="stop")
                 stats = gr.Markdown(elem_id="stats")
+            with gr.Column(scale=3, min_width=320, elem_id="router-panel"):
+                gr.Markdown("### Router")
+                path = gr.HTML(panel.path_html(None), elem_id="path")
+                timeline = gr.Plot(label="Perplexity per turn · dashed: τp · red ring: escalation", elem_id="timeline")
+                distribution = gr.BarPlot(x="scope", y="share %", color="route", color_map=panel.ROUTE_COLOURS,
+                                          tooltip=["route", "share %", "replies"], label="Route distribution",
+                                          sort=["this chat", "all chats"],
+                                          y_lim=[0, 100], height=200, elem_id="distribution")
+                table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions", interactive=False,
+                                     wrap=True, column_widths=["7%", "14%", "37%", "9%", "9%", "8%", "9%", "7%"],
+                                     elem_id="decisions")
 
-        outputs = [chatbot, box, session_id, notice, stats]
+        views = [path, timeline, distribution, table]
+        outputs = [chatbot, box, session_id, notice, stats, path]
         inputs = [box, session_id, route, use_draft]
         submitted = box.submit(send, inputs, outputs, api_visibility="private")
         clicked = send_button.click(send, inputs, outputs, api_visibility="private")
         for event in (submitted, clicked):
-            event.then(session_choices, session_id, sessions, api_visibility="private")
+            event.then(after_reply, session_id, [sessions, *views], api_visibility="private")
         stop_button.click(None, cancels=[submitted, clicked])
-        new_button.click(new_chat, None, [session_id, chatbot, notice, stats, sessions], api_visibility="private")
-        sessions.input(open_session, sessions, [session_id, chatbot], api_visibility="private")
+        new_button.click(new_chat, None, [session_id, chatbot, notice, stats, sessions, *views],
+                         api_visibility="private")
+        sessions.input(open_session, sessions, [session_id, chatbot, *views], api_visibility="private")
+        chatbot.like(on_like, session_id, table, api_visibility="private")
         demo.load(session_choices, None, sessions, api_visibility="private")
         gr.api(chat_api, api_name="chat")
         gr.api(new_session_api, api_name="new_session")
+        gr.api(panel_api, api_name="panel")
+        gr.api(feedback_api, api_name="feedback")
     return demo

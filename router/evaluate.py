@@ -18,8 +18,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from router.decision import DOMAINS
 
 
-def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSON Lines file, each checked for `keys`; blank lines are skipped."""
+def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None) -> list[dict]:
+    """Rows of a JSON Lines file, each checked for `keys`; blank lines are skipped. A file that mixes
+    formats (router.history's export) marks each row with "kind"; rows of another kind are skipped."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -29,6 +30,8 @@ def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if kind and row.get("kind", kind) != kind:
+                continue
             missing = [k for k in keys if k not in row]
             if missing:
                 raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
@@ -88,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.domain and not args.escalation:
         parser.error("give --domain FILE, --escalation FILE or both")
     try:
-        domain_rows = read_jsonl(args.domain, ("text", "label")) if args.domain else None
-        escalation_rows = read_jsonl(args.escalation, ("previous_answer", "text", "label")) if args.escalation else None
+        domain_rows = read_jsonl(args.domain, ("text", "label"), "domain") if args.domain else None
+        escalation_rows = (read_jsonl(args.escalation, ("previous_answer", "text", "label"), "escalation")
+                           if args.escalation else None)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

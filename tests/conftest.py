@@ -57,3 +57,20 @@ def router_parts():
     from router.escalation import EscalationDetector
 
     return Embedder(), DomainClassifier(), EscalationDetector()
+
+
+@pytest.fixture
+def routed_service(engine, router_parts, tmp_path):
+    """ChatService with the real router (τp 0: every message passes the perplexity gate, so the
+    domain decides) over a fresh sessions.db; greedy, short replies."""
+    from app.chat import ChatService, ChatSettings
+    from app.memory import Memory
+    from router.decision import Thresholds
+    from router.perplexity import Perplexity
+    from router.router import Router
+
+    embedder, domain, escalation = router_parts
+    router = Router(Perplexity(engine.score, max_tokens=48), Thresholds(tau_p=0.0, tau_e=0.5, tau_d=0.8, calibrated=True),
+                    embedder, domain, escalation)
+    settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt="You are a test.")
+    return ChatService(engine, Memory(tmp_path / "sessions.db"), settings, router=router)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from app.memory import MIGRATIONS, Memory, migrate
 
 
@@ -102,3 +104,38 @@ def test_a_database_from_before_the_router_gains_the_decisions_table(tmp_path):
     old.conn.close()
     memory = Memory(path)
     assert "decisions" in memory.db.table_names() and memory.session("s1")["title"] == "old chat"
+
+
+def test_decisions_carry_the_user_message_they_routed():
+    memory = Memory(":memory:")
+    sid = memory.new_session()
+    for text in ("first <b>question</b>", "second"):
+        memory.add_message(sid, "user", text)
+        memory.add_decision(sid, memory.add_message(sid, "assistant", "a"), decision())
+    assert [d["message"] for d in memory.decisions(sid)] == ["first <b>question</b>", "second"]
+    assert [d["message"] for d in memory.decisions(sid, last=1)] == ["second"]
+
+
+def test_route_counts_per_session_and_over_all_sessions():
+    memory = Memory(":memory:")
+    one, two = memory.new_session(), memory.new_session()
+    for sid, route in ((one, "code"), (one, "code"), (one, "base"), (two, "reasoning")):
+        memory.add_message(sid, "user", "q")
+        memory.add_decision(sid, memory.add_message(sid, "assistant", "a"), decision(route=route))
+    assert memory.route_counts(one) == {"code": 2, "base": 1}
+    assert memory.route_counts(two) == {"reasoning": 1}
+    assert memory.route_counts() == {"code": 2, "base": 1, "reasoning": 1}
+
+
+def test_feedback_is_one_row_per_reply_the_latest_click_wins_and_can_be_taken_back(tmp_path):
+    memory = Memory(tmp_path / "sessions.db")
+    sid = memory.new_session()
+    question = memory.add_message(sid, "user", "q")
+    reply = memory.add_message(sid, "assistant", "a")
+    memory.set_feedback(reply, True)
+    memory.set_feedback(reply, False)
+    assert Memory(tmp_path / "sessions.db").feedback(sid) == {reply: False}
+    memory.set_feedback(reply, None)
+    assert memory.feedback(sid) == {}
+    with pytest.raises(ValueError, match="not an assistant reply"):
+        memory.set_feedback(question, True)

@@ -72,12 +72,6 @@ def test_an_unhappy_user_is_escalated_to_the_conversation_domain(engine, router_
     assert unhappy.escalation_p >= 0.5 and unhappy.rule == "escalation" and unhappy.route == "reasoning"
 
 
-@pytest.fixture
-def routed_service(engine, router_parts, tmp_path):
-    settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt=SYSTEM)
-    return ChatService(engine, Memory(tmp_path / "sessions.db"), settings, router=make_router(engine, router_parts))
-
-
 def test_every_reply_stores_its_decision_and_stats(routed_service):
     *_, last = routed_service.respond(None, "Write a bash one-liner that counts lines in all .py files.")
     assert last.status == "complete" and last.decision.route == "code" and last.stats.adapter == "code"

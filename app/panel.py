@@ -1,0 +1,132 @@
+"""The router panel's drawings, from the decision rows that sessions.db holds (ChatService.panel).
+
+Four views of the same rows: the path of the latest message through the policy (HTML), the
+session's perplexity timeline (an Altair chart for gr.Plot), the route distribution (a frame for
+gr.BarPlot) and the recent decisions (a frame for gr.Dataframe). Nothing here computes a route:
+every number drawn is one the router stored. Every text a user typed is escaped before it is put
+into HTML."""
+
+from __future__ import annotations
+
+import html
+
+import altair as alt
+import pandas as pd
+
+ROUTE_COLOURS = {"base": "#6b7280", "code": "#2563eb", "reasoning": "#9333ea", "automation": "#ea580c"}
+DOMAIN_ORDER = ("code", "reasoning", "automation", "general")
+EXCERPT_CHARS = 160  # the message shown at the head of the path
+TABLE_ROWS = 12      # recent decisions listed, newest first
+
+_CSS = """<style>
+.route-path{font:13px/1.35 system-ui,sans-serif;display:flex;flex-direction:column;gap:2px}
+.route-path .step{border:1px solid #d1d5db;border-radius:8px;padding:6px 9px;background:var(--block-background-fill,#fff)}
+.route-path .step.fired{border:2px solid #111827}
+.route-path .arrow{text-align:center;color:#9ca3af;line-height:1}
+.route-path .label{font-weight:600;margin-right:6px}
+.route-path .msg{white-space:pre-wrap;word-break:break-word;color:#374151}
+.route-path .bar{display:flex;align-items:center;gap:6px;margin:2px 0}
+.route-path .bar .name{width:78px}
+.route-path .bar .track{flex:1;height:8px;background:#e5e7eb;border-radius:4px;position:relative}
+.route-path .bar .fill{height:8px;border-radius:4px}
+.route-path .bar .tau{position:absolute;top:-2px;width:2px;height:12px;background:#111827}
+.route-path .route{color:#fff;font-weight:600}
+</style>"""
+
+
+def path_html(decision: dict | None, message: str | None = None) -> str:
+    """The latest message's path: message → escalation gate → perplexity gate → domain → route.
+    The rule that decided is outlined; the chosen route is filled with its colour."""
+    if not decision:
+        return _CSS + '<div class="route-path" id="route-path"><div class="step">No message routed yet in this ' \
+                      'chat. Send one and its path through the router appears here.</div></div>'
+    d, rule = decision, decision["rule"]
+    esc_hit, ppl_hit = d["escalation_p"] >= d["tau_e"], d["perplexity"] <= d["tau_p"]
+    steps = []
+    if message is not None:
+        excerpt = message if len(message) <= EXCERPT_CHARS else message[:EXCERPT_CHARS] + "…"
+        steps.append(_step("message", f'<div class="msg">{html.escape(excerpt)}</div>'))
+    steps.append(_step("escalation gate", f"P(unhappy) {d['escalation_p']:.2f} {'≥' if esc_hit else '<'} τe "
+                       f"{d['tau_e']:.2f} — {'escalate, never base' if esc_hit else 'pass'}",
+                       fired=rule == "escalation" or (d["overridden"] and esc_hit)))
+    calibrated = "" if d.get("tau_p_calibrated") else " (fallback, not calibrated)"
+    steps.append(_step("perplexity gate", f"{d['perplexity']:.1f} {'≤' if ppl_hit else '>'} τp {d['tau_p']:.1f}"
+                       f"{calibrated} — {'familiar: base' if ppl_hit else 'pass'}",
+                       fired=rule == "perplexity" and not esc_hit))
+    bars = "".join(_bar(name, d["domain_probs"].get(name, 0.0), d["tau_d"]) for name in DOMAIN_ORDER)
+    steps.append(_step("domain classifier", bars, fired=rule in ("domain", "fallback")))
+    colour = ROUTE_COLOURS.get(d["route"], "#111827")
+    if d["overridden"]:
+        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {html.escape(d['route'])}"
+    else:
+        chosen = f"route: {html.escape(d['route'])}"
+    steps.append(f'<div class="step route" id="route-chosen" style="background:{colour}">{chosen}</div>')
+    steps.append(f'<div class="reason" style="color:#4b5563;font-size:12px">{html.escape(d["reason"])}</div>')
+    arrow = '<div class="arrow">↓</div>'
+    return _CSS + '<div class="route-path" id="route-path">' + arrow.join(steps) + "</div>"
+
+
+def _step(label: str, body: str, fired: bool = False) -> str:
+    return f'<div class="step{" fired" if fired else ""}"><span class="label">{label}</span>{body}</div>'
+
+
+def _bar(name: str, p: float, tau_d: float) -> str:
+    colour = ROUTE_COLOURS.get(name, "#9ca3af")
+    return (f'<div class="bar"><span class="name">{name}</span><span class="track">'
+            f'<span class="fill" style="display:block;width:{p * 100:.0f}%;background:{colour}"></span>'
+            f'<span class="tau" style="left:{tau_d * 100:.0f}%" title="τd {tau_d:.2f}"></span></span>'
+            f'<span>{p:.2f}</span></div>')
+
+
+def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
+    """Perplexity per turn against τp; points coloured by route, escalations ringed in red."""
+    if not decisions:
+        return None
+    frame = pd.DataFrame([{
+        "turn": i, "perplexity": round(d["perplexity"], 2), "τp": round(d["tau_p"], 2), "route": d["route"],
+        "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"],
+    } for i, d in enumerate(decisions, 1)])
+    x = alt.X("turn:O", title="turn", axis=alt.Axis(labelAngle=0))
+    colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
+    line = alt.Chart(frame).mark_line(color="#d1d5db").encode(x=x, y=alt.Y("perplexity:Q", title="perplexity"))
+    threshold = alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y="τp:Q")
+    points = alt.Chart(frame).mark_circle(size=90, opacity=1).encode(
+        x=x, y="perplexity:Q", color=alt.Color("route:N", scale=colours, title="route"),
+        tooltip=["turn", "route", "perplexity", "τp", "escalation", "reason"])
+    rings = alt.Chart(frame[frame["escalation"]]).mark_point(size=300, color="#dc2626", strokeWidth=2).encode(
+        x=x, y="perplexity:Q")
+    return (line + threshold + points + rings).properties(height=200, width="container")
+
+
+def distribution_frame(session_counts: dict[str, int], all_counts: dict[str, int]) -> pd.DataFrame:
+    """Share of replies per route, for this session and for all sessions (stacked bars)."""
+    rows = []
+    for scope, counts in (("this chat", session_counts), ("all chats", all_counts)):
+        total = sum(counts.values())
+        rows += [{"scope": scope, "route": route, "share %": round(100 * counts.get(route, 0) / total, 1),
+                  "replies": counts.get(route, 0)} for route in ROUTE_COLOURS if total]
+    return pd.DataFrame(rows, columns=["scope", "route", "share %", "replies"])
+
+
+TABLE_COLUMNS = ["#", "route", "reason", "routing ms", "TTFT ms", "tok/s", "draft", "👍/👎"]
+
+
+def decisions_frame(decisions: list[dict], feedback: dict[int, bool]) -> pd.DataFrame:
+    """The recent decisions, newest first, with the reply's speed figures and the user's 👍/👎."""
+    rows = []
+    for turn, d in reversed(list(enumerate(decisions, 1))):
+        route = f"{d['route']} (router: {d['router_choice']})" if d["overridden"] else d["route"]
+        liked = feedback.get(d["message_id"])
+        rows.append([
+            turn, route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 0),
+            _num(d.get("tokens_per_s"), 1),
+            f"{d['draft_accepted']}/{d['draft_proposed']}" if d.get("draft_proposed") else "—",
+            "" if liked is None else ("👍" if liked else "👎"),
+        ])
+        if len(rows) == TABLE_ROWS:
+            break
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"

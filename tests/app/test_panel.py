@@ -1,0 +1,92 @@
+"""The router panel on real routed replies: its data is what sessions.db holds, its drawings show
+those numbers, and whatever the user typed is shown as text."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from app import panel
+
+HOSTILE = "<img src=x onerror=alert(1)> fix my <script>alert('x')</script> regex"
+
+
+@pytest.fixture
+def chat(routed_service):
+    """One session: a code question, a hostile message overridden to reasoning, a follow-up."""
+    *_, one = routed_service.respond(None, "Write a Python function that reverses a linked list.")
+    sid = one.session_id
+    *_, two = routed_service.respond(sid, HOSTILE, override="reasoning")
+    *_, three = routed_service.respond(sid, "no, that is wrong, it does not work at all")
+    routed_service.give_feedback(sid, 3, False)  # 👎 on the second reply (messages 0..5)
+    return routed_service, sid, [one, two, three]
+
+
+def test_panel_data_is_what_sessions_db_holds(chat):
+    service, sid, replies = chat
+    data = service.panel(sid)
+    db = sqlite3.connect(service.memory.path)
+    stored = db.execute("select message_id, route, router_choice, overridden, reason, perplexity, ttft_ms "
+                        "from decisions where session_id = ? order by id", [sid]).fetchall()
+    assert [(d["message_id"], d["route"], d["router_choice"], int(d["overridden"]), d["reason"], d["perplexity"],
+             d["ttft_ms"]) for d in data["decisions"]] == stored
+    assert [d["message_id"] for d in data["decisions"]] == [r.message_id for r in replies]
+    assert data["decisions"][1]["message"] == HOSTILE
+    assert data["routes"]["session"] == dict(db.execute(
+        "select route, count(*) from decisions where session_id = ? group by route", [sid]).fetchall())
+    assert data["feedback"] == {replies[1].message_id: False}
+
+
+def test_the_path_shows_the_numbers_and_escapes_the_message(chat):
+    service, sid, _ = chat
+    second = service.panel(sid)["decisions"][1]
+    drawn = panel.path_html(second, second["message"])
+    assert "<img" not in drawn and "<script>" not in drawn
+    assert "&lt;img src=x onerror=alert(1)&gt;" in drawn
+    assert f"router chose {second['router_choice']} · you chose reasoning" in drawn
+    assert f"τe {second['tau_e']:.2f}" in drawn and f"{second['perplexity']:.1f}" in drawn
+    for name in panel.DOMAIN_ORDER:
+        assert f"{second['domain_probs'][name]:.2f}" in drawn
+
+
+def test_the_path_of_an_unrouted_chat_says_so():
+    assert "No message routed yet" in panel.path_html(None)
+
+
+def test_the_timeline_has_one_point_per_turn_and_rings_escalations(chat):
+    service, sid, replies = chat
+    decisions = service.panel(sid)["decisions"]
+    spec = panel.timeline_chart(decisions).to_dict()
+    points = [row for row in spec["datasets"][next(iter(spec["datasets"]))]]
+    assert [p["route"] for p in points] == [d["route"] for d in decisions]
+    assert [p["perplexity"] for p in points] == [round(d["perplexity"], 2) for d in decisions]
+    escalated = [d["escalation_p"] >= d["tau_e"] for d in decisions]
+    assert [p["escalation"] for p in points] == escalated
+    assert escalated[2] and replies[2].decision.rule == "escalation"  # "no, that is wrong…" was escalated
+    assert panel.timeline_chart([]) is None
+
+
+def test_distribution_and_table(chat):
+    service, sid, replies = chat
+    other = service.new_session()
+    for _ in service.respond(other, "What's a good name for a cat?", override="base"):
+        pass
+    data = service.panel(sid)
+    frame = panel.distribution_frame(data["routes"]["session"], data["routes"]["all"])
+    mine = frame[frame["scope"] == "this chat"]
+    assert mine["replies"].sum() == 3 and mine["share %"].sum() == pytest.approx(100, abs=0.2)
+    assert frame[frame["scope"] == "all chats"]["replies"].sum() == 4
+    table = panel.decisions_frame(data["decisions"], data["feedback"])
+    assert list(table["#"]) == [3, 2, 1]  # newest first
+    assert table.iloc[1]["route"] == f"reasoning (router: {replies[1].decision.router_choice})"
+    assert table.iloc[1]["👍/👎"] == "👎" and table.iloc[0]["👍/👎"] == ""
+    assert table.iloc[0]["TTFT ms"] == f"{replies[2].stats.ttft_ms:.0f}"
+
+
+def test_feedback_only_on_replies(chat):
+    service, sid, _ = chat
+    with pytest.raises(ValueError, match="no reply at position 0"):
+        service.give_feedback(sid, 0, True)
+    with pytest.raises(ValueError, match="no reply at position 99"):
+        service.give_feedback(sid, 99, True)

@@ -1,0 +1,55 @@
+"""python -m router.history --export: routing history from a real sessions.db becomes rows in the
+router's training formats, which router.evaluate reads back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_path):
+    service = routed_service
+    *_, one = service.respond(None, "Write a SQL query that lists customers without orders.")
+    sid = one.session_id
+    *_, two = service.respond(sid, "Plan my week: 3 gym days, never two in a row", override="automation")
+    *_, three = service.respond(sid, "no, that is wrong, it does not work at all")  # the router escalates
+    *_, four = service.respond(sid, "thanks, that helps")
+    service.give_feedback(sid, 1, True)    # 👍 on reply one → (reply one, message two) is not a complaint
+    service.give_feedback(sid, 5, False)   # 👎 on reply three → (reply three, "thanks…") is one, by the user's word
+    assert three.decision.rule == "escalation"
+
+    out = tmp_path / "history.jsonl"
+    result = run("router.history", "--export", str(out), "--db", service.memory.path)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    domain = [r for r in rows if r["kind"] == "domain"]
+    escalation = [r for r in rows if r["kind"] == "escalation"]
+    assert [(r["text"], r["label"], r["source"], r["router_choice"]) for r in domain] == [
+        ("Plan my week: 3 gym days, never two in a row", "automation", "override", two.decision.router_choice)]
+    assert [(r["previous_answer"], r["text"], r["label"], r["source"]) for r in escalation] == [
+        (one.text, "Plan my week: 3 gym days, never two in a row", 0, "like"),
+        (two.text, "no, that is wrong, it does not work at all", 1, "router"),
+        (three.text, "thanks, that helps", 1, "dislike"),
+    ]
+    assert all(r["session_id"] == sid for r in rows)
+    assert "1 domain/override" in result.stdout and "1 escalation/dislike" in result.stdout
+
+    report = run("router.evaluate", "--domain", str(out), "--escalation", str(out))
+    assert report.returncode == 0, report.stderr
+    parsed = json.loads(report.stdout)
+    assert sum(parsed["domain"]["confusion"]["automation"].values()) == 1  # the one override row, nothing else
+    assert set(parsed["escalation"]) == {"f1", "precision", "recall", "fpr"}
+
+
+def test_a_missing_database_is_named(tmp_path):
+    result = run("router.history", "--export", str(tmp_path / "out.jsonl"), "--db", str(tmp_path / "nope.db"))
+    assert result.returncode == 2 and "nope.db: no such sessions database" in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
