@@ -74,15 +74,14 @@ class ChatService:
     # -- the router panel and feedback --------------------------------------------------------
     def panel(self, session_id: str | None) -> dict:
         """What the router panel draws, all of it read from sessions.db: the session's decisions
-        (oldest first, each with its user message and the reply's speed figures), the routes used
-        in this session and in all sessions, and the user's 👍/👎 by assistant message id."""
+        (oldest first, each with its user message, the reply's speed figures and the user's 👍/👎)
+        and the routes used in this session and in all sessions."""
         known = bool(session_id) and self.memory.session(session_id) is not None
         return {
             "session_id": session_id if known else None,
             "decisions": self.memory.decisions(session_id) if known else [],
             "routes": {"session": self.memory.route_counts(session_id) if known else {},
                        "all": self.memory.route_counts()},
-            "feedback": self.memory.feedback(session_id) if known else {},
         }
 
     def give_feedback(self, session_id: str, index: int, liked: bool | None) -> int:

@@ -170,10 +170,12 @@ class Memory:
                             [stats.get(k) for k in STATS_COLUMNS] + [message_id])
 
     def decisions(self, session_id: str, last: int | None = None) -> list[dict]:
-        """The session's decisions, oldest first, each with the user message it routed (`message`);
-        `last` keeps only the most recent ones."""
+        """The session's decisions, oldest first, each with the user message it routed (`message`)
+        and the user's 👍/👎 on the reply (`liked`: True, False or None); `last` keeps only the most
+        recent ones."""
         sql = ("select d.*, (select u.content from messages u where u.session_id = d.session_id and u.role = 'user' "
-               "and u.id < d.message_id order by u.id desc limit 1) as message "
+               "and u.id < d.message_id order by u.id desc limit 1) as message, "
+               "(select f.liked from feedback f where f.message_id = d.message_id) as liked "
                "from decisions d where d.session_id = ? order by d.id desc" + (" limit ?" if last else ""))
         with self._lock:
             cursor = self.db.execute(sql, [session_id, last] if last else [session_id])
@@ -183,6 +185,7 @@ class Memory:
             row["domain_probs"] = json.loads(row["domain_probs"] or "{}")
             row["overridden"] = bool(row["overridden"])
             row["tau_p_calibrated"] = bool(row["tau_p_calibrated"])
+            row["liked"] = None if row["liked"] is None else bool(row["liked"])
         return rows[::-1]
 
     def route_counts(self, session_id: str | None = None) -> dict[str, int]:
@@ -204,12 +207,6 @@ class Memory:
             else:
                 self.db["feedback"].upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
                                             "created_at": _now()}, pk="message_id")
-
-    def feedback(self, session_id: str) -> dict[int, bool]:
-        """assistant message id → liked (True) or disliked (False), for one session."""
-        with self._lock:
-            rows = self.db.execute("select message_id, liked from feedback where session_id = ?", [session_id])
-            return {message_id: bool(liked) for message_id, liked in rows.fetchall()}
 
     def _count(self, session_id: str, role: str) -> int:
         return self.db.execute(

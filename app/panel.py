@@ -95,7 +95,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
         tooltip=["turn", "route", "perplexity", "τp", "escalation", "reason"])
     rings = alt.Chart(frame[frame["escalation"]]).mark_point(size=300, color="#dc2626", strokeWidth=2).encode(
         x=x, y="perplexity:Q")
-    return (line + threshold + points + rings).properties(height=200, width="container")
+    return (line + threshold + points + rings).properties(height=200)
 
 
 def distribution_frame(session_counts: dict[str, int], all_counts: dict[str, int]) -> pd.DataFrame:
@@ -108,20 +108,20 @@ def distribution_frame(session_counts: dict[str, int], all_counts: dict[str, int
     return pd.DataFrame(rows, columns=["scope", "route", "share %", "replies"])
 
 
-TABLE_COLUMNS = ["#", "route", "reason", "routing ms", "TTFT ms", "tok/s", "draft", "👍/👎"]
+TABLE_COLUMNS = ["turn", "route", "reason", "routing ms", "first token ms", "tok/s", "draft accepted", "feedback"]
 
 
-def decisions_frame(decisions: list[dict], feedback: dict[int, bool]) -> pd.DataFrame:
+def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
     """The recent decisions, newest first, with the reply's speed figures and the user's 👍/👎."""
     rows = []
     for turn, d in reversed(list(enumerate(decisions, 1))):
         route = f"{d['route']} (router: {d['router_choice']})" if d["overridden"] else d["route"]
-        liked = feedback.get(d["message_id"])
+        liked = d.get("liked")
         rows.append([
             turn, route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 0),
             _num(d.get("tokens_per_s"), 1),
             f"{d['draft_accepted']}/{d['draft_proposed']}" if d.get("draft_proposed") else "—",
-            "" if liked is None else ("👍" if liked else "👎"),
+            "" if liked is None else ("👍 up" if liked else "👎 down"),
         ])
         if len(rows) == TABLE_ROWS:
             break

@@ -46,7 +46,7 @@ def panel_views(service: ChatService, session_id: str | None) -> tuple:
     return (panel.path_html(latest, latest["message"] if latest else None),
             panel.timeline_chart(decisions),
             panel.distribution_frame(data["routes"]["session"], data["routes"]["all"]),
-            panel.decisions_frame(decisions, data["feedback"]))
+            panel.decisions_frame(decisions))
 
 
 def build_ui(service: ChatService, banner: str | None = None, model_label: str = "") -> gr.Blocks:
@@ -156,10 +156,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 distribution = gr.BarPlot(x="scope", y="share %", color="route", color_map=panel.ROUTE_COLOURS,
                                           tooltip=["route", "share %", "replies"], label="Route distribution",
                                           sort=["this chat", "all chats"],
-                                          y_lim=[0, 100], height=200, elem_id="distribution")
-                table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions", interactive=False,
-                                     wrap=True, column_widths=["7%", "14%", "37%", "9%", "9%", "8%", "9%", "7%"],
-                                     elem_id="decisions")
+                                          y_lim=[0, 100], height=230, elem_id="distribution")
+        table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions (newest first)", interactive=False,
+                             wrap=True, column_widths=["6%", "14%", "44%", "8%", "8%", "6%", "8%", "6%"],
+                             elem_id="decisions")
 
         views = [path, timeline, distribution, table]
         outputs = [chatbot, box, session_id, notice, stats, path]

@@ -132,10 +132,13 @@ def test_feedback_is_one_row_per_reply_the_latest_click_wins_and_can_be_taken_ba
     sid = memory.new_session()
     question = memory.add_message(sid, "user", "q")
     reply = memory.add_message(sid, "assistant", "a")
+    memory.add_decision(sid, reply, decision())
     memory.set_feedback(reply, True)
     memory.set_feedback(reply, False)
-    assert Memory(tmp_path / "sessions.db").feedback(sid) == {reply: False}
+    stored = sqlite3.connect(tmp_path / "sessions.db").execute("select message_id, session_id, liked from feedback")
+    assert stored.fetchall() == [(reply, sid, 0)]
+    assert Memory(tmp_path / "sessions.db").decisions(sid)[0]["liked"] is False
     memory.set_feedback(reply, None)
-    assert memory.feedback(sid) == {}
+    assert memory.decisions(sid)[0]["liked"] is None
     with pytest.raises(ValueError, match="not an assistant reply"):
         memory.set_feedback(question, True)

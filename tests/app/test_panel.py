@@ -35,7 +35,7 @@ def test_panel_data_is_what_sessions_db_holds(chat):
     assert data["decisions"][1]["message"] == HOSTILE
     assert data["routes"]["session"] == dict(db.execute(
         "select route, count(*) from decisions where session_id = ? group by route", [sid]).fetchall())
-    assert data["feedback"] == {replies[1].message_id: False}
+    assert [d["liked"] for d in data["decisions"]] == [None, False, None]
 
 
 def test_the_path_shows_the_numbers_and_escapes_the_message(chat):
@@ -77,11 +77,11 @@ def test_distribution_and_table(chat):
     mine = frame[frame["scope"] == "this chat"]
     assert mine["replies"].sum() == 3 and mine["share %"].sum() == pytest.approx(100, abs=0.2)
     assert frame[frame["scope"] == "all chats"]["replies"].sum() == 4
-    table = panel.decisions_frame(data["decisions"], data["feedback"])
-    assert list(table["#"]) == [3, 2, 1]  # newest first
+    table = panel.decisions_frame(data["decisions"])
+    assert list(table["turn"]) == [3, 2, 1]  # newest first
     assert table.iloc[1]["route"] == f"reasoning (router: {replies[1].decision.router_choice})"
-    assert table.iloc[1]["👍/👎"] == "👎" and table.iloc[0]["👍/👎"] == ""
-    assert table.iloc[0]["TTFT ms"] == f"{replies[2].stats.ttft_ms:.0f}"
+    assert table.iloc[1]["feedback"] == "👎 down" and table.iloc[0]["feedback"] == ""
+    assert table.iloc[0]["first token ms"] == f"{replies[2].stats.ttft_ms:.0f}"
 
 
 def test_feedback_only_on_replies(chat):

@@ -3,14 +3,11 @@ sessions.db read directly."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,45 +17,6 @@ from gradio_client import Client
 from models.manifest import get_profile
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_app(data_dir: Path, models_dir: Path, *args: str):
-    """launch.py on a free port; yields (url, sessions.db path) once it answers."""
-    port = free_port()
-    log = open(data_dir / "launch.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir", str(models_dir), *args],
-        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(data_dir)}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"launch.py did not come up:\n{log.read()}")
-                time.sleep(0.3)
-        yield url, data_dir / "sessions.db"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
-@pytest.fixture
-def app(tmp_path, demo_models_dir):
-    with running_app(tmp_path, demo_models_dir) as started:
-        yield started
 
 
 def draft_counts(db_path: Path) -> list[int]:
@@ -143,11 +101,11 @@ def test_a_corrupt_model_file_stops_launch_with_the_file_named(tmp_path, demo_mo
     assert not list((models / "demo").glob("*.partial"))
 
 
-def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_dir):
+def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_dir, launch_app):
     models = compressed_demo_copy(demo_models_dir, tmp_path / "models")
     code = models / "demo" / "code.gguf.zst"
     code.write_bytes(code.read_bytes()[:-5000])  # truncated
-    with running_app(tmp_path, models) as (url, _):
+    with launch_app(tmp_path, models) as (url, _):
         config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
         assert "Modifiers not available" in config and "code.gguf.zst" in config
         client = Client(url, verbose=False)
@@ -158,11 +116,11 @@ def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_
         assert adapters == [None, "reasoning"]
 
 
-def test_speculative_decoding_is_on_by_default_and_off_with_no_draft(tmp_path, demo_models_dir):
+def test_speculative_decoding_is_on_by_default_and_off_with_no_draft(tmp_path, demo_models_dir, launch_app):
     for args, drafted in (((), True), (("--no-draft",), False)):
         data = tmp_path / ("plain" if args else "draft")
         data.mkdir()
-        with running_app(data, demo_models_dir, *args) as (url, db_path):
+        with launch_app(data, demo_models_dir, *args) as (url, db_path):
             client = Client(url, verbose=False)
             for i in range(3):
                 client.predict(f"message {i}", api_name="/chat")

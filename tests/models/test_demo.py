@@ -3,7 +3,6 @@ rest of the app relies on (a tokenizer for any UTF-8, a draft that mostly agrees
 
 from __future__ import annotations
 
-import ctypes
 
 import gguf
 import llama_cpp

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from router.domain import DomainClassifier
-from router.escalation import EscalationDetector
 from router.heads import WEIGHTS_DIR, HeadFileError
 
 
