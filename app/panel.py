@@ -86,7 +86,9 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
         "turn": i, "perplexity": round(d["perplexity"], 2), "τp": round(d["tau_p"], 2), "route": d["route"],
         "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"],
     } for i, d in enumerate(decisions, 1)])
-    x = alt.X("turn:O", title="turn", axis=alt.Axis(labelAngle=0))
+    turns = len(frame)
+    x = alt.X("turn:Q", title="turn", scale=alt.Scale(domain=[0.5, turns + 0.5], nice=False),
+              axis=alt.Axis(values=list(range(1, turns + 1)) if turns <= 20 else None, format="d"))
     colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
     line = alt.Chart(frame).mark_line(color="#d1d5db").encode(x=x, y=alt.Y("perplexity:Q", title="perplexity"))
     threshold = alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y="τp:Q")
@@ -95,7 +97,8 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
         tooltip=["turn", "route", "perplexity", "τp", "escalation", "reason"])
     rings = alt.Chart(frame[frame["escalation"]]).mark_point(size=300, color="#dc2626", strokeWidth=2).encode(
         x=x, y="perplexity:Q")
-    return (line + threshold + points + rings).properties(height=200)
+    return ((line + threshold + points + rings).properties(height=190)
+            .configure_legend(orient="bottom", title=None).configure_view(strokeWidth=0))
 
 
 def distribution_frame(session_counts: dict[str, int], all_counts: dict[str, int]) -> pd.DataFrame:

@@ -155,10 +155,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 timeline = gr.Plot(label="Perplexity per turn · dashed: τp · red ring: escalation", elem_id="timeline")
                 distribution = gr.BarPlot(x="scope", y="share %", color="route", color_map=panel.ROUTE_COLOURS,
                                           tooltip=["route", "share %", "replies"], label="Route distribution",
-                                          sort=["this chat", "all chats"],
+                                          sort=["this chat", "all chats"], colors_in_legend=list(panel.ROUTE_COLOURS),
                                           y_lim=[0, 100], height=230, elem_id="distribution")
         table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions (newest first)", interactive=False,
-                             wrap=True, column_widths=["6%", "14%", "44%", "8%", "8%", "6%", "8%", "6%"],
+                             wrap=True, column_widths=["5%", "13%", "44%", "8%", "8%", "6%", "8%", "8%"],
                              elem_id="decisions")
 
         views = [path, timeline, distribution, table]

@@ -1,0 +1,145 @@
+"""The app in a real browser: Debian's chromium driven by playwright against `python launch.py` on
+the demo set. What a person does — send, watch the reply stream and the router panel redraw,
+overrule the router, rate a reply, reopen a past chat, type HTML — checked on the page and in
+sessions.db. A full-page screenshot is saved to test-artifacts/browser.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from router.decision import ROUTES
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+HOSTILE = "<img src=x onerror=alert(1)>"
+# Flags for headless chromium as root in a closed network: no sandbox, no GPU, no background traffic.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+# Records every length the latest bot message had, so the test can see the reply grow.
+WATCH_STREAM = """() => {
+  window.__lengths = [];
+  new MutationObserver(() => {
+    const bots = document.querySelectorAll('#chat .message-row.bot-row');
+    if (bots.length) window.__lengths.push(bots[bots.length - 1].innerText.length);
+  }).observe(document.querySelector('#chat'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def chromium_path() -> str:
+    path = os.environ.get("COGUMI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("no chromium for the browser test: apt-get install chromium (or set COGUMI_CHROMIUM)")
+    return path
+
+
+@pytest.fixture
+def page(app):
+    url, _ = app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.dialogs = []  # any alert() at all would mean typed HTML ran
+        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.wait_for_selector("#message textarea")
+        yield page
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
+        browser.close()
+
+
+def table_rows(page: Page):
+    """The decisions table's rows, header included (gradio's Dataframe marks rows with role=row)."""
+    return page.locator("#decisions [role=row]")
+
+
+def decisions(db_path: Path) -> list[sqlite3.Row]:
+    db = sqlite3.connect(db_path)
+    db.row_factory = sqlite3.Row
+    return db.execute("select d.*, m.content as reply from decisions d join messages m on m.id = d.message_id "
+                      "order by d.id").fetchall()
+
+
+def send(page: Page, text: str, db_path: Path) -> tuple[sqlite3.Row, list[int]]:
+    """Type and send a message, wait for the reply to finish and the panel to redraw; return the
+    stored decision and the lengths the reply was seen at while it streamed."""
+    before = len(decisions(db_path))
+    page.evaluate(WATCH_STREAM)
+    page.fill("#message textarea", text)
+    page.press("#message textarea", "Enter")
+    expect(table_rows(page)).to_have_count(before + 2, timeout=60_000)
+    row = decisions(db_path)[-1]
+    expect(page.locator("#chat .message-row.bot-row").last).to_contain_text(row["reply"][-20:].strip())
+    return row, page.evaluate("window.__lengths")
+
+
+def route_drawn(row: sqlite3.Row) -> str:
+    if row["overridden"]:
+        return f"router chose {row['router_choice']} · you chose {row['route']}"
+    return f"route: {row['route']}"
+
+
+def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
+    url, db_path = app
+    path, timeline = page.locator("#route-path"), page.locator("#timeline canvas")
+    expect(path).to_contain_text("No message routed yet")
+
+    first, lengths = send(page, "Write a Python function that reverses a linked list.", db_path)
+    grown = [n for i, n in enumerate(lengths) if n and (i == 0 or n > lengths[i - 1])]
+    streamed = len(set(grown)) >= 3
+    expect(path).to_contain_text(route_drawn(first))
+    expect(path).to_contain_text(f"{first['perplexity']:.1f}")
+    expect(timeline).to_be_visible()
+    timeline_one = page.locator("#timeline").screenshot()
+
+    second, lengths = send(page, "and now explain how it works, step by step", db_path)
+    streamed = streamed or len(set(n for n in lengths if n)) >= 3
+    expect(path).to_contain_text(route_drawn(second))
+    expect(table_rows(page)).to_have_count(3)
+    page.wait_for_timeout(500)  # the chart redraws after the table
+    assert page.locator("#timeline").screenshot() != timeline_one, "the timeline did not redraw for turn 2"
+
+    # Overrule the router: the choice sticks for the next messages, and the router's own is still shown.
+    page.locator('#route [data-testid="automation-radio-label"]').click()
+    third, lengths = send(page, "Write a Python function that reverses a linked list.", db_path)
+    streamed = streamed or len(set(n for n in lengths if n)) >= 3
+    assert (third["route"], third["overridden"]) == ("automation", 1) and third["router_choice"] in ROUTES
+    expect(path).to_contain_text(f"router chose {third['router_choice']} · you chose automation")
+    fourth, _ = send(page, "what's 17 times 23?", db_path)
+    assert (fourth["route"], fourth["overridden"]) == ("automation", 1)
+
+    # Back to auto, then HTML typed by the user: shown as text in the chat and the panel, never run.
+    page.locator('#route [data-testid="auto-radio-label"]').click()
+    fifth, _ = send(page, HOSTILE, db_path)
+    assert fifth["overridden"] == 0
+    expect(page.locator("#chat .message-row.user-row").last).to_have_text(HOSTILE)
+    expect(path).to_contain_text(HOSTILE)
+    assert page.locator('img[src="x"]').count() == 0 and page.dialogs == []
+    assert streamed, "no reply was seen growing on the page"
+
+    # 👎 on the first reply lands in sessions.db and in the decisions table.
+    page.locator('#chat button[aria-label="Dislike"]').first.click()
+    expect(table_rows(page).last).to_contain_text("down")
+    session = first["session_id"]
+    liked = sqlite3.connect(db_path).execute("select message_id, liked from feedback").fetchall()
+    assert liked == [(first["message_id"], 0)]
+
+    # A new chat starts empty; after a reload the old one reopens with its whole history.
+    page.click("#new-chat")
+    expect(page.locator("#chat .message-row")).to_have_count(0)
+    expect(path).to_contain_text("No message routed yet")
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    page.locator(f'#sessions input[value="{session}"]').check()
+    expect(page.locator("#chat .message-row.user-row")).to_have_count(5)
+    expect(table_rows(page)).to_have_count(6)
+    expect(path).to_contain_text(route_drawn(fifth))
+    expect(path).to_contain_text(HOSTILE)
+    expect(timeline).to_be_visible()
+    assert page.dialogs == []
