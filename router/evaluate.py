@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from router.decision import DOMAINS
 
 
-def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None) -> list[dict]:
+def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow_empty: bool = False) -> list[dict]:
     """Rows of a JSON Lines file, each checked for `keys`; blank lines are skipped. A file that mixes
     formats (router.history's export) marks each row with "kind"; rows of another kind are skipped."""
     rows = []
@@ -36,8 +36,8 @@ def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None) -> li
             if missing:
                 raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
             rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no examples")
+    if not rows and not allow_empty:
+        raise ValueError(f"{path}: no examples" + (f" of kind {kind!r}" if kind else ""))
     return rows
 
 

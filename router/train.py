@@ -1,6 +1,6 @@
 """Train the router's two heads on router/data and write router/weights:
 
-    python -m router.train [--holdout 0.2]
+    python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
 Seeded and CPU-only; most of the time goes to embedding the ~3,500 texts once. With --holdout a
 stratified share of each file is kept out of training and scored, and nothing is written."""
@@ -112,12 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--holdout", type=float, default=0.0, help="share held out and scored; nothing is written")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", type=Path, action="append", default=[], metavar="FILE",
+                        help="more labelled rows, e.g. python -m router.history --export FILE (repeatable)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(1)  # small batches: threads cost more than they give, and results stay reproducible
     domain = read_jsonl(args.data / "domain.jsonl", ("text", "label"))
     followups = read_jsonl(args.data / "followups.jsonl", ("previous", "text", "label"))
     escalation = read_jsonl(args.data / "escalation.jsonl", ("previous_answer", "text", "label"))
+    for extra in args.extra:  # a history export mixes both formats; each row says its kind
+        domain += read_jsonl(extra, ("text", "label"), "domain", allow_empty=True)
+        escalation += read_jsonl(extra, ("previous_answer", "text", "label"), "escalation", allow_empty=True)
     domain_train, domain_held = split(domain, args.holdout, args.seed)
     follow_train, follow_held = split(followups, args.holdout, args.seed)
     esc_train, esc_held = split(escalation, args.holdout, args.seed)
