@@ -24,14 +24,22 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
 from models.errors import ModelFileError
 
 
-def vocabulary_mismatch(a: LlamaModel, b: LlamaModel) -> str | None:
-    """Why two models cannot share tokens, or None when their vocabularies are identical."""
-    if a.n_vocab() != b.n_vocab():
-        return f"vocabulary sizes differ ({a.n_vocab():,} vs {b.n_vocab():,})"
-    for token in range(a.n_vocab()):
-        ta, tb = llama_cpp.llama_vocab_get_text(a.vocab, token), llama_cpp.llama_vocab_get_text(b.vocab, token)
+# A base may pad its vocabulary past the draft's (Qwen2.5-7B has 152,064 rows, the 0.5B 151,936):
+# the draft then only ever proposes tokens the base has. llama.cpp's own speculative example
+# allows the same slack.
+MAX_PADDING = 128
+
+
+def vocabulary_mismatch(base: LlamaModel, draft: LlamaModel) -> str | None:
+    """Why the draft cannot propose tokens for the base, or None when every draft token is the
+    same token in the base (the base may have up to MAX_PADDING more at the end)."""
+    n_base, n_draft = base.n_vocab(), draft.n_vocab()
+    if not 0 <= n_base - n_draft <= MAX_PADDING:
+        return f"vocabulary sizes differ ({n_base:,} in the base vs {n_draft:,} in the draft)"
+    for token in range(n_draft):
+        ta, tb = llama_cpp.llama_vocab_get_text(base.vocab, token), llama_cpp.llama_vocab_get_text(draft.vocab, token)
         if ta != tb:
-            return f"token {token} is {ta!r} in one and {tb!r} in the other"
+            return f"token {token} is {ta!r} in the base and {tb!r} in the draft"
     return None
 
 

@@ -91,3 +91,19 @@ def test_a_draft_with_different_token_texts_is_refused(demo_set, tmp_path, monke
     write_model(other, DemoSpec(), "draft")
     with pytest.raises(ModelFileError, match=f"token {len(tokens) - 2} is"):
         Engine(demo_set["base"], draft=other)
+
+
+def test_a_base_that_pads_its_vocabulary_past_the_draft_is_accepted(demo_set, tmp_path):
+    """Qwen2.5-7B pads its vocabulary 128 rows past the 0.5B draft's; the draft's tokens are all the
+    base's, so speculative decoding works and replies equal plain decoding."""
+    n_draft = len(demo.vocabulary(DemoSpec())[0])
+    padded = tmp_path / "padded-base.gguf"
+    write_model(padded, dataclasses.replace(DemoSpec(), min_vocab=n_draft + 100), "base")
+    plain, spec = Engine(padded, n_ctx=512), Engine(padded, n_ctx=512, draft=demo_set["draft"])
+    text, stats = run(spec, "write a function", max_tokens=40, temperature=0.0)
+    assert text == run(plain, "write a function", max_tokens=40, temperature=0.0)[0]
+    assert stats.draft_proposed > 0
+    too_padded = tmp_path / "too-padded-base.gguf"
+    write_model(too_padded, dataclasses.replace(DemoSpec(), min_vocab=n_draft + 200), "base")
+    with pytest.raises(ModelFileError, match="vocabulary sizes differ"):
+        Engine(too_padded, n_ctx=512, draft=demo_set["draft"])
