@@ -34,9 +34,9 @@ class ModelFile:
     name: str              # "base", "draft", or the modifier's name ("code", ...)
     role: str              # "base" | "draft" | "modifier"
     file: str              # under the profile's folder; a .gguf.zst is decompressed by the store
-    sha256: str            # of the decompressed GGUF: what llama.cpp will read
-    size: int              # bytes of the decompressed GGUF, to refuse a truncated file early
-    source: dict | None = None  # {"repo", "filename"} on the HuggingFace Hub, if it can be fetched
+    sha256: str | None     # of the decompressed GGUF: what llama.cpp will read (None: a slot for a file the user brings)
+    size: int | None       # bytes of the decompressed GGUF, to refuse a truncated file early
+    source: dict | None = None  # {"repo", "filename", "revision"} on the HuggingFace Hub, if it can be fetched
     scale: float = 1.0     # LoRA scale, modifiers only
 
 

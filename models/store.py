@@ -28,9 +28,13 @@ SYNC_EVERY = 1 << 24    # flush to disk every 16 MiB, overlapped with decompress
 
 
 class Store:
-    def __init__(self, root: Path, progress: bool = True):
+    def __init__(self, root: Path, progress: bool = True, on_progress=None):
         self.root = Path(root)
         self.progress = progress
+        self.on_progress = on_progress  # (what, done, total) for downloads, e.g. the UI's startup page
+
+    def hub_cache(self) -> Path:
+        return self.root / "hub"
 
     def folder(self, profile: str) -> Path:
         return self.root / profile
@@ -42,9 +46,10 @@ class Store:
         return self.folder(profile) / entry.file.removesuffix(".zst")
 
     def is_ready(self, profile: str, entry: ModelFile) -> bool:
-        """True when the verified GGUF is in place (by its recorded digest and size)."""
+        """True when the verified GGUF is in place (by its recorded digest and size). A file the
+        manifest has no digest for is checked again each start."""
         path = self.model_path(profile, entry)
-        return _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
+        return entry.sha256 is not None and _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
 
     def ensure(self, profile: str, entry: ModelFile, verify: bool = False) -> Path:
         """Return the path of the verified GGUF for this entry, decompressing it if needed."""
@@ -59,6 +64,25 @@ class Store:
                 return path
             _digest_path(path).unlink(missing_ok=True)  # the cached copy changed on disk: redo it
         source = self.source_path(profile, entry)
+        if not source.exists() and entry.source:  # not on disk: from the Hub, into its cache
+            from models import hub
+
+            downloaded = hub.download(profile, entry, self.hub_cache(), self.on_progress)
+            try:
+                if source != path:  # a .gguf.zst on the Hub
+                    decompress_verified(downloaded, path, entry.sha256, entry.size, progress=self.progress)
+                    return path
+                actual = hash_file(downloaded, progress=self.progress)
+                if actual != entry.sha256:
+                    raise ModelFileError(_mismatch(downloaded, entry.sha256, actual))
+            except ModelFileError:
+                hub.forget(downloaded)  # refused bytes are not kept for the next start to reuse
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            path.symlink_to(downloaded.resolve())  # the cache's blob, used in place
+            _write_digest(path, actual)
+            return path
         if source == path:  # a plain .gguf: nothing to decompress, only check it
             return self._verify_plain(path, entry)
         if not source.is_file():
@@ -70,13 +94,13 @@ class Store:
         if not path.is_file():
             raise ModelFileError(f"{path}: model file not found ({entry.name}).")
         actual = hash_file(path, progress=self.progress)
-        if actual != entry.sha256:
+        if entry.sha256 is not None and actual != entry.sha256:
             raise ModelFileError(_mismatch(path, entry.sha256, actual))
-        _write_digest(path, actual)
+        _write_digest(path, actual)  # no digest in the manifest (a file the user brought): this one is kept
         return path
 
 
-def decompress_verified(source: Path, target: Path, sha256: str, size: int | None, progress: bool = True) -> None:
+def decompress_verified(source: Path, target: Path, sha256: str | None, size: int | None, progress: bool = True) -> None:
     """Stream-decompress `source` into `target`, hashing as it goes; rename into place only on a
     digest match. Raises ModelFileError naming the file, and leaves no partial file behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +135,7 @@ def decompress_verified(source: Path, target: Path, sha256: str, size: int | Non
                 f"{source}: decompressed to {written:,} bytes, expected {size:,} (truncated or wrong file); "
                 f"expected sha256 {sha256}, actual {actual}. Delete it and fetch or rebuild it."
             )
-        if actual != sha256:
+        if sha256 is not None and actual != sha256:
             raise ModelFileError(_mismatch(source, sha256, actual))
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
         os.replace(tmp, target)
