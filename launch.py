@@ -6,26 +6,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no phoning home
 
 from models.errors import ModelFileError  # noqa: E402
-from models.manifest import Profile, data_dir, get_profile, models_dir  # noqa: E402
+from models.manifest import MANIFEST_PATH, Profile, data_dir, get_profile, models_dir, user_profile  # noqa: E402
 from models.store import Store  # noqa: E402
 
 log = logging.getLogger("cogumi")
+SPACES_PROFILE = "qwen2.5-1.5b"  # a CPU Space: the small profile
+DEFAULT_MAX_TOKENS = 256  # ChatSettings.max_tokens, named here so --help does not import the app (3 s)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Cogumi Chat: a local chat app with a visual router.")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default=None,
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 on a HuggingFace Space)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860, or $PORT on a Space)")
     p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
-    p.add_argument("--profile", default="demo", help="model set from models/manifest.json (default: demo)")
+    p.add_argument("--profile", default=None,
+                   help="model set from the manifest, downloaded when missing (default: demo; on a Space $COGUMI_PROFILE "
+                        f"or {SPACES_PROFILE})")
+    p.add_argument("--manifest", type=Path, default=None, help="profiles file (default models/manifest.json)")
+    p.add_argument("--model", type=Path, default=None, metavar="BASE.gguf",
+                   help="run a model file you have (.gguf or .gguf.zst) instead of a profile")
+    p.add_argument("--draft", type=Path, default=None, metavar="DRAFT.gguf", help="with --model: a draft model")
+    p.add_argument("--modifier", action="append", default=[], metavar="NAME=FILE.gguf",
+                   help="with --model: a LoRA modifier, NAME one of code, reasoning, automation (repeatable)")
     p.add_argument("--demo", action="store_true", help="use the demo model set, whatever --profile says")
     p.add_argument("--models-dir", type=Path, default=None, help="model cache (default: $COGUMI_DATA_DIR/model-cache)")
     p.add_argument("--db", type=Path, default=None, help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
@@ -36,7 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-layers", type=int, default=None,
                    help="layers to offload to the GPU (default: all on Apple Silicon, 0 elsewhere; 0 turns Metal off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: half the cores)")
+    p.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
+                   help=f"longest reply in tokens; the context keeps this much room for it (default: "
+                        f"{DEFAULT_MAX_TOKENS}, ChatSettings.max_tokens)")
     return p.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
@@ -48,14 +71,24 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
         from models.demo import build_demo_set
 
         log.info("building the demo model set in %s", store.folder(profile.name))
-        build_demo_set(store.folder(profile.name))
+        try:
+            build_demo_set(store.folder(profile.name))
+        except OSError as exc:  # a folder where a file goes, a read-only or full disk
+            where = exc.filename2 or exc.filename or store.folder(profile.name)
+            raise ModelFileError(f"{where}: could not write the demo model set ({exc.strerror or exc}); move it "
+                                 f"aside, free disk space, or choose another folder with --models-dir.") from exc
     paths, failed = {}, {}
     for f in profile.files:
+        if f.role == "modifier" and f.sha256 is None and not f.source and not store.source_path(profile.name, f).exists():
+            failed[f.name] = (f"not installed: no public {f.name} LoRA exists for this base; put one at "
+                              f"{store.source_path(profile.name, f)} or start with --model BASE --modifier {f.name}=FILE")
+            continue
         try:
             paths[f.name] = store.ensure(profile.name, f, verify=verify)
         except ModelFileError as exc:
             if f.role != "modifier":
-                raise
+                missing = [g.file for g in profile.files if g is not f and g.source and not store.is_ready(profile.name, g)]
+                raise ModelFileError(f"{exc}" + (f" Also not on disk yet: {', '.join(missing)}." if missing else "")) from exc
             failed[f.name] = str(exc)
     return paths, failed
 
@@ -77,11 +110,74 @@ def build_router(engine, profile: Profile, max_tokens: int):
     return Router(Perplexity(engine.score, max_tokens=max_tokens), thresholds, Embedder(threads=threads))
 
 
+def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
+    """--model files, else --demo, else --profile, else (on a Space) $COGUMI_PROFILE or the small
+    profile, else the demo set: only a plain start falls back to the demo."""
+    if args.model:
+        modifiers = {}
+        for item in args.modifier:
+            name, _, path = item.partition("=")
+            if name not in ("code", "reasoning", "automation") or not path:
+                raise ModelFileError(f"--modifier {item!r}: write NAME=FILE.gguf with NAME code, reasoning or automation")
+            modifiers[name] = Path(path)
+        return user_profile(args.model, args.draft, modifiers)
+    if args.draft or args.modifier:
+        raise ModelFileError("--draft and --modifier go with --model; a profile names its own files")
+    name = "demo" if args.demo else args.profile or (os.environ.get("COGUMI_PROFILE", SPACES_PROFILE) if space else "demo")
+    return get_profile(name, args.manifest or MANIFEST_PATH)
+
+
+def on_space() -> bool:
+    """Running as a HuggingFace Space: bind all interfaces on the port Spaces gives, keep data in
+    the persistent /data volume when the Space has one, and give each visitor their own sessions."""
+    if not os.environ.get("SPACE_ID"):
+        return False
+    persistent = Path(os.environ.get("COGUMI_SPACES_PERSISTENT_DIR", "/data"))
+    if "COGUMI_DATA_DIR" not in os.environ and persistent.is_dir() and os.access(persistent, os.W_OK):
+        os.environ["COGUMI_DATA_DIR"] = str(persistent / "cogumi")
+        (persistent / "cogumi").mkdir(exist_ok=True)
+    return True
+
+
+def browser_state_secret() -> str:
+    """The key each visitor's id is encrypted with in their browser, kept in the data directory so
+    visitors keep their sessions across restarts of the Space."""
+    path = data_dir() / "browser-state.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(16))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def exposure_warnings(host: str, port: int, share: bool, space: bool = False) -> list[str]:
+    """What these flags open to other people, said before the app serves anything. A Space binds
+    all interfaces by design (each visitor sees only their own sessions)."""
+    warnings = []
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback and not space:
+        warnings.append(f"--host {host}: other machines that can reach this one on port {port} can use this chat, "
+                        f"its model and every conversation stored in sessions.db; there is no login.")
+    if share:
+        warnings.append("--share publishes this chat on a public gradio.live URL for up to a week: anyone with the "
+                        "link can use it, its model and every conversation stored in sessions.db; there is no login.")
+    return warnings
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
+    space = on_space()
+    args.host = args.host or ("0.0.0.0" if space else "127.0.0.1")
+    args.port = args.port or int(os.environ.get("PORT", 7860) if space else 7860)
+    if space:
+        log.info("HuggingFace Space %s: binding %s:%d, data in %s", os.environ["SPACE_ID"], args.host, args.port,
+                 data_dir())
     try:
-        profile = get_profile("demo" if args.demo else args.profile)
+        profile = choose_profile(args, space)
         if args.no_draft:
             profile = dataclasses.replace(profile, files=tuple(f for f in profile.files if f.role != "draft"))
         paths, failed = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
@@ -96,10 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from app.chat import ChatService, ChatSettings
-    from app.memory import Memory
+    from app.memory import Memory, SessionStoreError
     from app.ui import DEMO_BANNER, build_ui
 
-    memory = Memory(args.db or data_dir() / "sessions.db")
+    try:
+        memory = Memory(args.db or data_dir() / "sessions.db")
+    except SessionStoreError as exc:  # read-only, locked by another program, not a database
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if memory.interrupted:
         log.info("%d reply(ies) cut off by an earlier stop are kept and marked interrupted", memory.interrupted)
     failed.update(engine.modifiers.failed)
@@ -107,17 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("modifier %s is not available: %s", name, reason)
     from router.heads import HeadFileError
 
-    settings = ChatSettings()
+    settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
     try:
         router = build_router(engine, profile, settings.max_tokens)
     except HeadFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     service = ChatService(engine, memory, settings, unavailable=failed, router=router)
-    demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}")
-    if args.share:
-        log.warning("--share publishes this chat, its model and every stored session list on a public URL "
-                    "for 72 hours; anyone with the link can use it.")
+    demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}",
+                    per_visitor=space, state_secret=browser_state_secret() if space else None)
+    for warning in exposure_warnings(args.host, args.port, args.share, space):
+        log.warning(warning)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser,
     )

@@ -10,7 +10,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from app.memory import Memory
+from app.memory import Memory, SessionStoreError
 from models.engine import Engine, GenerationStats
 from models.errors import ContextOverflowError
 from router.decision import ROUTES, Decision
@@ -60,34 +60,45 @@ class ChatService:
                 for r in ROUTES[1:]}
 
     # -- sessions, for the UI's list ----------------------------------------------------------
-    def new_session(self) -> str:
-        return self.memory.new_session()
+    # `owner` scopes sessions to one visitor when many share the app (a Space); None (a personal
+    # machine) sees them all. A session of another owner is treated as one that does not exist.
+    def owns(self, session_id: str | None, owner: str | None = None) -> bool:
+        """True when session_id names a stored session that `owner` may read and write."""
+        if not session_id or _lone_surrogate(session_id) is not None:
+            return False
+        row = self.memory.session(session_id)
+        return row is not None and (owner is None or row["owner"] == owner)
 
-    def sessions(self) -> list[dict]:
-        return self.memory.list_sessions()
+    def new_session(self, owner: str | None = None) -> str:
+        return self.memory.new_session(owner=owner)
 
-    def transcript(self, session_id: str) -> list[dict]:
+    def sessions(self, owner: str | None = None) -> list[dict]:
+        return self.memory.list_sessions(owner=owner)
+
+    def transcript(self, session_id: str, owner: str | None = None) -> list[dict]:
         """The stored conversation as {id, role, content, status} dicts, oldest first."""
+        if not self.owns(session_id, owner):
+            return []
         return [{"id": m["id"], "role": m["role"], "content": m["content"], "status": m["status"]}
                 for m in self.memory.messages(session_id)]
 
     # -- the router panel and feedback --------------------------------------------------------
-    def panel(self, session_id: str | None) -> dict:
+    def panel(self, session_id: str | None, owner: str | None = None) -> dict:
         """What the router panel draws, all of it read from sessions.db: the session's decisions
         (oldest first, each with its user message, the reply's speed figures and the user's 👍/👎)
         and the routes used in this session and in all sessions."""
-        known = bool(session_id) and self.memory.session(session_id) is not None
+        known = self.owns(session_id, owner)
         return {
             "session_id": session_id if known else None,
             "decisions": self.memory.decisions(session_id) if known else [],
             "routes": {"session": self.memory.route_counts(session_id) if known else {},
-                       "all": self.memory.route_counts()},
+                       "all": self.memory.route_counts(owner=owner)},
         }
 
-    def give_feedback(self, session_id: str, index: int, liked: bool | None) -> int:
+    def give_feedback(self, session_id: str, index: int, liked: bool | None, owner: str | None = None) -> int:
         """👍 (True), 👎 (False) or neither (None) on the message at `index` of the session's
         transcript (the chat's own numbering); returns that message's id."""
-        messages = self.memory.messages(session_id) if session_id else []
+        messages = self.memory.messages(session_id) if self.owns(session_id, owner) else []
         if not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
             raise ValueError(f"there is no reply at position {index} of this chat")
         self.memory.set_feedback(messages[index]["id"], liked)
@@ -95,7 +106,7 @@ class ChatService:
 
     # -- one message --------------------------------------------------------------------------
     def respond(self, session_id: str | None, message: str, override: str | None = None,
-                use_draft: bool = True) -> Iterator[ReplyUpdate]:
+                use_draft: bool = True, owner: str | None = None) -> Iterator[ReplyUpdate]:
         """Store the message, route it, stream the reply, store it as it grows. Yields ReplyUpdates;
         the last one has done=True. Closing the iterator (Stop) keeps the partial reply as
         "stopped". `override` picks the route by hand (base, code, reasoning, automation);
@@ -104,17 +115,28 @@ class ChatService:
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice="Type a message first: empty messages are not sent.")
             return
+        broken = _lone_surrogate(message)
+        if broken is not None:  # JSON can carry "\ud800" (half an emoji); SQLite and llama.cpp take UTF-8 only
+            yield ReplyUpdate(session_id or "", done=True, status="ignored",
+                              notice=f"This message is not valid Unicode text (character {broken + 1} is half of a "
+                                     f"UTF-16 pair), so it was not sent. Delete or retype that character.")
+            return
         override = (override or AUTO).strip().lower()
         if override not in (AUTO, *ROUTES):
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice=f"Unknown route {override!r}: choose auto, {', '.join(ROUTES)}.")
             return
-        if not session_id or self.memory.session(session_id) is None:
-            session_id = self.memory.new_session()
-        history = [{"role": m["role"], "content": m["content"]} for m in self.memory.messages(session_id)
-                   if m["content"] and m["status"] != "error"]
-        self.memory.add_message(session_id, "user", message)  # committed before anything can fail
-        reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
+        try:
+            if not self.owns(session_id, owner):  # none yet, or not this visitor's: a new one
+                session_id = self.memory.new_session(owner=owner)
+            history = [{"role": m["role"], "content": m["content"]} for m in self.memory.messages(session_id)
+                       if m["content"] and m["status"] != "error"]
+            self.memory.add_message(session_id, "user", message)  # committed before anything can fail
+            reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
+        except SessionStoreError as exc:  # locked, read-only, full: nothing is answered that is not kept
+            yield ReplyUpdate(session_id or "", done=True, status="ignored",
+                              notice=f"Your message was not sent, because it could not be saved. {exc}")
+            return
         update = ReplyUpdate(session_id, message_id=reply_id)
         pieces: list[str] = []
         try:
@@ -137,16 +159,23 @@ class ChatService:
         except GeneratorExit:
             update.status, update.done = "stopped", True
             raise
+        except SessionStoreError as exc:  # the routing decision could not be stored
+            update.status, update.done, update.notice = "error", True, f"The reply could not be saved. {exc}"
         except Exception as exc:  # the reply fails; what was written so far is kept
             log.exception("generation failed")
             update.status, update.done = "error", True
             update.notice = f"The model failed while replying ({type(exc).__name__}: {exc}). The text so far is kept."
         finally:
             stats = update.stats.to_dict() if update.stats else None
-            self.memory.update_message(reply_id, content="".join(pieces), status=update.status or "stopped",
-                                       stats=stats, error=update.notice if update.status == "error" else None)
-            if stats and update.decision:
-                self.memory.add_decision_stats(reply_id, stats)
+            try:
+                self.memory.update_message(reply_id, content="".join(pieces), status=update.status or "stopped",
+                                           stats=stats, error=update.notice if update.status == "error" else None)
+                if stats and update.decision:
+                    self.memory.add_decision_stats(reply_id, stats)
+            except SessionStoreError as exc:  # shown, but not kept: say so (earlier rows are untouched)
+                log.warning("reply %s not saved: %s", reply_id, exc)
+                unsaved = f"This reply could not be saved. {exc}"
+                update.notice = f"{update.notice} {unsaved}" if update.notice else unsaved
         if self.router and update.status == "complete":
             self.router.remember(update.text)
         yield update
@@ -162,7 +191,7 @@ class ChatService:
     def _stream(self, messages: list[dict], route: str, use_draft: bool, reply_id: int, update: ReplyUpdate,
                 pieces: list[str]) -> Iterator[ReplyUpdate]:
         """Generate on `route`, growing `pieces` and saving the text every save_every_s."""
-        saved_at = time.monotonic()
+        saved_at, saving = time.monotonic(), True
         seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
         stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
                                       temperature=self.settings.temperature, top_p=self.settings.top_p,
@@ -174,8 +203,12 @@ class ChatService:
                     break
                 pieces.append(item)
                 update.text = "".join(pieces)
-                if time.monotonic() - saved_at >= self.settings.save_every_s:
-                    self.memory.update_message(reply_id, content=update.text)
+                if saving and time.monotonic() - saved_at >= self.settings.save_every_s:
+                    try:
+                        self.memory.update_message(reply_id, content=update.text)
+                    except SessionStoreError as exc:  # keep replying; the save at the end says if it is kept
+                        log.warning("reply %s not saved as it streams: %s", reply_id, exc)
+                        saving = False
                     saved_at = time.monotonic()
                 yield update
         update.status, update.done = "complete", True
@@ -183,3 +216,12 @@ class ChatService:
             dropped = (f"This conversation is longer than the model's context window: the oldest "
                        f"{update.stats.dropped_turns} message(s) were left out of this reply.")
             update.notice = f"{update.notice} {dropped}" if update.notice else dropped
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (not encodable as UTF-8), else None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        return exc.start

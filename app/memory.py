@@ -16,9 +16,10 @@ import json
 import sqlite3
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import sqlite_utils
 
@@ -71,6 +72,14 @@ def m003_feedback(db: sqlite_utils.Database) -> None:
     db["feedback"].create_index(["session_id"])
 
 
+@migration
+def m004_session_owner(db: sqlite_utils.Database) -> None:
+    """Who a session belongs to when many visitors share one app (a Space): a per-browser id, or
+    None on a personal machine, where every session is the user's."""
+    db["sessions"].add_column("owner", str)
+    db["sessions"].create_index(["owner", "updated_at"])
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     if "_migrations" not in db.table_names():
         db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
@@ -86,18 +95,56 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+class SessionStoreError(Exception):
+    """sessions.db cannot be opened, read or written; the message names the file and what to do."""
+
+
+def _explain(path: str, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    said = text.lower()
+    if "locked" in said or "busy" in said:
+        hint = ("another program holds a lock on it (a second Cogumi Chat on the same file, or a database tool in "
+                "the middle of a transaction): close that program and try again, or start with --db OTHER.db")
+    elif "readonly" in said or "read-only" in said:
+        hint = "it cannot be written here: make the file and its folder writable, or start with --db OTHER.db"
+    elif "not a database" in said or "malformed" in said:
+        hint = ("it is not a SQLite database or it is damaged; it was left as it is: move it aside to start a new "
+                "one, or start with --db OTHER.db")
+    elif "unable to open" in said:
+        hint = "it must be a file in a folder that exists and can be written; or start with --db OTHER.db"
+    else:
+        hint = "check the disk it is on (full, removed, read-only?) and try again"
+    return f"{path}: the session database failed ({text}); {hint}."
+
+
 class Memory:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, timeout: float = 10.0):
+        """`timeout`: how long a read or write waits for another program's lock before it fails."""
         self.path = str(path)
-        # One connection shared by Gradio's worker threads, serialised by a lock.
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
-        self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        conn = None
+        try:
+            # One connection shared by Gradio's worker threads, serialised by a lock.
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
+            self.db = sqlite_utils.Database(conn)
+            with self._lock:
+                if self.path != ":memory:":
+                    self.db.enable_wal()
+                migrate(self.db)
+                self.interrupted = self._mark_interrupted()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise SessionStoreError(_explain(self.path, exc)) from exc
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """The connection's lock; SQLite's errors come out as SessionStoreError naming the file."""
         with self._lock:
-            if self.path != ":memory:":
-                self.db.enable_wal()
-            migrate(self.db)
-            self.interrupted = self._mark_interrupted()
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise SessionStoreError(_explain(self.path, exc)) from exc
 
     def _mark_interrupted(self) -> int:
         with self.db.atomic():
@@ -105,25 +152,28 @@ class Memory:
         return cursor.rowcount
 
     # -- sessions -----------------------------------------------------------------------------
-    def new_session(self, title: str = "New chat") -> str:
+    def new_session(self, title: str = "New chat", owner: str | None = None) -> str:
         session_id = uuid.uuid4().hex
         now = _now()
-        with self._lock:
-            self.db["sessions"].insert({"id": session_id, "title": title, "created_at": now, "updated_at": now})
+        with self._guard():
+            self.db["sessions"].insert({"id": session_id, "title": title, "created_at": now, "updated_at": now,
+                                        "owner": owner})
         return session_id
 
     def session(self, session_id: str) -> dict | None:
-        with self._lock:
+        with self._guard():
             rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
         return rows[0] if rows else None
 
-    def list_sessions(self, limit: int = 50) -> list[dict]:
-        with self._lock:
-            return list(self.db["sessions"].rows_where(order_by="updated_at desc", limit=limit))
+    def list_sessions(self, limit: int = 50, owner: str | None = None) -> list[dict]:
+        """The most recently used sessions: all of them, or only `owner`'s."""
+        where, params = ("owner = ?", [owner]) if owner is not None else (None, [])
+        with self._guard():
+            return list(self.db["sessions"].rows_where(where, params, order_by="updated_at desc", limit=limit))
 
     # -- messages -----------------------------------------------------------------------------
     def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:
-        with self._lock, self.db.atomic():
+        with self._guard(), self.db.atomic():
             message_id = self.db["messages"].insert(
                 {"session_id": session_id, "role": role, "content": content, "status": status, "created_at": _now()}
             ).last_pk
@@ -138,11 +188,11 @@ class Memory:
         updates = {k: v for k, v in {"content": content, "status": status, "error": error}.items() if v is not None}
         if stats is not None:
             updates["stats"] = json.dumps(stats)
-        with self._lock:
+        with self._guard():
             self.db["messages"].update(message_id, updates)
 
     def messages(self, session_id: str) -> list[dict]:
-        with self._lock:
+        with self._guard():
             rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id"))
         for row in rows:
             row["stats"] = json.loads(row["stats"]) if row["stats"] else None
@@ -150,7 +200,7 @@ class Memory:
 
     def recent(self, session_id: str, n: int = 5) -> list[dict]:
         """The last n turns (user + assistant messages) in order, oldest first."""
-        with self._lock:
+        with self._guard():
             rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id desc", limit=2 * n))
         return [{**row, "stats": json.loads(row["stats"]) if row["stats"] else None} for row in reversed(rows)]
 
@@ -159,13 +209,13 @@ class Memory:
         """Store a Decision (as a dict) for the assistant message it routes, before generation."""
         row = {**decision, "session_id": session_id, "message_id": message_id, "created_at": _now(),
                "domain_probs": json.dumps(decision.get("domain_probs", {}))}
-        with self._lock:
+        with self._guard():
             return self.db["decisions"].insert(row, alter=False).last_pk
 
     def add_decision_stats(self, message_id: int, stats: dict) -> None:
         """The reply's GenerationStats, once it has ended."""
         assignments = ", ".join(f"{column} = ?" for column in STATS_COLUMNS)
-        with self._lock, self.db.atomic():
+        with self._guard(), self.db.atomic():
             self.db.execute(f"update decisions set {assignments} where message_id = ?",
                             [stats.get(k) for k in STATS_COLUMNS] + [message_id])
 
@@ -177,7 +227,7 @@ class Memory:
                "and u.id < d.message_id order by u.id desc limit 1) as message, "
                "(select f.liked from feedback f where f.message_id = d.message_id) as liked "
                "from decisions d where d.session_id = ? order by d.id desc" + (" limit ?" if last else ""))
-        with self._lock:
+        with self._guard():
             cursor = self.db.execute(sql, [session_id, last] if last else [session_id])
             columns = [c[0] for c in cursor.description]
             rows = [dict(zip(columns, values)) for values in cursor.fetchall()]
@@ -188,17 +238,21 @@ class Memory:
             row["liked"] = None if row["liked"] is None else bool(row["liked"])
         return rows[::-1]
 
-    def route_counts(self, session_id: str | None = None) -> dict[str, int]:
-        """How many replies ran on each route, in one session or (None) in all of them."""
-        where, params = ("where session_id = ?", [session_id]) if session_id else ("", [])
-        with self._lock:
+    def route_counts(self, session_id: str | None = None, owner: str | None = None) -> dict[str, int]:
+        """How many replies ran on each route: in one session, else in all of `owner`'s, else in all."""
+        where, params = ("", [])
+        if session_id:
+            where, params = "where session_id = ?", [session_id]
+        elif owner is not None:
+            where, params = "where session_id in (select id from sessions where owner = ?)", [owner]
+        with self._guard():
             rows = self.db.execute(f"select route, count(*) from decisions {where} group by route", params).fetchall()
         return dict(rows)
 
     # -- feedback -----------------------------------------------------------------------------
     def set_feedback(self, message_id: int, liked: bool | None) -> None:
         """Store 👍 (True) or 👎 (False) on an assistant message; None takes it back."""
-        with self._lock, self.db.atomic():
+        with self._guard(), self.db.atomic():
             row = self.db.execute("select session_id, role from messages where id = ?", [message_id]).fetchone()
             if row is None or row[1] != "assistant":
                 raise ValueError(f"message {message_id} is not an assistant reply")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import time
+import uuid
 
 import gradio as gr
 
@@ -38,9 +39,9 @@ def _stats_line(update: ReplyUpdate) -> str:
                if s.draft_proposed else ""))
 
 
-def panel_views(service: ChatService, session_id: str | None) -> tuple:
+def panel_views(service: ChatService, session_id: str | None, owner: str | None = None) -> tuple:
     """The four router panel views of a session, drawn from sessions.db."""
-    data = service.panel(session_id)
+    data = service.panel(session_id, owner)
     decisions = data["decisions"]
     latest = decisions[-1] if decisions else None
     return (panel.path_html(latest, latest["message"] if latest else None),
@@ -49,28 +50,41 @@ def panel_views(service: ChatService, session_id: str | None) -> tuple:
             panel.decisions_frame(decisions))
 
 
-def build_ui(service: ChatService, banner: str | None = None, model_label: str = "") -> gr.Blocks:
-    def session_choices(current=None):
-        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions()], value=current)
+def build_ui(service: ChatService, banner: str | None = None, model_label: str = "",
+             per_visitor: bool = False, state_secret: str | None = None) -> gr.Blocks:
+    """per_visitor: many people share this app (a Space); each browser gets an id kept in its
+    localStorage (gr.BrowserState, encrypted with state_secret so it survives restarts) and sees
+    only its own sessions; each API client is scoped to its own connection."""
 
-    def shown_transcript(session_id):
-        return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id)] if session_id else []
+    def api_owner(request: gr.Request | None) -> str | None:
+        return f"api:{request.session_hash}" if per_visitor and request is not None else None
 
-    def open_session(session_id):
-        if not session_id:
+    def session_choices(visitor, current=None):
+        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions(visitor)], value=current)
+
+    def shown_transcript(session_id, visitor):
+        return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id, visitor)]
+
+    def on_load(visitor):
+        if per_visitor and not visitor:
+            visitor = uuid.uuid4().hex  # this browser's id from now on
+        return visitor, session_choices(visitor)
+
+    def open_session(session_id, visitor):
+        if not service.owns(session_id, visitor):
             return (gr.skip(),) * 6
-        return session_id, shown_transcript(session_id), *panel_views(service, session_id)
+        return session_id, shown_transcript(session_id, visitor), *panel_views(service, session_id, visitor)
 
-    def new_chat():
-        return None, [], "", "", gr.update(value=None), *panel_views(service, None)
+    def new_chat(visitor):
+        return None, [], "", "", gr.update(value=None), *panel_views(service, None, visitor)
 
-    def after_reply(session_id):
-        return session_choices(session_id), *panel_views(service, session_id)
+    def after_reply(session_id, visitor):
+        return session_choices(visitor, session_id), *panel_views(service, session_id, visitor)
 
-    def send(message, session_id, route, use_draft):
-        before = shown_transcript(session_id)
+    def send(message, session_id, route, use_draft, visitor):
+        before = shown_transcript(session_id, visitor)
         shown_at, path_drawn = 0.0, False
-        for update in service.respond(session_id, message, override=route, use_draft=use_draft):
+        for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
             if update.status == "ignored":
                 yield gr.skip(), message, session_id, update.notice, gr.skip(), gr.skip()
                 return
@@ -86,41 +100,43 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
             yield shown, "", update.session_id, update.notice or "", _stats_line(update), drawing
 
-    def on_like(session_id, like: gr.LikeData):
+    def on_like(session_id, visitor, like: gr.LikeData):
         liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
-        service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked)
-        return panel_views(service, session_id)[3]
+        service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, visitor)
+        return panel_views(service, session_id, visitor)[3]
 
-    def chat_api(message: str, session_id: str = "", override: str = "") -> str:
+    def chat_api(message: str, session_id: str = "", override: str = "", request: gr.Request = None) -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
         continue a conversation; without one each call starts a new session. `override` picks
         the route by hand (base, code, reasoning, automation); empty or "auto" lets the router choose."""
         final = None
-        for final in service.respond(session_id or None, message, override=override or None):
+        for final in service.respond(session_id or None, message, override=override or None, owner=api_owner(request)):
             pass
         if final.status in ("error", "ignored"):
             raise gr.Error(final.notice)
         return final.text
 
-    def new_session_api() -> str:
+    def new_session_api(request: gr.Request = None) -> str:
         """Create an empty session and return its id, for /chat."""
-        return service.new_session()
+        return service.new_session(api_owner(request))
 
-    def panel_api(session_id: str) -> dict:
+    def panel_api(session_id: str, request: gr.Request = None) -> dict:
         """The data the router panel draws for a session, as stored in sessions.db: its decisions
-        (oldest first), route counts for the session and for all sessions, and 👍/👎 by message id."""
-        return service.panel(session_id)
+        (oldest first, each with its message and 👍/👎) and route counts for the session and for all sessions."""
+        return service.panel(session_id, api_owner(request))
 
-    def feedback_api(session_id: str, index: int, liked: bool | None) -> int:
+    def feedback_api(session_id: str, index: int, liked: bool | None, request: gr.Request = None) -> int:
         """👍 (true), 👎 (false) or neither (null) on the reply at `index` of the session's messages
         (0-based, user and assistant messages counted); returns the message id."""
         try:
-            return service.give_feedback(session_id, int(index), liked)
+            return service.give_feedback(session_id, int(index), liked, api_owner(request))
         except ValueError as exc:
             raise gr.Error(str(exc)) from exc
 
     with gr.Blocks(title="Cogumi Chat") as demo:
         session_id = gr.State(None)
+        visitor = (gr.BrowserState(None, storage_key="cogumi-visitor", secret=state_secret) if per_visitor
+                   else gr.State(None))
         gr.Markdown(f"## Cogumi Chat {model_label}")
         if banner:
             gr.Markdown(banner, elem_id="demo-banner")
@@ -163,17 +179,17 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
 
         views = [path, timeline, distribution, table]
         outputs = [chatbot, box, session_id, notice, stats, path]
-        inputs = [box, session_id, route, use_draft]
+        inputs = [box, session_id, route, use_draft, visitor]
         submitted = box.submit(send, inputs, outputs, api_visibility="private")
         clicked = send_button.click(send, inputs, outputs, api_visibility="private")
         for event in (submitted, clicked):
-            event.then(after_reply, session_id, [sessions, *views], api_visibility="private")
+            event.then(after_reply, [session_id, visitor], [sessions, *views], api_visibility="private")
         stop_button.click(None, cancels=[submitted, clicked])
-        new_button.click(new_chat, None, [session_id, chatbot, notice, stats, sessions, *views],
+        new_button.click(new_chat, visitor, [session_id, chatbot, notice, stats, sessions, *views],
                          api_visibility="private")
-        sessions.input(open_session, sessions, [session_id, chatbot, *views], api_visibility="private")
-        chatbot.like(on_like, session_id, table, api_visibility="private")
-        demo.load(session_choices, None, sessions, api_visibility="private")
+        sessions.input(open_session, [sessions, visitor], [session_id, chatbot, *views], api_visibility="private")
+        chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
+        demo.load(on_load, visitor, [visitor, sessions], api_visibility="private")
         gr.api(chat_api, api_name="chat")
         gr.api(new_session_api, api_name="new_session")
         gr.api(panel_api, api_name="panel")

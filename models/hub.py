@@ -44,7 +44,7 @@ def download(profile: str, entry: ModelFile, cache_dir: Path, on_progress: Progr
     source = entry.source or {}
     repo, filename, revision = source.get("repo"), source.get("filename"), source.get("revision")
     where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
-    how = (f"Connect to the network and start again (downloads resume), or fetch it yourself: "
+    how = (f"Connect to the network and start again, or fetch it yourself: "
            f"hf download {repo} {filename}{f' --revision {revision}' if revision else ''} --local-dir "
            f"{cache_dir.parent / profile} — then start again.")
     _remove_stale_partials(cache_dir)

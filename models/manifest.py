@@ -75,3 +75,17 @@ def get_profile(name: str, path: Path = MANIFEST_PATH) -> Profile:
     if name not in profiles:
         raise ModelFileError(f"No model profile named {name!r} in {path}; known profiles: {', '.join(profiles)}")
     return profiles[name]
+
+
+def user_profile(base: Path, draft: Path | None = None, modifiers: dict[str, Path] | None = None,
+                 n_ctx: int = 4096) -> Profile:
+    """A profile of files the user already has (--model, --draft, --modifier NAME=FILE): plain
+    .gguf files are read where they are; a .gguf.zst is decompressed once into model-cache/custom/.
+    There is no digest to check them against, so the router's τp is the uncalibrated fallback."""
+    files = [ModelFile("base", "base", str(Path(base).resolve()), None, None)]
+    if draft:
+        files.append(ModelFile("draft", "draft", str(Path(draft).resolve()), None, None))
+    for name, path in (modifiers or {}).items():
+        files.append(ModelFile(name, "modifier", str(Path(path).resolve()), None, None))
+    return Profile(name="custom", description=f"your files: {Path(base).name}", files=tuple(files),
+                   settings={"n_ctx": n_ctx})

@@ -43,13 +43,20 @@ class Store:
         return self.folder(profile) / entry.file
 
     def model_path(self, profile: str, entry: ModelFile) -> Path:
-        return self.folder(profile) / entry.file.removesuffix(".zst")
+        """Where llama.cpp reads the entry: a plain .gguf where it is, a .gguf.zst decompressed into
+        the profile's folder (entry.file may be a path of the user's own: --model FILE.gguf.zst)."""
+        if not entry.file.endswith(".zst"):
+            return self.source_path(profile, entry)
+        return self.folder(profile) / Path(entry.file).name.removesuffix(".zst")
 
     def is_ready(self, profile: str, entry: ModelFile) -> bool:
-        """True when the verified GGUF is in place (by its recorded digest and size). A file the
-        manifest has no digest for is checked again each start."""
+        """True when the verified GGUF is in place (by its recorded digest and size). With no digest
+        in the manifest (the user's own file), a decompressed copy newer than its source is."""
         path = self.model_path(profile, entry)
-        return entry.sha256 is not None and _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
+        if entry.sha256 is None:
+            source = self.source_path(profile, entry)
+            return source != path and _recorded_digest(path) is not None and _mtime(path) >= _mtime(source)
+        return _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
 
     def ensure(self, profile: str, entry: ModelFile, verify: bool = False) -> Path:
         """Return the path of the verified GGUF for this entry, decompressing it if needed."""
@@ -83,6 +90,11 @@ class Store:
             path.symlink_to(downloaded.resolve())  # the cache's blob, used in place
             _write_digest(path, actual)
             return path
+        if source == path and entry.sha256 is None:  # the user's own .gguf: no digest to check it against
+            if not path.is_file():
+                what = "is a directory, not a GGUF model file" if path.is_dir() else "model file not found"
+                raise ModelFileError(f"{path}: {what} ({entry.name}).")
+            return path
         if source == path:  # a plain .gguf: nothing to decompress, only check it
             return self._verify_plain(path, entry)
         if not source.is_file():
@@ -94,9 +106,9 @@ class Store:
         if not path.is_file():
             raise ModelFileError(f"{path}: model file not found ({entry.name}).")
         actual = hash_file(path, progress=self.progress)
-        if entry.sha256 is not None and actual != entry.sha256:
+        if actual != entry.sha256:
             raise ModelFileError(_mismatch(path, entry.sha256, actual))
-        _write_digest(path, actual)  # no digest in the manifest (a file the user brought): this one is kept
+        _write_digest(path, actual)
         return path
 
 
@@ -107,7 +119,7 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     tmp = Path(tmp_name)
-    written = 0
+    written, head = 0, b""
     try:
         with open(source, "rb") as fin, os.fdopen(fd, "wb", buffering=0) as fout, tqdm(
             total=source.stat().st_size, unit="B", unit_scale=True, desc=f"decompress {source.name}",
@@ -119,6 +131,7 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
             # writer flushes to disk as it goes, so the final fsync has little left to wait for.
             in_flight: deque = deque()
             while chunk := reader.read(CHUNK):
+                head += chunk[:4 - len(head)]  # the GGUF magic, once 4 bytes are in
                 in_flight.append((hasher.submit(digest.update, chunk), writer.submit(_write_durably, fout, chunk)))
                 if len(in_flight) > MAX_IN_FLIGHT:
                     for job in in_flight.popleft():
@@ -137,6 +150,9 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
             )
         if sha256 is not None and actual != sha256:
             raise ModelFileError(_mismatch(source, sha256, actual))
+        if head != b"GGUF":  # with no digest to check (the user's own file), at least the kind of file
+            what = "nothing" if not head else f"a file that starts with {head!r}, not b'GGUF'"
+            raise ModelFileError(f"{source}: decompresses to {what}: not a GGUF model file.")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
         os.replace(tmp, target)
         _write_digest(target, actual)
@@ -190,6 +206,13 @@ def _write_digest(path: Path, digest: str) -> None:
     tmp = _digest_path(path).with_suffix(".tmp")
     tmp.write_text(digest + "\n")
     os.replace(tmp, _digest_path(path))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
 
 
 def _size(path: Path) -> int:

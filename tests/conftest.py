@@ -10,6 +10,7 @@ import pytest
 from models.demo import build_demo_set
 from models.manifest import get_profile
 from models.store import Store
+from tests.launcher import running_app
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,13 @@ def demo_models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model-cache")
     build_demo_set(Store(root).folder("demo"))
     return root
+
+
+@pytest.fixture
+def launch_app():
+    """running_app (tests/launcher.py): `python launch.py` in a subprocess, for tests that start the
+    app with their own files or flags."""
+    return running_app
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,160 @@
+"""Real model sets as a user starts them: a named profile downloaded from a Hub (a Hub-compatible
+server on loopback, HF_ENDPOINT), a clear refusal offline, files the user already has (--model),
+and Spaces mode (SPACE_ID): bind address, data directory, visitors kept apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from models.manifest import get_profile
+from tests.launcher import ROOT, free_port, running_app, start_app
+from tests.models.hub_server import HubServer
+
+REPO = "cogumi/demo-GGUF"
+
+
+def test_a_named_profile_not_on_disk_fails_offline_naming_what_is_missing(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--no-browser", "--profile", "qwen2.5-1.5b", "--models-dir", str(tmp_path / "m")],
+        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    err = result.stderr
+    assert "qwen2.5-1.5b-instruct-q4_k_m.gguf (base of profile 'qwen2.5-1.5b') is not on disk" in err
+    assert "qwen2.5-0.5b-instruct-q8_0.gguf" in err  # the draft is missing too, and said so
+    assert "hf download Qwen/Qwen2.5-1.5B-Instruct-GGUF qwen2.5-1.5b-instruct-q4_k_m.gguf" in err
+    assert not (tmp_path / "sessions.db").exists()
+
+
+def hub_manifest(tmp_path: Path) -> Path:
+    """A manifest with one profile whose base and draft are the demo files on the test Hub."""
+    demo = get_profile("demo")
+    files = [{"name": f.name, "role": f.role, "file": f"{f.name}.gguf", "sha256": f.sha256, "size": f.size,
+              "source": {"repo": REPO, "filename": f"{f.name}.gguf"}} for f in (demo.file("base"), demo.file("draft"))]
+    files += [{"name": n, "role": "modifier", "file": f"{n}.gguf", "sha256": None, "size": None}
+              for n in ("code", "reasoning", "automation")]
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"profiles": {"hubdemo": {"description": "demo files from the Hub",
+                                                         "settings": demo.settings, "files": files}}}))
+    return path
+
+
+def test_a_profile_is_downloaded_verified_then_runs_and_later_starts_offline(tmp_path, demo_set, monkeypatch):
+    hub = HubServer()
+    for name in ("base", "draft"):
+        hub.add(REPO, f"{name}.gguf", demo_set[name].read_bytes())
+    manifest, models = hub_manifest(tmp_path), tmp_path / "models"
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    try:
+        with running_app(tmp_path / "first", models, "--manifest", str(manifest), "--profile", "hubdemo") as (url, db):
+            reply = Client(url, verbose=False).predict("hello from the hub", api_name="/chat")
+            config = Client(url, verbose=False).config
+    finally:
+        hub.close()
+    assert reply and sqlite3.connect(db).execute("select count(*) from messages").fetchone()[0] == 2
+    base = models / "hubdemo" / "base.gguf"
+    assert base.is_symlink() and (models / "hub") in base.resolve().parents
+    assert "not installed: no public code LoRA exists for this base" in json.dumps(config)
+    # The server is gone and the network is off: the verified files are used from the cache.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with running_app(tmp_path / "second", models, "--manifest", str(manifest), "--profile", "hubdemo") as (url, _):
+        assert Client(url, verbose=False).predict("and offline", api_name="/chat")
+
+
+def test_model_flag_runs_plain_and_compressed_files(tmp_path, demo_set, demo_models_dir):
+    models = tmp_path / "models"
+    plain = ("--model", str(demo_set["base"]), "--draft", str(demo_set["draft"]),
+             "--modifier", f"code={demo_set['code']}")
+    with running_app(tmp_path / "plain", models, *plain) as (url, db):
+        assert Client(url, verbose=False).predict("write a function", "", "code", api_name="/chat")
+    (stats,) = sqlite3.connect(db).execute("select stats from messages where role = 'assistant'").fetchone()
+    assert json.loads(stats)["adapter"] == "code" and json.loads(stats)["draft_proposed"] >= 0
+    assert not (models / "custom").exists()  # plain files are read where they are
+
+    zst = demo_models_dir / "demo" / "base.gguf.zst"
+    with running_app(tmp_path / "zst", models, "--model", str(zst)) as (url, _):
+        assert Client(url, verbose=False).predict("hi", api_name="/chat")
+    unpacked = models / "custom" / "base.gguf"
+    assert unpacked.read_bytes() == demo_set["base"].read_bytes()
+    first_write = unpacked.stat().st_mtime_ns
+    with running_app(tmp_path / "zst2", models, "--model", str(zst)) as (url, _):
+        assert Client(url, verbose=False).predict("again", api_name="/chat")
+    assert unpacked.stat().st_mtime_ns == first_write  # decompressed once, then reused
+
+
+def test_model_flag_errors_are_clear(tmp_path):
+    for args, message in (
+        (("--model", str(tmp_path / "nope.gguf")), "nope.gguf: model file not found"),
+        (("--model", str(tmp_path), ), "is a directory"),
+        (("--draft", str(tmp_path / "d.gguf")), "--draft and --modifier go with --model"),
+        (("--model", str(tmp_path / "b.gguf"), "--modifier", "poetry=x.gguf"), "NAME code, reasoning or automation"),
+    ):
+        result = subprocess.run([sys.executable, "launch.py", "--no-browser", *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path)})
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def listening_on(port: int) -> set[str]:
+    """The IPv4 addresses something listens on at `port`, from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+@pytest.fixture
+def space(tmp_path):
+    """launch.py as a Space starts it: SPACE_ID and PORT set, a persistent volume, no data dir given."""
+    volume, port = tmp_path / "volume", free_port()
+    volume.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "COGUMI_DATA_DIR"}
+    env.update(SPACE_ID="cogumi/chat", PORT=str(port), COGUMI_SPACES_PERSISTENT_DIR=str(volume), COGUMI_PROFILE="demo")
+    log = open(tmp_path / "space.log", "w+")
+    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    app = type("Space", (), {})()
+    app.proc, app.url, app.port, app.volume, app.log = proc, f"http://127.0.0.1:{port}/", port, volume, log
+    try:
+        from tests.launcher import AppProcess
+
+        AppProcess(proc, app.url, volume / "cogumi" / "sessions.db", tmp_path / "space.log").wait_ready(timeout=120)
+        yield app
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_spaces_mode_binds_all_interfaces_and_keeps_data_on_the_volume(space):
+    assert listening_on(space.port) == {"0.0.0.0"}
+    assert Client(space.url, verbose=False).predict("hello space", api_name="/chat")
+    data = space.volume / "cogumi"
+    assert (data / "sessions.db").is_file() and (data / "model-cache" / "demo" / "base.gguf").is_file()
+    assert sqlite3.connect(data / "sessions.db").execute("select count(*) from messages").fetchone()[0] == 2
+
+
+def test_on_a_space_one_visitor_cannot_list_or_open_another_visitors_sessions(space):
+    alice, bob = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    mine = alice.predict(api_name="/new_session")
+    alice.predict("alice's secret plan", mine, api_name="/chat")
+    assert [d["message"] for d in alice.predict(mine, api_name="/panel")["decisions"]] == ["alice's secret plan"]
+    assert bob.predict(mine, api_name="/panel")["decisions"] == []          # cannot open it
+    bob.predict("bob writes here", mine, api_name="/chat")                   # cannot write into it either
+    with pytest.raises(Exception, match="no reply at position 1"):
+        bob.predict(mine, 1, False, api_name="/feedback")
+    db = sqlite3.connect(space.volume / "cogumi" / "sessions.db")
+    assert [r[0] for r in db.execute("select content from messages where session_id = ? and role = 'user'", [mine])] == [
+        "alice's secret plan"]
+    owners = dict(db.execute("select s.id, s.owner from sessions s"))
+    assert len(owners) == 2 and len(set(owners.values())) == 2 and None not in owners.values()
