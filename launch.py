@@ -176,19 +176,28 @@ def main(argv: list[str] | None = None) -> int:
     if space:
         log.info("HuggingFace Space %s: binding %s:%d, data in %s", os.environ["SPACE_ID"], args.host, args.port,
                  data_dir())
+    startup = None
     try:
         profile = choose_profile(args, space)
         if args.no_draft:
             profile = dataclasses.replace(profile, files=tuple(f for f in profile.files if f.role != "draft"))
-        paths, failed = prepare_models(profile, Store(models_dir(args.models_dir)), verify=args.verify)
+        store = Store(models_dir(args.models_dir))
+        startup = startup_page(args, profile, store)  # only when files must be downloaded first
+        paths, failed = prepare_models(profile, store, verify=args.verify)
+        if startup:
+            startup.progress.set_stage("Loading the model into memory…")
         from models.engine import Engine
 
         engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads,
                         n_gpu_layers=args.gpu_layers,
                         modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths},
                         draft=None if args.no_draft else paths.get("draft"))
+        if startup:
+            startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if startup:
+            startup.close()
         return 2
 
     from app.chat import ChatService, ChatSettings
@@ -199,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         memory = Memory(args.db or data_dir() / "sessions.db")
     except SessionStoreError as exc:  # read-only, locked by another program, not a database
         print(f"error: {exc}", file=sys.stderr)
+        if startup:
+            startup.close()
         return 2
     if memory.interrupted:
         log.info("%d reply(ies) cut off by an earlier stop are kept and marked interrupted", memory.interrupted)
@@ -212,16 +223,33 @@ def main(argv: list[str] | None = None) -> int:
         router = build_router(engine, profile, settings.max_tokens)
     except HeadFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if startup:
+            startup.close()
         return 2
     service = ChatService(engine, memory, settings, unavailable=failed, router=router)
     demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}",
                     per_visitor=space, state_secret=browser_state_secret() if space else None)
     for warning in exposure_warnings(args.host, args.port, args.share, space):
         log.warning(warning)
+    if startup:
+        startup.close()  # the chat takes over its address; the page reloads into it
     demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser,
+        server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
     )
     return 0
+
+
+def startup_page(args: argparse.Namespace, profile: Profile, store: Store):
+    """A page with download progress on the chat's address while files come from the Hub, so a
+    visitor (a Space waking up) sees what is happening; None when nothing has to be downloaded."""
+    if not any(f.source and not store.is_ready(profile.name, f) and not store.source_path(profile.name, f).exists()
+               for f in profile.files):
+        return None
+    from app.startup import StartupPage
+
+    page = StartupPage(args.host, args.port, inbrowser=not args.no_browser)
+    store.on_progress = page.progress.update
+    return page
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ from models.manifest import ModelFile
 Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes in all)
 
 
-def _progress_bar(on_progress: Progress | None) -> type[tqdm]:
-    """A tqdm that also reports each update to on_progress (the UI's startup page)."""
+def _progress_bar(on_progress: Progress | None, label: str) -> type[tqdm]:
+    """A tqdm that also reports each update to on_progress (the UI's startup page) as `label`."""
 
     class Bar(tqdm):
         def update(self, n=1):
             shown = super().update(n)
             if on_progress and self.total:
-                on_progress(str(self.desc or "download"), int(self.n), int(self.total))
+                on_progress(label, int(self.n), int(self.total))
             return shown
 
     return Bar
@@ -50,7 +50,7 @@ def download(profile: str, entry: ModelFile, cache_dir: Path, on_progress: Progr
     _remove_stale_partials(cache_dir)
     try:
         path = hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
-                               endpoint=os.environ.get("HF_ENDPOINT") or None, tqdm_class=_progress_bar(on_progress))
+                               endpoint=os.environ.get("HF_ENDPOINT") or None, tqdm_class=_progress_bar(on_progress, entry.file))
     except LocalEntryNotFoundError as exc:  # offline (HF_HUB_OFFLINE or no network) and not in the cache
         raise ModelFileError(f"{entry.file} ({entry.name} of profile {profile!r}) is not on disk and cannot be "
                              f"downloaded from {where}: no network (or HF_HUB_OFFLINE=1). {how}") from exc

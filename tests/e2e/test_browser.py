@@ -143,3 +143,35 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     expect(path).to_contain_text(HOSTILE)
     expect(timeline).to_be_visible()
     assert page.dialogs == []
+
+
+def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(tmp_path, demo_set, monkeypatch):
+    """A first start of a profile downloads its files: the address already answers with a page
+    that shows the progress, and turns into the chat by itself when the models are loaded."""
+    from tests.e2e.test_real_models import REPO, hub_manifest
+    from tests.launcher import start_app
+    from tests.models.hub_server import HubServer
+
+    hub = HubServer()
+    for name in ("base", "draft"):
+        hub.add(REPO, f"{name}.gguf", demo_set[name].read_bytes())
+    hub.bytes_per_s = 2_000_000  # ~7 s for both files
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    app = start_app(tmp_path, tmp_path / "models", "--manifest", str(hub_manifest(tmp_path)), "--profile", "hubdemo")
+    try:
+        app.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(app.url)
+            status = page.locator("#startup-status")
+            expect(status).to_contain_text("Downloading the model files", timeout=30_000)
+            expect(status).to_contain_text("MiB")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "startup.png")
+            page.wait_for_selector("#message textarea", timeout=90_000)  # reloaded into the chat
+            expect(page.locator("#demo-banner")).to_have_count(0)
+            browser.close()
+    finally:
+        app.stop()
+        hub.close()

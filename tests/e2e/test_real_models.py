@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 
 from models.manifest import get_profile
-from tests.launcher import ROOT, free_port, running_app, start_app
+from tests.launcher import ROOT, free_port, running_app
 from tests.models.hub_server import HubServer
 
 REPO = "cogumi/demo-GGUF"

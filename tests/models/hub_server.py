@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -15,6 +16,7 @@ class HubServer:
     def __init__(self):
         self.files: dict[tuple[str, str], bytes] = {}   # (repo, filename) → bytes served
         self.cut_first_get_at: int | None = None        # drop the first GET's connection after this many bytes
+        self.bytes_per_s: int | None = None             # a slow network, so a test can watch a download
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         server = self
 
@@ -68,8 +70,12 @@ class HubServer:
         if self.cut_first_get_at is not None:
             end, self.cut_first_get_at = self.cut_first_get_at, None
             h.close_connection = True  # the network drops: the client sees a short body
+        step = 1 << 16
         try:
-            h.wfile.write(data[start:end])
+            for offset in range(start, end, step):
+                h.wfile.write(data[offset:min(offset + step, end)])
+                if self.bytes_per_s:
+                    time.sleep(step / self.bytes_per_s)
         except (BrokenPipeError, ConnectionResetError):  # the client went away
             pass
 

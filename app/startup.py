@@ -1,0 +1,80 @@
+"""The page a visitor sees while the app downloads and loads its models (a first start of a real
+profile, or a Space waking up): each file's progress, then a reload into the chat once it is up.
+launch.py serves it on the chat's own address and replaces it with the chat when ready."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+
+TITLE = "Cogumi Chat · starting"
+# Once the models are ready the chat replaces this page on the same address: poll until the
+# address serves the chat (its title changes), then reload into it.
+RELOAD_WHEN_READY = """(status) => {
+  if (!status || !status.includes("Starting the chat") || window.__cogumiPolling) return;
+  window.__cogumiPolling = true;
+  setInterval(async () => {
+    try {
+      const config = await (await fetch("/config", {cache: "no-store"})).json();
+      if (config.title && config.title !== "%s") location.reload();
+    } catch (e) {}
+  }, 1000);
+}""" % TITLE
+
+
+class StartupProgress:
+    """What the start is doing, written by the loading thread and read by the page."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.files: dict[str, tuple[int, int]] = {}  # what → (bytes done, bytes in all)
+        self.stage = "Checking the model files…"
+        self.error: str | None = None
+
+    def update(self, what: str, done: int, total: int) -> None:
+        with self._lock:
+            self.files[what] = (done, total)
+            self.stage = "Downloading the model files (they are kept: the next start is quick)…"
+
+    def set_stage(self, stage: str) -> None:
+        with self._lock:
+            self.stage = stage
+
+    def fail(self, error: str) -> None:
+        with self._lock:
+            self.error = error
+
+    def markdown(self) -> str:
+        with self._lock:
+            if self.error:
+                return f"**The app could not start.**\n\n```\n{self.error}\n```"
+            lines = [f"**{self.stage}**", ""]
+            for what, (done, total) in sorted(self.files.items()):
+                lines.append(f"- `{what}`: {done / 2**20:,.0f} of {total / 2**20:,.0f} MiB ({done / max(total, 1):.0%})")
+            return "\n".join(lines)
+
+
+def build_startup_ui(progress: StartupProgress) -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as page:
+        gr.Markdown("## Cogumi Chat is starting")
+        status = gr.Markdown(progress.markdown(), elem_id="startup-status")
+        timer = gr.Timer(1.0)
+        timer.tick(progress.markdown, None, status, show_progress="hidden").then(
+            None, status, None, js=RELOAD_WHEN_READY)
+    return page
+
+
+class StartupPage:
+    """The startup page served on the chat's address until close() (safe to call twice)."""
+
+    def __init__(self, host: str, port: int, inbrowser: bool):
+        self.progress = StartupProgress()
+        self.blocks = build_startup_ui(self.progress)
+        self.blocks.launch(server_name=host, server_port=port, inbrowser=inbrowser, prevent_thread_lock=True,
+                           quiet=True)
+
+    def close(self) -> None:
+        if self.blocks is not None:
+            self.blocks.close()
+            self.blocks = None
