@@ -175,3 +175,25 @@ def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(t
     finally:
         app.stop()
         hub.close()
+
+
+def test_on_a_space_each_browser_sees_only_its_own_chats(space):
+    """Two visitors of one Space: each browser keeps its own id (gr.BrowserState) across reloads
+    and lists only its own sessions."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
+        for page in (alice, bob):
+            page.goto(space.url)
+            page.wait_for_selector("#message textarea")
+        alice.fill("#message textarea", "alice's private question")
+        alice.press("#message textarea", "Enter")
+        expect(alice.locator("#sessions label")).to_have_count(1, timeout=60_000)
+        bob.reload()
+        bob.wait_for_selector("#message textarea")
+        bob.wait_for_timeout(1500)  # the session list loads with the page
+        expect(bob.locator("#sessions label")).to_have_count(0)
+        alice.reload()  # the same browser keeps its id, so its chat is still listed
+        expect(alice.locator("#sessions label")).to_have_count(1, timeout=30_000)
+        expect(alice.locator("#sessions")).to_contain_text("alice's private question")
+        browser.close()

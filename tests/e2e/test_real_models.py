@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 
 from models.manifest import get_profile
-from tests.launcher import ROOT, free_port, running_app
+from tests.launcher import ROOT, running_app
 from tests.models.hub_server import HubServer
 
 REPO = "cogumi/demo-GGUF"
@@ -112,28 +112,6 @@ def listening_on(port: int) -> set[str]:
         if state == "0A" and int(hex_port, 16) == port:
             found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
     return found
-
-
-@pytest.fixture
-def space(tmp_path):
-    """launch.py as a Space starts it: SPACE_ID and PORT set, a persistent volume, no data dir given."""
-    volume, port = tmp_path / "volume", free_port()
-    volume.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "COGUMI_DATA_DIR"}
-    env.update(SPACE_ID="cogumi/chat", PORT=str(port), COGUMI_SPACES_PERSISTENT_DIR=str(volume), COGUMI_PROFILE="demo")
-    log = open(tmp_path / "space.log", "w+")
-    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    app = type("Space", (), {})()
-    app.proc, app.url, app.port, app.volume, app.log = proc, f"http://127.0.0.1:{port}/", port, volume, log
-    try:
-        from tests.launcher import AppProcess
-
-        AppProcess(proc, app.url, volume / "cogumi" / "sessions.db", tmp_path / "space.log").wait_ready(timeout=120)
-        yield app
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_spaces_mode_binds_all_interfaces_and_keeps_data_on_the_volume(space):
