@@ -197,3 +197,33 @@ def test_on_a_space_each_browser_sees_only_its_own_chats(space):
         expect(alice.locator("#sessions label")).to_have_count(1, timeout=30_000)
         expect(alice.locator("#sessions")).to_contain_text("alice's private question")
         browser.close()
+
+
+def test_visitors_wait_in_one_queue_and_see_their_place(app):
+    """One engine serves everyone: three visitors sending at once are served one at a time, and
+    the ones waiting see their place in the queue."""
+    url, db_path = app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        pages = [browser.new_context().new_page() for _ in range(3)]
+        for i, page in enumerate(pages):
+            page.goto(url)
+            page.wait_for_selector("#message textarea")
+            page.fill("#message textarea", f"visitor {i}: tell me a long story " * 20)
+        for page in pages:
+            page.press("#message textarea", "Enter")
+        shown = set()
+        for _ in range(200):
+            for page in pages:
+                shown |= {line.strip() for line in page.locator("body").inner_text().splitlines()
+                          if line.strip().startswith("queue:")}
+            if any(line.startswith("queue: 2/") for line in shown):
+                break
+            page.wait_for_timeout(25)
+        for page in pages:
+            expect(page.locator("#decisions [role=row]")).to_have_count(2, timeout=60_000)
+        browser.close()
+    assert any(line.startswith("queue: 2/") for line in shown), shown
+    replies = sqlite3.connect(db_path).execute("select count(*) from messages where role = 'assistant' "
+                                               "and status = 'complete'").fetchone()[0]
+    assert replies == 3
