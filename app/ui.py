@@ -59,34 +59,39 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def api_owner(request: gr.Request | None) -> str | None:
         return f"api:{request.session_hash}" if per_visitor and request is not None else None
 
+    def owner_of(visitor):
+        """Whose sessions a callback may touch: None (all) on a personal machine. On a Space never
+        None: a browser whose id has not arrived yet gets a fresh one, which owns nothing so far."""
+        return (visitor or uuid.uuid4().hex) if per_visitor else None
+
     def session_choices(visitor, current=None):
-        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions(visitor)], value=current)
+        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions(owner_of(visitor))], value=current)
 
     def shown_transcript(session_id, visitor):
-        return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id, visitor)]
+        return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id, owner_of(visitor))]
 
     def on_load(visitor):
-        if per_visitor and not visitor:
-            visitor = uuid.uuid4().hex  # this browser's id from now on
+        visitor = owner_of(visitor)  # on a Space, a new browser's id from now on
         return visitor, session_choices(visitor)
 
     def open_session(session_id, visitor):
-        if not service.owns(session_id, visitor):
+        if not service.owns(session_id, owner_of(visitor)):
             return (gr.skip(),) * 6
-        return session_id, shown_transcript(session_id, visitor), *panel_views(service, session_id, visitor)
+        return session_id, shown_transcript(session_id, visitor), *panel_views(service, session_id, owner_of(visitor))
 
     def new_chat(visitor):
-        return None, [], "", "", gr.update(value=None), *panel_views(service, None, visitor)
+        return None, [], "", "", gr.update(value=None), *panel_views(service, None, owner_of(visitor))
 
     def after_reply(session_id, visitor):
-        return session_choices(visitor, session_id), *panel_views(service, session_id, visitor)
+        return session_choices(visitor, session_id), *panel_views(service, session_id, owner_of(visitor))
 
     def send(message, session_id, route, use_draft, visitor):
+        visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
         before = shown_transcript(session_id, visitor)
         shown_at, path_drawn = 0.0, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
             if update.status == "ignored":
-                yield gr.skip(), message, session_id, update.notice, gr.skip(), gr.skip()
+                yield gr.skip(), message, session_id, update.notice, gr.skip(), gr.skip(), visitor
                 return
             # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
             # not held back by the page.
@@ -98,12 +103,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             drawing = gr.skip()
             if update.decision and not path_drawn:  # the route is known before the first token: draw it once
                 drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
-            yield shown, "", update.session_id, update.notice or "", _stats_line(update), drawing
+            yield shown, "", update.session_id, update.notice or "", _stats_line(update), drawing, visitor
 
     def on_like(session_id, visitor, like: gr.LikeData):
         liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
-        service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, visitor)
-        return panel_views(service, session_id, visitor)[3]
+        owner = owner_of(visitor)
+        service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
+        return panel_views(service, session_id, owner)[3]
 
     def chat_api(message: str, session_id: str = "", override: str = "", request: gr.Request = None) -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
@@ -178,7 +184,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                              elem_id="decisions")
 
         views = [path, timeline, distribution, table]
-        outputs = [chatbot, box, session_id, notice, stats, path]
+        outputs = [chatbot, box, session_id, notice, stats, path, visitor]
         inputs = [box, session_id, route, use_draft, visitor]
         submitted = box.submit(send, inputs, outputs, api_visibility="private")
         clicked = send_button.click(send, inputs, outputs, api_visibility="private")
