@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,11 +234,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _partial(final: Path, kind: str = "") -> Path:
+    """A temp file beside `final` named .NAME.[kind-]XXXX.partial: the model store removes those
+    at the next start, so a build killed half way (kill -9, power cut) leaves nothing behind."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.{kind}", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def compress(src: Path, dst: Path, level: int = 10) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        zstandard.ZstdCompressor(level=level, write_content_size=True).copy_stream(fin, fout, size=src.stat().st_size)
-    tmp.replace(dst)
+    tmp = _partial(dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            zstandard.ZstdCompressor(level=level, write_content_size=True).copy_stream(fin, fout,
+                                                                                      size=src.stat().st_size)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def build_demo_set(out_dir: Path, spec: DemoSpec = DemoSpec()) -> dict[str, dict]:
@@ -245,12 +259,14 @@ def build_demo_set(out_dir: Path, spec: DemoSpec = DemoSpec()) -> dict[str, dict
     decompressed GGUF (what the manifest records)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     built = {}
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        for role, name in ROLE_FILES.items():
-            plain = Path(tmp) / name
+    for role, name in ROLE_FILES.items():
+        plain = _partial(out_dir / name, "build-")
+        try:
             write_role(plain, spec, role)
             compress(plain, out_dir / (name + ".zst"))
             built[role] = {"file": name + ".zst", "sha256": sha256_file(plain), "size": plain.stat().st_size}
+        finally:
+            plain.unlink(missing_ok=True)
     return built
 
 

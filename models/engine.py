@@ -27,6 +27,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
+from models.gguf_header import check_hyperparameters
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -62,6 +63,8 @@ class GenerationStats:
     draft_proposed: int = 0       # speculative decoding: draft tokens proposed ...
     draft_accepted: int = 0       # ... and accepted by the base
     draft_acceptance: float = 0.0  # accepted / proposed
+    started_at: float = 0.0       # wall clock (Unix s) when this reply took the engine ...
+    ended_at: float = 0.0         # ... and when its last token was out: replies never overlap
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +81,7 @@ def check_gguf_file(path: Path) -> None:
     if magic != b"GGUF":
         what = "is empty" if not magic else f"starts with {magic!r}, not b'GGUF'"
         raise ModelFileError(f"{path}: not a GGUF model file (it {what}).")
+    check_hyperparameters(path)  # values llama.cpp would abort the process on
 
 
 def default_threads() -> int:
@@ -132,7 +136,13 @@ class Engine:
         ctx_params.no_perf = True
         if f32_kv_cache:  # exact comparisons (tests); the default F16 cache is half the memory
             ctx_params.type_k = ctx_params.type_v = llama_cpp.GGML_TYPE_F32
-        self.ctx = LlamaContext(model=self.model, params=ctx_params, verbose=_VERBOSE)
+        _LOG_LINES.clear()
+        try:
+            self.ctx = LlamaContext(model=self.model, params=ctx_params, verbose=_VERBOSE)
+        except ValueError as exc:  # the memory for the KV cache, or a value in the file llama.cpp rejects
+            reason = " / ".join(_LOG_LINES) or str(exc)
+            raise ModelFileError(f"{self.model_path}: llama.cpp could not make a context of {ctx_params.n_ctx:,} "
+                                 f"tokens for this model: {reason}") from exc
         self.n_batch = n_batch
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
                            _VERBOSE) if draft else None
@@ -148,7 +158,18 @@ class Engine:
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
-        return self.model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        """Tokens of `text`; special=True parses control-token texts (template parts only).
+        The buffer is sized from the text (a token is at least one byte), not from the model's
+        trained context as LlamaModel.tokenize does: a file claiming 2^31 tokens made that 8 GB."""
+        data = text.encode("utf-8")
+        size = len(data) + 2
+        for _ in range(2):
+            tokens = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.model.vocab, data, len(data), tokens, size, False, special)
+            if n >= 0:
+                return tokens[:n]
+            size = -n  # too small after all: llama.cpp says how many it needs
+        raise RuntimeError(f"llama.cpp could not tokenize a text of {len(data):,} bytes")
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for; control tokens give b"" (never rendered as markup)."""
@@ -314,7 +335,8 @@ class Engine:
         start = time.perf_counter()
         prompt, dropped = self.fit(messages, max_tokens)
         with self._lock:
-            stats = GenerationStats(prompt_tokens=len(prompt), dropped_turns=dropped, adapter=modifier)
+            stats = GenerationStats(prompt_tokens=len(prompt), dropped_turns=dropped, adapter=modifier,
+                                    started_at=time.time())
             sampler = _sampler(temperature, top_p, top_k, self.seed if seed is None else seed)
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             first_token_at = None
@@ -352,7 +374,7 @@ class Engine:
                 raise
             finally:
                 sampler.close()
-            end = time.perf_counter()
+            end, stats.ended_at = time.perf_counter(), time.time()
             stats.draft_acceptance = stats.draft_accepted / stats.draft_proposed if stats.draft_proposed else 0.0
             stats.total_ms = (end - start) * 1000
             if first_token_at is not None:

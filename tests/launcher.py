@@ -5,6 +5,7 @@ tests/reliability (the `launch_app` fixture in tests/conftest.py hands out `runn
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -38,16 +39,28 @@ class AppProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 90) -> None:
-        """Until the page answers; fails the test with the app's output if it exits or hangs."""
+        """Until the address answers (the chat, or the startup page a first start shows while it
+        downloads); fails the test with the app's output if it exits or hangs."""
+        self._wait(lambda title: True, timeout)
+
+    def wait_for_chat(self, timeout: float = 90) -> None:
+        """Until the chat itself answers, not the startup page."""
+        from app.startup import TITLE as STARTING
+
+        self._wait(lambda title: title != STARTING, timeout)
+
+    def _wait(self, done, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"launch.py did not come up (exit {self.proc.poll()}):\n{self.log()}")
-                time.sleep(0.3)
+                with urllib.request.urlopen(self.url + "config", timeout=2) as response:
+                    if done(json.load(response).get("title")):
+                        return
+            except (OSError, ValueError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"launch.py did not come up (exit {self.proc.poll()}):\n{self.log()}")
+            time.sleep(0.3)
 
     def kill(self) -> None:
         """kill -9: no handler, no cleanup, no finally blocks."""
@@ -62,7 +75,7 @@ class AppProcess:
 
 
 def start_app(data_dir: Path, models_dir: Path, *args: str, log_name: str = "launch.log") -> AppProcess:
-    """Start launch.py on a free port and return at once (see AppProcess.wait_ready)."""
+    """Start launch.py on a free port and return at once (see AppProcess.wait_ready, wait_for_chat)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / log_name
@@ -76,10 +89,10 @@ def start_app(data_dir: Path, models_dir: Path, *args: str, log_name: str = "lau
 
 @contextlib.contextmanager
 def running_app(data_dir: Path, models_dir: Path, *args: str, log_name: str = "launch.log"):
-    """launch.py on a free port; yields (url, sessions.db path) once it answers, stops it after."""
+    """launch.py on a free port; yields (url, sessions.db path) once the chat answers, stops it after."""
     app = start_app(data_dir, models_dir, *args, log_name=log_name)
     try:
-        app.wait_ready()
+        app.wait_for_chat()
         yield app.url, app.db_path
     finally:
         app.stop()
