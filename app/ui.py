@@ -14,6 +14,7 @@ from app.chat import ChatService, ReplyUpdate
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
+ENGINE_QUEUE = "engine"  # the Gradio queue every reply waits in (one engine, one reply at a time)
 STATUS_NOTES = {
     "stopped": "*(stopped)*",
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
@@ -186,8 +187,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         views = [path, timeline, distribution, table]
         outputs = [chatbot, box, session_id, notice, stats, path, visitor]
         inputs = [box, session_id, route, use_draft, visitor]
-        submitted = box.submit(send, inputs, outputs, api_visibility="private")
-        clicked = send_button.click(send, inputs, outputs, api_visibility="private")
+        # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
+        # place counts everyone ahead of them.
+        submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
+        clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
         for event in (submitted, clicked):
             event.then(after_reply, [session_id, visitor], [sessions, *views], api_visibility="private")
         stop_button.click(None, cancels=[submitted, clicked])
@@ -196,7 +199,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         sessions.input(open_session, [sessions, visitor], [session_id, chatbot, *views], api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
         demo.load(on_load, visitor, [visitor, sessions], api_visibility="private")
-        gr.api(chat_api, api_name="chat")
+        gr.api(chat_api, api_name="chat", concurrency_id=ENGINE_QUEUE)
         gr.api(new_session_api, api_name="new_session")
         gr.api(panel_api, api_name="panel")
         gr.api(feedback_api, api_name="feedback")
