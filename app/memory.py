@@ -110,8 +110,9 @@ def _explain(path: str, exc: sqlite3.Error) -> str:
     elif "not a database" in said or "malformed" in said:
         hint = ("it is not a SQLite database or it is damaged; it was left as it is: move it aside to start a new "
                 "one, or start with --db OTHER.db")
-    elif "unable to open" in said:
-        hint = "it must be a file in a folder that exists and can be written; or start with --db OTHER.db"
+    elif "unable to open" in said:  # a folder, a missing folder, or a folder that cannot be written
+        hint = ("it must be a file, not a folder, and it and its folder must exist and be writable (SQLite keeps "
+                "its -wal and -shm files beside it); or start with --db OTHER.db")
     else:
         hint = "check the disk it is on (full, removed, read-only?) and try again"
     return f"{path}: the session database failed ({text}); {hint}."

@@ -1,0 +1,431 @@
+"""Hostile files: a model path that is a directory, an empty file, a .gguf.zst that is not a model,
+a GGUF whose numbers are absurd, a sessions.db that is read-only, locked by another program, or not
+a database. Each stops the app (launch.py exits 2) or the one action with a message that names the
+file and says what to do; nothing already stored is lost, and nothing crashes the process.
+
+Covered elsewhere and not repeated here:
+- Engine(path) on a directory, an empty file, a zip, a truncated GGUF: the file named
+  (tests/models/test_engine.py test_files_that_are_not_gguf_are_named,
+  test_truncated_gguf_gives_llama_cpps_reason);
+- corrupt, truncated or wrong .gguf.zst, a missing file, a partial file left by a killed run: the
+  file, expected and actual digest named, no partial file, the earlier good copy kept
+  (tests/models/test_store.py);
+- a LoRA for another architecture ("wrong architecture": made for 'qwen2'), for other shapes, a
+  model instead of an adapter, a truncated adapter...: left out by name, the engine runs on
+  (tests/modifiers/test_modifiers.py test_a_bad_adapter_is_refused_by_name_and_the_rest_still_work);
+  a truncated modifier at launch: the app starts without it and says so (tests/e2e/test_app.py);
+- a corrupt base .gguf.zst at launch: exit 2 with the file named (tests/e2e/test_app.py).
+
+Read-only as root: tests run as root, where chmod 0444 stops nothing (CAP_DAC_OVERRIDE). The
+immutable attribute (`chattr +i`, ext2/3/4, xfs, btrfs) stops root too: open(O_RDWR) fails with
+EPERM and SQLite falls back to read-only. The tests that need it skip where chattr does not work
+(tmpfs, overlayfs, macOS), and always take the attribute off again. The -shm file is never made
+immutable: SQLite maps it into memory, and writing a mapped immutable page is a SIGBUS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gguf
+import pytest
+import zstandard
+
+from app.chat import ChatService, ChatSettings
+from app.memory import Memory, SessionStoreError
+from models.demo import DemoSpec, write_model
+from tests.launcher import ROOT, free_port
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def launch(data_dir: Path, models_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python launch.py ...` as a user runs it; returns when it exits (these runs never get to serve)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--models-dir", str(models_dir),
+         *args], cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
+        timeout=timeout)
+
+
+def assert_refused(result: subprocess.CompletedProcess, path: Path, *words: str) -> str:
+    """Exit 2, the file named on stderr with the reason, and no Python traceback."""
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error, result.stderr[-3000:]
+    assert str(path) in error[-1], error[-1]
+    for word in words:
+        assert word in error[-1], error[-1]
+    assert "Traceback" not in result.stderr
+    return error[-1]
+
+
+def rewrite_gguf(src: Path, dst: Path, values: dict[str, int]) -> None:
+    """Copy a GGUF with some uint32 header values set (added when missing), tensors unchanged."""
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(dst, arch=arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name in values:
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    for key, value in values.items():
+        writer.add_key_value(key, value, gguf.GGUFValueType.UINT32)
+    for t in reader.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(t.data)
+    writer.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rows(db_path: Path) -> list[tuple]:
+    """Every stored message, through a fresh connection of our own."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        return db.execute("select id, session_id, role, content, status from messages order by id").fetchall()
+
+
+def cannot(reason: str) -> None:
+    """Skip on a developer's machine without the means; in CI (Linux, root, e2fsprogs) the test
+    must run, so there it fails instead of skipping silently."""
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path):
+    """chattr +i on paths for the duration (see the module docstring); skips where unsupported."""
+    if shutil.which("chattr") is None:
+        cannot("chattr is not installed: no way to make a file read-only for root here")
+    done = []
+    try:
+        for path in paths:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                cannot(f"chattr +i does not work on {path}'s filesystem")
+            done.append(path)
+        probe = paths[0] if paths[0].is_file() else None
+        if probe is not None:
+            with contextlib.suppress(PermissionError):
+                with open(probe, "ab"):
+                    cannot("an immutable file is still writable here (no CAP_LINUX_IMMUTABLE semantics)")
+        yield
+    finally:
+        for path in done:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def locked(db_path: Path):
+    """Another program holding sessions.db's write lock (BEGIN EXCLUSIVE) until the block ends."""
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("begin exclusive")
+        yield holder
+    finally:
+        holder.execute("rollback")
+        holder.close()
+
+
+def stored_chat(db_path: Path) -> list[tuple]:
+    """A sessions.db with one session of two turns in it; returns its rows."""
+    memory = Memory(db_path)
+    session = memory.new_session()
+    for role, text in [("user", "keep me"), ("assistant", "kept"), ("user", "and me"), ("assistant", "also kept")]:
+        memory.add_message(session, role, text)
+    memory.db.conn.close()
+    return rows(db_path)
+
+
+# -- model files at launch ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory) -> Path:
+    """A real two-layer GGUF (the demo draft), the raw material of the absurd ones."""
+    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
+    write_model(path, DemoSpec(), "draft")
+    return path
+
+
+def zst(path: Path, data: bytes) -> Path:
+    path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    return path
+
+
+def a_directory(folder: Path, small: Path) -> Path:
+    (folder / "model.gguf").mkdir()
+    return folder / "model.gguf"
+
+
+def a_zero_byte_file(folder: Path, small: Path) -> Path:
+    (folder / "model.gguf").write_bytes(b"")
+    return folder / "model.gguf"
+
+
+def with_values(**values: int):
+    def make(folder: Path, small: Path) -> Path:
+        rewrite_gguf(small, folder / "model.gguf", {f"llama.{k}": v for k, v in values.items()})
+        return folder / "model.gguf"
+    return make
+
+
+MODEL_FILES = {  # how to make it → what the error line says besides the file's name
+    "a directory": (a_directory, ["is a directory"]),
+    "a zero-byte file": (a_zero_byte_file, ["is empty"]),
+    "a .gguf.zst of text": (lambda d, g: zst(d / "model.gguf.zst", b"just some text, not a model\n" * 50),
+                            ["not a GGUF model file", "b'just'"]),
+    "a .gguf.zst of nothing": (lambda d, g: zst(d / "model.gguf.zst", b""), ["not a GGUF model file"]),
+    "0 layers": (with_values(block_count=0), ["llama.block_count is 0"]),
+    "a 2^32-1 token context": (with_values(context_length=2**32 - 1), ["llama.context_length is 4,294,967,295"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MODEL_FILES)
+def test_a_hostile_model_file_stops_launch_with_the_file_named(tmp_path, small_gguf, case):
+    make, words = MODEL_FILES[case]
+    path = make(tmp_path, small_gguf)
+    models = tmp_path / "model-cache"
+    result = launch(tmp_path / "data", models, "--model", str(path))
+    assert_refused(result, path, *words)
+    # nothing half-made is left in the cache, and no sessions.db was started
+    assert not [p for p in models.rglob("*") if p.is_file()]
+    assert not (tmp_path / "data" / "sessions.db").exists()
+
+
+def demo_copy(demo_models_dir: Path, models: Path) -> Path:
+    """A models dir holding the demo set's .gguf.zst files only (tests/e2e/test_app.py does the same)."""
+    (models / "demo").mkdir(parents=True)
+    for src in (demo_models_dir / "demo").glob("*.zst"):
+        shutil.copyfile(src, models / "demo" / src.name)
+    return models / "demo"
+
+
+DEMO_FILES = {
+    "a directory": (lambda p: p.mkdir(), ["could not write the demo model set", "Is a directory"]),
+    "a zero-byte file": (lambda p: p.write_bytes(b""), ["decompressed to 0 bytes"]),
+    "zstd of a text": (lambda p: zst(p, b"not a model\n" * 1000), ["expected sha256", "actual"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", DEMO_FILES)
+def test_a_hostile_file_in_the_model_cache_stops_launch_with_the_file_named(tmp_path, demo_models_dir, case):
+    make, words = DEMO_FILES[case]
+    folder = demo_copy(demo_models_dir, tmp_path / "models")
+    base = folder / "base.gguf.zst"
+    base.unlink()
+    make(base)
+    others = {p.name: digest(p) for p in folder.glob("*.zst") if p != base}
+    result = launch(tmp_path / "data", tmp_path / "models")
+    assert_refused(result, base, *words)
+    assert not list(folder.glob(".*partial")) and not (folder / "base.gguf").exists()
+    if case != "a directory":  # (a directory there sends launch to rebuild the demo set, which is allowed)
+        assert {p.name: digest(p) for p in folder.glob("*.zst") if p != base} == others
+
+
+# -- absurd GGUFs at the engine: llama.cpp aborted the process on some -----------------------------
+
+LOAD = """
+import sys
+from pathlib import Path
+from models.engine import Engine
+from models.errors import ModelFileError
+try:
+    engine = Engine(Path(sys.argv[1]), n_ctx=256)
+except ModelFileError as exc:
+    print(exc)
+    sys.exit(3)
+*pieces, stats = engine.generate([{"role": "user", "content": "hello"}], max_tokens=4)
+print("generated", stats.tokens)
+"""
+
+
+def absurd_tensor(src: Path, dst: Path) -> None:
+    """output.weight's header shape claims 2^40 rows; its data is the 782 rows of the vocabulary."""
+    shutil.copyfile(src, dst)
+    reader = gguf.GGUFReader(dst, "r+")
+    (tensor,) = [t for t in reader.tensors if t.name == "output.weight"]
+    tensor.field.parts[3][1] = 1 << 40
+    del reader
+
+
+ABSURD = {  # header values → what the message says (ours, or llama.cpp's own error)
+    "0 layers": ({"llama.block_count": 0}, "llama.block_count is 0"),
+    "513 layers": ({"llama.block_count": 513}, "llama.block_count is 513"),
+    "2^20 layers": ({"llama.block_count": 1 << 20}, "llama.block_count is 1,048,576"),
+    "100000 experts": ({"llama.expert_count": 100_000, "llama.expert_used_count": 2}, "llama.expert_count is 100,000"),
+    "more experts used than there are": ({"llama.expert_count": 4, "llama.expert_used_count": 8},
+                                         "llama.expert_used_count is 8"),
+    "experts, none used": ({"llama.expert_count": 4, "llama.expert_used_count": 0}, "llama.expert_used_count is 0"),
+    "experts used, none there": ({"llama.expert_used_count": 2}, "llama.expert_used_count is 2"),
+    "a 0-token context": ({"llama.context_length": 0}, "llama.context_length is 0"),
+    "a 2^31-token context": ({"llama.context_length": 1 << 31}, "llama.context_length is 2,147,483,648"),
+    "a 2^30-wide embedding": ({"llama.embedding_length": 1 << 30}, "could not load this model"),
+    "0 attention heads": ({"llama.attention.head_count": 0}, "could not load this model"),
+    "a 2^30-wide feed-forward": ({"llama.feed_forward_length": 1 << 30}, "wrong shape"),
+    "a tensor of 2^40 rows": (absurd_tensor, "could not load this model"),
+}
+
+
+def run_load(path: Path, memory_limit: int | None = None) -> subprocess.CompletedProcess:
+    """Load in a child process: a llama.cpp abort (SIGABRT) must not take the test run with it."""
+    def limit():
+        if memory_limit:
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    return subprocess.run([sys.executable, "-c", LOAD, str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("case", ABSURD)
+def test_an_absurd_gguf_is_refused_by_name_instead_of_aborting(tmp_path, small_gguf, case):
+    change, words = ABSURD[case]
+    path = tmp_path / "absurd.gguf"
+    change(small_gguf, path) if callable(change) else rewrite_gguf(small_gguf, path, change)
+    result = run_load(path)
+    assert result.returncode == 3, f"exit {result.returncode} (-6: llama.cpp aborted)\n{result.stderr[-2000:]}"
+    message = result.stdout.strip()
+    assert message.startswith(f"{path}: ") and words in message, message
+
+
+def test_a_huge_trained_context_costs_no_memory_until_used(tmp_path, small_gguf):
+    """2^31-1 tokens is a legal context_length: the engine takes the context it was asked for,
+    and tokenizing no longer sizes a buffer by it (LlamaModel.tokenize allocated 8 GB per call)."""
+    path = tmp_path / "huge-context.gguf"
+    rewrite_gguf(small_gguf, path, {"llama.context_length": 2**31 - 1})
+    result = run_load(path, memory_limit=3 << 30)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "generated 4" in result.stdout
+
+
+# -- sessions.db ----------------------------------------------------------------------------------
+
+
+def test_a_read_only_sessions_db_is_refused_at_open_and_kept(tmp_path):
+    db_path = tmp_path / "sessions.db"
+    before = stored_chat(db_path)
+    with immutable(db_path, tmp_path):
+        with pytest.raises(SessionStoreError) as err:
+            Memory(db_path)
+    message = str(err.value)
+    assert message.startswith(f"{db_path}: ") and "writable" in message and "--db" in message
+    assert rows(db_path) == before
+
+
+def test_a_locked_sessions_db_is_refused_at_open_and_kept(tmp_path):
+    db_path = tmp_path / "sessions.db"
+    before = stored_chat(db_path)
+    with locked(db_path):
+        started = time.monotonic()
+        with pytest.raises(SessionStoreError) as err:
+            Memory(db_path, timeout=0.3)
+        assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert message.startswith(f"{db_path}: ") and "locked" in message and "another program" in message
+    assert rows(db_path) == before
+    Memory(db_path)  # free again: it opens
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"these are my notes, not a database\n" * 100), "not a SQLite database"),
+    (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000), "damaged"),
+    (lambda p: p.mkdir(), "not a folder"),
+])
+def test_a_sessions_db_that_is_not_a_database_is_named_and_left_as_it_is(tmp_path, make, words):
+    db_path = tmp_path / "sessions.db"
+    make(db_path)
+    before = digest(db_path) if db_path.is_file() else None
+    with pytest.raises(SessionStoreError) as err:
+        Memory(db_path)
+    assert str(err.value).startswith(f"{db_path}: ") and words in str(err.value), str(err.value)
+    assert (digest(db_path) if db_path.is_file() else None) == before
+
+
+@pytest.fixture
+def chat(engine, tmp_path):
+    """ChatService on the demo engine over a sessions.db whose writes wait at most 0.3 s for a lock."""
+    settings = ChatSettings(temperature=0, max_tokens=24, seed=0, save_every_s=0.0)
+    return ChatService(engine, Memory(tmp_path / "sessions.db", timeout=0.3), settings)
+
+
+def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goes_on(chat, tmp_path):
+    db_path = tmp_path / "sessions.db"
+    *_, first = chat.respond(None, "hello")
+    before = rows(db_path)
+    with locked(db_path):
+        *_, refused = chat.respond(first.session_id, "a second message")
+        *_, new_chat = chat.respond(None, "a new chat")
+    for update in (refused, new_chat):
+        assert update.done and update.status == "ignored"
+        assert "was not sent" in update.notice and str(db_path) in update.notice and "locked" in update.notice
+    assert refused.session_id == first.session_id
+    assert rows(db_path) == before
+    *_, after = chat.respond(first.session_id, "a second message")
+    assert after.status == "complete"
+    assert [r[3] for r in rows(db_path)] == ["hello", first.text, "a second message", after.text]
+
+
+@pytest.mark.parametrize("failure", ["locked", "read-only"])
+def test_a_reply_that_cannot_be_saved_says_so_and_nothing_stored_is_lost(chat, tmp_path, failure):
+    db_path = tmp_path / "sessions.db"
+    *_, first = chat.respond(None, "hello")
+    # (closing: a failed assert must not leave the reply holding the session-wide engine)
+    with contextlib.closing(chat.respond(first.session_id, "tell me more")) as stream:
+        next(stream)  # the message and the reply row are committed; the reply is streaming
+        before = rows(db_path)
+        assert before[-1][2::2] == ("assistant", "streaming") and before[-2][3] == "tell me more"
+        blocker = locked(db_path) if failure == "locked" else immutable(db_path, Path(f"{db_path}-wal"), tmp_path)
+        with blocker:
+            done = []
+            for last in stream:
+                done.append(last.done)
+    assert done[-1] and not any(done[:-1]) and last.text
+    assert last.status == "complete" and "This reply could not be saved" in last.notice and str(db_path) in last.notice
+    after = rows(db_path)
+    assert after[:-1] == before[:-1]  # every earlier row as it was
+    assert after[-1][2] == "assistant" and after[-1][4] == "streaming" and last.text.startswith(after[-1][3])
+    reopened = Memory(db_path)  # the next start keeps what was saved of it, marked interrupted
+    assert reopened.interrupted == 1 and reopened.messages(first.session_id)[-1]["status"] == "interrupted"
+
+
+# -- sessions.db at launch ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_read_only_sessions_db_stops_launch_with_the_file_named(tmp_path, demo_models_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    db_path = data / "sessions.db"
+    before = stored_chat(db_path)
+    with immutable(db_path, data):
+        result = launch(tmp_path / "elsewhere", demo_models_dir, "--db", str(db_path))
+    assert_refused(result, db_path, "writable", "--db")
+    assert rows(db_path) == before
+
+
+@pytest.mark.slow
+def test_a_locked_sessions_db_stops_launch_with_the_file_named(tmp_path, demo_models_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    db_path = data / "sessions.db"
+    before = stored_chat(db_path)
+    with locked(db_path):  # launch waits its 10 s for the lock, then says who to ask
+        result = launch(data, demo_models_dir)
+    assert_refused(result, db_path, "locked", "another program")
+    assert rows(db_path) == before
