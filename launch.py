@@ -87,7 +87,7 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
             paths[f.name] = store.ensure(profile.name, f, verify=verify)
         except ModelFileError as exc:
             if f.role != "modifier":
-                missing = [g.file for g in profile.files if g is not f and g.source and not store.is_ready(profile.name, g)]
+                missing = [g.file for g in profile.files if g is not f and store.needs_download(profile.name, g)]
                 raise ModelFileError(f"{exc}" + (f" Also not on disk yet: {', '.join(missing)}." if missing else "")) from exc
             failed[f.name] = str(exc)
     return paths, failed
@@ -176,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     if space:
         log.info("HuggingFace Space %s: binding %s:%d, data in %s", os.environ["SPACE_ID"], args.host, args.port,
                  data_dir())
-    startup = None
     try:
         profile = choose_profile(args, space)
         if args.no_draft:
             profile = dataclasses.replace(profile, files=tuple(f for f in profile.files if f.role != "draft"))
         store = Store(models_dir(args.models_dir))
-        startup = startup_page(args, profile, store)  # only when files must be downloaded first
+        # Only when files must be downloaded first. An error return below ends the process, and the
+        # page with it (Gradio serves it on a daemon thread); the chat closes it to take its address.
+        startup = startup_page(args, profile, store)
         paths, failed = prepare_models(profile, store, verify=args.verify)
         if startup:
             startup.progress.set_stage("Loading the model into memory…")
@@ -196,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
             startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if startup:
-            startup.close()
         return 2
 
     from app.chat import ChatService, ChatSettings
@@ -208,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         memory = Memory(args.db or data_dir() / "sessions.db")
     except SessionStoreError as exc:  # read-only, locked by another program, not a database
         print(f"error: {exc}", file=sys.stderr)
-        if startup:
-            startup.close()
         return 2
     if memory.interrupted:
         log.info("%d reply(ies) cut off by an earlier stop are kept and marked interrupted", memory.interrupted)
@@ -223,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         router = build_router(engine, profile, settings.max_tokens)
     except HeadFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if startup:
-            startup.close()
         return 2
     service = ChatService(engine, memory, settings, unavailable=failed, router=router)
     demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}",
@@ -242,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 def startup_page(args: argparse.Namespace, profile: Profile, store: Store):
     """A page with download progress on the chat's address while files come from the Hub, so a
     visitor (a Space waking up) sees what is happening; None when nothing has to be downloaded."""
-    if not any(f.source and not store.is_ready(profile.name, f) and not store.source_path(profile.name, f).exists()
-               for f in profile.files):
+    if not any(store.needs_download(profile.name, f) for f in profile.files):
         return None
     from app.startup import StartupPage
 

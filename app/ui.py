@@ -76,9 +76,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return visitor, session_choices(visitor)
 
     def open_session(session_id, visitor):
-        if not service.owns(session_id, owner_of(visitor)):
+        owner = owner_of(visitor)
+        if not service.owns(session_id, owner):
             return (gr.skip(),) * 6
-        return session_id, shown_transcript(session_id, visitor), *panel_views(service, session_id, owner_of(visitor))
+        return session_id, shown_transcript(session_id, owner), *panel_views(service, session_id, owner)
 
     def new_chat(visitor):
         return None, [], "", "", gr.update(value=None), *panel_views(service, None, owner_of(visitor))
@@ -110,7 +111,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
         owner = owner_of(visitor)
         service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
-        return panel_views(service, session_id, owner)[3]
+        return panel.decisions_frame(service.panel(session_id, owner)["decisions"])  # only the table shows it
 
     def chat_api(message: str, session_id: str = "", override: str = "", request: gr.Request = None) -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to

@@ -58,6 +58,10 @@ class Store:
             return source != path and _recorded_digest(path) is not None and _mtime(path) >= _mtime(source)
         return _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
 
+    def needs_download(self, profile: str, entry: ModelFile) -> bool:
+        """True when the entry is on the Hub and neither it nor its verified GGUF is on disk."""
+        return bool(entry.source) and not self.source_path(profile, entry).exists() and not self.is_ready(profile, entry)
+
     def ensure(self, profile: str, entry: ModelFile, verify: bool = False) -> Path:
         """Return the path of the verified GGUF for this entry, decompressing it if needed."""
         path = self.model_path(profile, entry)
@@ -71,7 +75,7 @@ class Store:
                 return path
             _digest_path(path).unlink(missing_ok=True)  # the cached copy changed on disk: redo it
         source = self.source_path(profile, entry)
-        if not source.exists() and entry.source:  # not on disk: from the Hub, into its cache
+        if self.needs_download(profile, entry):  # not on disk: from the Hub, into its cache
             from models import hub
 
             downloaded = hub.download(profile, entry, self.hub_cache(), self.on_progress)

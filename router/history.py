@@ -33,26 +33,30 @@ def default_db() -> Path:
     return Path(os.environ.get("COGUMI_DATA_DIR") or Path(__file__).resolve().parents[1]) / "sessions.db"
 
 
+# Each decision with the user message it routed and the answer before that message (if any).
+ROUTED = """
+select d.session_id, d.route, d.router_choice, d.overridden, d.escalation_p >= d.tau_e as escalated,
+       u.id as message_id, u.content as text, a.content as previous_answer
+from decisions d
+join messages u on u.id = (select max(id) from messages
+                           where session_id = d.session_id and role = 'user' and id < d.message_id)
+left join messages a on a.id = (select max(id) from messages
+                                where session_id = d.session_id and role = 'assistant' and id < u.id)
+order by d.id"""
+
+
 def export_rows(db: sqlite3.Connection) -> list[dict]:
     """The labelled rows, oldest first: overrides, then escalation pairs."""
     db.row_factory = sqlite3.Row
     rows = []
-    overrides = db.execute(
-        "select d.session_id, d.route, d.router_choice, u.id as message_id, u.content as text "
-        "from decisions d join messages u on u.id = (select max(id) from messages where session_id = d.session_id "
-        "and role = 'user' and id < d.message_id) where d.overridden = 1 order by d.id")
-    for r in overrides:
-        rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[r["route"]], "source": "override",
-                     "router_choice": r["router_choice"], "session_id": r["session_id"], "message_id": r["message_id"]})
     pairs: dict[int, dict] = {}  # user message id → escalation row; feedback overrides the router's guess
-    escalated = db.execute(
-        "select d.session_id, u.id as message_id, u.content as text, a.content as previous_answer "
-        "from decisions d join messages u on u.id = (select max(id) from messages where session_id = d.session_id "
-        "and role = 'user' and id < d.message_id) "
-        "join messages a on a.id = (select max(id) from messages where session_id = d.session_id "
-        "and role = 'assistant' and id < u.id) where d.escalation_p >= d.tau_e order by d.id")
-    for r in escalated:
-        pairs[r["message_id"]] = _escalation_row(r, 1, "router")
+    for r in db.execute(ROUTED):
+        if r["overridden"]:
+            rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[r["route"]],
+                         "source": "override", "router_choice": r["router_choice"], "session_id": r["session_id"],
+                         "message_id": r["message_id"]})
+        if r["escalated"] and r["previous_answer"] is not None:
+            pairs[r["message_id"]] = _escalation_row(r, 1, "router")
     rated = db.execute(
         "select f.session_id, f.liked, a.content as previous_answer, u.id as message_id, u.content as text "
         "from feedback f join messages a on a.id = f.message_id "
