@@ -131,6 +131,10 @@ class Memory:
             with self._lock:
                 if self.path != ":memory:":
                     self.db.enable_wal()
+                    # In WAL mode NORMAL still keeps every committed row when the app is killed;
+                    # only a power cut can lose the last commits. FULL's fsync per commit cost each
+                    # message 0.80 ms instead of 0.26 ms, on the way to its first token.
+                    self.db.execute("pragma synchronous = normal")
                 migrate(self.db)
                 self.interrupted = self._mark_interrupted()
         except sqlite3.Error as exc:

@@ -33,6 +33,10 @@ class ChatML:
             raise ValueError(f"unknown chat role {role!r}; expected one of {ROLES}")
         return self._headers[role] + self.tokenize(content, False) + self.close
 
+    def overhead(self, role: str) -> int:
+        """Template tokens around one message's text: message(role, text) is this much longer."""
+        return len(self._headers[role]) + len(self.close)
+
     def generation_prompt(self) -> list[int]:
         return list(self._headers["assistant"])
 

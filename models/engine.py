@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
 import os
 import platform
 import sys
@@ -53,6 +54,7 @@ llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 # of Qwen's 151,936-token vocabulary), and lets a small vocabulary score a message in one batch
 # (one batch instead of 64-row slices: 113.5 -> 100.5 ms on the 768-wide demo base, same run).
 SCORE_LOGITS_BYTES = 64 << 20
+ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
 
 @dataclass
@@ -161,6 +163,9 @@ class Engine:
         self._draft_length = DraftLength()
         self._pieces: dict[int, bytes] = {}
         self._fresh: tuple[str | None, int] | None = None  # see _decode
+        # Each message's prompt tokens (shared lists: never modified), by (role, text): routing and
+        # the reply fit the same conversation, and every turn re-fits the history before it.
+        self._message_tokens = functools.lru_cache(maxsize=ENCODED_MESSAGES)(self.chat.message)
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -198,9 +203,9 @@ class Engine:
         budget = self.n_ctx - min(max_tokens, self.n_ctx // 4)
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = list(messages[len(system):])
-        head = self.chat.message("system", system[0]["content"]) if system else []
+        head = self._message_tokens("system", system[0]["content"]) if system else []
         tail = self.chat.generation_prompt()
-        encoded = [self._encode_within(m, budget) for m in turns]
+        encoded = [self._encode_within(m["role"], m["content"], budget) for m in turns]
         if encoded[-1] is None:
             raise ContextOverflowError(
                 f"This message is too long for the model: it is more than {budget:,} tokens, and the "
@@ -221,17 +226,16 @@ class Engine:
             dropped += 1
         return head + [t for e in encoded for t in e] + tail, dropped
 
-    def _encode_within(self, message: dict, budget: int) -> list[int] | None:
+    def _encode_within(self, role: str, text: str, budget: int) -> list[int] | None:
         """The message's tokens, or None when it alone exceeds `budget`. llama.cpp's SPM tokenizer
         takes minutes on a megabyte in one piece, so a long text is first counted in slices."""
-        text = message["content"]
         if len(text) > 4 * budget:
             count = 0
             for i in range(0, len(text), 2048):
                 count += len(self.tokenize(text[i:i + 2048]))
                 if count > budget:
                     return None
-        tokens = self.chat.message(message["role"], text)
+        tokens = self._message_tokens(role, text)
         return tokens if len(tokens) <= budget else None
 
     # -- decoding -----------------------------------------------------------------------------
@@ -291,7 +295,8 @@ class Engine:
         sampling at once: routing costs it only the extra logits rows, not a second prefill."""
         prompt, _ = self.fit(messages, max_tokens)
         end = len(prompt) - len(self.chat.generation_prompt()) - len(self.chat.close)
-        start = end - len(self.tokenize(messages[-1]["content"]))
+        last = messages[-1]
+        start = end - (len(self._message_tokens(last["role"], last["content"])) - self.chat.overhead(last["role"]))
         if start >= end:
             return 0.0, 0
         if chunk is None:  # as many rows per batch as SCORE_LOGITS_BYTES of logits hold

@@ -23,8 +23,10 @@ def test_override_changes_the_route_and_the_panel_matches_sessions_db(app):
                         "ttft_ms, tokens_per_s, draft_proposed, draft_accepted from decisions "
                         "where session_id = ? order by id", [session]).fetchall()
     assert [(r[0], r[2]) for r in stored] == [(stored[0][1], 0), ("automation", 1), ("base", 1)]
-    assert stored[1][1] == stored[0][1]  # overruled, the router still chose what it chose on its own
-    assert stored[1][3].startswith(f"override: you chose automation (the router would pick {stored[0][1]}")
+    # Overruled, the router still made (and stored) its own choice for this turn. Not necessarily
+    # the first turn's: the repeated text now follows a sampled reply, which moves its perplexity.
+    assert stored[1][1] in ("base", "code", "reasoning", "automation")
+    assert stored[1][3].startswith(f"override: you chose automation (the router would pick {stored[1][1]}")
 
     panel = client.predict(session, api_name="/panel")
     keys = ("route", "router_choice", "overridden", "reason", "perplexity", "escalation_p", "routing_ms",
