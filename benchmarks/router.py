@@ -6,11 +6,14 @@ signals: Router.signals (one MiniLM encode of the message + the domain and escal
   beforehand, as the app does when a reply ends (Router.remember). Threads as in the app: the
   cores llama.cpp does not use.
 ttft: ChatService.respond on a new session, from the call to the first streamed text, greedy.
-  routed:   with the Router, τp = ∞ so every message takes the base route by the perplexity gate
-            (all signals computed, the scoring prefill reused by the reply);
+  routed:   with the Router, τp = τe = ∞ so every message takes the base route by the perplexity
+            gate (all signals computed, the scoring prefill reused by the reply);
   unrouted: no Router, the reply on the base.
   Each message goes through both paths, in two passes that swap which messages each path gets, so
-  neither path finds the other's prefill in the KV cache. Run on the demo base and a 768-wide one.
+  neither path finds the other's prefill in the KV cache. Then the same as a follow-up: the second
+  message of a session, after a first turn and its reply (so the escalation detector has an answer
+  to read, and the KV cache holds the conversation). On the demo base, a 768-wide one and a
+  Qwen2.5-0.5B-shaped one.
 
     .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60]
 
@@ -79,9 +82,9 @@ def bench_signals(router: Router, n: int, seed: int) -> dict:
             "max_ms": max(times), "mean_chars": statistics.mean(chars)}
 
 
-def first_text_ms(service: ChatService, message: str) -> float:
+def first_text_ms(service: ChatService, message: str, session: str | None = None) -> float:
     start = time.perf_counter()
-    stream = service.respond(service.new_session(), message, override="auto")
+    stream = service.respond(session or service.new_session(), message, override="auto")
     for update in stream:
         if update.text:
             stream.close()
@@ -89,12 +92,24 @@ def first_text_ms(service: ChatService, message: str) -> float:
     raise RuntimeError("no text streamed")
 
 
+def follow_up_ms(service: ChatService, first: str, message: str) -> float:
+    """The second message of a new session: its first turn (untimed) leaves a previous answer, so
+    the escalation detector runs, and the conversation so far in the KV cache."""
+    session = service.new_session()
+    for _ in service.respond(session, first, override="auto"):
+        pass
+    if service.router:
+        service.router.settle()  # the answer's embedding is made while the user reads and types
+    return first_text_ms(service, message, session)
+
+
 def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, threads: int) -> dict:
     engine = Engine(path, n_ctx=2048, n_threads=threads)
     settings = ChatSettings(temperature=0, max_tokens=16, seed=0)
     embedder, domain, escalation = router_parts
+    # τp = τe = ∞: every signal is computed and every message takes the base route
     router = Router(Perplexity(engine.score, max_tokens=settings.max_tokens),
-                    Thresholds(tau_p=float("inf"), calibrated=True), embedder, domain, escalation)
+                    Thresholds(tau_p=float("inf"), tau_e=float("inf"), calibrated=True), embedder, domain, escalation)
     routed = ChatService(engine, Memory(tmp / f"{path.stem}-routed.db"), settings, router=router)
     unrouted = ChatService(engine, Memory(tmp / f"{path.stem}-unrouted.db"), settings)
     for m in messages[:4]:  # warm-up
@@ -102,17 +117,21 @@ def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, 
         first_text_ms(unrouted, m + " (warm-up 2)")
     half = len(messages) // 2
     a, b = messages[:half], messages[half:2 * half]
-    times = {"routed": [], "unrouted": []}
+    times = {"routed": [], "unrouted": [], "routed_follow_up": [], "unrouted_follow_up": []}
     for first, second in ((a, b), (b, a)):  # each message through both paths, never back to back
-        for x, y in zip(first, second):
+        for i, (x, y) in enumerate(zip(first, second)):
             times["routed"].append(first_text_ms(routed, x))
             times["unrouted"].append(first_text_ms(unrouted, y))
+            opener = second[i - 1]  # a follow-up after another message's reply
+            times["routed_follow_up"].append(follow_up_ms(routed, opener, x))
+            times["unrouted_follow_up"].append(follow_up_ms(unrouted, opener, y))
     decisions = routed.memory.db.execute("select count(*), sum(route = 'base') from decisions").fetchone()
     assert decisions[0] == decisions[1], "every routed message should have taken the base route"
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"routed_ms": med["routed"], "unrouted_ms": med["unrouted"], "ratio": med["routed"] / med["unrouted"],
             "routed_p95_ms": percentile(times["routed"], 95), "unrouted_p95_ms": percentile(times["unrouted"], 95),
-            "n": len(times["routed"])}
+            "follow_up_routed_ms": med["routed_follow_up"], "follow_up_unrouted_ms": med["unrouted_follow_up"],
+            "follow_up_ratio": med["routed_follow_up"] / med["unrouted_follow_up"], "n": len(times["routed"])}
 
 
 def main() -> None:
@@ -145,16 +164,20 @@ def main() -> None:
             write_model(path, spec, "base")
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
             path.unlink()
-    print(f"\nTTFT, new session, first message ({llama_threads} llama thread(s))")
-    print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'routed ms':>11}{'ratio':>8}{'unrouted p95':>14}{'routed p95':>12}")
+    print(f"\nTTFT on the base route, medians ({llama_threads} llama thread(s)); first message of a new session, "
+          f"then a follow-up (second message, after a reply)")
+    print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'routed ms':>11}{'ratio':>8}{'unrouted p95':>14}{'routed p95':>12}"
+          f"{'follow-up: unrouted':>21}{'routed':>9}{'ratio':>8}")
     for name, r in results.items():
         print(f"{name:<16}{r['n']:>4}{r['unrouted_ms']:>13.2f}{r['routed_ms']:>11.2f}{r['ratio']:>8.3f}"
-              f"{r['unrouted_p95_ms']:>14.2f}{r['routed_p95_ms']:>12.2f}")
+              f"{r['unrouted_p95_ms']:>14.2f}{r['routed_p95_ms']:>12.2f}{r['follow_up_unrouted_ms']:>21.2f}"
+              f"{r['follow_up_routed_ms']:>9.2f}{r['follow_up_ratio']:>8.3f}")
     print(json.dumps({
         "signals_p50_ms": round(signals["p50_ms"], 2), "signals_p95_ms": round(signals["p95_ms"], 2),
         "ttft_base_route_vs_unrouted": round(results["demo"]["ratio"], 3),
         "ttft_base_route_vs_unrouted_768": round(results["demo-768"]["ratio"], 3),
         "ttft_base_route_vs_unrouted_qwen05_shape": round(results["qwen0.5b-shape"]["ratio"], 3),
+        "ttft_follow_up_vs_unrouted": {k: round(v["follow_up_ratio"], 3) for k, v in results.items()},
         "ttft_ms": {k: {"routed": round(v["routed_ms"], 2), "unrouted": round(v["unrouted_ms"], 2)}
                     for k, v in results.items()},
     }))

@@ -66,3 +66,7 @@ class Router:
         embedder's cache), so the next message's routing finds it ready."""
         if answer:
             self._worker.submit(self.embedder.encode, [answer])
+
+    def settle(self) -> None:
+        """Wait until background work (remember) is done: a person takes longer than that to type."""
+        self._worker.submit(lambda: None).result()
