@@ -50,17 +50,15 @@ class Embedder:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 embeddings, one row per text; recent texts come from a cache."""
+        # One text at a time, always: the int8 layers quantize their inputs with one scale per call,
+        # taken over the whole padded batch, so a text's embedding depended on its batch-mates
+        # (cosine 0.86-0.97 against the same text alone). The app embeds one message at a time, so
+        # training and evaluation do too, and all three see the same numbers.
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if len(missing) == 1:
-            vectors = [self._encode_one(missing[0][:self.max_chars])]
-        else:
-            vectors = self.model.encode([t[:self.max_chars] for t in missing], batch_size=batch_size,
-                                        convert_to_numpy=True, normalize_embeddings=True,
-                                        show_progress_bar=False) if missing else []
-        for text, vector in zip(missing, vectors):
-            self._cache[text] = vector.astype(np.float32)
+        for text in missing:
+            self._cache[text] = self._encode_one(text[:self.max_chars]).astype(np.float32)
         rows = []
         for text in texts:
             self._cache.move_to_end(text)
@@ -70,8 +68,8 @@ class Embedder:
         return np.stack(rows) if rows else np.zeros((0, DIM), np.float32)
 
     def _encode_one(self, text: str) -> np.ndarray:
-        """One text straight through the model: encode()'s batching and sorting cost a message
-        ~0.7 ms of the router's budget. Same numbers (tests/router/test_router.py)."""
+        """One text straight through the model (sentence-transformers' encode() sorts and batches,
+        ~0.7 ms more per message)."""
         with self._torch.inference_mode():
             features = self.model.preprocess([text])
             vector = self.model(features)["sentence_embedding"]

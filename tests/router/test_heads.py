@@ -40,3 +40,16 @@ def test_probabilities_are_distributions(router_parts):
     assert probs.shape == (4, 4) and np.allclose(probs.sum(axis=1), 1.0) and (probs >= 0).all()
     p = escalation.score_many(texts, vectors, vectors[::-1].copy())
     assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_a_text_embeds_the_same_alone_as_among_others():
+    """The int8 encoder quantizes with one scale per call: batching texts used to change each one's
+    embedding (cosine down to 0.86), so the heads were trained on numbers the app never computes."""
+    from router.embeddings import Embedder
+
+    embedder = Embedder(cache_size=0)  # nothing comes back from a cache
+    texts = ["thx, that fixed it", "Write a Python function that parses ISO dates and returns the weekday, "
+             "handling time zones and leap years; include tests for the edge cases."]
+    together = embedder.encode(texts)
+    alone = embedder.encode(texts[:1])
+    assert np.array_equal(together[0], alone[0])
