@@ -68,7 +68,7 @@ class DemoSpec:
     lora_rank: int = 8
     lora_strength: float = 0.6  # how far a modifier moves the base's outputs
     seed: int = 20261121
-    weight_type: str = "f16"   # "f32" for exactness tests (LoRA against merged weights)
+    weight_type: str = "f16"   # "f32" for exactness tests (LoRA against merged weights), "q8_0" as real sets
 
 
 def vocabulary(spec: DemoSpec) -> tuple[list[str], list[float], list[int]]:
@@ -95,7 +95,7 @@ def _uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np
 
 
 def _dtype(spec: DemoSpec) -> type:
-    return {"f16": np.float16, "f32": np.float32}[spec.weight_type]
+    return {"f16": np.float16, "f32": np.float32, "q8_0": np.float32}[spec.weight_type]  # q8_0: see _finish
 
 
 def _layer(rng: np.random.Generator, spec: DemoSpec, out_scale: float) -> dict[str, np.ndarray]:
@@ -152,7 +152,8 @@ def _writer(path: Path, spec: DemoSpec, name: str, n_layers: int) -> gguf.GGUFWr
     w.add_head_count_kv(spec.n_head_kv)
     w.add_rope_dimension_count(spec.n_embd // spec.n_head)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.weight_type == "f16" else gguf.LlamaFileType.ALL_F32)
+    w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[spec.weight_type])
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -166,9 +167,13 @@ def _writer(path: Path, spec: DemoSpec, name: str, n_layers: int) -> gguf.GGUFWr
     return w
 
 
-def _finish(w: gguf.GGUFWriter, tensors: dict[str, np.ndarray]) -> None:
+def _finish(w: gguf.GGUFWriter, tensors: dict[str, np.ndarray], weight_type: str = "f16") -> None:
     for name, array in tensors.items():
-        w.add_tensor(name, array)
+        if weight_type == "q8_0" and array.ndim == 2:  # the real model sets' format (benchmarks only)
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)
+        else:
+            w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -192,7 +197,7 @@ def write_model(path: Path, spec: DemoSpec, role: str, merge: tuple[str, float] 
         for name in [k.removesuffix(".lora_a") for k in lora if k.endswith(".lora_a")]:
             delta = lora[name + ".lora_b"] @ lora[name + ".lora_a"]
             tensors[name] = tensors[name].astype(np.float32) + factor * delta
-    _finish(_writer(path, spec, f"cogumi-demo-{role}", len(layers)), tensors)
+    _finish(_writer(path, spec, f"cogumi-demo-{role}", len(layers)), tensors, spec.weight_type)
 
 
 def lora_tensors(spec: DemoSpec, modifier: str) -> dict[str, np.ndarray]:

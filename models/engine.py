@@ -28,7 +28,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
-from models.gguf_header import check_hyperparameters
+from models.gguf_header import check_hyperparameters, read_metadata
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -54,6 +54,7 @@ llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 # of Qwen's 151,936-token vocabulary), and lets a small vocabulary score a message in one batch
 # (one batch instead of 64-row slices: 113.5 -> 100.5 ms on the 768-wide demo base, same run).
 SCORE_LOGITS_BYTES = 64 << 20
+UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
 
@@ -101,10 +102,25 @@ def default_gpu_layers() -> int:
     return -1 if sys.platform == "darwin" and platform.machine() == "arm64" else 0
 
 
-def load_model(path: Path, n_gpu_layers: int, verbose: bool = False, repack: bool = True) -> LlamaModel:
+def cpu_has_amx() -> bool:
+    """True on x86 CPUs with AMX (Intel Sapphire Rapids and later), as Linux reports them."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:  # not Linux: macOS and Windows machines with AMX are not a target here
+        return False
+    return "amx_int8" in flags.split()
+
+
+def load_model(path: Path, n_gpu_layers: int, verbose: bool = False, repack: bool | None = None) -> LlamaModel:
     """Load a GGUF. repack=False keeps the weights in the memory-mapped file instead of copying
-    them into CPU-specific repacked buffers (which leaves the file's pages resident as well)."""
+    them into CPU-specific repacked buffers (which leaves the file's pages resident as well).
+    None: repack, except a quantized model (Q8_0, Q4_K: every real model set) on an AMX CPU, where
+    llama.cpp's AMX kernels take its weights and segfault at the first decode (llama.cpp #20824;
+    seen on this project's CI machine, tests/models/test_engine.py); the AVX-512 kernels run it
+    instead. F16 and F32 weights (the demo set) do run on AMX, and keep it."""
     check_gguf_file(path)
+    if repack is None:
+        repack = not (cpu_has_amx() and read_metadata(path).get("general.file_type") not in UNQUANTIZED)
     params = LlamaModel.default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_extra_bufts = repack

@@ -124,3 +124,26 @@ def test_truncated_gguf_gives_llama_cpps_reason(tmp_path, demo_set):
         Engine(path)
     assert str(path) in str(err.value)
     print(err.value)
+
+
+def test_a_q8_0_model_replies_on_this_cpu(tmp_path):
+    """The real model sets are quantized (Q8_0, Q4_K_M). On CPUs with AMX (Sapphire Rapids and
+    later: this CI machine, Spaces' CPU hardware) llama.cpp repacks such weights for its AMX
+    kernels, which segfault at the first decode (llama.cpp #20824). Run in a child process, so a
+    regression fails this test instead of killing the test run."""
+    import dataclasses
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from models.demo import DemoSpec, write_model
+
+    path = tmp_path / "base-q8_0.gguf"
+    write_model(path, dataclasses.replace(DemoSpec(), weight_type="q8_0"), "base")
+    code = ("import sys; from models.engine import Engine; e = Engine(sys.argv[1], n_ctx=512); "
+            "items = list(e.generate([{'role': 'user', 'content': 'hello there'}], max_tokens=24)); "
+            "print('tokens', items[-1].tokens, 'text', repr(''.join(items[:-1])))")
+    child = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parents[2])
+    assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[-2000:]}"
+    assert child.stdout.startswith("tokens ") and int(child.stdout.split()[1]) > 0, child.stdout
