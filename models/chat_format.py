@@ -31,7 +31,11 @@ class ChatML:
     def message(self, role: str, content: str) -> list[int]:
         if role not in ROLES:
             raise ValueError(f"unknown chat role {role!r}; expected one of {ROLES}")
-        return self._headers[role] + self.tokenize(content, False) + self.close
+        return self.wrap(role, self.tokenize(content, False))
+
+    def wrap(self, role: str, text_tokens: list[int]) -> list[int]:
+        """A message from its text's tokens (a reply's own generated tokens, say)."""
+        return self._headers[role] + text_tokens + self.close
 
     def overhead(self, role: str) -> int:
         """Template tokens around one message's text: message(role, text) is this much longer."""

@@ -182,6 +182,12 @@ class Engine:
         # Each message's prompt tokens (shared lists: never modified), by (role, text): routing and
         # the reply fit the same conversation, and every turn re-fits the history before it.
         self._message_tokens = functools.lru_cache(maxsize=ENCODED_MESSAGES)(self.chat.message)
+        # A finished reply's text → its message tokens, made of the tokens it was generated as
+        # (the engine fills it; a test may hand one engine's to another).
+        # Tokenizing the text again gives other tokens (a first word loses its leading space, a
+        # word splits differently), so the next turn's prompt would leave the KV cache at the
+        # start of the reply and prefill all of it again.
+        self.reply_tokens: dict[str, list[int]] = {}
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -245,6 +251,9 @@ class Engine:
     def _encode_within(self, role: str, text: str, budget: int) -> list[int] | None:
         """The message's tokens, or None when it alone exceeds `budget`. llama.cpp's SPM tokenizer
         takes minutes on a megabyte in one piece, so a long text is first counted in slices."""
+        generated = self.reply_tokens.get(text) if role == "assistant" else None
+        if generated is not None:
+            return generated if len(generated) <= budget else None
         if len(text) > 4 * budget:
             count = 0
             for i in range(0, len(text), 2048):
@@ -369,6 +378,7 @@ class Engine:
             sampler = _sampler(temperature, top_p, top_k, self.seed if seed is None else seed)
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             first_token_at = None
+            generated, reply_text = [], []
             stats.stop_reason = "context"
             try:
                 stats.reused_tokens = self._evaluate(prompt, modifier)
@@ -385,19 +395,23 @@ class Engine:
                             stats.stop_reason = "eos"
                             break
                         stats.tokens += 1
+                        generated.append(token)
                         if first_token_at is None:
                             first_token_at = time.perf_counter()
                         text = utf8.decode(self.piece(token))
                         if stats.tokens == 1:
                             text = text.lstrip()  # SPM words begin with a space
                         if text:
+                            reply_text.append(text)
                             yield text
                         if stats.tokens >= max_tokens:
                             stats.stop_reason = "length"
                             break
                 tail = utf8.decode(b"", final=True)
                 if tail:
+                    reply_text.append(tail)
                     yield tail
+                self._remember_reply("".join(reply_text), generated)
             except GeneratorExit:
                 stats.stop_reason = "stopped"
                 raise
@@ -411,6 +425,14 @@ class Engine:
                 decode_s = end - first_token_at
                 stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else 0.0
             yield stats
+
+    def _remember_reply(self, text: str, tokens: list[int]) -> None:
+        """So that `text`, when it comes back as the assistant turn of the next prompt, is the
+        tokens that are in the KV cache (a complete reply only: a stopped one may end mid-character)."""
+        if text and tokens:
+            self.reply_tokens[text] = self.chat.wrap("assistant", tokens)
+            if len(self.reply_tokens) > ENCODED_MESSAGES:
+                del self.reply_tokens[next(iter(self.reply_tokens))]
 
     def _base_tokens(self, sampler: LlamaSampler, route: str | None, stats: GenerationStats, max_tokens: int,
                      lengths: DraftLength | None) -> Iterator[int]:

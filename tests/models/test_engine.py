@@ -147,3 +147,14 @@ def test_a_q8_0_model_replies_on_this_cpu(tmp_path):
                            cwd=Path(__file__).resolve().parents[2])
     assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[-2000:]}"
     assert child.stdout.startswith("tokens ") and int(child.stdout.split()[1]) > 0, child.stdout
+
+
+def test_the_next_turn_finds_the_reply_in_the_kv_cache(engine):
+    """The reply comes back in the next prompt as the tokens it was generated as (its text would
+    tokenize differently), so the next turn prefills only what is new."""
+    first = chat("write a function")
+    prompt, _ = engine.fit(first, 40)
+    reply, stats, _ = run(engine, first, max_tokens=40)
+    _, follow_up, _ = run(engine, chat("write a function", reply, "and another one"), max_tokens=8)
+    # every prompt and reply token (but the last one when max_tokens cut it: sampled, not decoded)
+    assert len(prompt) + stats.tokens - 1 <= follow_up.reused_tokens <= len(prompt) + stats.tokens

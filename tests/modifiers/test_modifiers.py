@@ -62,6 +62,7 @@ def test_switching_base_code_base_code_reasoning_matches_fresh_runs(f32_set, swi
         reply, stats = greedy(switching_engine, messages, route)
         fresh = Engine(f32_set / "base.gguf", f32_kv_cache=True,
                        modifiers={route: (f32_set / f"{route}.gguf", 0.5)} if route else None)
+        fresh.reply_tokens.update(switching_engine.reply_tokens)  # earlier replies as the tokens they were
         fresh_reply, fresh_stats = greedy(fresh, messages, route)
         assert (reply, stats.adapter) == (fresh_reply, route), f"turn {turn} on {route}"
         assert fresh_stats.reused_tokens == 0
