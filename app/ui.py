@@ -3,6 +3,7 @@ state (the open session) lives in gr.State, never in module globals."""
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 import uuid
@@ -11,6 +12,7 @@ import gradio as gr
 
 from app import panel
 from app.chat import ChatService, ReplyUpdate
+from app.memory import SessionStoreError
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
@@ -20,6 +22,18 @@ STATUS_NOTES = {
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
     "error": "*(failed)*",
 }
+
+
+def explained(callback):
+    """Gradio shows any exception but gr.Error as a bare "Error". The session database's failures
+    (locked, read-only, full, damaged) and refused requests carry their own explanation: show it."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except (SessionStoreError, ValueError) as exc:
+            raise gr.Error(str(exc)) from exc
+    return wrapper
 
 
 def _shown(role: str, content: str, status: str = "complete") -> dict:
@@ -71,19 +85,23 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def shown_transcript(session_id, visitor):
         return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id, owner_of(visitor))]
 
+    @explained
     def on_load(visitor):
         visitor = owner_of(visitor)  # on a Space, a new browser's id from now on
         return visitor, session_choices(visitor)
 
+    @explained
     def open_session(session_id, visitor):
         owner = owner_of(visitor)
         if not service.owns(session_id, owner):
             return (gr.skip(),) * 6
         return session_id, shown_transcript(session_id, owner), *panel_views(service, session_id, owner)
 
+    @explained
     def new_chat(visitor):
         return None, [], "", "", gr.update(value=None), *panel_views(service, None, owner_of(visitor))
 
+    @explained
     def after_reply(session_id, visitor):
         return session_choices(visitor, session_id), *panel_views(service, session_id, owner_of(visitor))
 
@@ -107,6 +125,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
             yield shown, "", update.session_id, update.notice or "", _stats_line(update), drawing, visitor
 
+    @explained
     def on_like(session_id, visitor, like: gr.LikeData):
         liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
         owner = owner_of(visitor)
@@ -124,22 +143,22 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             raise gr.Error(final.notice)
         return final.text
 
+    @explained
     def new_session_api(request: gr.Request = None) -> str:
         """Create an empty session and return its id, for /chat."""
         return service.new_session(api_owner(request))
 
+    @explained
     def panel_api(session_id: str, request: gr.Request = None) -> dict:
         """The data the router panel draws for a session, as stored in sessions.db: its decisions
         (oldest first, each with its message and 👍/👎) and route counts for the session and for all sessions."""
         return service.panel(session_id, api_owner(request))
 
+    @explained
     def feedback_api(session_id: str, index: int, liked: bool | None, request: gr.Request = None) -> int:
         """👍 (true), 👎 (false) or neither (null) on the reply at `index` of the session's messages
         (0-based, user and assistant messages counted); returns the message id."""
-        try:
-            return service.give_feedback(session_id, int(index), liked, api_owner(request))
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from exc
+        return service.give_feedback(session_id, int(index), liked, api_owner(request))
 
     with gr.Blocks(title="Cogumi Chat") as demo:
         session_id = gr.State(None)

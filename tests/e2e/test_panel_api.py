@@ -38,3 +38,25 @@ def test_override_changes_the_route_and_the_panel_matches_sessions_db(app):
     (liked,) = db.execute("select liked from feedback where session_id = ?", [session]).fetchall()
     assert liked == (0,) and [d["liked"] for d in panel["decisions"]] == [False, None, None]
     assert client.predict("", api_name="/panel")["decisions"] == []
+
+
+def test_a_failing_sessions_db_is_explained_to_the_caller(app):
+    """A 👍/👎 while another program holds sessions.db's write lock: the caller is told which file
+    and why (Gradio turns any other exception into a bare "Error")."""
+    import pytest
+    from gradio_client.exceptions import AppError
+
+    url, db_path = app
+    client = Client(url, verbose=False)
+    session = client.predict(api_name="/new_session")
+    client.predict("hello", session, "", api_name="/chat")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("begin exclusive")
+        with pytest.raises(AppError) as err:
+            client.predict(session, 1, False, api_name="/feedback")
+    finally:
+        holder.execute("rollback")
+        holder.close()
+    assert str(db_path) in str(err.value) and "locked" in str(err.value), str(err.value)
+    assert client.predict(session, 1, False, api_name="/feedback") > 0  # and once it is free, it works
