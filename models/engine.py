@@ -28,7 +28,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
-from models.gguf_header import check_hyperparameters, read_metadata
+from models.gguf_header import check_hyperparameters, read_metadata, read_tensor_shapes
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -145,7 +145,10 @@ class Engine:
         # slower, not faster. On 2 cores: 2 threads ran 49 tok/s against 303 for 1.
         threads = n_threads or default_threads()
         self.n_threads = threads
-        self.modifiers = ModifierRegistry(self.model.model, self.model_path, modifiers or {})
+        entries = modifiers or {}
+        self.modifiers = ModifierRegistry(
+            self.model.model, entries, read_metadata(self.model_path).get("general.architecture"),
+            read_tensor_shapes(self.model_path) if entries else None)
         # One KV sequence per route (the plain base, then each modifier) in one context: a switch
         # re-evaluates only what that adapter has not seen, and KV computed under one adapter is
         # never reused under another. Memory: one conversation's KV cache per route.

@@ -71,22 +71,38 @@ class _Header:
 
 def read_metadata(path: Path) -> dict[str, object]:
     """The scalar and string values of a GGUF file's header (arrays are skipped), by key."""
-    path = Path(path)
+    return _read(Path(path), tensors=False)[0]
+
+
+def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape by name, in ggml order (ne0, ne1, ...), from the tensor infos after
+    the header: what a LoRA's A and B matrices are checked against (modifiers/registry.py)."""
+    return _read(Path(path), tensors=True)[1]
+
+
+def _read(path: Path, tensors: bool) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
     with open(path, "rb") as f:
         head = f.read(24)
         if len(head) < 24 or head[:4] != b"GGUF":
             raise ModelFileError(f"{path}: not a GGUF model file.")
-        version, _, n_kv = struct.unpack("<IQQ", head[4:])
+        version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
         if version not in (2, 3):
-            return {}  # llama.cpp names the version it does not read
+            return {}, {}  # llama.cpp names the version it does not read
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # only the header's pages are read
             reader = _Header(data, path)
             reader.at = 24
-            values = {}
+            values, shapes = {}, {}
             for _ in range(n_kv):
                 key = reader.string()
                 values[key] = reader.value(reader.take("I"))
-            return values
+            for _ in range(n_tensors if tensors else 0):
+                name = reader.string()
+                n_dims = reader.take("I")
+                if n_dims > 4:  # GGML_MAX_DIMS
+                    raise ModelFileError(f"{path}: tensor {name!r} claims {n_dims} dimensions; the file is corrupt.")
+                shapes[name] = tuple(reader.take("Q") for _ in range(n_dims))
+                reader.take("I"), reader.take("Q")  # type, data offset
+            return values, shapes
 
 
 def check_hyperparameters(path: Path) -> None:

@@ -26,8 +26,10 @@ class Modifier:
     handle: object = field(repr=False)  # llama_adapter_lora_p; freed with the model, which owns it
 
 
-def check_adapter(path: Path, base: gguf.GGUFReader) -> None:
-    """Raise AdapterError naming the file and the reason if llama.cpp should not load it."""
+def check_adapter(path: Path, base_arch: str | None, base_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise AdapterError naming the file and the reason if llama.cpp should not load it. The base
+    is described by its architecture and tensor shapes (the engine reads them from the header:
+    gguf.GGUFReader took ~10 s over a 152k-token vocabulary); the adapter is small and read in full."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"{path}: LoRA file not found." if not path.exists() else f"{path}: is not a file.")
@@ -39,14 +41,14 @@ def check_adapter(path: Path, base: gguf.GGUFReader) -> None:
     except Exception as exc:  # truncated or malformed: the reader cannot map the tensors
         raise AdapterError(f"{path}: cannot read this GGUF ({exc}); the file is corrupt or truncated.") from exc
 
-    def text(reader: gguf.GGUFReader, key: str) -> str | None:
-        f = reader.fields.get(key)
+    def text(key: str) -> str | None:
+        f = lora.fields.get(key)
         return f.contents() if f is not None else None
 
-    if text(lora, "general.type") != "adapter" or text(lora, "adapter.type") != "lora":
-        raise AdapterError(f"{path}: not a LoRA adapter (general.type={text(lora, 'general.type')!r}, "
-                           f"adapter.type={text(lora, 'adapter.type')!r}).")
-    arch, base_arch = text(lora, "general.architecture"), text(base, "general.architecture")
+    if text("general.type") != "adapter" or text("adapter.type") != "lora":
+        raise AdapterError(f"{path}: not a LoRA adapter (general.type={text('general.type')!r}, "
+                           f"adapter.type={text('adapter.type')!r}).")
+    arch = text("general.architecture")
     if arch != base_arch:
         raise AdapterError(f"{path}: made for architecture {arch!r}, but the base model is {base_arch!r}.")
     alpha = lora.fields.get("adapter.lora.alpha")
@@ -54,7 +56,6 @@ def check_adapter(path: Path, base: gguf.GGUFReader) -> None:
         kind = "missing" if alpha is None else f"of type {alpha.types[0].name}, not FLOAT32"
         raise AdapterError(f"{path}: adapter.lora.alpha is {kind}.")
 
-    base_shapes = {t.name: tuple(int(n) for n in t.shape) for t in base.tensors}  # ggml order: ne0, ne1
     pairs: dict[str, dict[str, tuple[int, ...]]] = {}
     for t in lora.tensors:
         target, _, part = t.name.rpartition(".lora_")
@@ -78,14 +79,16 @@ def check_adapter(path: Path, base: gguf.GGUFReader) -> None:
 class ModifierRegistry:
     """The modifiers that loaded, and why the others did not."""
 
-    def __init__(self, model: object, base_path: Path, entries: dict[str, tuple[Path, float]]):
-        self.model = model  # llama_model_p of the loaded base
+    def __init__(self, model: object, entries: dict[str, tuple[Path, float]], base_arch: str | None = None,
+                 base_shapes: dict[str, tuple[int, ...]] | None = None):
+        """model: the loaded base (llama_model_p); base_arch and base_shapes describe it, as its
+        file says (general.architecture; tensor name → shape in ggml order), for check_adapter."""
+        self.model = model
         self.available: dict[str, Modifier] = {}
         self.failed: dict[str, str] = {}
-        base = gguf.GGUFReader(base_path) if entries else None
         for name, (path, scale) in entries.items():
             try:
-                check_adapter(path, base)
+                check_adapter(path, base_arch, base_shapes or {})
                 handle = llama_cpp.llama_adapter_lora_init(model, str(path).encode())
                 if not handle:  # a NULL pointer here is falsy but not None
                     raise AdapterError(f"{path}: llama.cpp refused this adapter.")

@@ -67,3 +67,13 @@ def test_each_lora_adapter_loads_on_the_base(engine, demo_set, name):
     adapter = llama_cpp.llama_adapter_lora_init(engine.model.model, str(demo_set[name]).encode())
     assert adapter, f"{name} adapter did not load"  # a NULL adapter is falsy, not None
     llama_cpp.llama_adapter_lora_free(adapter)
+
+
+def test_the_header_reader_gives_every_tensor_shape_as_gguf_does(demo_set):
+    """models/gguf_header.py reads tensor shapes without mapping the file (LoRA checks against the
+    base): the same shapes as the gguf package's reader, for the base and an adapter."""
+    from models.gguf_header import read_tensor_shapes
+
+    for name in ("base", "code"):
+        reader = gguf.GGUFReader(demo_set[name])
+        assert read_tensor_shapes(demo_set[name]) == {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}
