@@ -239,6 +239,17 @@ class Engine:
             )
         oversized = max((i for i, e in enumerate(encoded) if e is None), default=-1)
         dropped, encoded = oversized + 1, encoded[oversized + 1:]
+        # Past the budget, drop the oldest turns half the budget at a time (the smallest multiple
+        # of it that fits; llama.cpp's own context shift also discards half): the cut then stays
+        # where it is for the next turns, until another half is needed, so their prompts begin as
+        # this one does and the KV cache still holds them. Dropping just enough moved the cut at
+        # almost every exchange, and each one prefilled the whole window again.
+        excess = len(head) + sum(map(len, encoded)) + len(tail) - budget
+        step = max(1, budget // 2)
+        target, removed = -(-excess // step) * step, 0
+        while removed < target and len(encoded) > 1:
+            removed += len(encoded.pop(0))
+            dropped += 1
         while len(head) + sum(map(len, encoded)) + len(tail) > budget:
             if len(encoded) <= 1:
                 need = len(head) + sum(map(len, encoded)) + len(tail)

@@ -158,3 +158,26 @@ def test_the_next_turn_finds_the_reply_in_the_kv_cache(engine):
     _, follow_up, _ = run(engine, chat("write a function", reply, "and another one"), max_tokens=8)
     # every prompt and reply token (but the last one when max_tokens cut it: sampled, not decoded)
     assert len(prompt) + stats.tokens - 1 <= follow_up.reused_tokens <= len(prompt) + stats.tokens
+
+
+
+def test_a_conversation_past_the_context_keeps_its_start_for_most_turns(small_engine):
+    """Past the context window the oldest turns go half the window at a time, so most of
+    the following turns begin as the one before did and find it in the KV cache. Dropping just
+    enough moved the start at almost every exchange: each one prefilled the whole window again."""
+    tail = len(small_engine.chat.message("user", "newest") + small_engine.chat.generation_prompt())
+    convo, past = [], []
+    for i in range(24):
+        convo += [f"question {i}: the model writes code and plans", f"answer {i}: every day select function"]
+        messages = chat(*convo, "newest")
+        prompt, dropped = small_engine.fit(messages, 32)
+        if dropped:
+            past.append((messages, prompt))
+    assert len(past) >= 12
+    kept = [later[:len(prompt) - tail] == prompt[:-tail] for (_, prompt), (_, later) in zip(past, past[1:])]
+    assert sum(kept) >= len(kept) / 2, kept
+    # and the engine finds that start in its KV cache
+    j = kept.index(True)
+    run(small_engine, past[j][0], max_tokens=4)
+    _, stats, _ = run(small_engine, past[j + 1][0], max_tokens=4)
+    assert stats.dropped_turns > 0 and stats.reused_tokens >= len(past[j][1]) - tail
