@@ -136,7 +136,7 @@ class Engine:
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
                  n_gpu_layers: int | None = None, seed: int = 0,
                  modifiers: dict[str, tuple[Path, float]] | None = None, f32_kv_cache: bool = False,
-                 draft: Path | None = None):
+                 draft: Path | None = None, conversations: int = 1):
         self.model_path = Path(model_path)
         gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.model = load_model(self.model_path, gpu_layers, _VERBOSE)
@@ -149,14 +149,18 @@ class Engine:
         self.modifiers = ModifierRegistry(
             self.model.model, entries, read_metadata(self.model_path).get("general.architecture"),
             read_tensor_shapes(self.model_path) if entries else None)
-        # One KV sequence per route (the plain base, then each modifier) in one context: a switch
-        # re-evaluates only what that adapter has not seen, and KV computed under one adapter is
-        # never reused under another. Memory: one conversation's KV cache per route.
+        # KV sequences per route (the plain base, then each modifier), `conversations` of them per
+        # route, in one context: a switch re-evaluates only what that adapter has not seen, KV
+        # computed under one adapter is never reused under another, and people taking turns (a
+        # Space) each find their own conversation still cached. Memory: one conversation's KV cache
+        # per route and conversation.
         self.routes: list[str | None] = [None, *self.modifiers.names]
+        self.conversations = max(1, conversations)
         self.n_ctx = min(n_ctx, self.model.n_ctx_train())  # per conversation
+        n_seq = len(self.routes) * self.conversations
         ctx_params = LlamaContext.default_params()
-        ctx_params.n_ctx = self.n_ctx * len(self.routes)
-        ctx_params.n_seq_max = len(self.routes)
+        ctx_params.n_ctx = self.n_ctx * n_seq
+        ctx_params.n_seq_max = n_seq
         ctx_params.kv_unified = False  # each sequence gets its own n_ctx cells
         ctx_params.n_batch = ctx_params.n_ubatch = n_batch
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
@@ -178,10 +182,13 @@ class Engine:
         self.seed = seed
         self.chat = ChatML(self.tokenize, self.model_path.name)
         self._lock = threading.Lock()      # one reply at a time on the one context
-        self._kv: dict[str | None, list[int]] = {r: [] for r in self.routes}  # tokens cached per route
+        # the tokens cached in each KV sequence, and when each was last used (for eviction)
+        self._kv: list[list[int]] = [[] for _ in range(n_seq)]
+        self._used: list[int] = [0] * n_seq
+        self._uses = 0
         self._draft_length = DraftLength()
         self._pieces: dict[int, bytes] = {}
-        self._fresh: tuple[str | None, int] | None = None  # see _decode
+        self._fresh: tuple[int, int] | None = None  # see _decode
         # Each message's prompt tokens (shared lists: never modified), by (role, text): routing and
         # the reply fit the same conversation, and every turn re-fits the history before it.
         self._message_tokens = functools.lru_cache(maxsize=ENCODED_MESSAGES)(self.chat.message)
@@ -290,23 +297,35 @@ class Engine:
             b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, i >= first
             b.seq_id[i][0] = seq
         b.logits[len(tokens) - 1] = True
-        self._fresh = None  # which (route, length) the context's last logits row belongs to
+        self._fresh = None  # which (sequence, length) the context's last logits row belongs to
         self.ctx.decode(self.batch)
 
-    def _evaluate(self, tokens: Sequence[int], route: str | None) -> int:
-        """Bring route's KV sequence to exactly `tokens`, reusing its longest cached prefix, with
-        route's adapter active. Returns how many tokens were reused."""
-        if route not in self._kv:
+    def _sequence(self, route: str | None, tokens: Sequence[int]) -> int:
+        """The KV sequence of `route` for a prompt: the one that holds most of its start, when that
+        is most of the prompt (the same conversation, a turn later, or scored just before); else
+        the least recently used one (a new conversation, or another person's: the shared system
+        prompt alone is not worth overwriting a cached conversation for)."""
+        if route not in self.routes:
             raise ValueError(f"no modifier {route!r} is loaded; available: {self.modifiers.names}")
+        first = self.routes.index(route) * self.conversations
+        candidates = range(first, first + self.conversations)
+        shared = {seq: _common_prefix(self._kv[seq], tokens) for seq in candidates}
+        seq = max(candidates, key=lambda q: (shared[q], self._used[q]))
+        if 2 * shared[seq] < len(tokens):
+            seq = min(candidates, key=lambda q: self._used[q])
+        self._uses += 1
+        self._used[seq] = self._uses
+        return seq
+
+    def _evaluate(self, tokens: Sequence[int], route: str | None) -> tuple[int, int]:
+        """Bring one of route's KV sequences to exactly `tokens`, reusing its longest cached
+        prefix, with route's adapter active. Returns (sequence, how many tokens were reused)."""
+        seq = self._sequence(route, tokens)
         self.modifiers.activate(self.ctx.ctx, route)
-        seq, cached = self.routes.index(route), self._kv[route]
-        if cached == list(tokens) and self._fresh == (route, len(tokens)):
-            return len(tokens)  # just decoded (by score()): its last logits are still in the context
-        keep = 0
-        for a, b in zip(cached, tokens[:-1]):  # else re-evaluate >= 1 token to get fresh logits
-            if a != b:
-                break
-            keep += 1
+        cached = self._kv[seq]
+        if cached == list(tokens) and self._fresh == (seq, len(tokens)):
+            return seq, len(tokens)  # just decoded (by score()): its last logits are still in the context
+        keep = _common_prefix(cached, tokens[:-1])  # else re-evaluate >= 1 token to get fresh logits
         if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
             keep = 0
@@ -315,8 +334,8 @@ class Engine:
             chunk = tokens[start:start + self.n_batch]
             self._decode(chunk, start, seq)
             cached.extend(chunk)
-        self._fresh = (route, len(tokens))
-        return keep
+        self._fresh = (seq, len(tokens))
+        return seq, keep
 
     def next_token_logits(self, tokens: Sequence[int], modifier: str | None = None) -> np.ndarray:
         """The logits after `tokens` (a copy), computed under `modifier`."""
@@ -342,15 +361,12 @@ class Engine:
             chunk = SCORE_LOGITS_BYTES // (4 * self.n_vocab)
         chunk = max(1, min(chunk, self.n_batch))
         with self._lock:
+            seq = self._sequence(None, prompt)
             self.modifiers.activate(self.ctx.ctx, None)
-            cached = self._kv[None]
-            keep = 0
-            for a, b in zip(cached, prompt[:start - 1]):  # row start - 1 predicts the first message token
-                if a != b:
-                    break
-                keep += 1
-            if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, keep, -1):
-                llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, -1, -1)
+            cached = self._kv[seq]
+            keep = _common_prefix(cached, prompt[:start - 1])  # row start - 1 predicts the first message token
+            if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
+                llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
                 keep = 0
             del cached[keep:]
             nll, at = 0.0, keep
@@ -358,7 +374,7 @@ class Engine:
                 # rows from start - 1 to end - 2 predict the message's tokens; at most `chunk` per batch
                 first_row = max(start - 1 - at, 0)
                 size = min(self.n_batch, len(prompt) - at, first_row + chunk)
-                self._decode(prompt[at:at + size], at, 0, logits_from=first_row)
+                self._decode(prompt[at:at + size], at, seq, logits_from=first_row)
                 cached.extend(prompt[at:at + size])
                 rows = range(at + first_row, min(at + size, end - 1))  # positions whose next token is scored
                 if len(rows):
@@ -366,7 +382,7 @@ class Engine:
                     logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(n_out, self.n_vocab))
                     nll += self._nll(logits[:len(rows)], [prompt[p + 1] for p in rows])
                 at += size
-            self._fresh = (None, len(prompt))
+            self._fresh = (seq, len(prompt))
         return nll / (end - start), end - start
 
     @staticmethod
@@ -395,11 +411,11 @@ class Engine:
             generated, reply_text = [], []
             stats.stop_reason = "context"
             try:
-                stats.reused_tokens = self._evaluate(prompt, modifier)
+                seq, stats.reused_tokens = self._evaluate(prompt, modifier)
                 lengths = None
                 if self.draft and use_draft:  # the adaptive controller's measurements carry over replies
                     lengths = self._draft_length if draft_length is None else DraftLength(draft_length)
-                tokens = self._base_tokens(sampler, modifier, stats, max_tokens, lengths)
+                tokens = self._base_tokens(sampler, seq, stats, max_tokens, lengths)
                 with closing(tokens):
                     for token in tokens:
                         if should_stop and should_stop():
@@ -448,13 +464,13 @@ class Engine:
             if len(self.reply_tokens) > ENCODED_MESSAGES:
                 del self.reply_tokens[next(iter(self.reply_tokens))]
 
-    def _base_tokens(self, sampler: LlamaSampler, route: str | None, stats: GenerationStats, max_tokens: int,
+    def _base_tokens(self, sampler: LlamaSampler, seq: int, stats: GenerationStats, max_tokens: int,
                      lengths: DraftLength | None) -> Iterator[int]:
         """The base's tokens, one at a time, each from the base's own sampler in order. Plain: decode
         the last token, sample the next. Speculative: the draft proposes k tokens, the base decodes
         them in one batch (logits at those positions only) and keeps them up to the first one its
         own sample disagrees with; that sample is the next token. Ends when the context is full."""
-        seq, cached = self.routes.index(route), self._kv[route]
+        cached = self._kv[seq]
         token = sampler.sample(self.ctx, -1)
         while True:
             yield token
@@ -494,3 +510,13 @@ def _sampler(temperature: float, top_p: float, top_k: int, seed: int) -> LlamaSa
         sampler.add_temp(temperature)
         sampler.add_dist(seed)
     return sampler
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

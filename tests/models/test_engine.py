@@ -181,3 +181,24 @@ def test_a_conversation_past_the_context_keeps_its_start_for_most_turns(small_en
     run(small_engine, past[j][0], max_tokens=4)
     _, stats, _ = run(small_engine, past[j + 1][0], max_tokens=4)
     assert stats.dropped_turns > 0 and stats.reused_tokens >= len(past[j][1]) - tail
+
+
+def test_people_taking_turns_each_find_their_own_conversation_cached(demo_set):
+    """conversations=2: two chats alternating (two visitors of a Space) each reuse their own KV
+    cache, where one sequence per route re-read each whole conversation at every switch."""
+    shared = Engine(demo_set["base"], n_ctx=1024, conversations=2)
+    single = Engine(demo_set["base"], n_ctx=1024)
+    for engine, expect_reuse in ((single, False), (shared, True)):
+        first_a, first_b = chat("first person: sum a list in python"), chat("second person: why is the sky blue")
+        reply_a, stats_a, _ = run(engine, first_a, max_tokens=24)
+        reply_b, stats_b, _ = run(engine, first_b, max_tokens=24)
+        _, again_a, _ = run(engine, chat("first person: sum a list in python", reply_a, "and in rust?"), max_tokens=8)
+        _, again_b, _ = run(engine, chat("second person: why is the sky blue", reply_b, "at sunset?"), max_tokens=8)
+        for first, stats, again in ((first_a, stats_a, again_a), (first_b, stats_b, again_b)):
+            whole = len(engine.fit(first, 24)[0]) + stats.tokens - 1  # the first turn and its reply
+            assert (again.reused_tokens >= whole) == expect_reuse, (engine.conversations, again.reused_tokens, whole)
+    # scoring for the router, then the reply on the base: still one prefill, in the right sequence
+    follow = chat("first person: sum a list in python", reply_a, "and in go?")
+    shared.score(follow, max_tokens=8)
+    _, stats, _ = run(shared, follow, max_tokens=8)
+    assert stats.reused_tokens == stats.prompt_tokens
