@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="layers to offload to the GPU (default: all on Apple Silicon, 0 elsewhere; 0 turns Metal off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: half the cores)")
     p.add_argument("--conversations", type=_positive_int, default=None, metavar="N",
-                   help="conversations kept in the KV cache at once, each costing one context of memory "
-                        "(default 2, or 4 on a Space where visitors take turns)")
+                   help="conversations kept in the KV cache at once, each costing one context of memory per "
+                        "route (default 1, or 4 on a Space where visitors take turns)")
     p.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
                    help=f"longest reply in tokens; the context keeps this much room for it (default: "
                         f"{DEFAULT_MAX_TOKENS}, ChatSettings.max_tokens)")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                         n_gpu_layers=args.gpu_layers,
                         modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths},
                         draft=None if args.no_draft else paths.get("draft"),
-                        conversations=args.conversations or (4 if space else 2))
+                        conversations=args.conversations or (4 if space else 1))
         if startup:
             startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place
     except ModelFileError as exc:
