@@ -28,7 +28,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
-from models.gguf_header import check_hyperparameters, read_metadata, read_tensor_shapes
+from models.gguf_header import check_hyperparameters, read_header, read_metadata
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -146,9 +146,8 @@ class Engine:
         threads = n_threads or default_threads()
         self.n_threads = threads
         entries = modifiers or {}
-        self.modifiers = ModifierRegistry(
-            self.model.model, entries, read_metadata(self.model_path).get("general.architecture"),
-            read_tensor_shapes(self.model_path) if entries else None)
+        header, shapes = read_header(self.model_path, tensors=bool(entries))
+        self.modifiers = ModifierRegistry(self.model.model, entries, header.get("general.architecture"), shapes)
         # KV sequences per route (the plain base, then each modifier), `conversations` of them per
         # route, in one context: a switch re-evaluates only what that adapter has not seen, KV
         # computed under one adapter is never reused under another, and people taking turns (a
@@ -317,6 +316,15 @@ class Engine:
         self._used[seq] = self._uses
         return seq
 
+    def _keep_prefix(self, seq: int, tokens: Sequence[int]) -> int:
+        """Cut sequence `seq` back to the longest start it shares with `tokens`; returns its length."""
+        keep = _common_prefix(self._kv[seq], tokens)
+        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
+            keep = 0
+        del self._kv[seq][keep:]
+        return keep
+
     def _evaluate(self, tokens: Sequence[int], route: str | None) -> tuple[int, int]:
         """Bring one of route's KV sequences to exactly `tokens`, reusing its longest cached
         prefix, with route's adapter active. Returns (sequence, how many tokens were reused)."""
@@ -325,11 +333,7 @@ class Engine:
         cached = self._kv[seq]
         if cached == list(tokens) and self._fresh == (seq, len(tokens)):
             return seq, len(tokens)  # just decoded (by score()): its last logits are still in the context
-        keep = _common_prefix(cached, tokens[:-1])  # else re-evaluate >= 1 token to get fresh logits
-        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
-            keep = 0
-        del cached[keep:]
+        keep = self._keep_prefix(seq, tokens[:-1])  # else re-evaluate >= 1 token to get fresh logits
         for start in range(keep, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
             self._decode(chunk, start, seq)
@@ -364,11 +368,7 @@ class Engine:
             seq = self._sequence(None, prompt)
             self.modifiers.activate(self.ctx.ctx, None)
             cached = self._kv[seq]
-            keep = _common_prefix(cached, prompt[:start - 1])  # row start - 1 predicts the first message token
-            if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
-                llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
-                keep = 0
-            del cached[keep:]
+            keep = self._keep_prefix(seq, prompt[:start - 1])  # row start - 1 predicts the first message token
             nll, at = 0.0, keep
             while at < len(prompt):
                 # rows from start - 1 to end - 2 predict the message's tokens; at most `chunk` per batch

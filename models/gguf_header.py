@@ -71,16 +71,18 @@ class _Header:
 
 def read_metadata(path: Path) -> dict[str, object]:
     """The scalar and string values of a GGUF file's header (arrays are skipped), by key."""
-    return _read(Path(path), tensors=False)[0]
+    return read_header(path)[0]
 
 
 def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape by name, in ggml order (ne0, ne1, ...), from the tensor infos after
+    return read_header(path, tensors=True)[1]
+
+
+def read_header(path: Path, tensors: bool = False) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
+    """(metadata, tensor shapes): the header's values as read_metadata gives them and, with
+    `tensors`, each tensor's shape by name in ggml order (ne0, ne1, ...) from the tensor infos after
     the header: what a LoRA's A and B matrices are checked against (modifiers/registry.py)."""
-    return _read(Path(path), tensors=True)[1]
-
-
-def _read(path: Path, tensors: bool) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
+    path = Path(path)
     with open(path, "rb") as f:
         head = f.read(24)
         if len(head) < 24 or head[:4] != b"GGUF":
