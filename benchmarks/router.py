@@ -15,7 +15,7 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
   to read, and the KV cache holds the conversation). On the demo base, a 768-wide one and a
   Qwen2.5-0.5B-shaped one.
 
-    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60]
+    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--large]
 
 The last line is JSON: signals_p50_ms, signals_p95_ms, ttft_base_route_vs_unrouted (median routed
 TTFT / median unrouted TTFT on the demo base), and the per-model figures.
@@ -57,6 +57,11 @@ DATA = Path(__file__).resolve().parent.parent / "router" / "data"
 MODELS = {"demo": (DemoSpec(), None), "demo-768": (replace(DemoSpec(), n_embd=768, n_ff=2048), None),
           "qwen0.5b-shape": (replace(DemoSpec(), n_embd=896, n_ff=4864, n_head=14, n_head_kv=2, extra_layers=22,
                                      min_vocab=151_936, weight_type="q8_0"), 16)}
+# --large: the smallest real base (qwen2.5-1.5b profile: 1536 wide, 28 layers), in Q8_0 (the profile
+# ships Q4_K_M, which the gguf package cannot write; both are quantized CPU kernels). A 1.8 GB file,
+# ~2 s per first token on one thread, so 8 messages per path: about 4 minutes.
+LARGE = {"qwen1.5b-shape": (replace(DemoSpec(), n_embd=1536, n_ff=8960, n_head=12, n_head_kv=2, extra_layers=26,
+                                    min_vocab=151_936, weight_type="q8_0"), 8)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -141,6 +146,7 @@ def main() -> None:
     parser.add_argument("--ttft-n", type=int, default=60, help="messages per path for TTFT (default 60)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--large", action="store_true", help="also a Qwen2.5-1.5B-shaped base (~4 more minutes)")
     args = parser.parse_args()
     from models.engine import default_threads
     from router.domain import DomainClassifier
@@ -160,7 +166,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
         tmp = Path(tmp)
-        for name, (spec, n) in MODELS.items():
+        for name, (spec, n) in (MODELS | LARGE if args.large else MODELS).items():
             path = tmp / f"{name}.gguf"
             write_model(path, spec, "base")
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
@@ -178,6 +184,8 @@ def main() -> None:
         "ttft_base_route_vs_unrouted": round(results["demo"]["ratio"], 3),
         "ttft_base_route_vs_unrouted_768": round(results["demo-768"]["ratio"], 3),
         "ttft_base_route_vs_unrouted_qwen05_shape": round(results["qwen0.5b-shape"]["ratio"], 3),
+        **({"ttft_base_route_vs_unrouted_qwen15_shape": round(results["qwen1.5b-shape"]["ratio"], 3)}
+           if "qwen1.5b-shape" in results else {}),
         "ttft_follow_up_vs_unrouted": {k: round(v["follow_up_ratio"], 3) for k, v in results.items()},
         "ttft_ms": {k: {"routed": round(v["routed_ms"], 2), "unrouted": round(v["unrouted_ms"], 2)}
                     for k, v in results.items()},

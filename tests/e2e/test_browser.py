@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -210,8 +211,11 @@ def test_visitors_wait_in_one_queue_and_see_their_place(app):
             page.goto(url)
             page.wait_for_selector("#message textarea")
             page.fill("#message textarea", f"visitor {i}: tell me a long story " * 20)
+        # all three press Send at the same instant (one clock, a timer in each page): pressing
+        # Enter page after page let the first short demo reply finish before the third was sent
+        at = time.time() * 1000 + 800
         for page in pages:
-            page.press("#message textarea", "Enter")
+            page.evaluate("at => setTimeout(() => document.querySelector('#send').click(), at - Date.now())", at)
         shown = set()
         for _ in range(200):
             for page in pages:
