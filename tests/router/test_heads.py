@@ -53,3 +53,14 @@ def test_a_text_embeds_the_same_alone_as_among_others():
     together = embedder.encode(texts)
     alone = embedder.encode(texts[:1])
     assert np.array_equal(together[0], alone[0])
+
+
+def test_embeddings_made_in_worker_processes_are_the_ones_encode_makes():
+    """router.train embeds its texts in worker processes: the heads must see the app's numbers."""
+    from router.embeddings import Embedder
+
+    texts = ["thx, that fixed it", "no. I said Rust, not Go", "every Monday email me the sales totals"]
+    preloaded = Embedder(cache_size=16)
+    preloaded.preload(texts, processes=2)
+    assert set(preloaded._cache) == set(texts)
+    assert np.array_equal(preloaded.encode(texts), Embedder(cache_size=0).encode(texts))
