@@ -70,9 +70,9 @@ class Embedder:
         return np.stack(rows) if rows else np.zeros((0, DIM), np.float32)
 
     def preload(self, texts: Sequence[str], processes: int = 2) -> None:
-        """Embed the texts not yet cached in `processes` worker processes (training embeds ~13,000:
-        two processes take half the time of one on this 2-core CPU). Each worker embeds one text
-        per call, as encode() does, so the cache holds exactly the vectors encode() would make."""
+        """Embed the texts not yet cached in `processes` worker processes (router.train embeds
+        ~13,000; with two on this 2-core CPU it takes 81 s instead of 107). Each worker embeds one
+        text per call, as encode() does, so the cache holds exactly the vectors encode() would make."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         chunks = [missing[i:i + 64] for i in range(0, len(missing), 64)]
         spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork

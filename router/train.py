@@ -2,8 +2,9 @@
 
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
-Seeded and CPU-only; most of the time goes to embedding the ~13,000 texts once (in parallel). With --holdout a
-stratified share of each file is kept out of training and scored, and nothing is written."""
+Seeded and CPU-only; most of the time goes to embedding the ~13,000 texts once, in worker processes.
+With --holdout a stratified share of each file is kept out of training and scored, and nothing is
+written."""
 
 from __future__ import annotations
 
