@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import pytest
 from gradio_client import Client
@@ -23,9 +24,12 @@ MAX_TOKENS = 8  # short replies keep the suite fast; the queueing is the same at
 
 def one_client(url: str, index: int, start: threading.Barrier) -> dict:
     """A person: open a session, then send MESSAGES unique messages one after another, each as
-    soon as the previous reply is back. Errors are collected, not raised, so every client runs."""
-    client = Client(url, verbose=False)
-    session = client.predict(api_name="/new_session")
+    soon as the previous reply is back. Errors are collected, not raised, so every client runs.
+    Each request goes through its own gradio_client Client (its own event stream): with one Client
+    for all 20, gradio_client 2.7.2 once raised CancelledError for a reply the app had finished and
+    stored (its shared stream closed as the next request joined it), 1 request in ~1,000."""
+    with closing(Client(url, verbose=False)) as client:
+        session = client.predict(api_name="/new_session")
     tag = secrets.token_hex(4)
     turns, errors = [], []
     start.wait()
@@ -33,7 +37,8 @@ def one_client(url: str, index: int, start: threading.Barrier) -> dict:
         message = f"client {index} message {i} [{tag}]: what comes after {i}?"
         sent = time.time()
         try:
-            reply = client.predict(message, session, api_name="/chat")
+            with closing(Client(url, verbose=False)) as client:
+                reply = client.predict(message, session, api_name="/chat")
         except Exception as exc:  # noqa: BLE001 - counted and shown
             errors.append(f"client {index} message {i}: {type(exc).__name__}: {exc}")
             continue
