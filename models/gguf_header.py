@@ -74,10 +74,6 @@ def read_metadata(path: Path) -> dict[str, object]:
     return read_header(path)[0]
 
 
-def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    return read_header(path, tensors=True)[1]
-
-
 def read_header(path: Path, tensors: bool = False) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
     """(metadata, tensor shapes): the header's values as read_metadata gives them and, with
     `tensors`, each tensor's shape by name in ggml order (ne0, ne1, ...) from the tensor infos after

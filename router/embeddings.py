@@ -98,5 +98,5 @@ def _start_worker(max_seq_length: int, max_chars: int) -> None:
     _WORKER = Embedder(max_seq_length, max_chars, cache_size=0, threads=1)
 
 
-def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
-    return [_WORKER._encode_one(t[:_WORKER.max_chars]).astype(np.float32) for t in texts]
+def _encode_in_worker(texts: list[str]) -> np.ndarray:
+    return _WORKER.encode(texts)

@@ -72,8 +72,8 @@ def test_each_lora_adapter_loads_on_the_base(engine, demo_set, name):
 def test_the_header_reader_gives_every_tensor_shape_as_gguf_does(demo_set):
     """models/gguf_header.py reads tensor shapes without mapping the file (LoRA checks against the
     base): the same shapes as the gguf package's reader, for the base and an adapter."""
-    from models.gguf_header import read_tensor_shapes
+    from models.gguf_header import read_header
 
     for name in ("base", "code"):
         reader = gguf.GGUFReader(demo_set[name])
-        assert read_tensor_shapes(demo_set[name]) == {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}
+        assert read_header(demo_set[name], tensors=True)[1] == {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}
