@@ -64,3 +64,20 @@ def test_embeddings_made_in_worker_processes_are_the_ones_encode_makes():
     preloaded.preload(texts, processes=2)
     assert set(preloaded._cache) == set(texts)
     assert np.array_equal(preloaded.encode(texts), Embedder(cache_size=0).encode(texts))
+
+
+def test_the_sparse_product_and_its_gradient_match_torchs_dense_ones():
+    import torch
+    from scipy import sparse
+
+    from router.heads import SparseRowsTimesWeight
+
+    x = sparse.random(40, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    weight = torch.randn(3, 30, requires_grad=True)
+    upstream = torch.randn(40, 3)
+    (SparseRowsTimesWeight.apply(weight, x) * upstream).sum().backward()
+    ours, weight.grad = weight.grad.clone(), None
+    dense = torch.from_numpy(x.toarray())
+    (dense @ weight.T * upstream).sum().backward()
+    assert torch.allclose(SparseRowsTimesWeight.apply(weight, x), dense @ weight.T, atol=1e-5)
+    assert torch.allclose(ours, weight.grad, atol=1e-5)
