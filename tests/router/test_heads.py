@@ -81,3 +81,18 @@ def test_the_sparse_product_and_its_gradient_match_torchs_dense_ones():
     (dense @ weight.T * upstream).sum().backward()
     assert torch.allclose(SparseRowsTimesWeight.apply(weight, x), dense @ weight.T, atol=1e-5)
     assert torch.allclose(ours, weight.grad, atol=1e-5)
+
+
+def test_one_texts_feature_row_is_the_one_sklearns_transform_gives():
+    from router.heads import Head
+
+    head, _ = Head.load(WEIGHTS_DIR / "escalation.pt")
+    texts = ["", "🙂🙂", "zzqx qqzz", "still still still doesn't compile", "I said EVERY Monday, not once!!",
+             "wait — does this also work on Mac?", "ça ne marche toujours pas", "x" * 5000]
+    matrix = head.text.transform(texts)
+    n_word = len(head.text.word.vocabulary_)
+    for i, text in enumerate(head.text.clip(texts)):
+        (word_columns, word_values), (char_columns, char_values) = head.text.row(text)
+        ours = np.zeros(head.text.size)
+        ours[word_columns], ours[n_word + char_columns] = word_values, char_values
+        assert np.allclose(ours, matrix[i].toarray()[0], atol=1e-12), text[:40]
