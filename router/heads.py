@@ -154,7 +154,7 @@ class Head(nn.Module):
         text_logits = [word_values @ w_word[word_columns] + char_values @ w_char[char_columns]
                        for (word_columns, word_values), (char_columns, char_values)
                        in map(self.text.row, self.text.clip(texts))]
-        logits = np.array(text_logits).reshape(len(texts), -1) + dense @ w_dense + bias
+        logits = np.array(text_logits).reshape(len(texts), self.config["n_out"]) + dense @ w_dense + bias
         if self.config["n_out"] == 1:
             return 1.0 / (1.0 + np.exp(-logits[:, 0]))
         logits -= logits.max(axis=1, keepdims=True)

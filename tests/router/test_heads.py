@@ -96,3 +96,4 @@ def test_one_texts_feature_row_is_the_one_sklearns_transform_gives():
         ours = np.zeros(head.text.size)
         ours[word_columns], ours[n_word + char_columns] = word_values, char_values
         assert np.allclose(ours, matrix[i].toarray()[0], atol=1e-12), text[:40]
+    assert head.probabilities([], np.zeros((0, head.config["n_dense"]), np.float32)).shape == (0,)
