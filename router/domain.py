@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from router.decision import DOMAINS
+from router.embeddings import DIM
 from router.heads import WEIGHTS_DIR, Head, domain_dense
 
 
 class DomainClassifier:
     def __init__(self, path: Path = WEIGHTS_DIR / "domain.pt"):
-        self.head, self.meta = Head.load(path)
+        self.head, self.meta = Head.load(path, domain_dense([""], np.zeros((1, DIM))).shape[1])
 
     def score(self, text: str, embedding: np.ndarray, previous_probs: dict[str, float] | None = None) -> dict[str, float]:
         """text and its (DIM,) embedding; previous_probs: the previous turn's domain probabilities."""

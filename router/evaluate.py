@@ -78,7 +78,7 @@ def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> d
     texts = [r["text"] for r in rows]
     previous = embedder.encode([r["previous_answer"] or "" for r in rows])
     previous[[not r["previous_answer"] for r in rows]] = 0.0
-    probs = detector.score_many(texts, embedder.encode(texts), previous)
+    probs = detector.score_many(texts, embedder.encode(texts), embedder.middle_layers(texts), previous)
     return escalation_report([int(r["label"]) for r in rows], [int(p >= tau_e) for p in probs])
 
 

@@ -103,10 +103,13 @@ def domain_dense(texts: Sequence[str], messages: np.ndarray, previous_probs: np.
     return np.hstack([EMBEDDING_SCALE * messages, prior, shortness * prior, has]).astype(np.float32)
 
 
-def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
-    """messages (n, DIM); previous_answers (n, DIM), rows of zeros where there is none."""
+def escalation_dense(messages: np.ndarray, middle_layers: np.ndarray,
+                     previous_answers: np.ndarray | None = None) -> np.ndarray:
+    """messages (n, DIM) and their middle_layers (n, MIDDLE_LAYERS, DIM) from Embedder;
+    previous_answers (n, DIM), rows of zeros where there is none."""
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
-    return np.hstack([EMBEDDING_SCALE * messages, 4 * EMBEDDING_SCALE * messages * previous]).astype(np.float32)
+    return np.hstack([EMBEDDING_SCALE * messages, 4 * EMBEDDING_SCALE * messages * previous,
+                      EMBEDDING_SCALE * middle_layers.reshape(len(messages), -1)]).astype(np.float32)
 
 
 class SparseRowsTimesWeight(torch.autograd.Function):
@@ -168,7 +171,8 @@ class Head(nn.Module):
                     "state": {k: v.half() for k, v in self.state_dict().items()}}, path)  # float16: half the file
 
     @classmethod
-    def load(cls, path: Path) -> tuple["Head", dict]:
+    def load(cls, path: Path, n_dense: int) -> tuple["Head", dict]:
+        """The head in `path`, which must read the n_dense features the caller computes."""
         rebuild = "rebuild it with: python -m router.train (or restore it with git checkout router/weights)"
         if not path.is_file():
             raise HeadFileError(f"{path}: router head weights not found; {rebuild}")
@@ -180,5 +184,8 @@ class Head(nn.Module):
             first_line = (str(exc).splitlines() or [""])[0][:120]  # torch's own text goes on for a page
             raise HeadFileError(f"{path}: router head weights unreadable ({type(exc).__name__}: {first_line}); "
                                 f"{rebuild}") from exc
+        if head.config["n_dense"] != n_dense:  # weights from another version of router.train
+            raise HeadFileError(f"{path}: router head weights for {head.config['n_dense']} dense features, but this "
+                                f"router computes {n_dense}; {rebuild}")
         head.eval()
         return head, saved["meta"]

@@ -58,8 +58,9 @@ class Router:
         domain_probs = self.domain.score(message, embedding, previous_probs)
         if not previous_answer:
             return 0.0, domain_probs
+        middle = self.embedder.middle_layers([message])[0]  # made by the encode above: from the cache
         answer = self.embedder.encode([previous_answer])[0]  # cached by remember() when the reply ended
-        return self.escalation.score(message, embedding, answer), domain_probs
+        return self.escalation.score(message, embedding, middle, answer), domain_probs
 
     def remember(self, answer: str) -> None:
         """Embed a finished reply in the background (on the signals thread, which owns the

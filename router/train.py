@@ -100,7 +100,7 @@ def escalation_inputs(embedder: Embedder, rows: list[dict]) -> tuple[list[str], 
     texts = [r["text"] for r in rows]
     previous = embedder.encode([r["previous_answer"] or "" for r in rows])
     previous[[not r["previous_answer"] for r in rows]] = 0.0
-    return texts, escalation_dense(embedder.encode(texts), previous)
+    return texts, escalation_dense(embedder.encode(texts), embedder.middle_layers(texts), previous)
 
 
 def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:

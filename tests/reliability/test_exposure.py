@@ -182,7 +182,7 @@ def test_a_router_weights_file_with_pickled_code_is_refused_not_run(tmp_path):
     marker.unlink()
 
     with pytest.raises(HeadFileError) as err:
-        Head.load(weights)
+        Head.load(weights, 1)
     assert str(weights) in str(err.value) and "unreadable" in str(err.value)
     assert not marker.exists()
 
@@ -195,7 +195,7 @@ def test_a_plain_pickle_in_place_of_router_weights_is_refused_not_run(tmp_path):
     weights = tmp_path / "escalation.pt"
     weights.write_bytes(pickle.dumps(Payload(marker), protocol=2))
     with pytest.raises(HeadFileError):
-        Head.load(weights)
+        Head.load(weights, 1)
     assert not marker.exists()
 
 
