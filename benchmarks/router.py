@@ -73,7 +73,7 @@ def bench_signals(router: Router, n: int, seed: int) -> dict:
     domain = rng.sample(read_jsonl(DATA / "domain.jsonl", ("text", "label")), n // 2)
     escalation = rng.sample(read_jsonl(DATA / "escalation.jsonl", ("previous_answer", "text", "label")), n - n // 2)
     for row in escalation:
-        router.embedder.encode([row["previous_answer"]])  # what Router.remember does when a reply ends
+        router.embedder.layers([row["previous_answer"]])  # what Router.remember does when a reply ends
     cases = [(r["text"], None) for r in domain] + [(r["text"], r["previous_answer"]) for r in escalation]
     rng.shuffle(cases)
     for text, previous in cases[:10]:  # warm-up (torch's first calls allocate)

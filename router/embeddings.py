@@ -16,8 +16,8 @@ import numpy as np
 HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 # MiniLM-L6's layers before the last. The sentence embedding (the last layer's mean) is trained for
-# topic similarity; the earlier layers' means keep more of how a thing is said, which the escalation
-# head reads too (held out by writer, F1 0.879 -> 0.893). They come out of the same encode.
+# topic similarity; the earlier layers' means keep more of how a thing is said and of what an answer
+# and the reply to it share, which the escalation head reads too. They come out of the same encode.
 MIDDLE_LAYERS = 5
 
 
@@ -61,10 +61,10 @@ class Embedder:
         """Unit-length float32 sentence embeddings, (n, DIM); recent texts come from a cache."""
         return self._stacks(texts)[:, -1]
 
-    def middle_layers(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, MIDDLE_LAYERS, DIM): each earlier layer's token states, averaged, at unit length; made
-        by the same encode as the sentence embedding (a text encode() has seen costs nothing more)."""
-        return self._stacks(texts)[:, :-1]
+    def layers(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, MIDDLE_LAYERS + 1, DIM): each earlier layer's token states, averaged, at unit length,
+        then the sentence embedding; made by the same encode as encode()'s (one encode per text)."""
+        return self._stacks(texts)
 
     def _stacks(self, texts: Sequence[str]) -> np.ndarray:
         # One text at a time, always: the int8 layers quantize their inputs with one scale per call,

@@ -12,16 +12,13 @@ from router.heads import WEIGHTS_DIR, Head, escalation_dense
 
 class EscalationDetector:
     def __init__(self, path: Path = WEIGHTS_DIR / "escalation.pt"):
-        n_dense = escalation_dense(np.zeros((1, DIM)), np.zeros((1, MIDDLE_LAYERS, DIM))).shape[1]
+        n_dense = escalation_dense(np.zeros((1, MIDDLE_LAYERS + 1, DIM))).shape[1]
         self.head, self.meta = Head.load(path, n_dense)
 
-    def score(self, text: str, embedding: np.ndarray, middle_layers: np.ndarray,
-              previous_answer: np.ndarray | None = None) -> float:
-        """text, its (DIM,) embedding and (MIDDLE_LAYERS, DIM) middle layers (Embedder);
-        previous_answer: the last reply's embedding, if any."""
-        previous = None if previous_answer is None else previous_answer[None, :]
-        return float(self.score_many([text], embedding[None, :], middle_layers[None], previous)[0])
+    def score(self, text: str, layers: np.ndarray, previous_answer: np.ndarray | None = None) -> float:
+        """text and its (MIDDLE_LAYERS + 1, DIM) Embedder.layers; previous_answer: the last reply's, if any."""
+        previous = None if previous_answer is None else previous_answer[None]
+        return float(self.score_many([text], layers[None], previous)[0])
 
-    def score_many(self, texts: list[str], embeddings: np.ndarray, middle_layers: np.ndarray,
-                   previous_answers: np.ndarray | None = None) -> np.ndarray:
-        return self.head.probabilities(texts, escalation_dense(embeddings, middle_layers, previous_answers))
+    def score_many(self, texts: list[str], layers: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
+        return self.head.probabilities(texts, escalation_dense(layers, previous_answers))

@@ -76,9 +76,9 @@ def evaluate_domain(rows: list[dict], embedder, classifier) -> dict:
 
 def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> dict:
     texts = [r["text"] for r in rows]
-    previous = embedder.encode([r["previous_answer"] or "" for r in rows])
+    previous = embedder.layers([r["previous_answer"] or "" for r in rows])
     previous[[not r["previous_answer"] for r in rows]] = 0.0
-    probs = detector.score_many(texts, embedder.encode(texts), embedder.middle_layers(texts), previous)
+    probs = detector.score_many(texts, embedder.layers(texts), previous)
     return escalation_report([int(r["label"]) for r in rows], [int(p >= tau_e) for p in probs])
 
 

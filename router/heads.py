@@ -103,13 +103,14 @@ def domain_dense(texts: Sequence[str], messages: np.ndarray, previous_probs: np.
     return np.hstack([EMBEDDING_SCALE * messages, prior, shortness * prior, has]).astype(np.float32)
 
 
-def escalation_dense(messages: np.ndarray, middle_layers: np.ndarray,
-                     previous_answers: np.ndarray | None = None) -> np.ndarray:
-    """messages (n, DIM) and their middle_layers (n, MIDDLE_LAYERS, DIM) from Embedder;
-    previous_answers (n, DIM), rows of zeros where there is none."""
+def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
+    """messages and previous_answers as Embedder.layers gives them, (n, MIDDLE_LAYERS + 1, DIM);
+    zeros where there is no answer. The message's layers, and at each layer what it shares with
+    the answer (their product: a linear head cannot multiply two inputs itself)."""
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
-    return np.hstack([EMBEDDING_SCALE * messages, 4 * EMBEDDING_SCALE * messages * previous,
-                      EMBEDDING_SCALE * middle_layers.reshape(len(messages), -1)]).astype(np.float32)
+    n = len(messages)
+    return np.hstack([EMBEDDING_SCALE * messages.reshape(n, -1),
+                      4 * EMBEDDING_SCALE * (messages * previous).reshape(n, -1)]).astype(np.float32)
 
 
 class SparseRowsTimesWeight(torch.autograd.Function):

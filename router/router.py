@@ -54,19 +54,18 @@ class Router:
                 previous_probs: dict[str, float] | None) -> tuple[float, dict[str, float]]:
         """(escalation P, domain probabilities): one encode of the message, read by both heads. With no
         previous answer there is nothing to be unhappy about, and the escalation P is 0."""
-        embedding = self.embedder.encode([message])[0]
-        domain_probs = self.domain.score(message, embedding, previous_probs)
+        layers = self.embedder.layers([message])[0]  # the sentence embedding is the last
+        domain_probs = self.domain.score(message, layers[-1], previous_probs)
         if not previous_answer:
             return 0.0, domain_probs
-        middle = self.embedder.middle_layers([message])[0]  # made by the encode above: from the cache
-        answer = self.embedder.encode([previous_answer])[0]  # cached by remember() when the reply ended
-        return self.escalation.score(message, embedding, middle, answer), domain_probs
+        answer = self.embedder.layers([previous_answer])[0]  # cached by remember() when the reply ended
+        return self.escalation.score(message, layers, answer), domain_probs
 
     def remember(self, answer: str) -> None:
         """Embed a finished reply in the background (on the signals thread, which owns the
         embedder's cache), so the next message's routing finds it ready."""
         if answer:
-            self._worker.submit(self.embedder.encode, [answer])
+            self._worker.submit(self.embedder.layers, [answer])
 
     def settle(self) -> None:
         """Wait until background work (remember) is done: a person takes longer than that to type."""

@@ -98,9 +98,9 @@ def train_domain(embedder: Embedder, rows: list[dict], followups: list[dict], se
 
 def escalation_inputs(embedder: Embedder, rows: list[dict]) -> tuple[list[str], np.ndarray]:
     texts = [r["text"] for r in rows]
-    previous = embedder.encode([r["previous_answer"] or "" for r in rows])
+    previous = embedder.layers([r["previous_answer"] or "" for r in rows])
     previous[[not r["previous_answer"] for r in rows]] = 0.0
-    return texts, escalation_dense(embedder.encode(texts), embedder.middle_layers(texts), previous)
+    return texts, escalation_dense(embedder.layers(texts), previous)
 
 
 def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:

@@ -40,7 +40,7 @@ def test_weights_for_another_version_of_the_features_say_so_and_how_to_rebuild(t
 
     path = tmp_path / "escalation.pt"
     Head(TextFeatures.fit(["that is wrong", "thanks"]), 768, 1).save(path, {})
-    with pytest.raises(HeadFileError, match=r"escalation\.pt: .*768 dense features.* computes 2688.*python -m router\.train"):
+    with pytest.raises(HeadFileError, match=r"escalation\.pt: .*768 dense features.* computes 4608.*python -m router\.train"):
         EscalationDetector(path)
 
 
@@ -50,7 +50,8 @@ def test_probabilities_are_distributions(router_parts):
     vectors = embedder.encode(texts)
     probs = domain.score_many(texts, vectors)
     assert probs.shape == (4, 4) and np.allclose(probs.sum(axis=1), 1.0) and (probs >= 0).all()
-    p = escalation.score_many(texts, vectors, embedder.middle_layers(texts), vectors[::-1].copy())
+    layers = embedder.layers(texts)
+    p = escalation.score_many(texts, layers, layers[::-1].copy())
     assert ((p >= 0) & (p <= 1)).all()
 
 
@@ -77,10 +78,10 @@ def test_embeddings_made_in_worker_processes_are_the_ones_encode_makes():
     assert set(preloaded._cache) == set(texts)
     fresh = Embedder(cache_size=0)
     assert np.array_equal(preloaded.encode(texts), fresh.encode(texts))
-    assert np.array_equal(preloaded.middle_layers(texts), fresh.middle_layers(texts))
+    assert np.array_equal(preloaded.layers(texts), fresh.layers(texts))
 
 
-def test_the_middle_layers_are_the_mean_token_states_of_the_same_encode(router_parts, monkeypatch):
+def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
     """The escalation head reads MiniLM's earlier layers too; they must be the layers they claim
     (checked against transformers' own hidden states), and cost no second encode."""
     import torch
@@ -91,19 +92,19 @@ def test_the_middle_layers_are_the_mean_token_states_of_the_same_encode(router_p
     texts = ["seriously? that's the same answer as before", "thx!"]
     sentence = embedder.encode(texts)
     monkeypatch.setattr(embedder, "_encode_one", lambda text: pytest.fail(f"encoded {text!r} twice"))
-    middle = embedder.middle_layers(texts)
-    assert middle.shape == (2, MIDDLE_LAYERS, DIM) and middle.dtype == np.float32
-    assert np.allclose(np.linalg.norm(middle, axis=-1), 1.0, atol=1e-5)
+    layers = embedder.layers(texts)
+    assert layers.shape == (2, MIDDLE_LAYERS + 1, DIM) and layers.dtype == np.float32
+    assert np.array_equal(layers[:, -1], sentence)
+    assert np.allclose(np.linalg.norm(layers, axis=-1), 1.0, atol=1e-5)
     transformer = embedder.model[0]
     with torch.inference_mode():
-        for text, layers, last in zip(texts, middle, sentence):
+        for text, ours in zip(texts, layers):
             tokens = transformer.tokenizer(text, return_tensors="pt")
             states = transformer.auto_model(**tokens, output_hidden_states=True).hidden_states
             assert len(states) == MIDDLE_LAYERS + 2  # input embeddings, the middle layers, the last
             means = torch.nn.functional.normalize(torch.stack([s[0].mean(0) for s in states]), dim=-1).numpy()
-            assert np.allclose(layers, means[1:-1], atol=1e-5)
-            assert np.allclose(last, means[-1], atol=1e-5)  # the sentence embedding: the last layer's mean
-    assert not np.allclose(middle[:, 0], middle[:, -1], atol=0.05)  # distinct layers, not one repeated
+            assert np.allclose(ours, means[1:], atol=1e-5)  # the input embeddings are not used
+    assert not np.allclose(layers[:, 0], layers[:, -2], atol=0.05)  # distinct layers, not one repeated
 
 
 def test_the_sparse_product_and_its_gradient_match_torchs_dense_ones():

@@ -72,6 +72,26 @@ def test_an_unhappy_user_is_escalated_to_the_conversation_domain(engine, router_
     assert unhappy.escalation_p >= 0.5 and unhappy.rule == "escalation" and unhappy.route == "reasoning"
 
 
+def test_routing_a_reply_to_an_answer_encodes_only_the_new_message(engine, router_parts, monkeypatch):
+    """Both heads and every layer the escalation head reads come from one encode of the message;
+    the answer's layers were made by remember() when it ended."""
+    from router.embeddings import Embedder
+
+    _, domain, escalation = router_parts
+    embedder = Embedder()
+    router = Router(Perplexity(engine.score, max_tokens=48), ALWAYS_PAST_THE_GATE, embedder, domain, escalation)
+    answer = "Use csv.DictReader: `list(csv.DictReader(open(path)))`."
+    router.remember(answer)
+    router.settle()
+    encoded = []
+    original = embedder._encode_one
+    monkeypatch.setattr(embedder, "_encode_one", lambda text: encoded.append(text) or original(text))
+    history = [{"role": "user", "content": "How do I read a CSV in Python?"}, {"role": "assistant", "content": answer}]
+    d = router.decide("that loads everything into memory, I said the file is 40 GB", history, system_prompt=SYSTEM)
+    assert encoded == ["that loads everything into memory, I said the file is 40 GB"]
+    assert 0.0 < d.escalation_p < 1.0
+
+
 def test_every_reply_stores_its_decision_and_stats(routed_service):
     *_, last = routed_service.respond(None, "Write a bash one-liner that counts lines in all .py files.")
     assert last.status == "complete" and last.decision.route == "code" and last.stats.adapter == "code"
