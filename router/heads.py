@@ -138,11 +138,16 @@ class Head(nn.Module):
         self.linear = nn.Linear(text.size + n_dense, n_out)
         self._numpy: tuple[np.ndarray, ...] | None = None  # probabilities()' weights, made once
 
-    def inputs(self, texts: Sequence[str], dense: np.ndarray) -> sparse.csr_matrix:
-        return sparse.hstack([self.text.transform(texts), sparse.csr_matrix(dense)], format="csr", dtype=np.float32)
+    def inputs(self, texts: Sequence[str], dense: np.ndarray) -> tuple[sparse.csr_matrix, torch.Tensor]:
+        return self.text.transform(texts).astype(np.float32), torch.from_numpy(np.ascontiguousarray(dense, np.float32))
 
-    def forward(self, x: sparse.csr_matrix) -> torch.Tensor:
-        return SparseRowsTimesWeight.apply(self.linear.weight, x) + self.linear.bias
+    def forward(self, x: tuple[sparse.csr_matrix, torch.Tensor]) -> torch.Tensor:
+        """x: (TF-IDF rows, dense features). The dense block stays a dense product: inside the sparse
+        matrix, its 4,608 columns per escalation row made that fit take 15.7 s; apart, 5.4 s."""
+        text, dense = x
+        n_text = self.text.size
+        weight = self.linear.weight
+        return SparseRowsTimesWeight.apply(weight[:, :n_text], text) + dense @ weight[:, n_text:].T + self.linear.bias
 
     def probabilities(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
         """The forward pass in numpy, one text's feature rows at a time (the router's budget is a

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from router.domain import DomainClassifier
-from router.heads import WEIGHTS_DIR, HeadFileError
+from router.heads import WEIGHTS_DIR, HeadFileError, domain_dense, escalation_dense
 
 
 def test_committed_weights_are_small_and_record_their_training_data():
@@ -122,6 +122,22 @@ def test_the_sparse_product_and_its_gradient_match_torchs_dense_ones():
     (dense @ weight.T * upstream).sum().backward()
     assert torch.allclose(SparseRowsTimesWeight.apply(weight, x), dense @ weight.T, atol=1e-5)
     assert torch.allclose(ours, weight.grad, atol=1e-5)
+
+
+def test_the_training_forward_pass_gives_the_apps_probabilities(router_parts):
+    """router.train fits Head.forward (torch, sparse text rows beside a dense block); the app calls
+    Head.probabilities (numpy, one text's rows at a time). Both must be the same function."""
+    import torch
+
+    embedder, domain, escalation = router_parts
+    texts = ["", "that's wrong, I asked for Rust", "thanks!! works now", "x" * 5000]
+    layers = embedder.layers(texts)
+    for head, dense in ((escalation.head, escalation_dense(layers, layers[::-1].copy())),
+                        (domain.head, domain_dense(texts, layers[:, -1]))):
+        with torch.no_grad():
+            logits = head(head.inputs(texts, dense)).numpy()
+        expected = 1 / (1 + np.exp(-logits[:, 0])) if logits.shape[1] == 1 else torch.softmax(torch.from_numpy(logits), 1).numpy()
+        assert np.allclose(head.probabilities(texts, dense), expected, atol=1e-5)
 
 
 def test_one_texts_feature_row_is_the_one_sklearns_transform_gives():
