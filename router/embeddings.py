@@ -50,7 +50,7 @@ class Embedder:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's notice that this API is moving to torchao
             self.model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.model[0].auto_model.config.output_hidden_states = True
+        self.model[0].auto_model.config.output_hidden_states = True  # every layer's token states, for layers()
         # The start of a message says what it is about; 128 tokens bound the cost of a long one.
         self.model.max_seq_length = max_seq_length
         self.max_chars = max_chars  # the tokenizer's own cost on a megabyte-long paste
