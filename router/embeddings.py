@@ -59,14 +59,11 @@ class Embedder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 sentence embeddings, (n, DIM); recent texts come from a cache."""
-        return self._stacks(texts)[:, -1]
+        return self.layers(texts)[:, -1]
 
     def layers(self, texts: Sequence[str]) -> np.ndarray:
         """(n, MIDDLE_LAYERS + 1, DIM): each earlier layer's token states, averaged, at unit length,
         then the sentence embedding; made by the same encode as encode()'s (one encode per text)."""
-        return self._stacks(texts)
-
-    def _stacks(self, texts: Sequence[str]) -> np.ndarray:
         # One text at a time, always: the int8 layers quantize their inputs with one scale per call,
         # taken over the whole padded batch, so a text's embedding depended on its batch-mates
         # (cosine 0.86-0.97 against the same text alone). The app embeds one message at a time, so
@@ -116,4 +113,4 @@ def _start_worker(max_seq_length: int, max_chars: int) -> None:
 
 
 def _encode_in_worker(texts: list[str]) -> np.ndarray:
-    return _WORKER._stacks(texts)
+    return _WORKER.layers(texts)

@@ -74,11 +74,17 @@ def evaluate_domain(rows: list[dict], embedder, classifier) -> dict:
     return domain_report([r["label"] for r in rows], [DOMAINS[i] for i in probs.argmax(axis=1)])
 
 
-def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> dict:
+def escalation_layers(rows: list[dict], embedder) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The rows' texts, their Embedder.layers, and their previous answers' (zeros where none)."""
     texts = [r["text"] for r in rows]
     previous = embedder.layers([r["previous_answer"] or "" for r in rows])
     previous[[not r["previous_answer"] for r in rows]] = 0.0
-    probs = detector.score_many(texts, embedder.layers(texts), previous)
+    return texts, embedder.layers(texts), previous
+
+
+def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> dict:
+    texts, layers, previous = escalation_layers(rows, embedder)
+    probs = detector.score_many(texts, layers, previous)
     return escalation_report([int(r["label"]) for r in rows], [int(p >= tau_e) for p in probs])
 
 

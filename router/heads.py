@@ -8,7 +8,8 @@ embedding (domain macro-F1 0.96 against 0.90 on a held-out split, when the heads
 
 domain head:     + the previous turn's domain probabilities and a has-previous flag, which carry a
                  conversation's domain through vague follow-ups ("and in Rust?") and chains of them
-escalation head: + message ⊙ previous-answer embedding, which relates "that's wrong" to the answer
+escalation head: reads the mean token states of MiniLM's earlier layers too (how a thing is said),
+                 + at every layer message ⊙ previous answer, which relates "that's wrong" to the answer
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from torch import nn
 
 from router.decision import DOMAINS
 from router.embeddings import Embedder
-from router.evaluate import domain_report, escalation_report, read_jsonl
+from router.evaluate import domain_report, escalation_layers, escalation_report, read_jsonl
 from router.heads import WEIGHTS_DIR, Head, TextFeatures, domain_dense, escalation_dense
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -97,10 +97,8 @@ def train_domain(embedder: Embedder, rows: list[dict], followups: list[dict], se
 
 
 def escalation_inputs(embedder: Embedder, rows: list[dict]) -> tuple[list[str], np.ndarray]:
-    texts = [r["text"] for r in rows]
-    previous = embedder.layers([r["previous_answer"] or "" for r in rows])
-    previous[[not r["previous_answer"] for r in rows]] = 0.0
-    return texts, escalation_dense(embedder.layers(texts), previous)
+    texts, layers, previous = escalation_layers(rows, embedder)
+    return texts, escalation_dense(layers, previous)
 
 
 def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:
