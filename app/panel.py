@@ -41,7 +41,8 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
         return _CSS + '<div class="route-path" id="route-path"><div class="step">No message routed yet in this ' \
                       'chat. Send one and its path through the router appears here.</div></div>'
     d, rule = decision, decision["rule"]
-    esc_hit, ppl_hit = d["escalation_p"] >= d["tau_e"], d["perplexity"] <= d["tau_p"]
+    measured = d["perplexity"] is not None  # None: it could not change the route, so it was not scored
+    esc_hit, ppl_hit = d["escalation_p"] >= d["tau_e"], measured and d["perplexity"] <= d["tau_p"]
     steps = []
     if message is not None:
         excerpt = message if len(message) <= EXCERPT_CHARS else message[:EXCERPT_CHARS] + "…"
@@ -50,9 +51,12 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
                        f"{d['tau_e']:.2f} — {'escalate, never base' if esc_hit else 'pass'}",
                        fired=rule == "escalation" or (d["overridden"] and esc_hit)))
     calibrated = "" if d.get("tau_p_calibrated") else " (fallback, not calibrated)"
-    steps.append(_step("perplexity gate", f"{d['perplexity']:.1f} {'≤' if ppl_hit else '>'} τp {d['tau_p']:.1f}"
-                       f"{calibrated} — {'familiar: base' if ppl_hit else 'pass'}",
-                       fired=rule == "perplexity" and not esc_hit))
+    if measured:
+        gate = (f"{d['perplexity']:.1f} {'≤' if ppl_hit else '>'} τp {d['tau_p']:.1f}{calibrated} — "
+                f"{'familiar: base' if ppl_hit else 'pass'}")
+    else:
+        gate = f"not measured: the route is the same whatever it is (τp {d['tau_p']:.1f}{calibrated})"
+    steps.append(_step("perplexity gate", gate, fired=rule == "perplexity" and not esc_hit))
     bars = "".join(_bar(name, d["domain_probs"].get(name, 0.0), d["tau_d"]) for name in DOMAIN_ORDER)
     steps.append(_step("domain classifier", bars, fired=rule in ("domain", "fallback")))
     colour = ROUTE_COLOURS.get(d["route"], "#111827")
@@ -79,11 +83,13 @@ def _bar(name: str, p: float, tau_d: float) -> str:
 
 
 def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
-    """Perplexity per turn against τp; points coloured by route, escalations ringed in red."""
+    """Perplexity per turn against τp; points coloured by route, escalations ringed in red. A turn
+    whose perplexity was not measured (it could not change the route) has no point; the line skips it."""
     if not decisions:
         return None
     frame = pd.DataFrame([{
-        "turn": i, "perplexity": round(d["perplexity"], 2), "τp": round(d["tau_p"], 2), "route": d["route"],
+        "turn": i, "perplexity": None if d["perplexity"] is None else round(d["perplexity"], 2),
+        "τp": round(d["tau_p"], 2), "route": d["route"],
         "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"],
     } for i, d in enumerate(decisions, 1)])
     turns = len(frame)

@@ -28,7 +28,8 @@ class Thresholds:
 
 @dataclass
 class Signals:
-    perplexity: float                     # base model's perplexity on the message in context
+    perplexity: float | None              # base model's perplexity on the message in context; None:
+                                          # not measured, as it could not change the route
     escalation_p: float                   # P(user unhappy with the previous answer)
     domain_probs: dict[str, float]        # P over DOMAINS, with the session's recent domain as context
     session_escalations: int = 0          # escalations among the session's recent decisions
@@ -46,7 +47,7 @@ class Decision:
     overridden: bool           # the user picked the route by hand
     reason: str                # one line: which rule fired and on what numbers
     rule: str                  # override | escalation | perplexity | domain | fallback
-    perplexity: float
+    perplexity: float | None   # None: not measured, as it could not change the route (policy.needs_perplexity)
     tau_p: float
     escalation_p: float
     tau_e: float

@@ -1,9 +1,20 @@
 """The routing policy: plain code over the signal values and thresholds, in a fixed order
-override ▸ escalation ▸ perplexity gate ▸ domain. It returns a Decision with a one-line reason."""
+override ▸ escalation ▸ perplexity gate ▸ domain. It returns a Decision with a one-line reason.
+
+Perplexity is the one costly signal (llama.cpp's output layer on every message token), and it can
+change the route only where a modifier domain is sure and the user is not escalating: elsewhere the
+route is the same whatever its value, so the router does not wait for it (needs_perplexity)."""
 
 from __future__ import annotations
 
 from router.decision import ROUTES, Decision, Signals, Thresholds
+
+
+def needs_perplexity(escalation_p: float, domain_probs: dict[str, float], thresholds: Thresholds) -> bool:
+    """Whether the perplexity gate can change the route: no escalation, and a modifier domain at or
+    above τd (then low perplexity → base, high → that modifier). Else the route is fixed already."""
+    domain = max(domain_probs, key=domain_probs.get)
+    return escalation_p < thresholds.tau_e and domain != "general" and domain_probs[domain] >= thresholds.tau_d
 
 
 def decide(signals: Signals, thresholds: Thresholds, override: str | None = None) -> Decision:
@@ -37,6 +48,12 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
         repeat = f", escalation #{s.session_escalations + 1} in this session" if s.session_escalations else ""
         return route, "escalation", (f"escalation P={s.escalation_p:.2f} ≥ τe {t.tau_e:.2f}: the user is unhappy "
                                      f"with the last answer → {route} ({why}{repeat})")
+    if s.perplexity is None:
+        if needs_perplexity(s.escalation_p, s.domain_probs, t):
+            raise ValueError(f"the route needs the perplexity: domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}")
+        why = f"domain general P={p_domain:.2f}" if domain == "general" else \
+            f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"
+        return "base", "fallback", f"{why} → base, whatever the perplexity (perplexity not measured)"
     if s.perplexity <= t.tau_p:
         return "base", "perplexity", (f"perplexity {s.perplexity:.1f} ≤ τp {t.tau_p:.1f}: familiar to the base "
                                       f"model → base")

@@ -60,10 +60,15 @@ def test_the_timeline_has_one_point_per_turn_and_rings_escalations(chat):
     spec = panel.timeline_chart(decisions).to_dict()
     points = [row for row in spec["datasets"][next(iter(spec["datasets"]))]]
     assert [p["route"] for p in points] == [d["route"] for d in decisions]
-    assert [p["perplexity"] for p in points] == [round(d["perplexity"], 2) for d in decisions]
+    measured = [round(d["perplexity"], 2) for d in decisions]
+    assert [p["perplexity"] for p in points] == measured
     escalated = [d["escalation_p"] >= d["tau_e"] for d in decisions]
     assert [p["escalation"] for p in points] == escalated
     assert escalated[2] and replies[2].decision.rule == "escalation"  # "no, that is wrong…" was escalated
+    unmeasured = [dict(d, perplexity=None) if i == 1 else d for i, d in enumerate(decisions)]  # as on a large base
+    points = next(iter(panel.timeline_chart(unmeasured).to_dict()["datasets"].values()))
+    assert [p["perplexity"] for p in points] == [measured[0], None, measured[2]]
+    assert "perplexity gate</span>not measured" in panel.path_html(unmeasured[1])
     assert panel.timeline_chart([]) is None
 
 

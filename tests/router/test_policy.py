@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from router.decision import FALLBACK_TAU_P, Signals, Thresholds
-from router.policy import decide
+from router.policy import decide, needs_perplexity
 
 T = Thresholds(tau_p=10.0, tau_e=0.5, tau_d=0.8, calibrated=True)
 
@@ -58,6 +58,28 @@ def test_escalation_in_a_general_conversation_never_goes_to_base(most_used, expe
 def test_repeated_escalation_is_counted_in_the_reason():
     d = decide(signals(escalation_p=0.8, escalations=2, code=0.9, general=0.1), T)
     assert "escalation #3 in this session" in d.reason
+
+
+@pytest.mark.parametrize("escalation_p, probs, needed", [
+    (0.1, {"code": 0.9, "general": 0.1}, True),         # high perplexity → code, low → base: it decides
+    (0.1, {"code": 0.7, "general": 0.3}, False),        # base either way: domain unsure
+    (0.1, {"general": 0.99, "code": 0.01}, False),      # base either way: general
+    (0.8, {"code": 0.9, "general": 0.1}, False),        # escalation: a modifier either way
+])
+def test_perplexity_is_needed_only_where_it_can_change_the_route(escalation_p, probs, needed):
+    assert needs_perplexity(escalation_p, signals(**probs).domain_probs, T) is needed
+    routes = {decide(signals(perplexity=p, escalation_p=escalation_p, **probs), T).route for p in (1.0, 1e6)}
+    assert (len(routes) == 2) is needed
+
+
+def test_an_unmeasured_perplexity_is_said_in_the_reason():
+    d = decide(signals(perplexity=None, general=0.99, code=0.01), T)
+    assert (d.route, d.rule, d.perplexity) == ("base", "fallback", None)
+    assert "domain general P=0.99 → base" in d.reason and "perplexity not measured" in d.reason
+    d = decide(signals(perplexity=None, code=0.7, general=0.3), T, override="code")
+    assert (d.route, d.router_choice) == ("code", "base") and "perplexity not measured" in d.reason
+    with pytest.raises(ValueError, match="needs the perplexity"):
+        decide(signals(perplexity=None, code=0.9, general=0.1), T)
 
 
 def test_override_wins_and_the_router_choice_is_kept():
