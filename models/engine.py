@@ -54,6 +54,11 @@ llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 # of Qwen's 151,936-token vocabulary), and lets a small vocabulary score a message in one batch
 # (one batch instead of 64-row slices: 113.5 -> 100.5 ms on the 768-wide demo base, same run).
 SCORE_LOGITS_BYTES = 64 << 20
+# Below this many multiply-adds, a message's logits rows cost less than waiting for the router's
+# other signals (~10 ms) before deciding whether to compute them: score() does not ask. Measured on
+# 40 rows here: Qwen2.5-0.5B's shape in Q8_0 26 GMAC/s (5.2 ms a row, so always asks), the demo base
+# in F16 6 GMAC/s (0.03 ms a row: 782 tokens, 256 wide, so never asks for a message under ~500 tokens).
+ASK_ABOVE_MACS = 1e8
 UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
@@ -177,7 +182,7 @@ class Engine:
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
                            _VERBOSE) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
-        self.n_vocab = self.model.n_vocab()
+        self.n_vocab, self.n_embd = self.model.n_vocab(), self.model.n_embd()
         self.seed = seed
         self.chat = ChatML(self.tokenize, self.model_path.name)
         self._lock = threading.Lock()      # one reply at a time on the one context
@@ -347,14 +352,20 @@ class Engine:
             self._evaluate(tokens, modifier)
             return np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
 
-    def score(self, messages: Sequence[dict], max_tokens: int = 256, chunk: int | None = None) -> tuple[float, int]:
+    def score(self, messages: Sequence[dict], max_tokens: int = 256, chunk: int | None = None,
+              needed: Callable[[], bool] | None = None) -> tuple[float, int] | None:
         """Mean negative log-likelihood (nats) of the last message's text tokens given everything
         before them, under the plain base. Returns (mean NLL, tokens scored).
 
         The whole reply prompt is prefilled on the base route, asking llama.cpp for logits on the
         message's rows only, at most `chunk` rows per batch (memory: chunk × n_vocab however long
         the message). A reply on the base route with the same messages and max_tokens then starts
-        sampling at once: routing costs it only the extra logits rows, not a second prefill."""
+        sampling at once: routing costs it only the extra logits rows, not a second prefill.
+
+        With `needed`, when the message's logits cost more than ASK_ABOVE_MACS, the conversation
+        before the message is prefilled first, then needed() is asked (the router waits there for
+        its other signals): if it says no, the message is left unscored for the reply to prefill at
+        plain cost, and score returns None."""
         prompt, _ = self.fit(messages, max_tokens)
         end = len(prompt) - len(self.chat.generation_prompt()) - len(self.chat.close)
         last = messages[-1]
@@ -369,6 +380,14 @@ class Engine:
             self.modifiers.activate(self.ctx.ctx, None)
             cached = self._kv[seq]
             keep = self._keep_prefix(seq, prompt[:start - 1])  # row start - 1 predicts the first message token
+            if needed is not None and (end - start) * self.n_vocab * self.n_embd > ASK_ABOVE_MACS:
+                for at in range(keep, start - 1, self.n_batch):  # the conversation before the message
+                    part = prompt[at:min(at + self.n_batch, start - 1)]
+                    self._decode(part, at, seq)
+                    cached.extend(part)
+                keep = len(cached)
+                if not needed():
+                    return None
             nll, at = 0.0, keep
             while at < len(prompt):
                 # rows from start - 1 to end - 2 predict the message's tokens; at most `chunk` per batch

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-# (messages, max_tokens) -> (mean negative log-likelihood of the last message's tokens, count).
-# launch.py hands in Engine.score; the router itself imports no model code.
+# (messages, max_tokens, needed) -> (mean negative log-likelihood of the last message's tokens, count),
+# or None when needed() said the value is not wanted. launch.py hands in Engine.score; the router
+# itself imports no model code.
 ScoreFn = Callable[..., tuple[float, int]]
 
 
@@ -16,9 +17,14 @@ class Perplexity:
         self.score_fn = score_fn
         self.max_tokens = max_tokens  # the reply's room: the same prompt fit as the reply's, so its prefill is reused
 
-    def score(self, message: str, history: Sequence[dict], system_prompt: str | None = None) -> float:
-        """exp(mean NLL) of the message's tokens given the system prompt and history."""
+    def score(self, message: str, history: Sequence[dict], system_prompt: str | None = None,
+              needed: Callable[[], bool] | None = None) -> float | None:
+        """exp(mean NLL) of the message's tokens given the system prompt and history; None when
+        needed(), asked once the conversation before the message is prefilled, says no."""
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
             [{"role": m["role"], "content": m["content"]} for m in history] + [{"role": "user", "content": message}]
-        nll, _ = self.score_fn(messages, max_tokens=self.max_tokens)
+        scored = self.score_fn(messages, max_tokens=self.max_tokens, needed=needed)
+        if scored is None:
+            return None
+        nll, _ = scored
         return math.exp(min(nll, 700.0))  # exp overflows past ~709

@@ -1,8 +1,10 @@
 """The Router: runs the signals on one message and hands their values to the policy.
 
 The message is embedded once and both heads read that embedding. The encode runs on a worker
-thread while the calling thread scores perplexity on the base model, so on a base route the time
-to first token pays for whichever of the two is slower, not for both."""
+thread while the calling thread prefills the conversation on the base model; then perplexity is
+scored only if the policy needs it (policy.needs_perplexity: a sure modifier domain, no escalation),
+since its logits over every message token are routing's one large cost. When it is not needed the
+base reply prefills the message at plain cost."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from router.domain import DomainClassifier
 from router.embeddings import Embedder
 from router.escalation import EscalationDetector
 from router.perplexity import Perplexity
-from router.policy import decide
+from router.policy import decide, needs_perplexity
 
 
 class Router:
@@ -39,7 +41,11 @@ class Router:
         previous_answer = next((m["content"] for m in reversed(history) if m["role"] == "assistant"), None)
         previous_probs = recent[-1]["domain_probs"] if recent else None
         signals = self._worker.submit(self.signals, message, previous_answer, previous_probs)
-        perplexity = self.perplexity.score(message, history, system_prompt)
+
+        def needed() -> bool:
+            return needs_perplexity(*signals.result(), self.thresholds)
+
+        perplexity = self.perplexity.score(message, history, system_prompt, needed)
         escalation_p, domain_probs = signals.result()
         routed = [d["route"] for d in recent if d["route"] != "base"]
         decision = decide(Signals(

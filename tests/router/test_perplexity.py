@@ -9,6 +9,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
+import models.engine as engine_module
 from router.perplexity import Perplexity
 
 SYSTEM = {"role": "system", "content": "You are a test."}
@@ -67,6 +68,43 @@ def test_base_reply_reuses_the_scoring_prefill(engine):
     assert scored[-1].reused_tokens == scored[-1].prompt_tokens
     assert unscored[-1].reused_tokens < unscored[-1].prompt_tokens
     assert "".join(scored[:-1]) == "".join(unscored[:-1])
+
+
+def test_scoring_not_needed_stops_before_the_message_and_the_reply_reuses_the_rest(engine, monkeypatch):
+    """needed() is asked once the conversation before the message is in the KV cache; when it says
+    no, no row of the message is decoded, score returns None, and a base reply prefills the
+    message itself on top of that prefix, with the same text as without routing. (Asked, as on a
+    large vocabulary: the demo's logits are too cheap to wait for.)"""
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)
+    messages = conversation("hi", "Hello! How can I help?", "tell me about mushrooms that grow in forests")
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    unscored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    decoded, asked = [], []
+    decode = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda tokens, *a, **k: decoded.extend(tokens) or decode(tokens, *a, **k))
+    assert engine.score(messages, max_tokens=32, needed=lambda: asked.append(len(decoded)) or False) is None
+    monkeypatch.setattr(engine, "_decode", decode)
+    prompt, _ = engine.fit(messages, 32)
+    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
+    start = end - len(engine.tokenize(messages[-1]["content"]))  # the message's text: prompt[start:end]
+    assert asked == [len(decoded)] and 0 < len(decoded) < start and decoded == prompt[start - 1 - len(decoded):start - 1]
+    replied = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
+    assert replied[-1].reused_tokens == start - 1  # everything before the message came from score()
+    assert "".join(replied[:-1]) == "".join(unscored[:-1])
+
+
+def test_scoring_needed_gives_the_same_value(engine, monkeypatch):
+    messages = conversation("hi", "Hello!", "what is a closure in JavaScript?")
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    unasked = engine.score(messages, needed=lambda: pytest.fail("the demo's logits are cheaper than asking"))
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)
+    asked = engine.score(messages, needed=lambda: True)
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    reference = engine.score(messages)
+    assert asked[1] == unasked[1] == reference[1]
+    assert asked[0] == pytest.approx(reference[0], rel=1e-4) and unasked[0] == pytest.approx(reference[0], rel=1e-4)
 
 
 def test_a_reply_on_a_modifier_after_scoring_prefills_under_its_adapter(engine):

@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from app.chat import ChatService, ChatSettings
+import models.engine as engine_module
 from app.memory import Memory
 from router.decision import Thresholds
 from router.perplexity import Perplexity
@@ -35,10 +36,19 @@ def test_a_clear_message_goes_to_its_domain_modifier(engine, router_parts, messa
     assert d.escalation_p == 0.0  # nothing answered yet, nothing to be unhappy about
 
 
-def test_a_general_message_stays_on_base(engine, router_parts):
-    d = make_router(engine, router_parts).decide("What's a good name for a golden retriever puppy?", [],
-                                                  system_prompt=SYSTEM)
-    assert (d.route, d.domain) == ("base", "general")
+def test_a_general_message_stays_on_base_without_scoring_perplexity(engine, router_parts, monkeypatch):
+    """Base whatever its perplexity, so on a base whose logits are costly the router does not pay
+    for them; the demo's cost less than asking, so it has the value."""
+    message = "What's a good name for a golden retriever puppy?"
+    cheap = make_router(engine, router_parts).decide(message, [], system_prompt=SYSTEM)
+    assert (cheap.route, cheap.domain, cheap.rule) == ("base", "general", "fallback") and cheap.perplexity > 0
+    scored = []
+    nll = engine._nll
+    monkeypatch.setattr(engine, "_nll", lambda *a: scored.append(1) or nll(*a))
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as Qwen's 151,936-token vocabulary
+    d = make_router(engine, router_parts).decide(message, [], system_prompt=SYSTEM)
+    assert (d.route, d.domain, d.rule, d.perplexity) == ("base", "general", "fallback", None)
+    assert "perplexity not measured" in d.reason and scored == []
 
 
 def test_the_perplexity_gate_sends_familiar_text_to_base(engine, router_parts):
@@ -119,13 +129,22 @@ def test_auto_leaves_the_choice_to_the_router(routed_service):
     assert not last.decision.overridden and last.decision.route == "reasoning" == last.stats.adapter
 
 
-def test_a_base_route_reply_reuses_the_routing_prefill(engine, router_parts, tmp_path):
+def test_a_base_route_reply_reuses_the_routing_prefill(engine, router_parts, tmp_path, monkeypatch):
     settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt=SYSTEM)
     router = make_router(engine, router_parts, Thresholds(tau_p=1e9, calibrated=True))
     service = ChatService(engine, Memory(tmp_path / "s.db"), settings, router=router)
-    *_, last = service.respond(None, "tell me something about mushrooms that grow in forests")
-    assert last.decision.route == "base" and last.decision.rule == "perplexity"
-    assert last.stats.reused_tokens == last.stats.prompt_tokens  # the routing prefill was the reply's
+    *_, gated = service.respond(None, "Write a SQL query that counts orders per customer.")
+    assert gated.decision.route == "base" and gated.decision.rule == "perplexity"
+    assert gated.stats.reused_tokens == gated.stats.prompt_tokens  # the scoring prefill was the reply's
+    message = "tell me something about mushrooms that grow in forests"
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as a large vocabulary: asked, and not needed
+    *_, general = service.respond(None, message)
+    assert general.decision.route == "base" and general.decision.perplexity is None
+    # the conversation before the message was prefilled while the signals ran; the reply adds the rest
+    tail = len(engine.tokenize(message)) + len(engine.chat.close) + len(engine.chat.generation_prompt()) + 1
+    assert general.stats.reused_tokens == general.stats.prompt_tokens - tail
+    row = service.memory.decisions(general.session_id)[0]
+    assert row["perplexity"] is None and row["rule"] == "fallback"
 
 
 def test_the_router_reads_the_session_last_turns(routed_service):
