@@ -5,20 +5,27 @@ signals: Router.signals (one MiniLM encode of the message + the domain and escal
   each text seen once so nothing comes from the embedding cache. The previous answer is embedded
   beforehand, as the app does when a reply ends (Router.remember). Threads as in the app: the
   cores llama.cpp does not use.
-ttft: ChatService.respond on a new session, from the call to the first streamed text, greedy.
-  routed:   with the Router, τp = τe = ∞ so every message takes the base route by the perplexity
-            gate (all signals computed, the scoring prefill reused by the reply);
+ttft: ChatService.respond on a new session, from the call to the first streamed text, greedy, on
+  three paths, all ending on the base route:
+  needed:   the Router with τp = τe = ∞ and τd = 0, so the perplexity decides (the message's domain
+            is a modifier's, sure by τd 0): it is scored, and the scoring prefill is the reply's;
+  unneeded: the Router with τd above 1: no modifier is sure, the route is base whatever the
+            perplexity (policy.needs_perplexity), so where the logits are costly (Engine.score,
+            ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo bases
+            they cost less than asking, so it is scored as on the first path;
   unrouted: no Router, the reply on the base.
-  Each message goes through both paths, in two passes that swap which messages each path gets, so
-  neither path finds the other's prefill in the KV cache. Then the same as a follow-up: the second
-  message of a session, after a first turn and its reply (so the escalation detector has an answer
-  to read, and the KV cache holds the conversation). On the demo base, a 768-wide one and a
-  Qwen2.5-0.5B-shaped one.
+  Messages are domain texts whose most likely domain is a modifier's. They go through every path,
+  in three passes that rotate which third of them each path gets, so no path finds another's
+  prefill in the KV cache. Then the same as a follow-up: the second message of a session, after a
+  first turn and its reply (so the escalation detector has an answer to read, and the KV cache
+  holds the conversation). On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one.
 
     .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--large]
 
-The last line is JSON: signals_p50_ms, signals_p95_ms, ttft_base_route_vs_unrouted (median routed
-TTFT / median unrouted TTFT on the demo base), and the per-model figures.
+The last line is JSON: signals_p50_ms, signals_p95_ms, perplexity_needed_share (of the signals'
+messages, under the default τe and τd), ttft_base_route_vs_unrouted (median needed TTFT / median
+unrouted TTFT on the demo base, where the perplexity decides), ttft_base_route_unneeded_vs_unrouted
+(where it cannot change the route), and the per-model figures.
 """
 
 from __future__ import annotations
@@ -42,10 +49,11 @@ from app.chat import ChatService, ChatSettings  # noqa: E402
 from app.memory import Memory  # noqa: E402
 from models.demo import DemoSpec, write_model  # noqa: E402
 from models.engine import Engine  # noqa: E402
-from router.decision import Thresholds  # noqa: E402
+from router.decision import DOMAINS, Thresholds  # noqa: E402
 from router.embeddings import Embedder  # noqa: E402
 from router.evaluate import read_jsonl  # noqa: E402
 from router.perplexity import Perplexity  # noqa: E402
+from router.policy import needs_perplexity  # noqa: E402
 from router.router import Router  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "router" / "data"
@@ -56,12 +64,12 @@ DATA = Path(__file__).resolve().parent.parent / "router" / "data"
 # runs at a third of the body's speed per row: ratio 1.98 there against 1.47 in Q8_0, same day.)
 MODELS = {"demo": (DemoSpec(), None), "demo-768": (replace(DemoSpec(), n_embd=768, n_ff=2048), None),
           "qwen0.5b-shape": (replace(DemoSpec(), n_embd=896, n_ff=4864, n_head=14, n_head_kv=2, extra_layers=22,
-                                     min_vocab=151_936, weight_type="q8_0"), 16)}
+                                     min_vocab=151_936, weight_type="q8_0"), 15)}
 # --large: the smallest real base (qwen2.5-1.5b profile: 1536 wide, 28 layers), in Q8_0 (the profile
 # ships Q4_K_M, which the gguf package cannot write; both are quantized CPU kernels). A 1.8 GB file,
-# ~2 s per first token on one thread, so 8 messages per path: about 4 minutes.
+# ~2 s per first token on one thread, so 9 messages per path: about 7 minutes.
 LARGE = {"qwen1.5b-shape": (replace(DemoSpec(), n_embd=1536, n_ff=8960, n_head=12, n_head_kv=2, extra_layers=26,
-                                    min_vocab=151_936, weight_type="q8_0"), 8)}
+                                    min_vocab=151_936, weight_type="q8_0"), 9)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,14 +86,15 @@ def bench_signals(router: Router, n: int, seed: int) -> dict:
     rng.shuffle(cases)
     for text, previous in cases[:10]:  # warm-up (torch's first calls allocate)
         router.signals(text + " warm-up", previous, None)
-    times = []
+    times, needed = [], 0
     for text, previous in cases:
         start = time.perf_counter()
-        router.signals(text, previous, {"code": 0.25, "reasoning": 0.25, "automation": 0.25, "general": 0.25})
+        escalation_p, probs = router.signals(text, previous, dict.fromkeys(DOMAINS, 0.25))
         times.append((time.perf_counter() - start) * 1000)
+        needed += needs_perplexity(escalation_p, probs, router.thresholds)
     chars = [len(t) for t, _ in cases]
     return {"n": len(times), "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
-            "max_ms": max(times), "mean_chars": statistics.mean(chars)}
+            "max_ms": max(times), "mean_chars": statistics.mean(chars), "needed_share": needed / len(times)}
 
 
 def first_text_ms(service: ChatService, message: str, session: str | None = None) -> float:
@@ -112,32 +121,50 @@ def follow_up_ms(service: ChatService, first: str, message: str) -> float:
 def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, threads: int) -> dict:
     engine = Engine(path, n_ctx=2048, n_threads=threads)
     settings = ChatSettings(temperature=0, max_tokens=16, seed=0)
-    embedder, domain, escalation = router_parts
-    # τp = τe = ∞: every signal is computed and every message takes the base route
-    router = Router(Perplexity(engine.score, max_tokens=settings.max_tokens),
-                    Thresholds(tau_p=float("inf"), tau_e=float("inf"), calibrated=True), embedder, domain, escalation)
-    routed = ChatService(engine, Memory(tmp / f"{path.stem}-routed.db"), settings, router=router)
-    unrouted = ChatService(engine, Memory(tmp / f"{path.stem}-unrouted.db"), settings)
+    never = float("inf")
+    thresholds = {"needed": Thresholds(tau_p=never, tau_e=never, tau_d=0.0, calibrated=True),
+                  "unneeded": Thresholds(tau_p=never, tau_e=never, tau_d=1.01, calibrated=True)}
+    paths = {name: ChatService(engine, Memory(tmp / f"{path.stem}-{name}.db"), settings, router=Router(
+        Perplexity(engine.score, max_tokens=settings.max_tokens), t, *router_parts)) for name, t in thresholds.items()}
+    paths["unrouted"] = ChatService(engine, Memory(tmp / f"{path.stem}-unrouted.db"), settings)
     for m in messages[:4]:  # warm-up
-        first_text_ms(routed, m + " (warm-up)")
-        first_text_ms(unrouted, m + " (warm-up 2)")
-    half = len(messages) // 2
-    a, b = messages[:half], messages[half:2 * half]
-    times = {"routed": [], "unrouted": [], "routed_follow_up": [], "unrouted_follow_up": []}
-    for first, second in ((a, b), (b, a)):  # each message through both paths, never back to back
-        for i, (x, y) in enumerate(zip(first, second)):
-            times["routed"].append(first_text_ms(routed, x))
-            times["unrouted"].append(first_text_ms(unrouted, y))
-            opener = second[i - 1]  # a follow-up after another message's reply
-            times["routed_follow_up"].append(follow_up_ms(routed, opener, x))
-            times["unrouted_follow_up"].append(follow_up_ms(unrouted, opener, y))
-    decisions = routed.memory.db.execute("select count(*), sum(route = 'base') from decisions").fetchone()
-    assert decisions[0] == decisions[1], "every routed message should have taken the base route"
+        for name, service in paths.items():
+            first_text_ms(service, f"{m} (warm-up {name})")
+    third = len(messages) // 3
+    groups = [messages[k * third:(k + 1) * third] for k in range(3)]
+    times = {f"{name}{kind}": [] for name in paths for kind in ("", "_follow_up")}
+    for rotation in range(3):  # each message through every path, never twice in a row
+        for i in range(third):
+            for k, (name, service) in enumerate(paths.items()):
+                group = groups[(k + rotation) % 3]
+                times[name].append(first_text_ms(service, group[i]))
+                times[f"{name}_follow_up"].append(follow_up_ms(service, group[i - 1], group[i]))
+    scored = {}
+    for name in thresholds:
+        rows = paths[name].memory.db.execute("select route, perplexity from decisions").fetchall()
+        assert all(route == "base" for route, _ in rows), "every routed message should take the base route"
+        scored[name] = sum(p is not None for _, p in rows) / len(rows)
+    assert scored["needed"] == 1.0
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"routed_ms": med["routed"], "unrouted_ms": med["unrouted"], "ratio": med["routed"] / med["unrouted"],
-            "routed_p95_ms": percentile(times["routed"], 95), "unrouted_p95_ms": percentile(times["unrouted"], 95),
-            "follow_up_routed_ms": med["routed_follow_up"], "follow_up_unrouted_ms": med["unrouted_follow_up"],
-            "follow_up_ratio": med["routed_follow_up"] / med["unrouted_follow_up"], "n": len(times["routed"])}
+    return {"n": len(times["unrouted"]), "unrouted_ms": med["unrouted"], "unrouted_p95_ms": percentile(times["unrouted"], 95),
+            **{f"{name}_{key}": value for name in thresholds for key, value in (
+                ("ms", med[name]), ("p95_ms", percentile(times[name], 95)), ("ratio", med[name] / med["unrouted"]),
+                ("follow_up_ratio", med[f"{name}_follow_up"] / med["unrouted_follow_up"]))},
+            "follow_up_unrouted_ms": med["unrouted_follow_up"], "unneeded_scored_share": scored["unneeded"]}
+
+
+def modifier_domain_messages(router: Router, n: int, seed: int) -> list[str]:
+    """n domain texts whose most likely domain is a modifier's, so τd 0 makes the perplexity decide."""
+    rows = read_jsonl(DATA / "domain.jsonl", ("text", "label"))
+    random.Random(seed).shuffle(rows)
+    chosen = []
+    for row in rows:
+        _, probs = router.signals(row["text"], None, None)
+        if max(probs, key=probs.get) != "general":
+            chosen.append(row["text"])
+        if len(chosen) == n:
+            return chosen
+    raise RuntimeError(f"only {len(chosen)} domain texts lean to a modifier")
 
 
 def main() -> None:
@@ -161,8 +188,7 @@ def main() -> None:
           f"{torch_threads} torch thread(s): p50 {signals['p50_ms']:.2f} ms  p95 {signals['p95_ms']:.2f} ms  "
           f"max {signals['max_ms']:.2f} ms")
 
-    rows = read_jsonl(DATA / "domain.jsonl", ("text", "label"))
-    messages = [r["text"] for r in random.Random(args.seed + 1).sample(rows, 2 * (args.ttft_n // 2))]
+    messages = modifier_domain_messages(signal_router, 3 * (args.ttft_n // 3), args.seed + 1)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
         tmp = Path(tmp)
@@ -171,24 +197,28 @@ def main() -> None:
             write_model(path, spec, "base")
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
             path.unlink()
-    print(f"\nTTFT on the base route, medians ({llama_threads} llama thread(s)); first message of a new session, "
-          f"then a follow-up (second message, after a reply)")
-    print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'routed ms':>11}{'ratio':>8}{'unrouted p95':>14}{'routed p95':>12}"
-          f"{'follow-up: unrouted':>21}{'routed':>9}{'ratio':>8}")
+    print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "
+          f"τd {signal_router.thresholds.tau_d} (a sure modifier domain, no escalation)")
+    print(f"\nTTFT on the base route, medians ({llama_threads} llama thread(s)): first message of a new session, "
+          f"then a follow-up (second message, after a reply). needed: the perplexity decides the route; unneeded: "
+          f"it could not change it, so it is scored only where that costs less than asking (scored: share of those)")
+    print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'needed ms':>11}{'ratio':>8}{'unneeded ms':>13}{'ratio':>8}"
+          f"{'scored':>8}{'p95: unrouted':>15}{'needed':>9}{'unneeded':>10}{'follow-up ratios':>18}")
     for name, r in results.items():
-        print(f"{name:<16}{r['n']:>4}{r['unrouted_ms']:>13.2f}{r['routed_ms']:>11.2f}{r['ratio']:>8.3f}"
-              f"{r['unrouted_p95_ms']:>14.2f}{r['routed_p95_ms']:>12.2f}{r['follow_up_unrouted_ms']:>21.2f}"
-              f"{r['follow_up_routed_ms']:>9.2f}{r['follow_up_ratio']:>8.3f}")
+        print(f"{name:<16}{r['n']:>4}{r['unrouted_ms']:>13.2f}{r['needed_ms']:>11.2f}{r['needed_ratio']:>8.3f}"
+              f"{r['unneeded_ms']:>13.2f}{r['unneeded_ratio']:>8.3f}{r['unneeded_scored_share']:>8.0%}"
+              f"{r['unrouted_p95_ms']:>15.2f}{r['needed_p95_ms']:>9.2f}{r['unneeded_p95_ms']:>10.2f}"
+              f"{r['needed_follow_up_ratio']:>9.3f} / {r['unneeded_follow_up_ratio']:.3f}")
+    short = {"demo": "", "demo-768": "_768", "qwen0.5b-shape": "_qwen05_shape", "qwen1.5b-shape": "_qwen15_shape"}
     print(json.dumps({
         "signals_p50_ms": round(signals["p50_ms"], 2), "signals_p95_ms": round(signals["p95_ms"], 2),
-        "ttft_base_route_vs_unrouted": round(results["demo"]["ratio"], 3),
-        "ttft_base_route_vs_unrouted_768": round(results["demo-768"]["ratio"], 3),
-        "ttft_base_route_vs_unrouted_qwen05_shape": round(results["qwen0.5b-shape"]["ratio"], 3),
-        **({"ttft_base_route_vs_unrouted_qwen15_shape": round(results["qwen1.5b-shape"]["ratio"], 3)}
-           if "qwen1.5b-shape" in results else {}),
-        "ttft_follow_up_vs_unrouted": {k: round(v["follow_up_ratio"], 3) for k, v in results.items()},
-        "ttft_ms": {k: {"routed": round(v["routed_ms"], 2), "unrouted": round(v["unrouted_ms"], 2)}
-                    for k, v in results.items()},
+        "perplexity_needed_share": round(signals["needed_share"], 3),
+        **{f"ttft_base_route_vs_unrouted{short[k]}": round(v["needed_ratio"], 3) for k, v in results.items()},
+        **{f"ttft_base_route_unneeded_vs_unrouted{short[k]}": round(v["unneeded_ratio"], 3) for k, v in results.items()},
+        "ttft_follow_up_vs_unrouted": {k: {"needed": round(v["needed_follow_up_ratio"], 3),
+                                           "unneeded": round(v["unneeded_follow_up_ratio"], 3)} for k, v in results.items()},
+        "ttft_ms": {k: {"needed": round(v["needed_ms"], 2), "unneeded": round(v["unneeded_ms"], 2),
+                        "unrouted": round(v["unrouted_ms"], 2)} for k, v in results.items()},
     }))
 
 
