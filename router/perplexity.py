@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 # (messages, max_tokens, needed) -> (mean negative log-likelihood of the last message's tokens, count),
 # or None when needed() said the value is not wanted. launch.py hands in Engine.score; the router
 # itself imports no model code.
-ScoreFn = Callable[..., tuple[float, int]]
+ScoreFn = Callable[..., tuple[float, int] | None]
 
 
 class Perplexity:

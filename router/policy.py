@@ -48,20 +48,16 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
         repeat = f", escalation #{s.session_escalations + 1} in this session" if s.session_escalations else ""
         return route, "escalation", (f"escalation P={s.escalation_p:.2f} ≥ τe {t.tau_e:.2f}: the user is unhappy "
                                      f"with the last answer → {route} ({why}{repeat})")
+    unsure = f"domain general P={p_domain:.2f}" if domain == "general" else \
+        f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"  # why no modifier, when that is the case
     if s.perplexity is None:
         if needs_perplexity(s.escalation_p, s.domain_probs, t):
             raise ValueError(f"the route needs the perplexity: domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}")
-        why = f"domain general P={p_domain:.2f}" if domain == "general" else \
-            f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"
-        return "base", "fallback", f"{why} → base, whatever the perplexity (perplexity not measured)"
+        return "base", "fallback", f"{unsure} → base, whatever the perplexity (perplexity not measured)"
     if s.perplexity <= t.tau_p:
         return "base", "perplexity", (f"perplexity {s.perplexity:.1f} ≤ τp {t.tau_p:.1f}: familiar to the base "
                                       f"model → base")
     if domain != "general" and p_domain >= t.tau_d:
         return domain, "domain", (f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; domain {domain} "
                                   f"P={p_domain:.2f} ≥ τd {t.tau_d:.2f} → {domain}")
-    if domain == "general":
-        why = f"domain general P={p_domain:.2f}"
-    else:
-        why = f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"
-    return "base", "fallback", f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; {why} → base"
+    return "base", "fallback", f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; {unsure} → base"
