@@ -79,6 +79,12 @@ class Embedder:
             self._cache.popitem(last=False)
         return np.stack(rows) if rows else np.zeros((0, MIDDLE_LAYERS + 1, DIM), np.float32)
 
+    def forget(self, texts: Sequence[str]) -> None:
+        """Drop texts from the cache, so the next layers() of them encodes again (a benchmark
+        timing the encode a new message costs)."""
+        for text in texts:
+            self._cache.pop(text, None)
+
     def preload(self, texts: Sequence[str], processes: int = 2) -> None:
         """Embed the texts not yet cached in `processes` worker processes (router.train embeds
         ~15,000; on this 2-core CPU two workers cut its training from 107 to 81 s). Each worker embeds one

@@ -107,6 +107,23 @@ def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
     assert not np.allclose(layers[:, 0], layers[:, -2], atol=0.05)  # distinct layers, not one repeated
 
 
+def test_a_forgotten_text_is_encoded_again_to_the_same_numbers(monkeypatch):
+    """benchmarks/router.py times routing on messages the embedder has seen: forget() makes each
+    one cost the encode a newly typed message costs."""
+    from router.embeddings import Embedder
+
+    embedder = Embedder(cache_size=8)
+    kept, dropped = "thx, that fixed it", "no. I said Rust, not Go"
+    before = embedder.layers([kept, dropped])
+    encoded = []
+    real = embedder._encode_one
+    monkeypatch.setattr(embedder, "_encode_one", lambda text: encoded.append(text) or real(text))
+    embedder.forget([dropped, "never seen"])
+    again = embedder.layers([kept, dropped])
+    assert encoded == [dropped]
+    assert np.array_equal(again, before)
+
+
 def test_the_sparse_product_and_its_gradient_match_torchs_dense_ones():
     import torch
     from scipy import sparse
