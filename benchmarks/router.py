@@ -20,9 +20,9 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
   first turn and its reply (so the escalation detector has an answer to read, and the KV cache
   holds the conversation). On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one.
   Every timed message is new to the embedding cache. The signals of the routed messages are timed
-  too, as the app runs them (on the router's thread, right after the base's own prefill and
-  decoding, which leave the CPU's caches full of the base's weights): the table's last column,
-  signals_in_app_ms in the JSON.
+  too, as the app runs them: on the router's thread, whose memory sat untouched while the base
+  worked (on this VM that alone makes them slower, see benchmarks/idle.py): the table's last
+  column, signals_in_app_ms in the JSON.
 
     .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--large]
 
