@@ -362,10 +362,10 @@ class Engine:
         the message). A reply on the base route with the same messages and max_tokens then starts
         sampling at once: routing costs it only the extra logits rows, not a second prefill.
 
-        With `needed`, when the message's logits cost more than ASK_ABOVE_MACS, the conversation
-        before the message is prefilled first, then needed() is asked (the router waits there for
-        its other signals): if it says no, the message is left unscored for the reply to prefill at
-        plain cost, and score returns None."""
+        With `needed`, when the message's logits cost more than ASK_ABOVE_MACS, needed() is asked
+        before anything is decoded (the router waits there for its other signals): if it says no,
+        score returns None, and the reply prefills the end of the conversation and the message at
+        plain cost, in one batch."""
         prompt, _ = self.fit(messages, max_tokens)
         end = len(prompt) - len(self.chat.generation_prompt()) - len(self.chat.close)
         last = messages[-1]
@@ -376,18 +376,15 @@ class Engine:
             chunk = SCORE_LOGITS_BYTES // (4 * self.n_vocab)
         chunk = max(1, min(chunk, self.n_batch))
         with self._lock:
+            # Asked before the cache is touched, so that the reply prefills the end of the conversation
+            # and the message in one batch: each batch is a pass over all the weights, and a second
+            # one costs more than the wait (a 5-row batch: ~100 ms on the Qwen2.5-0.5B shape, one thread).
+            if needed is not None and (end - start) * self.n_vocab * self.n_embd > ASK_ABOVE_MACS and not needed():
+                return None
             seq = self._sequence(None, prompt)
             self.modifiers.activate(self.ctx.ctx, None)
             cached = self._kv[seq]
             keep = self._keep_prefix(seq, prompt[:start - 1])  # row start - 1 predicts the first message token
-            if needed is not None and (end - start) * self.n_vocab * self.n_embd > ASK_ABOVE_MACS:
-                for at in range(keep, start - 1, self.n_batch):  # the conversation before the message
-                    part = prompt[at:min(at + self.n_batch, start - 1)]
-                    self._decode(part, at, seq)
-                    cached.extend(part)
-                keep = len(cached)
-                if not needed():
-                    return None
             nll, at = 0.0, keep
             while at < len(prompt):
                 # rows from start - 1 to end - 2 predict the message's tokens; at most `chunk` per batch

@@ -20,7 +20,7 @@ class Perplexity:
     def score(self, message: str, history: Sequence[dict], system_prompt: str | None = None,
               needed: Callable[[], bool] | None = None) -> float | None:
         """exp(mean NLL) of the message's tokens given the system prompt and history; None when
-        needed(), asked once the conversation before the message is prefilled, says no."""
+        needed(), asked before anything is decoded where the logits are costly, says no."""
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
             [{"role": m["role"], "content": m["content"]} for m in history] + [{"role": "user", "content": message}]
         scored = self.score_fn(messages, max_tokens=self.max_tokens, needed=needed)

@@ -1,11 +1,11 @@
 """The Router: runs the signals on one message and hands their values to the policy.
 
-The message is embedded once and both heads read that embedding. The encode runs on a worker
-thread while the calling thread prefills the conversation on the base model; then perplexity is
+The message is embedded once and both heads read that embedding, on a worker thread. Perplexity is
 scored only if the policy needs it (policy.needs_perplexity: a sure modifier domain, no escalation),
-since its logits over every message token are routing's one large cost (where they are cheap, as on
-the demo base, the engine scores without asking). When it is not needed the base reply prefills the
-message at plain cost."""
+since its logits over every message token are routing's one large cost: the engine waits for the
+signals before it decodes anything. (Where the logits are cheap, as on the demo base, it scores the
+whole prompt while the signals run, without asking.) When it is not needed the base reply prefills
+the message at plain cost."""
 
 from __future__ import annotations
 

@@ -70,27 +70,27 @@ def test_base_reply_reuses_the_scoring_prefill(engine):
     assert "".join(scored[:-1]) == "".join(unscored[:-1])
 
 
-def test_scoring_not_needed_stops_before_the_message_and_the_reply_reuses_the_rest(engine, monkeypatch):
-    """needed() is asked once the conversation before the message is in the KV cache; when it says
-    no, no row of the message is decoded, score returns None, and a base reply prefills the
-    message itself on top of that prefix, with the same text as without routing. (Asked, as on a
-    large vocabulary: the demo's logits are too cheap to wait for.)"""
+def test_scoring_not_needed_decodes_nothing_and_the_reply_prefills_in_one_batch(engine, monkeypatch):
+    """needed() is asked before anything is decoded; when it says no, score returns None having
+    decoded nothing, and the base reply prefills all it does not find in the KV cache, the end of the
+    conversation and the message, in one batch (each batch is a pass over all the weights), with the
+    same text as without routing. (Asked, as on a large vocabulary: the demo's logits are too cheap
+    to wait for.)"""
     monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)
     messages = conversation("hi", "Hello! How can I help?", "tell me about mushrooms that grow in forests")
     engine.score(conversation("something else, to move the cache away"), max_tokens=32)
     unscored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
     engine.score(conversation("something else, to move the cache away"), max_tokens=32)
-    decoded, asked = [], []
+    batches, asked = [], []
     decode = engine._decode
-    monkeypatch.setattr(engine, "_decode", lambda tokens, *a, **k: decoded.extend(tokens) or decode(tokens, *a, **k))
-    assert engine.score(messages, max_tokens=32, needed=lambda: asked.append(len(decoded)) or False) is None
-    monkeypatch.setattr(engine, "_decode", decode)
-    prompt, _ = engine.fit(messages, 32)
-    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
-    start = end - len(engine.tokenize(messages[-1]["content"]))  # the message's text: prompt[start:end]
-    assert asked == [len(decoded)] and 0 < len(decoded) < start and decoded == prompt[start - 1 - len(decoded):start - 1]
+    monkeypatch.setattr(engine, "_decode", lambda tokens, *a, **k: batches.append(list(tokens)) or decode(tokens, *a, **k))
+    assert engine.score(messages, max_tokens=32, needed=lambda: asked.append(len(batches)) or False) is None
+    assert asked == [0] and batches == []
     replied = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
-    assert replied[-1].reused_tokens == start - 1  # everything before the message came from score()
+    prompt, _ = engine.fit(messages, 32)
+    start = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close) - len(engine.tokenize(messages[-1]["content"]))
+    reused = replied[-1].reused_tokens
+    assert 0 < reused < start and batches[0] == prompt[reused:]  # "hi", the answer and the message: one batch
     assert "".join(replied[:-1]) == "".join(unscored[:-1])
 
 

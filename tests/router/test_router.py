@@ -140,9 +140,13 @@ def test_a_base_route_reply_reuses_the_routing_prefill(engine, router_parts, tmp
     monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as a large vocabulary: asked, and not needed
     *_, general = service.respond(None, message)
     assert general.decision.route == "base" and general.decision.perplexity is None
-    # the conversation before the message was prefilled while the signals ran; the reply adds the rest
-    tail = len(engine.tokenize(message)) + len(engine.chat.close) + len(engine.chat.generation_prompt()) + 1
-    assert general.stats.reused_tokens == general.stats.prompt_tokens - tail
+    # routing decoded nothing: the reply reuses all the first reply left in the cache that it shares
+    # (the system prompt and the user turn's opening) and prefills the rest itself
+    before = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write a SQL query that counts orders per customer."}]
+    now = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": message}]
+    first, second = engine.fit(before, 48)[0], engine.fit(now, 48)[0]
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert general.stats.reused_tokens == shared
     row = service.memory.decisions(general.session_id)[0]
     assert row["perplexity"] is None and row["rule"] == "fallback"
 
