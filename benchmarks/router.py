@@ -18,13 +18,14 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
   in three passes that rotate which third of them each path gets, so no path finds another's
   prefill in the KV cache. Then the same as a follow-up: the second message of a session, after a
   first turn and its reply (so the escalation detector has an answer to read, and the KV cache
-  holds the conversation). On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one.
+  holds the conversation). On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one (--large:
+  also Qwen2.5-1.5B-shaped; --huge: also Qwen2.5-7B-shaped, the default profile's base).
   Every timed message is new to the embedding cache. The signals of the routed messages are timed
   too, as the app runs them: on the router's thread, whose memory sat untouched while the base
   worked (on this VM that alone makes them slower, see benchmarks/idle.py): the table's last
   column, signals_in_app_ms in the JSON.
 
-    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--large]
+    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--large] [--huge] [--models NAME ...]
 
 The last line is JSON: signals_p50_ms, signals_p95_ms, perplexity_needed_share (of the signals'
 messages, under the default τe and τd), ttft_base_route_vs_unrouted (median needed TTFT / median
@@ -51,7 +52,7 @@ import numpy as np  # noqa: E402
 
 from app.chat import ChatService, ChatSettings  # noqa: E402
 from app.memory import Memory  # noqa: E402
-from models.demo import DemoSpec, write_model  # noqa: E402
+from models.demo import DemoSpec, write_model, write_shape  # noqa: E402
 from models.engine import Engine  # noqa: E402
 from router.decision import DOMAINS, Thresholds  # noqa: E402
 from router.embeddings import Embedder  # noqa: E402
@@ -74,6 +75,11 @@ MODELS = {"demo": (DemoSpec(), None), "demo-768": (replace(DemoSpec(), n_embd=76
 # ~2 s per first token on one thread, so 9 messages per path: about 7 minutes.
 LARGE = {"qwen1.5b-shape": (replace(DemoSpec(), n_embd=1536, n_ff=8960, n_head=12, n_head_kv=2, extra_layers=26,
                                     min_vocab=151_936, weight_type="q8_0"), 9)}
+# --huge: the default profile's base (qwen2.5-7b: 3584 wide, 28 layers, 152,064 tokens) in Q8_0, every
+# layer holding the same weights (models.demo.write_shape). An 8 GB file, ~15 GB of memory once
+# llama.cpp repacks it for AMX, ~8 s per first token on one thread: 6 messages per path, ~20 minutes.
+HUGE = {"qwen7b-shape": (replace(DemoSpec(), n_embd=3584, n_ff=18944, n_head=28, n_head_kv=4, extra_layers=26,
+                                  min_vocab=152_064, weight_type="q8_0"), 6)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -198,7 +204,9 @@ def main() -> None:
     parser.add_argument("--ttft-n", type=int, default=60, help="messages per path for TTFT (default 60)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--large", action="store_true", help="also a Qwen2.5-1.5B-shaped base (~4 more minutes)")
+    parser.add_argument("--large", action="store_true", help="also a Qwen2.5-1.5B-shaped base (~7 more minutes)")
+    parser.add_argument("--huge", action="store_true", help="also a Qwen2.5-7B-shaped base (~20 more minutes, 8 GB of disk)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS | LARGE | HUGE), help="time only these bases")
     args = parser.parse_args()
     from models.engine import default_threads
     from router.domain import DomainClassifier
@@ -217,9 +225,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
         tmp = Path(tmp)
-        for name, (spec, n) in (MODELS | LARGE if args.large else MODELS).items():
+        chosen = MODELS | (LARGE if args.large else {}) | (HUGE if args.huge else {})
+        if args.models:
+            chosen = {k: v for k, v in (MODELS | LARGE | HUGE).items() if k in args.models}
+        for name, (spec, n) in chosen.items():
             path = tmp / f"{name}.gguf"
-            write_model(path, spec, "base")
+            write_shape(path, spec) if name in HUGE else write_model(path, spec, "base")
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
             path.unlink()
     print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "
@@ -236,7 +247,8 @@ def main() -> None:
               f"{r['unrouted_p95_ms']:>15.2f}{r['needed_p95_ms']:>9.2f}{r['unneeded_p95_ms']:>10.2f}"
               f"{r['needed_follow_up_ratio']:>9.3f} / {r['unneeded_follow_up_ratio']:.3f}"
               f"{r['signals_p50_ms']:>9.2f} / {r['signals_p95_ms']:.2f}")
-    short = {"demo": "", "demo-768": "_768", "qwen0.5b-shape": "_qwen05_shape", "qwen1.5b-shape": "_qwen15_shape"}
+    short = {"demo": "", "demo-768": "_768", "qwen0.5b-shape": "_qwen05_shape", "qwen1.5b-shape": "_qwen15_shape",
+             "qwen7b-shape": "_qwen7_shape"}
     print(json.dumps({
         "signals_p50_ms": round(signals["p50_ms"], 2), "signals_p95_ms": round(signals["p95_ms"], 2),
         "perplexity_needed_share": round(signals["needed_share"], 3),

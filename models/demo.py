@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -198,6 +198,29 @@ def write_model(path: Path, spec: DemoSpec, role: str, merge: tuple[str, float] 
             delta = lora[name + ".lora_b"] @ lora[name + ".lora_a"]
             tensors[name] = tensors[name].astype(np.float32) + factor * delta
     _finish(_writer(path, spec, f"cogumi-demo-{role}", len(layers)), tensors, spec.weight_type)
+
+
+def write_shape(path: Path, spec: DemoSpec) -> None:
+    """A base of spec's shape in Q8_0 whose layers all hold one layer's weights, for timing a real
+    model's shape (benchmarks/router.py --huge: a 7B's 28 layers) without making its 30 GB of
+    float32. llama.cpp loads each layer into its own memory, so it runs as a 7B does; its replies
+    are noise."""
+    n_vocab = len(vocabulary(spec)[0])
+    rng = np.random.default_rng(spec.seed)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    w = _writer(path, spec, "cogumi-shape", spec.draft_layers + spec.extra_layers)
+    for name in ("token_embd.weight", "output.weight"):
+        w.add_tensor(name, gguf.quants.quantize(_uniform(rng, (n_vocab, spec.n_embd), 1.0), q8), raw_dtype=q8)
+    w.add_tensor("output_norm.weight", np.ones(spec.n_embd, np.float32))
+    layer = _layer(rng, replace(spec, weight_type="f32"), 0.5)
+    layer = {k: gguf.quants.quantize(v, q8) if v.ndim == 2 else v for k, v in layer.items()}
+    for i in range(spec.draft_layers + spec.extra_layers):
+        for k, v in layer.items():
+            w.add_tensor(f"blk.{i}.{k}", v, raw_dtype=q8 if v.dtype == np.uint8 else None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def lora_tensors(spec: DemoSpec, modifier: str) -> dict[str, np.ndarray]:

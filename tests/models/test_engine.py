@@ -202,3 +202,25 @@ def test_people_taking_turns_each_find_their_own_conversation_cached(demo_set):
     shared.score(follow, max_tokens=8)
     _, stats, _ = run(shared, follow, max_tokens=8)
     assert stats.reused_tokens == stats.prompt_tokens
+
+
+def test_a_model_shape_for_timing_loads_with_every_layer_in_q8_0(tmp_path):
+    """benchmarks/router.py --huge times a Qwen2.5-7B-shaped base; write_shape writes one layer's
+    weights once for every layer (a 7B's random float32 would take 30 GB). Here a small shape: the
+    file holds every layer, in Q8_0, and llama.cpp loads and prefills it."""
+    import dataclasses
+
+    import gguf
+
+    from models.demo import DemoSpec, write_shape
+    from models.engine import Engine
+
+    spec = dataclasses.replace(DemoSpec(), extra_layers=5, weight_type="q8_0")
+    path = tmp_path / "shape.gguf"
+    write_shape(path, spec)
+    reader = gguf.GGUFReader(path)
+    layers = {t.name.split(".")[1] for t in reader.tensors if t.name.startswith("blk.")}
+    assert layers == {str(i) for i in range(spec.draft_layers + spec.extra_layers)}
+    assert {t.tensor_type for t in reader.tensors if len(t.shape) == 2} == {gguf.GGMLQuantizationType.Q8_0}
+    engine = Engine(path, n_ctx=512)
+    assert engine.score([{"role": "user", "content": "hello there, how are you"}])[1] > 0
