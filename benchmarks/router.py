@@ -76,8 +76,8 @@ MODELS = {"demo": (DemoSpec(), None), "demo-768": (replace(DemoSpec(), n_embd=76
 LARGE = {"qwen1.5b-shape": (replace(DemoSpec(), n_embd=1536, n_ff=8960, n_head=12, n_head_kv=2, extra_layers=26,
                                     min_vocab=151_936, weight_type="q8_0"), 9)}
 # --huge: the default profile's base (qwen2.5-7b: 3584 wide, 28 layers, 152,064 tokens) in Q8_0, every
-# layer holding the same weights (models.demo.write_shape). An 8 GB file, ~15 GB of memory once
-# llama.cpp repacks it for AMX, ~8 s per first token on one thread: 6 messages per path, ~20 minutes.
+# layer holding the same weights (models.demo.write_shape). An 8 GB file (9 GB resident: llama.cpp's
+# AMX copy of it), ~11 s per first token on one thread: 6 messages per path, about 17 minutes.
 HUGE = {"qwen7b-shape": (replace(DemoSpec(), n_embd=3584, n_ff=18944, n_head=28, n_head_kv=4, extra_layers=26,
                                   min_vocab=152_064, weight_type="q8_0"), 6)}
 
@@ -230,7 +230,10 @@ def main() -> None:
             chosen = {k: v for k, v in (MODELS | LARGE | HUGE).items() if k in args.models}
         for name, (spec, n) in chosen.items():
             path = tmp / f"{name}.gguf"
-            write_shape(path, spec) if name in HUGE else write_model(path, spec, "base")
+            if name in HUGE:
+                write_shape(path, spec)
+            else:
+                write_model(path, spec, "base")
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
             path.unlink()
     print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "

@@ -168,10 +168,11 @@ def _writer(path: Path, spec: DemoSpec, name: str, n_layers: int) -> gguf.GGUFWr
 
 
 def _finish(w: gguf.GGUFWriter, tensors: dict[str, np.ndarray], weight_type: str = "f16") -> None:
+    q8 = gguf.GGMLQuantizationType.Q8_0
     for name, array in tensors.items():
         if weight_type == "q8_0" and array.ndim == 2:  # the real model sets' format (benchmarks only)
-            q8 = gguf.GGMLQuantizationType.Q8_0
-            w.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)
+            quantized = array if array.dtype == np.uint8 else gguf.quants.quantize(array, q8)  # uint8: done already
+            w.add_tensor(name, quantized, raw_dtype=q8)
         else:
             w.add_tensor(name, array)
     w.write_header_to_file()
@@ -205,22 +206,15 @@ def write_shape(path: Path, spec: DemoSpec) -> None:
     model's shape (benchmarks/router.py --huge: a 7B's 28 layers) without making its 30 GB of
     float32. llama.cpp loads each layer into its own memory, so it runs as a 7B does; its replies
     are noise."""
-    n_vocab = len(vocabulary(spec)[0])
+    n_vocab, n_layers = len(vocabulary(spec)[0]), spec.draft_layers + spec.extra_layers
     rng = np.random.default_rng(spec.seed)
     q8 = gguf.GGMLQuantizationType.Q8_0
-    w = _writer(path, spec, "cogumi-shape", spec.draft_layers + spec.extra_layers)
-    for name in ("token_embd.weight", "output.weight"):
-        w.add_tensor(name, gguf.quants.quantize(_uniform(rng, (n_vocab, spec.n_embd), 1.0), q8), raw_dtype=q8)
-    w.add_tensor("output_norm.weight", np.ones(spec.n_embd, np.float32))
-    layer = _layer(rng, replace(spec, weight_type="f32"), 0.5)
-    layer = {k: gguf.quants.quantize(v, q8) if v.ndim == 2 else v for k, v in layer.items()}
-    for i in range(spec.draft_layers + spec.extra_layers):
-        for k, v in layer.items():
-            w.add_tensor(f"blk.{i}.{k}", v, raw_dtype=q8 if v.dtype == np.uint8 else None)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    quantized = lambda a: gguf.quants.quantize(a, q8) if a.ndim == 2 else a  # one float32 matrix at a time
+    tensors = {name: quantized(_uniform(rng, (n_vocab, spec.n_embd), 1.0)) for name in ("token_embd.weight", "output.weight")}
+    tensors["output_norm.weight"] = np.ones(spec.n_embd, np.float32)
+    layer = {k: quantized(v) for k, v in _layer(rng, replace(spec, weight_type="f32"), 0.5).items()}
+    tensors.update({f"blk.{i}.{k}": v for i in range(n_layers) for k, v in layer.items()})
+    _finish(_writer(path, spec, "cogumi-shape", n_layers), tensors, "q8_0")
 
 
 def lora_tensors(spec: DemoSpec, modifier: str) -> dict[str, np.ndarray]:
