@@ -41,7 +41,7 @@ SHAPES = {"0.5b": (896, 4864, 14, 2, 151_936, 24), "1.5b": (1536, 8960, 12, 2, 1
 def prefill_ms(engine: Engine, tokens: list[int], every_row: bool) -> float:
     llama_cpp.llama_memory_seq_rm(engine.ctx.memory, 0, -1, -1)
     start = time.perf_counter()
-    engine._decode(tokens, 0, 0, logits_from=0 if every_row else None)
+    engine._decode(tokens, 0, 0, outputs=range(len(tokens)) if every_row else None)
     return (time.perf_counter() - start) * 1000
 
 

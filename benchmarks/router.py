@@ -8,7 +8,9 @@ signals: Router.signals (one MiniLM encode of the message + the domain and escal
 ttft: ChatService.respond on a new session, from the call to the first streamed text, greedy, on
   three paths, all ending on the base route:
   needed:   the Router with τp = τe = ∞ and τd = 0, so the perplexity decides (the message's domain
-            is a modifier's, sure by τd 0): it is scored, and the scoring prefill is the reply's;
+            is a modifier's, sure by τd 0): it is scored, and the scoring prefill is the reply's
+            (where the logits are costly, with the side context scoring the message's first rows
+            on the other core, models/scoring.py);
   unneeded: the Router with τd above 1: no modifier is sure, the route is base whatever the
             perplexity (policy.needs_perplexity), so where the logits are costly (Engine.score,
             ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo bases

@@ -1,4 +1,5 @@
-"""The llama.cpp engine: one base model loaded once, one context, a streaming decode loop.
+"""The llama.cpp engine: one base model loaded once, one context, a streaming decode loop (and, for
+the router's perplexity on a spare core, a side context on the same weights: models/scoring.py).
 
 The loop is written against llama-cpp-python's low-level bindings rather than `Llama.__call__`
 because the app needs what that path gets wrong or hides: prompt tokens built without parsing
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import functools
+import logging
 import os
 import platform
 import sys
@@ -29,6 +31,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
 from models.gguf_header import check_hyperparameters, read_header, read_metadata
+from models.scoring import SideScorer, decode, nll_sum, prefill_scoring
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -36,6 +39,7 @@ from modifiers.registry import ModifierRegistry
 # failed load can say *why* (with logging off it only says "failed to load model").
 _LOG_LINES: deque[str] = deque(maxlen=50)
 _VERBOSE = os.environ.get("COGUMI_LLAMA_VERBOSE") == "1"
+log = logging.getLogger(__name__)
 
 
 @llama_cpp.llama_log_callback
@@ -141,7 +145,7 @@ class Engine:
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
                  n_gpu_layers: int | None = None, seed: int = 0,
                  modifiers: dict[str, tuple[Path, float]] | None = None, f32_kv_cache: bool = False,
-                 draft: Path | None = None, conversations: int = 1):
+                 draft: Path | None = None, conversations: int = 1, side_threads: int | None = None):
         self.model_path = Path(model_path)
         gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.model = load_model(self.model_path, gpu_layers, _VERBOSE)
@@ -151,7 +155,7 @@ class Engine:
         threads = n_threads or default_threads()
         self.n_threads = threads
         entries = modifiers or {}
-        header, shapes = read_header(self.model_path, tensors=bool(entries))
+        header, shapes = read_header(self.model_path, tensors=True)
         self.modifiers = ModifierRegistry(self.model.model, entries, header.get("general.architecture"), shapes)
         # KV sequences per route (the plain base, then each modifier), `conversations` of them per
         # route, in one context: a switch re-evaluates only what that adapter has not seen, KV
@@ -179,10 +183,18 @@ class Engine:
             raise ModelFileError(f"{self.model_path}: llama.cpp could not make a context of {ctx_params.n_ctx:,} "
                                  f"tokens for this model: {reason}") from exc
         self.n_batch = n_batch
+        self.n_vocab, self.n_embd = self.model.n_vocab(), self.model.n_embd()
+        # Multiply-adds per prompt row: the output layer's, and the rest's (the token embeddings
+        # are a lookup; a model without output.weight multiplies by them instead: tied).
+        self.head_macs = self.n_vocab * self.n_embd
+        self.body_macs = self.model.n_params() - self.head_macs * (2 if "output.weight" in shapes else 1)
+        self.side = self._side_scorer(side_threads, threads, gpu_layers, ctx_params.type_k if f32_kv_cache else None)
+        # The side context's time per multiply-add over this one's, measured on each shared score:
+        # it is slower where its cores are busier or share more with these (1.0–1.3 on this project's VM).
+        self._side_slowness = 1.0
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
                            _VERBOSE) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
-        self.n_vocab, self.n_embd = self.model.n_vocab(), self.model.n_embd()
         self.seed = seed
         self.chat = ChatML(self.tokenize, self.model_path.name)
         self._lock = threading.Lock()      # one reply at a time on the one context
@@ -202,6 +214,20 @@ class Engine:
         # word splits differently), so the next turn's prompt would leave the KV cache at the
         # start of the reply and prefill all of it again.
         self.reply_tokens: dict[str, list[int]] = {}
+
+    def _side_scorer(self, threads: int | None, base_threads: int, gpu_layers: int, kv_type: int | None) -> SideScorer | None:
+        """The side context for scoring (models/scoring.py), on the cores the base's threads leave
+        free (None: as many as the base has, where that many are free; none on a GPU, which the two
+        contexts would take turns on). Without memory for it, scoring runs in the one context."""
+        if threads is None:
+            threads = 0 if gpu_layers else min(base_threads, max(0, (os.cpu_count() or 1) - base_threads))
+        if threads <= 0:
+            return None
+        try:
+            return SideScorer(self.model, self.n_ctx, self.n_batch, threads, kv_type, _VERBOSE)
+        except ValueError as exc:
+            log.warning("no side context for scoring (%s): the reply's context scores every row", exc)
+            return None
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -290,19 +316,13 @@ class Engine:
 
     # -- decoding -----------------------------------------------------------------------------
     def _decode(self, tokens: Sequence[int], start: int, seq: int, all_logits: bool = False,
-                logits_from: int | None = None) -> None:
+                outputs: range | None = None) -> None:
         """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one, and
-        for every one (all_logits: verifying a draft) or every one from index `logits_from` on
-        (scoring a message): a few rows at a time, never n_ctx × n_vocab."""
-        b = self.batch.batch
-        b.n_tokens = len(tokens)
-        first = 0 if all_logits else len(tokens) if logits_from is None else logits_from
-        for i, token in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, i >= first
-            b.seq_id[i][0] = seq
-        b.logits[len(tokens) - 1] = True
+        for every one (all_logits: verifying a draft) or those at the indexes in `outputs` (scoring
+        a message): a few rows at a time, never n_ctx × n_vocab."""
         self._fresh = None  # which (sequence, length) the context's last logits row belongs to
-        self.ctx.decode(self.batch)
+        decode(self.ctx, self.batch, tokens, start, seq,
+               range(len(tokens)) if all_logits else outputs or range(0))
 
     def _sequence(self, route: str | None, tokens: Sequence[int]) -> int:
         """The KV sequence of `route` for a prompt: the one that holds most of its start, when that
@@ -353,14 +373,16 @@ class Engine:
             return np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
 
     def score(self, messages: Sequence[dict], max_tokens: int = 256, chunk: int | None = None,
-              needed: Callable[[], bool] | None = None) -> tuple[float, int] | None:
+              needed: Callable[[], bool] | None = None, side_rows: int | None = None) -> tuple[float, int] | None:
         """Mean negative log-likelihood (nats) of the last message's text tokens given everything
         before them, under the plain base. Returns (mean NLL, tokens scored).
 
         The whole reply prompt is prefilled on the base route, asking llama.cpp for logits on the
         message's rows only, at most `chunk` rows per batch (memory: chunk × n_vocab however long
         the message). A reply on the base route with the same messages and max_tokens then starts
-        sampling at once: routing costs it only the extra logits rows, not a second prefill.
+        sampling at once: routing costs it only the extra logits rows, not a second prefill. Where
+        those rows are costly, the side context scores the first `side_rows` of them (None: the
+        share that ends both prefills together, _side_rows) at the same time, on other cores.
 
         With `needed`, when the message's logits cost more than ASK_ABOVE_MACS, needed() is asked
         before anything is decoded (the router waits there for its other signals): if it says no,
@@ -379,44 +401,68 @@ class Engine:
             # Asked before the cache is touched, so that the reply prefills the end of the conversation
             # and the message in one batch: each batch is a pass over all the weights, and a second
             # one costs more than the wait (a 5-row batch: ~100 ms on the Qwen2.5-0.5B shape, one thread).
-            if needed is not None and (end - start) * self.n_vocab * self.n_embd > ASK_ABOVE_MACS and not needed():
+            if needed is not None and (end - start) * self.head_macs > ASK_ABOVE_MACS and not needed():
                 return None
             seq = self._sequence(None, prompt)
             self.modifiers.activate(self.ctx.ctx, None)
             cached = self._kv[seq]
             keep = self._keep_prefix(seq, prompt[:start - 1])  # row start - 1 predicts the first message token
-            nll, at = 0.0, keep
-            while at < len(prompt):
-                # rows from start - 1 to end - 2 predict the message's tokens; at most `chunk` per batch
-                first_row = max(start - 1 - at, 0)
-                size = min(self.n_batch, len(prompt) - at, first_row + chunk)
-                self._decode(prompt[at:at + size], at, seq, logits_from=first_row)
-                cached.extend(prompt[at:at + size])
-                rows = range(at + first_row, min(at + size, end - 1))  # positions whose next token is scored
-                if len(rows):
-                    n_out = size - first_row
-                    logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(n_out, self.n_vocab))
-                    nll += self._nll(logits[:len(rows)], [prompt[p + 1] for p in rows])
-                at += size
+            if side_rows is None:
+                side_rows = self._side_rows(prompt, keep, start, end)
+            side_rows = min(side_rows, end - start) if self.side else 0
+            side_keep = self.side.cached_prefix(prompt[:start - 1]) if side_rows else 0
+            # rows start - 1 .. end - 2 predict the message's tokens: the side context takes the first ones
+            side = self.side.submit(prompt, range(start - 1, start - 1 + side_rows), chunk) if side_rows else None
+
+            def decode_at(tokens: Sequence[int], at: int, outputs: range) -> None:
+                self._decode(tokens, at, seq, outputs=outputs)
+                cached.extend(tokens)
+
+            def logits(n: int) -> np.ndarray:
+                return np.ctypeslib.as_array(self.ctx.get_logits(), shape=(n, self.n_vocab))
+
+            started = time.perf_counter()
+            try:
+                nll = prefill_scoring(decode_at, logits, self._nll, prompt, keep, len(prompt),
+                                      range(start - 1 + side_rows, end - 1), chunk, self.n_batch)
+                seconds = time.perf_counter() - started
+            finally:
+                side_nll = side.result() if side else 0.0  # waited for on a failure too: then it is idle again
+            nll += side_nll
+            if side:
+                self._measure_side(seconds, self.side.last_seconds,
+                                   self._prefill_macs(len(prompt) - keep, end - start - side_rows),
+                                   self._prefill_macs(start - 1 - side_keep + side_rows, side_rows))
             self._fresh = (seq, len(prompt))
         return nll / (end - start), end - start
 
-    @staticmethod
-    def _nll(logits: np.ndarray, targets: Sequence[int]) -> float:
-        """Sum over rows of -log softmax(row)[target]. A few rows at a time (~1 MB, one row of a
-        151,936-token vocabulary) through one scratch buffer: each pass over them stays in the CPU's
-        cache, and no temporary as large as the logits is made. 110 rows of 151,936: 50 -> 23 ms
-        (and no 230 ms outliers faulting in fresh 67 MB arrays)."""
-        block = max(1, (1 << 18) // logits.shape[1])
-        scratch = np.empty((min(block, len(logits)), logits.shape[1]), np.float32)
-        total = 0.0
-        for i in range(0, len(logits), block):
-            rows = logits[i:i + block]
-            top = rows.max(axis=1, keepdims=True)
-            shifted = np.subtract(rows, top, out=scratch[:len(rows)])
-            log_z = np.log(np.exp(shifted, out=shifted).sum(axis=1, dtype=np.float64)) + top[:, 0]
-            total += float((log_z - rows[np.arange(len(rows)), targets[i:i + block]]).sum())
-        return total
+    def _side_rows(self, prompt: Sequence[int], keep: int, start: int, end: int) -> int:
+        """How many of the message's first scored rows the side context takes: the share at which both
+        contexts finish together, in multiply-adds (this context prefills all it does not hold,
+        `keep` tokens, with logits on the rest of the rows; the side one prefills what it does not
+        hold up to its last row, with logits on its rows), the side's scaled by its measured
+        slowness. None where the logits cost less than asking for them (ASK_ABOVE_MACS), or where a
+        share would not end the prefill sooner."""
+        n = end - start
+        if self.side is None or n * self.head_macs <= ASK_ABOVE_MACS:
+            return 0
+        lead = start - 1 - self.side.cached_prefix(prompt[:start - 1])
+        body, head, slow = self.body_macs, self.head_macs, self._side_slowness
+        # (len(prompt) - keep) * body + (n - rows) * head == slow * ((lead + rows) * body + rows * head)
+        rows = ((len(prompt) - keep) * body + n * head - slow * lead * body) / (slow * (body + head) + head)
+        return max(0, min(n, int(rows)))
+
+    def _prefill_macs(self, rows: int, logits_rows: int) -> float:
+        return rows * self.body_macs + logits_rows * self.head_macs
+
+    def _measure_side(self, seconds: float, side_seconds: float, macs: float, side_macs: float) -> None:
+        """Update the side context's slowness from one shared score (a running mean, kept within 4×:
+        one slow job, a page fault or a busy core, moves it by half at most)."""
+        if seconds > 0 and macs > 0 and side_macs > 0:
+            measured = (side_seconds / side_macs) / (seconds / macs)
+            self._side_slowness = min(4.0, max(0.25, (self._side_slowness + measured) / 2))
+
+    _nll = staticmethod(nll_sum)
 
     def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, top_k: int = 40, seed: int | None = None, modifier: str | None = None,

@@ -107,6 +107,70 @@ def test_scoring_needed_gives_the_same_value(engine, monkeypatch):
     assert asked[0] == pytest.approx(reference[0], rel=1e-4) and unasked[0] == pytest.approx(reference[0], rel=1e-4)
 
 
+@pytest.mark.parametrize("share", [1, 0.5, 1.0])
+def test_a_side_context_scores_the_first_rows_to_the_same_value(engine, share):
+    """The side context (the base's weights, the cores the base's threads leave free) scores the
+    message's first rows while the reply's prefill scores the rest: the same value as scoring all of
+    them in one context, and the reply still reuses the whole prefill and says the same."""
+    assert engine.side is not None  # tests run on 2 or more cores, the engine on half of them
+    messages = conversation("hi", "Hello! How can I help?", "explain how a hash map handles collisions")
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    alone = engine.score(messages, max_tokens=32, side_rows=0)
+    unscored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
+    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
+    rows = share if isinstance(share, int) else round(share * alone[1])
+    split = engine.score(messages, max_tokens=32, side_rows=rows)
+    prompt, _ = engine.fit(messages, 32)
+    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
+    start = end - alone[1]
+    assert engine.side.cached == prompt[:start - 1 + rows]  # it decoded up to its last scored row
+    assert split[1] == alone[1] and split[0] == pytest.approx(alone[0], rel=1e-4)
+    replied = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
+    assert replied[-1].reused_tokens == replied[-1].prompt_tokens
+    assert "".join(replied[:-1]) == "".join(unscored[:-1])
+
+
+def test_the_side_context_takes_rows_only_where_that_ends_the_prefill_sooner(engine, monkeypatch):
+    """Its share is where both contexts finish together, counted in multiply-adds (the rows each
+    must prefill, the logits rows each computes): none on the demo's small vocabulary, whose logits
+    cost less than a second prefill; none where it would first have to prefill a long conversation
+    the reply's context holds already; some where it holds the conversation too."""
+    answer = "Sure. " + "A mushroom is the fruiting body of a fungus, grown from a web of threads underground. " * 4
+    messages = conversation("hi", answer, "write a function that merges two sorted lists, in Python")
+    prompt, _ = engine.fit(messages, 256)
+    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
+    start = end - len(engine.tokenize(messages[-1]["content"]))
+    engine.score(conversation("something else, to move the cache away"), side_rows=1)
+    monkeypatch.setattr(engine, "_side_slowness", 1.0)  # as if both ran at one speed (it is measured)
+    assert engine._side_rows(prompt, 0, start, end) == 0
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as Qwen's 151,936-token vocabulary
+    assert engine._side_rows(prompt, 0, start, end) > 0                # both must prefill it all
+    assert engine._side_rows(prompt, start - 1, start, end) == 0       # only the side context must
+    before = engine.score(messages, side_rows=1)                       # now it holds the conversation too
+    monkeypatch.setattr(engine, "_side_slowness", 1.0)
+    assert 0 < engine._side_rows(prompt, start - 1, start, end) <= end - start
+    engine.score(conversation("something else, to move the cache away"), side_rows=1)
+    engine.score(messages, side_rows=1)
+    asked = engine.score(messages, needed=lambda: True)
+    assert asked[0] == pytest.approx(before[0], rel=1e-4)
+    assert len(engine.side.cached) > start  # it took its share
+
+
+def test_the_side_contexts_measured_slowness_moves_its_share_by_half_at_most(engine, monkeypatch):
+    monkeypatch.setattr(engine, "_side_slowness", 1.0)
+    engine._measure_side(seconds=1.0, side_seconds=3.0, macs=1e9, side_macs=1e9)  # 3× slower per multiply-add
+    assert engine._side_slowness == 2.0
+    for _ in range(20):
+        engine._measure_side(seconds=1.0, side_seconds=100.0, macs=1e9, side_macs=1e9)
+    assert engine._side_slowness == 4.0
+
+
+def test_an_engine_without_spare_cores_has_no_side_context(demo_set):
+    from models.engine import Engine
+
+    assert Engine(demo_set["base"], n_ctx=256, side_threads=0).side is None
+
+
 def test_a_reply_on_a_modifier_after_scoring_prefills_under_its_adapter(engine):
     messages = conversation("scored on the base, answered with the code modifier")
     engine.score(messages, max_tokens=32)
@@ -120,9 +184,9 @@ def test_long_message_is_scored_with_bounded_logits_memory(small_engine, monkeyp
     rows_asked: list[int] = []
     decode = small_engine._decode
 
-    def counting_decode(tokens, start, seq, all_logits=False, logits_from=None):
-        rows_asked.append(len(tokens) if all_logits else 1 if logits_from is None else len(tokens) - logits_from)
-        return decode(tokens, start, seq, all_logits, logits_from)
+    def counting_decode(tokens, start, seq, all_logits=False, outputs=None):
+        rows_asked.append(len(tokens) if all_logits else len(set(outputs or ()) | {len(tokens) - 1}))
+        return decode(tokens, start, seq, all_logits, outputs)
 
     monkeypatch.setattr(small_engine, "_decode", counting_decode)
     messages = conversation("the quick brown fox jumps over the lazy dog " * 7)
