@@ -31,7 +31,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
 from models.gguf_header import check_hyperparameters, read_header, read_metadata
-from models.scoring import SideScorer, decode, nll_sum, prefill_scoring
+from models.scoring import SideScorer, common_prefix, decode, nll_sum, prefill_scoring
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -333,7 +333,7 @@ class Engine:
             raise ValueError(f"no modifier {route!r} is loaded; available: {self.modifiers.names}")
         first = self.routes.index(route) * self.conversations
         candidates = range(first, first + self.conversations)
-        shared = {seq: _common_prefix(self._kv[seq], tokens) for seq in candidates}
+        shared = {seq: common_prefix(self._kv[seq], tokens) for seq in candidates}
         seq = max(candidates, key=lambda q: (shared[q], self._used[q]))
         if 2 * shared[seq] < len(tokens):
             seq = min(candidates, key=lambda q: self._used[q])
@@ -343,7 +343,7 @@ class Engine:
 
     def _keep_prefix(self, seq: int, tokens: Sequence[int]) -> int:
         """Cut sequence `seq` back to the longest start it shares with `tokens`; returns its length."""
-        keep = _common_prefix(self._kv[seq], tokens)
+        keep = common_prefix(self._kv[seq], tokens)
         if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
             keep = 0
@@ -583,12 +583,3 @@ def _sampler(temperature: float, top_p: float, top_k: int, seed: int) -> LlamaSa
         sampler.add_dist(seed)
     return sampler
 
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens a and b share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

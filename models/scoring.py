@@ -19,6 +19,16 @@ import numpy as np
 from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def decode(ctx: LlamaContext, batch: LlamaBatch, tokens: Sequence[int], start: int, seq: int,
            outputs: range = range(0)) -> None:
     """Decode `tokens` at positions start.. into sequence `seq`, with logits for the tokens at the
@@ -83,19 +93,14 @@ class SideScorer:
             params.type_k = params.type_v = kv_type
         self.ctx = LlamaContext(model=model, params=params, verbose=verbose)
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=verbose)
-        self.n_batch, self.n_vocab, self.n_threads = n_batch, model.n_vocab(), n_threads
+        self.n_batch, self.n_vocab = n_batch, model.n_vocab()
         self.cached: list[int] = []  # the tokens in its KV cache
         self.last_seconds = 0.0      # how long its last job took
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-scorer")
 
     def cached_prefix(self, tokens: Sequence[int]) -> int:
         """How many of `tokens`' first tokens its KV cache holds (read between jobs)."""
-        n = 0
-        for a, b in zip(self.cached, tokens):
-            if a != b:
-                break
-            n += 1
-        return n
+        return common_prefix(self.cached, tokens)
 
     def submit(self, prompt: Sequence[int], rows: range, chunk: int) -> Future:
         """Start scoring positions `rows` of `prompt` (the NLL sum of their next tokens) on its thread."""

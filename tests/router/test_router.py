@@ -9,6 +9,7 @@ import pytest
 
 from app.chat import ChatService, ChatSettings
 import models.engine as engine_module
+import models.scoring as scoring
 from app.memory import Memory
 from router.decision import Thresholds
 from router.perplexity import Perplexity
@@ -145,7 +146,7 @@ def test_a_base_route_reply_reuses_the_routing_prefill(engine, router_parts, tmp
     before = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write a SQL query that counts orders per customer."}]
     now = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": message}]
     first, second = engine.fit(before, 48)[0], engine.fit(now, 48)[0]
-    assert general.stats.reused_tokens == engine_module._common_prefix(first, second)
+    assert general.stats.reused_tokens == scoring.common_prefix(first, second)
     row = service.memory.decisions(general.session_id)[0]
     assert row["perplexity"] is None and row["rule"] == "fallback"
 
