@@ -20,8 +20,10 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
   in three passes that rotate which third of them each path gets, so no path finds another's
   prefill in the KV cache. Then the same as a follow-up: the second message of a session, after a
   first turn and its reply (so the escalation detector has an answer to read, and the KV cache
-  holds the conversation). On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one (--large:
-  also Qwen2.5-1.5B-shaped; --huge: also Qwen2.5-7B-shaped, the default profile's base).
+  holds the conversation), after the background work a person's reading leaves time for: the
+  reply's embedding (Router.settle) and the side context's catch-up with it (Engine.settle).
+  On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one (--large: also
+  Qwen2.5-1.5B-shaped; --huge: also Qwen2.5-7B-shaped, the default profile's base).
   Every timed message is new to the embedding cache. The signals of the routed messages are timed
   too, as the app runs them: on the router's thread, whose memory sat untouched while the base
   worked (on this VM that alone makes them slower, see benchmarks/idle.py): the table's last
@@ -134,6 +136,7 @@ def follow_up_ms(service: ChatService, first: str, message: str) -> float:
         pass
     if service.router:
         service.router.settle()  # the answer's embedding is made while the user reads and types
+    service.engine.settle()  # and the side context catches up with the conversation
     return first_text_ms(service, message, session)
 
 

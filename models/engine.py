@@ -63,6 +63,11 @@ SCORE_LOGITS_BYTES = 64 << 20
 # 40 rows here: Qwen2.5-0.5B's shape in Q8_0 26 GMAC/s (5.2 ms a row, so always asks), the demo base
 # in F16 6 GMAC/s (0.03 ms a row: 782 tokens, 256 wide, so never asks for a message under ~500 tokens).
 ASK_ABOVE_MACS = 1e8
+# After a complete reply the side context prefills it, while the person reads, where it would take
+# rows of a short message (SHORT_MESSAGE tokens), so that a follow-up finds it as a first message
+# does. In batches of CATCH_UP_BATCH tokens, the most the next message's score waits for.
+SHORT_MESSAGE = 16
+CATCH_UP_BATCH = 16
 UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
@@ -514,6 +519,8 @@ class Engine:
                     reply_text.append(tail)
                     yield tail
                 self._remember_reply("".join(reply_text), generated)
+                if self.side and stats.stop_reason != "stopped" and SHORT_MESSAGE * self.head_macs > ASK_ABOVE_MACS:
+                    self.side.catch_up(prompt + generated + self.chat.close, CATCH_UP_BATCH)
             except GeneratorExit:
                 stats.stop_reason = "stopped"
                 raise
@@ -527,6 +534,12 @@ class Engine:
                 decode_s = end - first_token_at
                 stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else 0.0
             yield stats
+
+    def settle(self) -> None:
+        """Wait until background work (the side context catching up with a reply) is done: a person
+        takes longer than that to read the reply and type."""
+        if self.side:
+            self.side.settle()
 
     def _remember_reply(self, text: str, tokens: list[int]) -> None:
         """So that `text`, when it comes back as the assistant turn of the next prompt, is the

@@ -5,7 +5,9 @@ On a large vocabulary those rows are the cost of routing: Qwen2.5-0.5B's output 
 multiply-adds a row against 358 M for the rest of the model, and a reply needs it on one row only.
 So a second context on the same weights (SideScorer), run on the cores the base's own threads
 leave to the router, scores the message's first rows while the reply's context prefills the whole
-prompt and scores the rest. Each context is one pass over the weights, in parallel.
+prompt and scores the rest. Each context is one pass over the weights, in parallel. It holds one
+conversation; after a complete reply it catches up with it while the person reads (SideScorer.catch_up),
+so that on a follow-up it prefills as little before its rows as on a first message.
 """
 
 from __future__ import annotations
@@ -93,9 +95,11 @@ class SideScorer:
             params.type_k = params.type_v = kv_type
         self.ctx = LlamaContext(model=model, params=params, verbose=verbose)
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=verbose)
-        self.n_batch, self.n_vocab = n_batch, model.n_vocab()
+        self.n_ctx, self.n_batch, self.n_vocab = n_ctx, n_batch, model.n_vocab()
         self.cached: list[int] = []  # the tokens in its KV cache
         self.last_seconds = 0.0      # how long its last job took
+        self._scores = 0             # scores submitted: a catch-up stops when one comes after it
+        self._last: Future | None = None  # the job submitted last
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-scorer")
 
     def cached_prefix(self, tokens: Sequence[int]) -> int:
@@ -104,15 +108,49 @@ class SideScorer:
 
     def submit(self, prompt: Sequence[int], rows: range, chunk: int) -> Future:
         """Start scoring positions `rows` of `prompt` (the NLL sum of their next tokens) on its thread."""
-        return self._worker.submit(self._score, list(prompt[:rows.stop + 1]), rows, chunk)  # + the last target
+        self._scores += 1
+        return self._submit(self._score, list(prompt[:rows.stop + 1]), rows, chunk)  # + the last target
 
-    def _score(self, prompt: list[int], rows: range, chunk: int) -> float:
-        started = time.perf_counter()
-        keep = self.cached_prefix(prompt[:rows.start])
+    def catch_up(self, tokens: Sequence[int], batch: int) -> None:
+        """Prefill what it does not hold of `tokens` (a conversation the next message will continue)
+        on its thread, `batch` tokens at a time, each batch a job of its own: a score submitted
+        meanwhile runs after the batch in flight and ends the catch-up, so the next message does not
+        wait for it; so does the interpreter's exit, which takes no new jobs."""
+        self._submit(self._catch_up, list(tokens[:self.n_ctx]), batch, self._scores)
+
+    def settle(self) -> None:
+        """Wait until its jobs, a catch-up to its end, are done."""
+        while (job := self._last) is not None and not job.done():
+            job.result()
+
+    def _submit(self, fn: Callable, *args) -> Future:
+        self._last = self._worker.submit(fn, *args)
+        return self._last
+
+    def _catch_up(self, tokens: list[int], batch: int, scores: int) -> None:
+        if self._scores != scores:
+            return
+        at = self._keep(tokens)
+        if at < len(tokens):
+            decode(self.ctx, self.batch, tokens[at:at + batch], at, 0)
+            self.cached.extend(tokens[at:at + batch])
+            try:
+                self._submit(self._catch_up, tokens, batch, scores)
+            except RuntimeError:  # the interpreter is exiting
+                pass
+
+    def _keep(self, tokens: Sequence[int]) -> int:
+        """Drop the KV cache past its common prefix with `tokens`; returns that prefix's length."""
+        keep = self.cached_prefix(tokens)
         if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, -1, -1)
             keep = 0
         del self.cached[keep:]
+        return keep
+
+    def _score(self, prompt: list[int], rows: range, chunk: int) -> float:
+        started = time.perf_counter()
+        keep = self._keep(prompt[:rows.start])
 
         def decode_at(tokens: Sequence[int], start: int, outputs: range) -> None:
             decode(self.ctx, self.batch, tokens, start, 0, outputs)

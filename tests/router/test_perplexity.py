@@ -156,6 +156,65 @@ def test_the_side_context_takes_rows_only_where_that_ends_the_prefill_sooner(eng
     assert len(engine.side.cached) > start  # it took its share
 
 
+def test_after_a_reply_the_side_context_catches_up_with_the_conversation(engine, monkeypatch):
+    """While the person reads a complete reply, the side context prefills it (on its own core), so
+    that on the next message it needs to prefill nothing before its share, as on a first message.
+    Not after a reply that was stopped (the conversation may not go on with it), and not where its
+    logits are cheap (the demo's: it takes no rows there)."""
+    messages = conversation("hi", "Hello! How can I help?", "explain how a hash map handles collisions")
+    engine.score(conversation("something else, to move the cache away"), side_rows=1)
+    engine.settle()
+    held = list(engine.side.cached)
+    list(engine.generate(messages, max_tokens=8, modifier=None, use_draft=False))
+    engine.settle()
+    assert engine.side.cached == held  # the demo's vocabulary: nothing to catch up for
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as Qwen's 151,936-token vocabulary
+    stream = engine.generate(messages, max_tokens=8, modifier=None, use_draft=False)
+    next(stream)
+    stream.close()  # stopped
+    engine.settle()
+    assert engine.side.cached == held
+    reply = "".join(p for p in engine.generate(messages, max_tokens=8, modifier="code", use_draft=False)
+                    if isinstance(p, str))
+    engine.settle()
+    follow_up = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": "and in Rust?"}]
+    prompt, _ = engine.fit(follow_up, 256)
+    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
+    start = end - len(engine.tokenize("and in Rust?"))
+    header = engine.chat.overhead("user") - len(engine.chat.close)  # the next message's header: only it is left
+    assert prompt[:start - header] == engine.side.cached  # the reply under a modifier too: it scores the plain base
+    monkeypatch.setattr(engine, "_side_slowness", 1.0)
+    assert engine._side_rows(prompt, start - 1, start, end) > 0
+
+
+def test_a_score_right_after_a_reply_stops_the_catch_up_and_gives_the_same_value(engine, monkeypatch):
+    """The next message does not wait for the catch-up: a score stops it after the batch in flight
+    (one token here), and the value is the one scored in one context."""
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)
+    monkeypatch.setattr(engine_module, "CATCH_UP_BATCH", 1)
+    answer = "Sure. " + "A mushroom is the fruiting body of a fungus, grown from a web of threads underground. " * 3
+    messages = conversation("hi", answer, "and which ones can I eat?")
+    engine.score(conversation("something else, to move the cache away"), side_rows=0)
+    alone = engine.score(messages, side_rows=0)
+    engine.score(conversation("something else, to move the cache away"), side_rows=1)
+    engine.settle()
+    list(engine.generate(conversation("hi"), max_tokens=4, modifier=None, use_draft=False))  # starts a catch-up
+    shared = engine.score(messages, side_rows=2)
+    assert shared[1] == alone[1] and shared[0] == pytest.approx(alone[0], rel=1e-4)
+
+
+def test_a_catch_up_ends_with_its_batch_in_flight_when_the_app_exits(demo_set):
+    """Each batch is a job of its own, so an exiting interpreter (whose thread pools take no new
+    jobs, as after shutdown) does not wait for a long conversation to be prefilled."""
+    from models.engine import Engine
+
+    side = Engine(demo_set["base"], n_ctx=512, side_threads=1).side
+    tokens = side.ctx.model.tokenize(("a long conversation to catch up with " * 20).encode(), False, False)
+    side.catch_up(tokens, batch=1)
+    side._worker.shutdown(wait=True)
+    assert 0 < len(tokens) - 100 and len(side.cached) < len(tokens) - 100
+
+
 def test_the_side_contexts_measured_slowness_moves_its_share_by_half_at_most(engine, monkeypatch):
     monkeypatch.setattr(engine, "_side_slowness", 1.0)
     engine._measure_side(seconds=1.0, side_seconds=3.0, macs=1e9, side_macs=1e9)  # 3× slower per multiply-add
