@@ -127,15 +127,15 @@ class SideScorer:
         self._last = self._worker.submit(fn, *args)
         return self._last
 
-    def _catch_up(self, tokens: list[int], batch: int, scores: int) -> None:
-        if self._scores != scores:
+    def _catch_up(self, tokens: list[int], batch: int, scores: int, at: int | None = None) -> None:
+        if self._scores != scores:  # a score came in: its prompt is the one to hold now
             return
-        at = self._keep(tokens)
+        at = self._keep(tokens) if at is None else at
         if at < len(tokens):
             decode(self.ctx, self.batch, tokens[at:at + batch], at, 0)
             self.cached.extend(tokens[at:at + batch])
             try:
-                self._submit(self._catch_up, tokens, batch, scores)
+                self._submit(self._catch_up, tokens, batch, scores, at + batch)
             except RuntimeError:  # the interpreter is exiting
                 pass
 
