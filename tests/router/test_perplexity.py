@@ -201,6 +201,10 @@ def test_a_score_right_after_a_reply_stops_the_catch_up_and_gives_the_same_value
     list(engine.generate(conversation("hi"), max_tokens=4, modifier=None, use_draft=False))  # starts a catch-up
     shared = engine.score(messages, side_rows=2)
     assert shared[1] == alone[1] and shared[0] == pytest.approx(alone[0], rel=1e-4)
+    engine.settle()
+    prompt, _ = engine.fit(messages, 256)
+    start = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close) - alone[1]
+    assert engine.side.cached == prompt[:start - 1 + 2]  # the catch-up did not go on after the score
 
 
 def test_a_catch_up_ends_with_its_batch_in_flight_when_the_app_exits(demo_set):
