@@ -31,7 +31,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
 from models.gguf_header import check_hyperparameters, read_header, read_metadata
-from models.scoring import SideScorer, common_prefix, decode, nll_sum, prefill_scoring
+from models.scoring import SideScorer, common_prefix, decode, keep_prefix, nll_sum, prefill_scoring
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -348,12 +348,7 @@ class Engine:
 
     def _keep_prefix(self, seq: int, tokens: Sequence[int]) -> int:
         """Cut sequence `seq` back to the longest start it shares with `tokens`; returns its length."""
-        keep = common_prefix(self._kv[seq], tokens)
-        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
-            keep = 0
-        del self._kv[seq][keep:]
-        return keep
+        return keep_prefix(self.ctx, seq, self._kv[seq], tokens)
 
     def _evaluate(self, tokens: Sequence[int], route: str | None) -> tuple[int, int]:
         """Bring one of route's KV sequences to exactly `tokens`, reusing its longest cached

@@ -31,6 +31,17 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def keep_prefix(ctx: LlamaContext, seq: int, cached: list[int], tokens: Sequence[int]) -> int:
+    """Cut KV sequence `seq` (holding `cached`, which is cut too) back to the longest start it shares
+    with `tokens`; returns its length. Where llama.cpp cannot cut a sequence part-way, it is emptied."""
+    keep = common_prefix(cached, tokens)
+    if not llama_cpp.llama_memory_seq_rm(ctx.memory, seq, keep, -1):
+        llama_cpp.llama_memory_seq_rm(ctx.memory, seq, -1, -1)
+        keep = 0
+    del cached[keep:]
+    return keep
+
+
 def decode(ctx: LlamaContext, batch: LlamaBatch, tokens: Sequence[int], start: int, seq: int,
            outputs: range = range(0)) -> None:
     """Decode `tokens` at positions start.. into sequence `seq`, with logits for the tokens at the
@@ -130,7 +141,7 @@ class SideScorer:
     def _catch_up(self, tokens: list[int], batch: int, scores: int, at: int | None = None) -> None:
         if self._scores != scores:  # a score came in: its prompt is the one to hold now
             return
-        at = self._keep(tokens) if at is None else at
+        at = keep_prefix(self.ctx, 0, self.cached, tokens) if at is None else at
         if at < len(tokens):
             decode(self.ctx, self.batch, tokens[at:at + batch], at, 0)
             self.cached.extend(tokens[at:at + batch])
@@ -139,18 +150,9 @@ class SideScorer:
             except RuntimeError:  # the interpreter is exiting
                 pass
 
-    def _keep(self, tokens: Sequence[int]) -> int:
-        """Drop the KV cache past its common prefix with `tokens`; returns that prefix's length."""
-        keep = self.cached_prefix(tokens)
-        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self.ctx.memory, 0, -1, -1)
-            keep = 0
-        del self.cached[keep:]
-        return keep
-
     def _score(self, prompt: list[int], rows: range, chunk: int) -> float:
         started = time.perf_counter()
-        keep = self._keep(prompt[:rows.start])
+        keep = keep_prefix(self.ctx, 0, self.cached, prompt[:rows.start])
 
         def decode_at(tokens: Sequence[int], start: int, outputs: range) -> None:
             decode(self.ctx, self.batch, tokens, start, 0, outputs)
