@@ -8,9 +8,7 @@ signals: Router.signals (one MiniLM encode of the message + the domain and escal
 ttft: ChatService.respond on a new session, from the call to the first streamed text, greedy, on
   three paths, all ending on the base route:
   needed:   the Router with τp = τe = ∞ and τd = 0, so the perplexity decides (the message's domain
-            is a modifier's, sure by τd 0): it is scored, and the scoring prefill is the reply's
-            (where the logits are costly, with the side context scoring the message's first rows
-            on the other core, models/scoring.py);
+            is a modifier's, sure by τd 0): it is scored, and the scoring prefill is the reply's;
   unneeded: the Router with τd above 1: no modifier is sure, the route is base whatever the
             perplexity (policy.needs_perplexity), so where the logits are costly (Engine.score,
             ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo bases
@@ -21,7 +19,7 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
   prefill in the KV cache. Then the same as a follow-up: the second message of a session, after a
   first turn and its reply (so the escalation detector has an answer to read, and the KV cache
   holds the conversation), after the background work a person's reading leaves time for: the
-  reply's embedding (Router.settle) and the side context's catch-up with it (Engine.settle).
+  reply's embedding (Router.settle).
   On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one (--large: also
   Qwen2.5-1.5B-shaped; --huge: also Qwen2.5-7B-shaped, the default profile's base).
   Every timed message is new to the embedding cache. The signals of the routed messages are timed
@@ -136,7 +134,6 @@ def follow_up_ms(service: ChatService, first: str, message: str) -> float:
         pass
     if service.router:
         service.router.settle()  # the answer's embedding is made while the user reads and types
-    service.engine.settle()  # and the side context catches up with the conversation
     return first_text_ms(service, message, session)
 
 
@@ -213,7 +210,7 @@ def main() -> None:
     parser.add_argument("--huge", action="store_true", help="also a Qwen2.5-7B-shaped base (~20 more minutes, 8 GB of disk)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS | LARGE | HUGE), help="time only these bases")
     args = parser.parse_args()
-    from models.engine import default_threads
+    from models.engine import default_batch_threads, default_threads
     from router.domain import DomainClassifier
     from router.escalation import EscalationDetector
 
@@ -243,7 +240,9 @@ def main() -> None:
             path.unlink()
     print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "
           f"τd {signal_router.thresholds.tau_d} (a sure modifier domain, no escalation)")
-    print(f"\nTTFT on the base route, medians ({llama_threads} llama thread(s)): first message of a new session, "
+    batch_threads = default_batch_threads(llama_threads, 0)
+    print(f"\nTTFT on the base route, medians ({llama_threads} llama thread(s), prompt batches on {batch_threads}): "
+          f"first message of a new session, "
           f"then a follow-up (second message, after a reply). needed: the perplexity decides the route; unneeded: "
           f"it could not change it, so it is scored only where that costs less than asking (scored: share of those)")
     print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'needed ms':>11}{'ratio':>8}{'unneeded ms':>13}{'ratio':>8}"

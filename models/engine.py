@@ -1,5 +1,4 @@
-"""The llama.cpp engine: one base model loaded once, one context, a streaming decode loop (and, for
-the router's perplexity on a spare core, a side context on the same weights: models/scoring.py).
+"""The llama.cpp engine: one base model loaded once, one context, a streaming decode loop.
 
 The loop is written against llama-cpp-python's low-level bindings rather than `Llama.__call__`
 because the app needs what that path gets wrong or hides: prompt tokens built without parsing
@@ -31,7 +30,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
 from models.gguf_header import check_hyperparameters, read_header, read_metadata
-from models.scoring import SideScorer, common_prefix, decode, keep_prefix, nll_sum, prefill_scoring
+from models.scoring import common_prefix, decode, keep_prefix, nll_sum, prefill_scoring
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -63,11 +62,6 @@ SCORE_LOGITS_BYTES = 64 << 20
 # 40 rows here: Qwen2.5-0.5B's shape in Q8_0 26 GMAC/s (5.2 ms a row, so always asks), the demo base
 # in F16 6 GMAC/s (0.03 ms a row: 782 tokens, 256 wide, so never asks for a message under ~500 tokens).
 ASK_ABOVE_MACS = 1e8
-# After a complete reply the side context prefills it, while the person reads, where it would take
-# rows of a short message (SHORT_MESSAGE tokens), so that a follow-up finds it as a first message
-# does. In batches of CATCH_UP_BATCH tokens, the most the next message's score waits for.
-SHORT_MESSAGE = 16
-CATCH_UP_BATCH = 16
 UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
@@ -111,6 +105,17 @@ def default_threads() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def default_batch_threads(threads: int, gpu_layers: int) -> int:
+    """Threads for prompt batches: on a CPU, the cores the engine's threads leave to the router too
+    (its signals are done before a reply's prompt is decoded), as many as the engine's again at
+    most; on a GPU the engine's (the GPU does the work). A prompt batch is compute-bound and splits
+    well: on this project's 2-core VM, 2 threads prefill a Qwen2.5-0.5B-shaped prompt 1.9x faster
+    than 1, while generating one token at a time on 2 threads is slower (default_threads)."""
+    if gpu_layers:
+        return threads
+    return max(threads, min(2 * threads, os.cpu_count() or 1))
+
+
 def default_gpu_layers() -> int:
     """Every layer on Metal on Apple Silicon (-1); none elsewhere (CPU builds ignore it anyway)."""
     return -1 if sys.platform == "darwin" and platform.machine() == "arm64" else 0
@@ -150,7 +155,7 @@ class Engine:
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_batch: int = 512, n_threads: int | None = None,
                  n_gpu_layers: int | None = None, seed: int = 0,
                  modifiers: dict[str, tuple[Path, float]] | None = None, f32_kv_cache: bool = False,
-                 draft: Path | None = None, conversations: int = 1, side_threads: int | None = None):
+                 draft: Path | None = None, conversations: int = 1, batch_threads: int | None = None):
         self.model_path = Path(model_path)
         gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.model = load_model(self.model_path, gpu_layers, _VERBOSE)
@@ -159,6 +164,8 @@ class Engine:
         # slower, not faster. On 2 cores: 2 threads ran 49 tok/s against 303 for 1.
         threads = n_threads or default_threads()
         self.n_threads = threads
+        self.batch_threads = batch_threads or default_batch_threads(threads, gpu_layers)
+        self._threads_batch = self.batch_threads  # what the context decodes batches with now
         entries = modifiers or {}
         header, shapes = read_header(self.model_path, tensors=True)
         self.modifiers = ModifierRegistry(self.model.model, entries, header.get("general.architecture"), shapes)
@@ -176,7 +183,7 @@ class Engine:
         ctx_params.n_seq_max = n_seq
         ctx_params.kv_unified = False  # each sequence gets its own n_ctx cells
         ctx_params.n_batch = ctx_params.n_ubatch = n_batch
-        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        ctx_params.n_threads, ctx_params.n_threads_batch = threads, self.batch_threads
         ctx_params.no_perf = True
         if f32_kv_cache:  # exact comparisons (tests); the default F16 cache is half the memory
             ctx_params.type_k = ctx_params.type_v = llama_cpp.GGML_TYPE_F32
@@ -189,14 +196,7 @@ class Engine:
                                  f"tokens for this model: {reason}") from exc
         self.n_batch = n_batch
         self.n_vocab, self.n_embd = self.model.n_vocab(), self.model.n_embd()
-        # Multiply-adds per prompt row: the output layer's, and the rest's (the token embeddings
-        # are a lookup; a model without output.weight multiplies by them instead: tied).
-        self.head_macs = self.n_vocab * self.n_embd
-        self.body_macs = self.model.n_params() - self.head_macs * (2 if "output.weight" in shapes else 1)
-        self.side = self._side_scorer(side_threads, threads, gpu_layers, ctx_params.type_k if f32_kv_cache else None)
-        # The side context's time per multiply-add over this one's, measured on each shared score:
-        # it is slower where its cores are busier or share more with these (1.0–1.3 on this project's VM).
-        self._side_slowness = 1.0
+        self.head_macs = self.n_vocab * self.n_embd  # the output layer's multiply-adds per logits row
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
                            _VERBOSE) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
@@ -219,20 +219,6 @@ class Engine:
         # word splits differently), so the next turn's prompt would leave the KV cache at the
         # start of the reply and prefill all of it again.
         self.reply_tokens: dict[str, list[int]] = {}
-
-    def _side_scorer(self, threads: int | None, base_threads: int, gpu_layers: int, kv_type: int | None) -> SideScorer | None:
-        """The side context for scoring (models/scoring.py), on the cores the base's threads leave
-        free (None: as many as the base has, where that many are free; none on a GPU, which the two
-        contexts would take turns on). Without memory for it, scoring runs in the one context."""
-        if threads is None:
-            threads = 0 if gpu_layers else min(base_threads, max(0, (os.cpu_count() or 1) - base_threads))
-        if threads <= 0:
-            return None
-        try:
-            return SideScorer(self.model, self.n_ctx, self.n_batch, threads, kv_type, _VERBOSE)
-        except ValueError as exc:
-            log.warning("no side context for scoring (%s): the reply's context scores every row", exc)
-            return None
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -329,6 +315,13 @@ class Engine:
         decode(self.ctx, self.batch, tokens, start, seq,
                range(len(tokens)) if all_logits else outputs or range(0))
 
+    def _use_batch_threads(self, n: int) -> None:
+        """Decode batches of more than one token on n threads from now on (llama.cpp reads it at
+        each decode; single tokens always take the engine's n_threads)."""
+        if n != self._threads_batch:
+            llama_cpp.llama_set_n_threads(self.ctx.ctx, self.n_threads, n)
+            self._threads_batch = n
+
     def _sequence(self, route: str | None, tokens: Sequence[int]) -> int:
         """The KV sequence of `route` for a prompt: the one that holds most of its start, when that
         is most of the prompt (the same conversation, a turn later, or scored just before); else
@@ -359,6 +352,7 @@ class Engine:
         if cached == list(tokens) and self._fresh == (seq, len(tokens)):
             return seq, len(tokens)  # just decoded (by score()): its last logits are still in the context
         keep = self._keep_prefix(seq, tokens[:-1])  # else re-evaluate >= 1 token to get fresh logits
+        self._use_batch_threads(self.batch_threads)  # nothing else runs now: the router is done
         for start in range(keep, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
             self._decode(chunk, start, seq)
@@ -373,21 +367,22 @@ class Engine:
             return np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
 
     def score(self, messages: Sequence[dict], max_tokens: int = 256, chunk: int | None = None,
-              needed: Callable[[], bool] | None = None, side_rows: int | None = None) -> tuple[float, int] | None:
+              needed: Callable[[], bool] | None = None) -> tuple[float, int] | None:
         """Mean negative log-likelihood (nats) of the last message's text tokens given everything
         before them, under the plain base. Returns (mean NLL, tokens scored).
 
         The whole reply prompt is prefilled on the base route, asking llama.cpp for logits on the
         message's rows only, at most `chunk` rows per batch (memory: chunk × n_vocab however long
         the message). A reply on the base route with the same messages and max_tokens then starts
-        sampling at once: routing costs it only the extra logits rows, not a second prefill. Where
-        those rows are costly, the side context scores the first `side_rows` of them (None: the
-        share that ends both prefills together, _side_rows) at the same time, on other cores.
+        sampling at once: routing costs it only the extra logits rows, not a second prefill.
 
         With `needed`, when the message's logits cost more than ASK_ABOVE_MACS, needed() is asked
         before anything is decoded (the router waits there for its other signals): if it says no,
         score returns None, and the reply prefills the end of the conversation and the message at
-        plain cost, in one batch."""
+        plain cost, in one batch. Either way the prefill then takes the router's cores too
+        (batch_threads). Where the logits are cheap it is not asked: the prefill runs while the
+        router's signals do, on the engine's own threads (a thread more than the free cores stalls
+        at every step, waiting for the busy one)."""
         prompt, _ = self.fit(messages, max_tokens)
         end = len(prompt) - len(self.chat.generation_prompt()) - len(self.chat.close)
         last = messages[-1]
@@ -401,18 +396,14 @@ class Engine:
             # Asked before the cache is touched, so that the reply prefills the end of the conversation
             # and the message in one batch: each batch is a pass over all the weights, and a second
             # one costs more than the wait (a 5-row batch: ~100 ms on the Qwen2.5-0.5B shape, one thread).
-            if needed is not None and (end - start) * self.head_macs > ASK_ABOVE_MACS and not needed():
+            asked = needed is not None and (end - start) * self.head_macs > ASK_ABOVE_MACS
+            if asked and not needed():
                 return None
+            self._use_batch_threads(self.n_threads if needed is not None and not asked else self.batch_threads)
             seq = self._sequence(None, prompt)
             self.modifiers.activate(self.ctx.ctx, None)
             cached = self._kv[seq]
             keep = self._keep_prefix(seq, prompt[:start - 1])  # row start - 1 predicts the first message token
-            if side_rows is None:
-                side_rows = self._side_rows(prompt, keep, start, end)
-            side_rows = min(side_rows, end - start) if self.side else 0
-            side_keep = self.side.cached_prefix(prompt[:start - 1]) if side_rows else 0
-            # rows start - 1 .. end - 2 predict the message's tokens: the side context takes the first ones
-            side = self.side.submit(prompt, range(start - 1, start - 1 + side_rows), chunk) if side_rows else None
 
             def decode_at(tokens: Sequence[int], at: int, outputs: range) -> None:
                 self._decode(tokens, at, seq, outputs=outputs)
@@ -421,46 +412,11 @@ class Engine:
             def logits(n: int) -> np.ndarray:
                 return np.ctypeslib.as_array(self.ctx.get_logits(), shape=(n, self.n_vocab))
 
-            started = time.perf_counter()
-            try:
-                nll = prefill_scoring(decode_at, logits, self._nll, prompt, keep, len(prompt),
-                                      range(start - 1 + side_rows, end - 1), chunk, self.n_batch)
-                seconds = time.perf_counter() - started
-            finally:
-                side_nll = side.result() if side else 0.0  # waited for on a failure too: then it is idle again
-            nll += side_nll
-            if side:
-                self._measure_side(seconds, self.side.last_seconds,
-                                   self._prefill_macs(len(prompt) - keep, end - start - side_rows),
-                                   self._prefill_macs(start - 1 - side_keep + side_rows, side_rows))
+            # rows start - 1 .. end - 2 predict the message's tokens
+            nll = prefill_scoring(decode_at, logits, self._nll, prompt, keep, len(prompt), range(start - 1, end - 1),
+                                  chunk, self.n_batch)
             self._fresh = (seq, len(prompt))
         return nll / (end - start), end - start
-
-    def _side_rows(self, prompt: Sequence[int], keep: int, start: int, end: int) -> int:
-        """How many of the message's first scored rows the side context takes: the share at which both
-        contexts finish together, in multiply-adds (this context prefills all it does not hold,
-        `keep` tokens, with logits on the rest of the rows; the side one prefills what it does not
-        hold up to its last row, with logits on its rows), the side's scaled by its measured
-        slowness. None where the logits cost less than asking for them (ASK_ABOVE_MACS), or where a
-        share would not end the prefill sooner."""
-        n = end - start
-        if self.side is None or n * self.head_macs <= ASK_ABOVE_MACS:
-            return 0
-        lead = start - 1 - self.side.cached_prefix(prompt[:start - 1])
-        body, head, slow = self.body_macs, self.head_macs, self._side_slowness
-        # (len(prompt) - keep) * body + (n - rows) * head == slow * ((lead + rows) * body + rows * head)
-        rows = ((len(prompt) - keep) * body + n * head - slow * lead * body) / (slow * (body + head) + head)
-        return max(0, min(n, int(rows)))
-
-    def _prefill_macs(self, rows: int, logits_rows: int) -> float:
-        return rows * self.body_macs + logits_rows * self.head_macs
-
-    def _measure_side(self, seconds: float, side_seconds: float, macs: float, side_macs: float) -> None:
-        """Update the side context's slowness from one shared score (a running mean, kept within 4×:
-        one slow job, a page fault or a busy core, moves it by half at most)."""
-        if seconds > 0 and macs > 0 and side_macs > 0:
-            measured = (side_seconds / side_macs) / (seconds / macs)
-            self._side_slowness = min(4.0, max(0.25, (self._side_slowness + measured) / 2))
 
     _nll = staticmethod(nll_sum)
 
@@ -514,8 +470,6 @@ class Engine:
                     reply_text.append(tail)
                     yield tail
                 self._remember_reply("".join(reply_text), generated)
-                if self.side and stats.stop_reason != "stopped" and SHORT_MESSAGE * self.head_macs > ASK_ABOVE_MACS:
-                    self.side.catch_up(prompt + generated + self.chat.close, CATCH_UP_BATCH)
             except GeneratorExit:
                 stats.stop_reason = "stopped"
                 raise
@@ -529,12 +483,6 @@ class Engine:
                 decode_s = end - first_token_at
                 stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else 0.0
             yield stats
-
-    def settle(self) -> None:
-        """Wait until background work (the side context catching up with a reply) is done: a person
-        takes longer than that to read the reply and type."""
-        if self.side:
-            self.side.settle()
 
     def _remember_reply(self, text: str, tokens: list[int]) -> None:
         """So that `text`, when it comes back as the assistant turn of the next prompt, is the
@@ -551,6 +499,7 @@ class Engine:
         them in one batch (logits at those positions only) and keeps them up to the first one its
         own sample disagrees with; that sample is the next token. Ends when the context is full."""
         cached = self._kv[seq]
+        self._use_batch_threads(self.n_threads)  # a draft's few tokens, as one token: memory-bound
         token = sampler.sample(self.ctx, -1)
         while True:
             yield token

@@ -1,24 +1,18 @@
 """Scoring a message for the router: the negative log-likelihood of its tokens under the plain base,
-from logits rows llama.cpp computes while it prefills the prompt.
+from logits rows llama.cpp computes while it prefills the prompt (Engine.score), and the KV-cache
+helpers the engine decodes with.
 
 On a large vocabulary those rows are the cost of routing: Qwen2.5-0.5B's output layer is 136 M
 multiply-adds a row against 358 M for the rest of the model, and a reply needs it on one row only.
-So a second context on the same weights (SideScorer), run on the cores the base's own threads
-leave to the router, scores the message's first rows while the reply's context prefills the whole
-prompt and scores the rest. Each context is one pass over the weights, in parallel. It holds one
-conversation; after a complete reply it catches up with it while the person reads (SideScorer.catch_up),
-so that on a follow-up it prefills as little before its rows as on a first message.
 """
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import llama_cpp
 import numpy as np
-from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
+from llama_cpp._internals import LlamaBatch, LlamaContext
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -90,78 +84,3 @@ def prefill_scoring(decode_at: Callable[[Sequence[int], int, range], None], logi
             total += nll(logits(n_out)[:len(scored)], [prompt[p + 1] for p in scored])
         at += size
     return total
-
-
-class SideScorer:
-    """A second context on the base's weights (no adapters, one sequence, its own KV cache), decoding
-    on its own thread: it scores the first rows of a message while the reply's context prefills."""
-
-    def __init__(self, model: LlamaModel, n_ctx: int, n_batch: int, n_threads: int, kv_type: int | None = None,
-                 verbose: bool = False):
-        params = LlamaContext.default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
-        params.n_threads = params.n_threads_batch = n_threads
-        params.no_perf = True
-        if kv_type is not None:
-            params.type_k = params.type_v = kv_type
-        self.ctx = LlamaContext(model=model, params=params, verbose=verbose)
-        self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=verbose)
-        self.n_ctx, self.n_batch, self.n_vocab = n_ctx, n_batch, model.n_vocab()
-        self.cached: list[int] = []  # the tokens in its KV cache
-        self.last_seconds = 0.0      # how long its last job took
-        self._scores = 0             # scores submitted: a catch-up stops when one comes after it
-        self._last: Future | None = None  # the job submitted last
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-scorer")
-
-    def cached_prefix(self, tokens: Sequence[int]) -> int:
-        """How many of `tokens`' first tokens its KV cache holds (read between jobs)."""
-        return common_prefix(self.cached, tokens)
-
-    def submit(self, prompt: Sequence[int], rows: range, chunk: int) -> Future:
-        """Start scoring positions `rows` of `prompt` (the NLL sum of their next tokens) on its thread."""
-        self._scores += 1
-        return self._submit(self._score, list(prompt[:rows.stop + 1]), rows, chunk)  # + the last target
-
-    def catch_up(self, tokens: Sequence[int], batch: int) -> None:
-        """Prefill what it does not hold of `tokens` (a conversation the next message will continue)
-        on its thread, `batch` tokens at a time, each batch a job of its own: a score submitted
-        meanwhile runs after the batch in flight and ends the catch-up, so the next message does not
-        wait for it; so does the interpreter's exit, which takes no new jobs."""
-        self._submit(self._catch_up, list(tokens[:self.n_ctx]), batch, self._scores)
-
-    def settle(self) -> None:
-        """Wait until its jobs, a catch-up to its end, are done."""
-        while (job := self._last) is not None and not job.done():
-            job.result()
-
-    def _submit(self, fn: Callable, *args) -> Future:
-        self._last = self._worker.submit(fn, *args)
-        return self._last
-
-    def _catch_up(self, tokens: list[int], batch: int, scores: int, at: int | None = None) -> None:
-        if self._scores != scores:  # a score came in: its prompt is the one to hold now
-            return
-        at = keep_prefix(self.ctx, 0, self.cached, tokens) if at is None else at
-        if at < len(tokens):
-            decode(self.ctx, self.batch, tokens[at:at + batch], at, 0)
-            self.cached.extend(tokens[at:at + batch])
-            try:
-                self._submit(self._catch_up, tokens, batch, scores, at + batch)
-            except RuntimeError:  # the interpreter is exiting
-                pass
-
-    def _score(self, prompt: list[int], rows: range, chunk: int) -> float:
-        started = time.perf_counter()
-        keep = keep_prefix(self.ctx, 0, self.cached, prompt[:rows.start])
-
-        def decode_at(tokens: Sequence[int], start: int, outputs: range) -> None:
-            decode(self.ctx, self.batch, tokens, start, 0, outputs)
-            self.cached.extend(tokens)
-
-        def logits(n: int) -> np.ndarray:
-            return np.ctypeslib.as_array(self.ctx.get_logits(), shape=(n, self.n_vocab))
-
-        try:
-            return prefill_scoring(decode_at, logits, nll_sum, prompt, keep, rows.stop, rows, chunk, self.n_batch)
-        finally:
-            self.last_seconds = time.perf_counter() - started

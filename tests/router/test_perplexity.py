@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import models.engine as engine_module
+from models.engine import Engine
 from router.perplexity import Perplexity
 
 SYSTEM = {"role": "system", "content": "You are a test."}
@@ -107,131 +108,33 @@ def test_scoring_needed_gives_the_same_value(engine, monkeypatch):
     assert asked[0] == pytest.approx(reference[0], rel=1e-4) and unasked[0] == pytest.approx(reference[0], rel=1e-4)
 
 
-@pytest.mark.parametrize("share", [1, 0.5, 1.0])
-def test_a_side_context_scores_the_first_rows_to_the_same_value(engine, share):
-    """The side context (the base's weights, the cores the base's threads leave free) scores the
-    message's first rows while the reply's prefill scores the rest: the same value as scoring all of
-    them in one context, and the reply still reuses the whole prefill and says the same."""
-    assert engine.side is not None  # tests run on 2 or more cores, the engine on half of them
-    messages = conversation("hi", "Hello! How can I help?", "explain how a hash map handles collisions")
-    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
-    alone = engine.score(messages, max_tokens=32, side_rows=0)
-    unscored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
-    engine.score(conversation("something else, to move the cache away"), max_tokens=32)
-    rows = share if isinstance(share, int) else round(share * alone[1])
-    split = engine.score(messages, max_tokens=32, side_rows=rows)
-    prompt, _ = engine.fit(messages, 32)
-    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
-    start = end - alone[1]
-    assert engine.side.cached == prompt[:start - 1 + rows]  # it decoded up to its last scored row
-    assert split[1] == alone[1] and split[0] == pytest.approx(alone[0], rel=1e-4)
-    replied = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
-    assert replied[-1].reused_tokens == replied[-1].prompt_tokens
-    assert "".join(replied[:-1]) == "".join(unscored[:-1])
+def test_prompt_batches_take_the_routers_cores_only_once_its_signals_are_done(demo_set, monkeypatch):
+    """A prompt batch is compute-bound and splits well: it runs on batch_threads, which on a CPU take
+    the cores the engine leaves to the router too, but only when nothing runs beside it. While the
+    router's signals run (the demo's cheap logits are scored without asking needed()), and for a
+    draft's few tokens while generating, the engine's own threads."""
+    engine = Engine(demo_set["base"], n_ctx=512, n_threads=1, batch_threads=2, draft=demo_set["draft"])
+    batches = []
+    decode = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda tokens, *a, **k: batches.append(
+        (len(tokens), llama_cpp.llama_n_threads_batch(engine.ctx.ctx))) or decode(tokens, *a, **k))
 
+    def threads(score) -> set[int]:
+        batches.clear()
+        score()
+        assert batches and batches[0][0] > 1
+        return {t for _, t in batches}
 
-def test_the_side_context_takes_rows_only_where_that_ends_the_prefill_sooner(engine, monkeypatch):
-    """Its share is where both contexts finish together, counted in multiply-adds (the rows each
-    must prefill, the logits rows each computes): none on the demo's small vocabulary, whose logits
-    cost less than a second prefill; none where it would first have to prefill a long conversation
-    the reply's context holds already; some where it holds the conversation too."""
-    answer = "Sure. " + "A mushroom is the fruiting body of a fungus, grown from a web of threads underground. " * 4
-    messages = conversation("hi", answer, "write a function that merges two sorted lists, in Python")
-    prompt, _ = engine.fit(messages, 256)
-    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
-    start = end - len(engine.tokenize(messages[-1]["content"]))
-    engine.score(conversation("something else, to move the cache away"), side_rows=1)
-    monkeypatch.setattr(engine, "_side_slowness", 1.0)  # as if both ran at one speed (it is measured)
-    assert engine._side_rows(prompt, 0, start, end) == 0
-    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as Qwen's 151,936-token vocabulary
-    assert engine._side_rows(prompt, 0, start, end) > 0                # both must prefill it all
-    assert engine._side_rows(prompt, start - 1, start, end) == 0       # only the side context must
-    before = engine.score(messages, side_rows=1)                       # now it holds the conversation too
-    monkeypatch.setattr(engine, "_side_slowness", 1.0)
-    assert 0 < engine._side_rows(prompt, start - 1, start, end) <= end - start
-    engine.score(conversation("something else, to move the cache away"), side_rows=1)
-    engine.score(messages, side_rows=1)
-    asked = engine.score(messages, needed=lambda: True)
-    assert asked[0] == pytest.approx(before[0], rel=1e-4)
-    assert len(engine.side.cached) > start  # it took its share
-
-
-def test_after_a_reply_the_side_context_catches_up_with_the_conversation(engine, monkeypatch):
-    """While the person reads a complete reply, the side context prefills it (on its own core), so
-    that on the next message it needs to prefill nothing before its share, as on a first message.
-    Not after a reply that was stopped (the conversation may not go on with it), and not where its
-    logits are cheap (the demo's: it takes no rows there)."""
-    messages = conversation("hi", "Hello! How can I help?", "explain how a hash map handles collisions")
-    engine.score(conversation("something else, to move the cache away"), side_rows=1)
-    engine.settle()
-    held = list(engine.side.cached)
-    list(engine.generate(messages, max_tokens=8, modifier=None, use_draft=False))
-    engine.settle()
-    assert engine.side.cached == held  # the demo's vocabulary: nothing to catch up for
-    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as Qwen's 151,936-token vocabulary
-    stream = engine.generate(messages, max_tokens=8, modifier=None, use_draft=False)
-    next(stream)
-    stream.close()  # stopped
-    engine.settle()
-    assert engine.side.cached == held
-    reply = "".join(p for p in engine.generate(messages, max_tokens=8, modifier="code", use_draft=False)
-                    if isinstance(p, str))
-    engine.settle()
-    follow_up = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": "and in Rust?"}]
-    prompt, _ = engine.fit(follow_up, 256)
-    end = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close)
-    start = end - len(engine.tokenize("and in Rust?"))
-    header = engine.chat.overhead("user") - len(engine.chat.close)  # the next message's header: only it is left
-    assert prompt[:start - header] == engine.side.cached  # the reply under a modifier too: it scores the plain base
-    monkeypatch.setattr(engine, "_side_slowness", 1.0)
-    assert engine._side_rows(prompt, start - 1, start, end) > 0
-
-
-def test_a_score_right_after_a_reply_stops_the_catch_up_and_gives_the_same_value(engine, monkeypatch):
-    """The next message does not wait for the catch-up: a score stops it after the batch in flight
-    (one token here), and the value is the one scored in one context."""
-    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)
-    monkeypatch.setattr(engine_module, "CATCH_UP_BATCH", 1)
-    answer = "Sure. " + "A mushroom is the fruiting body of a fungus, grown from a web of threads underground. " * 3
-    messages = conversation("hi", answer, "and which ones can I eat?")
-    engine.score(conversation("something else, to move the cache away"), side_rows=0)
-    alone = engine.score(messages, side_rows=0)
-    engine.score(conversation("something else, to move the cache away"), side_rows=1)
-    engine.settle()
-    list(engine.generate(conversation("hi"), max_tokens=4, modifier=None, use_draft=False))  # starts a catch-up
-    shared = engine.score(messages, side_rows=2)
-    assert shared[1] == alone[1] and shared[0] == pytest.approx(alone[0], rel=1e-4)
-    engine.settle()
-    prompt, _ = engine.fit(messages, 256)
-    start = len(prompt) - len(engine.chat.generation_prompt()) - len(engine.chat.close) - alone[1]
-    assert engine.side.cached == prompt[:start - 1 + 2]  # the catch-up did not go on after the score
-
-
-def test_a_catch_up_ends_with_its_batch_in_flight_when_the_app_exits(demo_set):
-    """Each batch is a job of its own, so an exiting interpreter (whose thread pools take no new
-    jobs, as after shutdown) does not wait for a long conversation to be prefilled."""
-    from models.engine import Engine
-
-    side = Engine(demo_set["base"], n_ctx=512, side_threads=1).side
-    tokens = side.ctx.model.tokenize(("a long conversation to catch up with " * 20).encode(), False, False)
-    side.catch_up(tokens, batch=1)
-    side._worker.shutdown(wait=True)
-    assert 0 < len(tokens) - 100 and len(side.cached) < len(tokens) - 100
-
-
-def test_the_side_contexts_measured_slowness_moves_its_share_by_half_at_most(engine, monkeypatch):
-    monkeypatch.setattr(engine, "_side_slowness", 1.0)
-    engine._measure_side(seconds=1.0, side_seconds=3.0, macs=1e9, side_macs=1e9)  # 3× slower per multiply-add
-    assert engine._side_slowness == 2.0
-    for _ in range(20):
-        engine._measure_side(seconds=1.0, side_seconds=100.0, macs=1e9, side_macs=1e9)
-    assert engine._side_slowness == 4.0
-
-
-def test_an_engine_without_spare_cores_has_no_side_context(demo_set):
-    from models.engine import Engine
-
-    assert Engine(demo_set["base"], n_ctx=256, side_threads=0).side is None
+    assert threads(lambda: engine.score(conversation("how do I read a file line by line?"), needed=lambda: True)) == {1}
+    assert threads(lambda: engine.score(conversation("and how do I write one?"))) == {2}  # no router waiting
+    monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # asked, as on a large vocabulary: the signals are done
+    assert threads(lambda: engine.score(conversation("and append to one?"), needed=lambda: True)) == {2}
+    batches.clear()
+    reply = list(engine.generate(conversation("and delete one?"), max_tokens=24, use_draft=True))
+    assert reply[-1].draft_proposed > 0
+    (prefill, prefill_threads), *steps = batches
+    assert prefill > 1 and prefill_threads == 2
+    assert any(n > 1 for n, _ in steps) and {t for _, t in steps} == {1}
 
 
 def test_a_reply_on_a_modifier_after_scoring_prefills_under_its_adapter(engine):
