@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-layers", type=int, default=None,
                    help="layers to offload to the GPU (default: all on Apple Silicon, 0 elsewhere; 0 turns Metal off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: half the cores)")
+    p.add_argument("--batch-threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for prompt batches, the router's cores included (default: twice --threads, at "
+                        "most the cores; --threads on a GPU)")
     p.add_argument("--conversations", type=_positive_int, default=None, metavar="N",
                    help="conversations kept in the KV cache at once, each costing one context of memory per "
                         "route (default 1, or 4 on a Space where visitors take turns)")
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         from models.engine import Engine
 
         engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads,
-                        n_gpu_layers=args.gpu_layers,
+                        n_gpu_layers=args.gpu_layers, batch_threads=args.batch_threads,
                         modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths},
                         draft=None if args.no_draft else paths.get("draft"),
                         conversations=args.conversations or (4 if space else 1))
