@@ -30,7 +30,7 @@ from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSamp
 from models.chat_format import ChatML
 from models.errors import ContextOverflowError, ModelFileError
 from models.gguf_header import check_hyperparameters, read_header, read_metadata
-from models.scoring import common_prefix, decode, keep_prefix, nll_sum, prefill_scoring
+from models.scoring import common_prefix, nll_sum, prefill_scoring
 from models.speculative import Draft, DraftLength
 from modifiers.registry import ModifierRegistry
 
@@ -165,7 +165,6 @@ class Engine:
         threads = n_threads or default_threads()
         self.n_threads = threads
         self.batch_threads = batch_threads or default_batch_threads(threads, gpu_layers)
-        self._threads_batch = self.batch_threads  # what the context decodes batches with now
         entries = modifiers or {}
         header, shapes = read_header(self.model_path, tensors=True)
         self.modifiers = ModifierRegistry(self.model.model, entries, header.get("general.architecture"), shapes)
@@ -311,16 +310,20 @@ class Engine:
         """Decode `tokens` at positions start.. into sequence `seq`; logits for the last one, and
         for every one (all_logits: verifying a draft) or those at the indexes in `outputs` (scoring
         a message): a few rows at a time, never n_ctx × n_vocab."""
+        outputs = range(len(tokens)) if all_logits else outputs or range(0)
+        b = self.batch.batch
+        b.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, i in outputs
+            b.seq_id[i][0] = seq
+        b.logits[len(tokens) - 1] = True
         self._fresh = None  # which (sequence, length) the context's last logits row belongs to
-        decode(self.ctx, self.batch, tokens, start, seq,
-               range(len(tokens)) if all_logits else outputs or range(0))
+        self.ctx.decode(self.batch)
 
     def _use_batch_threads(self, n: int) -> None:
         """Decode batches of more than one token on n threads from now on (llama.cpp reads it at
         each decode; single tokens always take the engine's n_threads)."""
-        if n != self._threads_batch:
-            llama_cpp.llama_set_n_threads(self.ctx.ctx, self.n_threads, n)
-            self._threads_batch = n
+        llama_cpp.llama_set_n_threads(self.ctx.ctx, self.n_threads, n)
 
     def _sequence(self, route: str | None, tokens: Sequence[int]) -> int:
         """The KV sequence of `route` for a prompt: the one that holds most of its start, when that
@@ -340,8 +343,14 @@ class Engine:
         return seq
 
     def _keep_prefix(self, seq: int, tokens: Sequence[int]) -> int:
-        """Cut sequence `seq` back to the longest start it shares with `tokens`; returns its length."""
-        return keep_prefix(self.ctx, seq, self._kv[seq], tokens)
+        """Cut sequence `seq` back to the longest start it shares with `tokens`; returns its length.
+        Where llama.cpp cannot cut a sequence part-way, it is emptied."""
+        keep = common_prefix(self._kv[seq], tokens)
+        if not llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
+            keep = 0
+        del self._kv[seq][keep:]
+        return keep
 
     def _evaluate(self, tokens: Sequence[int], route: str | None) -> tuple[int, int]:
         """Bring one of route's KV sequences to exactly `tokens`, reusing its longest cached

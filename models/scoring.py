@@ -1,6 +1,5 @@
 """Scoring a message for the router: the negative log-likelihood of its tokens under the plain base,
-from logits rows llama.cpp computes while it prefills the prompt (Engine.score), and the KV-cache
-helpers the engine decodes with.
+from logits rows llama.cpp computes while it prefills the prompt (Engine.score).
 
 On a large vocabulary those rows are the cost of routing: Qwen2.5-0.5B's output layer is 136 M
 multiply-adds a row against 358 M for the rest of the model, and a reply needs it on one row only.
@@ -10,9 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import llama_cpp
 import numpy as np
-from llama_cpp._internals import LlamaBatch, LlamaContext
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -23,30 +20,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-def keep_prefix(ctx: LlamaContext, seq: int, cached: list[int], tokens: Sequence[int]) -> int:
-    """Cut KV sequence `seq` (holding `cached`, which is cut too) back to the longest start it shares
-    with `tokens`; returns its length. Where llama.cpp cannot cut a sequence part-way, it is emptied."""
-    keep = common_prefix(cached, tokens)
-    if not llama_cpp.llama_memory_seq_rm(ctx.memory, seq, keep, -1):
-        llama_cpp.llama_memory_seq_rm(ctx.memory, seq, -1, -1)
-        keep = 0
-    del cached[keep:]
-    return keep
-
-
-def decode(ctx: LlamaContext, batch: LlamaBatch, tokens: Sequence[int], start: int, seq: int,
-           outputs: range = range(0)) -> None:
-    """Decode `tokens` at positions start.. into sequence `seq`, with logits for the tokens at the
-    indexes in `outputs`, and always for the last one."""
-    b = batch.batch
-    b.n_tokens = len(tokens)
-    for i, token in enumerate(tokens):
-        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, i in outputs
-        b.seq_id[i][0] = seq
-    b.logits[len(tokens) - 1] = True
-    ctx.decode(batch)
 
 
 def nll_sum(logits: np.ndarray, targets: Sequence[int]) -> float:
