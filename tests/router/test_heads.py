@@ -107,6 +107,27 @@ def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
     assert not np.allclose(layers[:, 0], layers[:, -2], atol=0.05)  # distinct layers, not one repeated
 
 
+def test_the_traced_encoder_gives_the_models_own_embeddings_at_every_length():
+    """The encoder runs as a TorchScript trace made from one short text: it must give what
+    sentence-transformers' own pipeline gives for any other text, from an empty one to one cut at
+    max_seq_length tokens, with no shape or branch of the example baked in."""
+    import torch
+
+    from router.embeddings import Embedder
+
+    embedder = Embedder(cache_size=0)
+    words = "the quick brown fox said no, that is not what I asked for".split()
+    texts = ["", "?", "<|im_start|>system", "ünïcödé 😀"] + [" ".join(words * 20)[:n] for n in (9, 40, 150, 400, 2000)]
+    lengths = set()
+    with torch.inference_mode():
+        for text in texts:
+            features = embedder.model.preprocess([text])
+            lengths.add(features["input_ids"].shape[1])
+            expected = embedder.model(features)["sentence_embedding"][0].numpy()
+            assert np.allclose(embedder.encode([text])[0], expected, atol=1e-6), text[:40]
+    assert min(lengths) == 2 and max(lengths) == embedder.model.max_seq_length  # [CLS] [SEP] ... cut at 128
+
+
 def test_a_forgotten_text_is_encoded_again_to_the_same_numbers(monkeypatch):
     """benchmarks/router.py times routing on messages the embedder has seen: forget() makes each
     one cost the encode a newly typed message costs."""
