@@ -106,6 +106,6 @@ def test_decision_carries_every_number_and_threshold():
 
 
 def test_thresholds_come_from_the_profile_with_a_fallback():
-    assert Thresholds.from_settings({}) == Thresholds(FALLBACK_TAU_P, 0.47, 0.8, calibrated=False)
+    assert Thresholds.from_settings({}) == Thresholds(FALLBACK_TAU_P, 0.55, 0.8, calibrated=False)
     t = Thresholds.from_settings({"router": {"tau_p": 7.5, "tau_e": 0.6}})
     assert (t.tau_p, t.tau_e, t.tau_d, t.calibrated) == (7.5, 0.6, 0.8, True)
