@@ -57,11 +57,14 @@ llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 # of Qwen's 151,936-token vocabulary), and lets a small vocabulary score a message in one batch
 # (one batch instead of 64-row slices: 113.5 -> 100.5 ms on the 768-wide demo base, same run).
 SCORE_LOGITS_BYTES = 64 << 20
-# Below this many multiply-adds, a message's logits rows cost less than waiting for the router's
-# other signals (~10 ms) before deciding whether to compute them: score() does not ask. Measured on
-# 40 rows here: Qwen2.5-0.5B's shape in Q8_0 26 GMAC/s (5.2 ms a row, so always asks), the demo base
-# in F16 6 GMAC/s (0.03 ms a row: 782 tokens, 256 wide, so never asks for a message under ~500 tokens).
-ASK_ABOVE_MACS = 1e8
+# Below this many multiply-adds, scoring a message's rows beside the router's other signals (~6-10
+# ms) costs less than waiting for them before deciding whether to compute its logits: score() does
+# not ask. Where prompt batches can take the router's core too, the wait also buys that core for the
+# whole prefill, so half a row's multiply-adds count too. Measured (one run, alternating, 40
+# messages of ~17 rows): the 768-wide demo base (40 MMAC a row) 2.01x an unrouted reply's first
+# token beside the signals, 1.32x waiting for them; the demo base (4.6 MMAC a row) 1.99x beside,
+# 2.07x waiting; Qwen2.5-0.5B's shape (136 MMAC of logits a row) always asks.
+ASK_ABOVE_MACS = 1.5e8  # the demo base asks for messages of 60 rows and more, the 768-wide one from 8
 UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
@@ -196,6 +199,8 @@ class Engine:
         self.n_batch = n_batch
         self.n_vocab, self.n_embd = self.model.n_vocab(), self.model.n_embd()
         self.head_macs = self.n_vocab * self.n_embd  # the output layer's multiply-adds per logits row
+        # a prefill row's multiply-adds: every weight but the token embeddings, which are looked up
+        self.row_macs = max(self.head_macs, self.model.n_params() - self.head_macs)
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
                            _VERBOSE) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
@@ -385,7 +390,8 @@ class Engine:
         the message). A reply on the base route with the same messages and max_tokens then starts
         sampling at once: routing costs it only the extra logits rows, not a second prefill.
 
-        With `needed`, when the message's logits cost more than ASK_ABOVE_MACS, needed() is asked
+        With `needed`, when the message's logits (and, where waiting frees a core for the prefill,
+        its prefill) cost more than ASK_ABOVE_MACS, needed() is asked
         before anything is decoded (the router waits there for its other signals): if it says no,
         score returns None, and the reply prefills the end of the conversation and the message at
         plain cost, in one batch. Either way the prefill then takes the router's cores too
@@ -405,7 +411,7 @@ class Engine:
             # Asked before the cache is touched, so that the reply prefills the end of the conversation
             # and the message in one batch: each batch is a pass over all the weights, and a second
             # one costs more than the wait (a 5-row batch: ~100 ms on the Qwen2.5-0.5B shape, one thread).
-            asked = needed is not None and (end - start) * self.head_macs > ASK_ABOVE_MACS
+            asked = needed is not None and (end - start) * self._macs_to_wait_for() > ASK_ABOVE_MACS
             if asked and not needed():
                 return None
             self._use_batch_threads(self.n_threads if needed is not None and not asked else self.batch_threads)
@@ -428,6 +434,12 @@ class Engine:
         return nll / (end - start), end - start
 
     _nll = staticmethod(nll_sum)
+
+    def _macs_to_wait_for(self) -> int:
+        """What waiting for the router's signals saves per message row: the logits, which are not
+        computed if the perplexity is not needed, and, where prompt batches take the router's core
+        too once the signals are done, half of the row's prefill."""
+        return self.head_macs + (self.row_macs // 2 if self.batch_threads > self.n_threads else 0)
 
     def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, top_k: int = 40, seed: int | None = None, modifier: str | None = None,

@@ -88,8 +88,8 @@ class Embedder:
 
     def preload(self, texts: Sequence[str], processes: int = 2) -> None:
         """Embed the texts not yet cached in `processes` worker processes (router.train embeds
-        ~15,000; on this 2-core CPU two workers cut its training from 107 to 81 s). Each worker embeds one
-        text per call, as encode() does, so the cache holds exactly the vectors encode() would make."""
+        ~21,000, one worker per core). Each worker embeds one text per call, as encode() does, so the
+        cache holds exactly the vectors encode() would make."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         chunks = [missing[i:i + 64] for i in range(0, len(missing), 64)]
         spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork

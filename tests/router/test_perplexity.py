@@ -137,6 +137,23 @@ def test_prompt_batches_take_the_routers_cores_only_once_its_signals_are_done(de
     assert any(n > 1 for n, _ in steps) and {t for _, t in steps} == {1}
 
 
+def test_a_costly_prefill_waits_for_the_signals_to_take_their_core_too(demo_set):
+    """Where prompt batches can take the router's core (batch_threads above the engine's threads),
+    waiting for the signals buys that core for the whole prefill, not only skips the logits: on a
+    768-wide demo base a first message's reply came 1.32x an unrouted one's that way, 2.01x scored
+    beside the signals on one thread. So the wait is weighed against the prefill's multiply-adds;
+    with no core to gain, against the logits' alone. A short message on the demo base is cheaper
+    than the wait either way."""
+    long = "tell me everything about " + "mushrooms and ferns and mosses in old forests " * 8
+    short = "how do I read a file?"
+    for batch_threads, asks_long in ((2, True), (1, False)):
+        engine = Engine(demo_set["base"], n_ctx=512, n_threads=1, batch_threads=batch_threads)
+        for message, asks in ((long, asks_long), (short, False)):
+            asked = []
+            assert engine.score(conversation(message), needed=lambda: asked.append(message) or True)[1] > 0
+            assert bool(asked) == asks, (batch_threads, message[:30])
+
+
 def test_a_reply_on_a_modifier_after_scoring_prefills_under_its_adapter(engine):
     messages = conversation("scored on the base, answered with the code modifier")
     engine.score(messages, max_tokens=32)
