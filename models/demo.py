@@ -172,7 +172,7 @@ def _finish(w: gguf.GGUFWriter, tensors: dict[str, np.ndarray], weight_type: str
     for name, array in tensors.items():
         # the real model sets' format (benchmarks, and the exactness tests of speculative decoding); a
         # LoRA B of rank under 32 has rows too short for a Q8_0 block and stays as it is
-        if weight_type == "q8_0" and array.ndim == 2 and array.shape[-1] % 32 == 0:
+        if weight_type == "q8_0" and array.ndim == 2 and (array.dtype == np.uint8 or array.shape[-1] % 32 == 0):
             quantized = array if array.dtype == np.uint8 else gguf.quants.quantize(array, q8)  # uint8: done already
             w.add_tensor(name, quantized, raw_dtype=q8)
         else:
