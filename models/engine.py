@@ -61,10 +61,10 @@ SCORE_LOGITS_BYTES = 64 << 20
 # ms) costs less than waiting for them before deciding whether to compute its logits: score() does
 # not ask. Where prompt batches can take the router's core too, the wait also buys that core for the
 # whole prefill, so half a row's multiply-adds count too. Measured (one run, alternating, 40
-# messages of ~17 rows): the 768-wide demo base (40 MMAC a row) 2.01x an unrouted reply's first
+# messages): the 768-wide demo base (40 MMAC a row) 2.01x an unrouted reply's first
 # token beside the signals, 1.32x waiting for them; the demo base (4.6 MMAC a row) 1.99x beside,
 # 2.07x waiting; Qwen2.5-0.5B's shape (136 MMAC of logits a row) always asks.
-ASK_ABOVE_MACS = 1.5e8  # the demo base asks for messages of 60 rows and more, the 768-wide one from 8
+ASK_ABOVE_MACS = 5e8  # the demo base asks for messages of 200 rows (its median is 56), the 768-wide one from 25
 UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 

@@ -144,10 +144,11 @@ def test_a_costly_prefill_waits_for_the_signals_to_take_their_core_too(demo_set)
     beside the signals on one thread. So the wait is weighed against the prefill's multiply-adds;
     with no core to gain, against the logits' alone. A short message on the demo base is cheaper
     than the wait either way."""
-    long = "tell me everything about " + "mushrooms and ferns and mosses in old forests " * 8
+    long = "tell me everything about " + "mushrooms and ferns and mosses in old forests " * 10
     short = "how do I read a file?"
     for batch_threads, asks_long in ((2, True), (1, False)):
         engine = Engine(demo_set["base"], n_ctx=512, n_threads=1, batch_threads=batch_threads)
+        assert len(engine.tokenize(long)) < 480  # fits the context with the template
         for message, asks in ((long, asks_long), (short, False)):
             asked = []
             assert engine.score(conversation(message), needed=lambda: asked.append(message) or True)[1] > 0
