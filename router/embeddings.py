@@ -5,6 +5,7 @@ that package is absent does sentence-transformers fetch the model from the Hub b
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import warnings
 from collections import OrderedDict
@@ -129,13 +130,17 @@ def _trace_one_text_encoder(bert, example: dict):
 
     from transformers.utils import logging as transformers_logging
 
+    module = HiddenStates().eval()
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # a notice about a training loss, read while tracing
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about the branches above
-            return torch.jit.trace(HiddenStates().eval(), (example["input_ids"], example["attention_mask"]),
+            return torch.jit.trace(module, (example["input_ids"], example["attention_mask"]),
                                    check_trace=False, strict=False)
+    except Exception as exc:  # a torch build that cannot trace it: the same numbers, about twice as slow
+        logging.getLogger(__name__).warning("MiniLM runs untraced (%s: %s)", type(exc).__name__, exc)
+        return module
     finally:
         transformers_logging.set_verbosity(verbosity)
 

@@ -128,6 +128,19 @@ def test_the_traced_encoder_gives_the_models_own_embeddings_at_every_length():
     assert min(lengths) == 2 and max(lengths) == embedder.model.max_seq_length  # [CLS] [SEP] ... cut at 128
 
 
+def test_where_torch_cannot_trace_the_encoder_it_runs_untraced_to_the_same_numbers(monkeypatch, caplog):
+    import torch
+
+    from router.embeddings import Embedder
+
+    texts = ["thx, that fixed it", "no. I said Rust, not Go, and I said it twice"]
+    traced = Embedder(cache_size=0).layers(texts)
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no tracing here")))
+    untraced = Embedder(cache_size=0)
+    assert "MiniLM runs untraced (RuntimeError: no tracing here)" in caplog.text
+    assert np.allclose(untraced.layers(texts), traced, atol=1e-6)
+
+
 def test_a_forgotten_text_is_encoded_again_to_the_same_numbers(monkeypatch):
     """benchmarks/router.py times routing on messages the embedder has seen: forget() makes each
     one cost the encode a newly typed message costs."""
