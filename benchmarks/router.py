@@ -11,7 +11,7 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
             is a modifier's, sure by τd 0): it is scored, and the scoring prefill is the reply's;
   unneeded: the Router with τd above 1: no modifier is sure, the route is base whatever the
             perplexity (policy.needs_perplexity), so where the logits are costly (Engine.score,
-            ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo bases
+            ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo base
             they cost less than asking, so it is scored as on the first path;
   unrouted: no Router, the reply on the base.
   Messages are domain texts whose most likely domain is a modifier's. They go through every path,
