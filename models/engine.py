@@ -199,8 +199,12 @@ class Engine:
         self.n_batch = n_batch
         self.n_vocab, self.n_embd = self.model.n_vocab(), self.model.n_embd()
         self.head_macs = self.n_vocab * self.n_embd  # the output layer's multiply-adds per logits row
-        # a prefill row's multiply-adds: every weight but the token embeddings, which are looked up
-        self.row_macs = max(self.head_macs, self.model.n_params() - self.head_macs)
+        # What waiting for the router's signals saves per message row: the logits, which are not
+        # computed if the perplexity is not needed, and, where prompt batches take the router's core
+        # too once the signals are done, half of the row's prefill (every weight but the token
+        # embeddings, which are looked up).
+        row_macs = max(self.head_macs, self.model.n_params() - self.head_macs)
+        self.wait_saves_macs = self.head_macs + (row_macs // 2 if self.batch_threads > self.n_threads else 0)
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
                            _VERBOSE) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
@@ -411,7 +415,7 @@ class Engine:
             # Asked before the cache is touched, so that the reply prefills the end of the conversation
             # and the message in one batch: each batch is a pass over all the weights, and a second
             # one costs more than the wait (a 5-row batch: ~100 ms on the Qwen2.5-0.5B shape, one thread).
-            asked = needed is not None and (end - start) * self._macs_to_wait_for() > ASK_ABOVE_MACS
+            asked = needed is not None and (end - start) * self.wait_saves_macs > ASK_ABOVE_MACS
             if asked and not needed():
                 return None
             self._use_batch_threads(self.n_threads if needed is not None and not asked else self.batch_threads)
@@ -434,12 +438,6 @@ class Engine:
         return nll / (end - start), end - start
 
     _nll = staticmethod(nll_sum)
-
-    def _macs_to_wait_for(self) -> int:
-        """What waiting for the router's signals saves per message row: the logits, which are not
-        computed if the perplexity is not needed, and, where prompt batches take the router's core
-        too once the signals are done, half of the row's prefill."""
-        return self.head_macs + (self.row_macs // 2 if self.batch_threads > self.n_threads else 0)
 
     def generate(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 0.95, top_k: int = 40, seed: int | None = None, modifier: str | None = None,

@@ -101,8 +101,8 @@ class Embedder:
 
     def _encode_one(self, text: str) -> np.ndarray:
         """(MIDDLE_LAYERS + 1, DIM): the middle layers' means, then the sentence embedding (the last
-        layer's mean, as the model's own mean pooling gives it). One text straight through the traced
-        encoder: no padding, so every token row counts."""
+        layer's mean, as the model's own mean pooling gives it). One text straight through the encoder
+        (traced where torch can): no padding, so every token row counts."""
         torch = self._torch
         features = self.model.preprocess([text])
         with torch.inference_mode():
