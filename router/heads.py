@@ -42,14 +42,16 @@ class TextFeatures:
         self._analyzers = (word.build_analyzer(), char.build_analyzer())
 
     @staticmethod
-    def _vectorizers(word_vocab=None, char_vocab=None) -> tuple[TfidfVectorizer, TfidfVectorizer]:
-        return (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=word_vocab),
+    def _vectorizers(word_vocab=None, char_vocab=None, word_min_df: int = 1) -> tuple[TfidfVectorizer, TfidfVectorizer]:
+        # min_df applies to fitting only: a given vocabulary is used as is
+        return (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=word_vocab, min_df=word_min_df),
                 TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True,
                                 vocabulary=char_vocab))
 
     @classmethod
-    def fit(cls, texts: Sequence[str]) -> "TextFeatures":
-        word, char = cls._vectorizers()
+    def fit(cls, texts: Sequence[str], word_min_df: int = 1) -> "TextFeatures":
+        """word_min_df 2 leaves out the word n-grams seen in one text only (most of the bigrams)."""
+        word, char = cls._vectorizers(word_min_df=word_min_df)
         word.fit(texts)
         char.fit(texts)
         return cls(word, char)
