@@ -205,3 +205,17 @@ def test_one_texts_feature_row_is_the_one_sklearns_transform_gives():
         ours[word_columns], ours[n_word + char_columns] = word_values, char_values
         assert np.allclose(ours, matrix[i].toarray()[0], atol=1e-12), text[:40]
     assert head.probabilities([], np.zeros((0, head.config["n_dense"]), np.float32)).shape == (0,)
+
+
+def test_a_word_min_df_drops_one_off_ngrams_when_fitting_and_the_saved_vocabulary_is_kept_whole():
+    """The escalation head keeps word n-grams seen in two texts or more; loading its state must give
+    back exactly that vocabulary (min_df must not prune it again), or the weights would not line up."""
+    from router.heads import TextFeatures
+
+    texts = ["that is wrong again", "that is wrong", "thanks a lot", "a typo of mine"]
+    pruned = TextFeatures.fit(texts, word_min_df=2)
+    assert set(pruned.word.vocabulary_) == {"that", "is", "wrong", "that is", "is wrong"}
+    assert "thanks" in TextFeatures.fit(texts).word.vocabulary_
+    restored = TextFeatures.from_state(pruned.state())
+    assert restored.word.vocabulary_ == pruned.word.vocabulary_
+    np.testing.assert_allclose(restored.transform(texts).toarray(), pruned.transform(texts).toarray())
