@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from router.embeddings import DIM, MIDDLE_LAYERS
-from router.heads import WEIGHTS_DIR, Head, escalation_dense
+from router.heads import WEIGHTS_DIR, Head, asks_the_user, escalation_dense
 
 
 class EscalationDetector:
@@ -15,10 +15,14 @@ class EscalationDetector:
         n_dense = escalation_dense(np.zeros((1, MIDDLE_LAYERS + 1, DIM))).shape[1]
         self.head, self.meta = Head.load(path, n_dense)
 
-    def score(self, text: str, layers: np.ndarray, previous_answer: np.ndarray | None = None) -> float:
-        """text and its (MIDDLE_LAYERS + 1, DIM) Embedder.layers; previous_answer: the last reply's, if any."""
+    def score(self, text: str, layers: np.ndarray, previous_answer: np.ndarray | None = None,
+              previous_text: str | None = None) -> float:
+        """text and its (MIDDLE_LAYERS + 1, DIM) Embedder.layers; previous_answer: the last reply's
+        layers and previous_text its text, if any."""
         previous = None if previous_answer is None else previous_answer[None]
-        return float(self.score_many([text], layers[None], previous)[0])
+        return float(self.score_many([text], layers[None], previous, [previous_text])[0])
 
-    def score_many(self, texts: list[str], layers: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
-        return self.head.probabilities(texts, escalation_dense(layers, previous_answers))
+    def score_many(self, texts: list[str], layers: np.ndarray, previous_answers: np.ndarray | None = None,
+                   previous_texts: list[str | None] | None = None) -> np.ndarray:
+        asked = None if previous_texts is None else np.array([asks_the_user(t) for t in previous_texts], np.float32)
+        return self.head.probabilities(texts, escalation_dense(layers, previous_answers, asked))

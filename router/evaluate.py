@@ -84,7 +84,7 @@ def escalation_layers(rows: list[dict], embedder) -> tuple[list[str], np.ndarray
 
 def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> dict:
     texts, layers, previous = escalation_layers(rows, embedder)
-    probs = detector.score_many(texts, layers, previous)
+    probs = detector.score_many(texts, layers, previous, [r["previous_answer"] for r in rows])
     return escalation_report([int(r["label"]) for r in rows], [int(p >= tau_e) for p in probs])
 
 

@@ -9,11 +9,14 @@ embedding (domain macro-F1 0.96 against 0.90 on a held-out split, when the heads
 domain head:     + the previous turn's domain probabilities and a has-previous flag, which carry a
                  conversation's domain through vague follow-ups ("and in Rust?") and chains of them
 escalation head: reads the mean token states of MiniLM's earlier layers too (how a thing is said),
-                 + at every layer message ⊙ previous answer, which relates "that's wrong" to the answer
+                 + at every layer message ⊙ previous answer, which relates "that's wrong" to the answer,
+                 + whether the answer ended by asking the user something, alone and times the message:
+                 "2019" answers "What year did you graduate?" but corrects "It came out in 2015."
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -106,14 +109,28 @@ def domain_dense(texts: Sequence[str], messages: np.ndarray, previous_probs: np.
     return np.hstack([EMBEDDING_SCALE * messages, prior, shortness * prior, has]).astype(np.float32)
 
 
-def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None) -> np.ndarray:
+_ENDS_ASKING = re.compile(r"\?[^\w?]*$")  # a question mark, then at most closing marks, emoji, space
+
+
+def asks_the_user(answer: str | None) -> bool:
+    """Whether an answer ends by asking the user something ("How old is your sister?")."""
+    return bool(answer and _ENDS_ASKING.search(answer))
+
+
+def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None,
+                     answers_asked: np.ndarray | None = None) -> np.ndarray:
     """messages and previous_answers as Embedder.layers gives them, (n, MIDDLE_LAYERS + 1, DIM);
-    zeros where there is no answer. The message's layers, and at each layer what it shares with
-    the answer (their product: a linear head cannot multiply two inputs itself)."""
-    previous = np.zeros_like(messages) if previous_answers is None else previous_answers
+    zeros where there is no answer. answers_asked: (n,) 1 where asks_the_user(answer). The message's
+    layers; at each layer what it shares with the answer (their product: a linear head cannot
+    multiply two inputs itself); whether the answer asked, and the message's embedding where it did.
+    A short bare reply is most often a complaint ("february", "yen?") unless it answers a question:
+    leave-one-writer-out over eight strangers' sets, F1 0.888 -> 0.904 and FPR 0.087 -> 0.075."""
     n = len(messages)
+    previous = np.zeros_like(messages) if previous_answers is None else previous_answers
+    asked = np.zeros((n, 1), np.float32) if answers_asked is None else np.asarray(answers_asked, np.float32).reshape(n, 1)
     return np.hstack([EMBEDDING_SCALE * messages.reshape(n, -1),
-                      4 * EMBEDDING_SCALE * (messages * previous).reshape(n, -1)]).astype(np.float32)
+                      4 * EMBEDDING_SCALE * (messages * previous).reshape(n, -1),
+                      asked, EMBEDDING_SCALE * asked * messages[:, -1]]).astype(np.float32)
 
 
 class SparseRowsTimesWeight(torch.autograd.Function):

@@ -66,7 +66,7 @@ class Router:
         if not previous_answer:
             return 0.0, domain_probs
         answer = self.embedder.layers([previous_answer])[0]  # cached by remember() when the reply ended
-        return self.escalation.score(message, layers, answer), domain_probs
+        return self.escalation.score(message, layers, answer, previous_answer), domain_probs
 
     def remember(self, answer: str) -> None:
         """Embed a finished reply in the background (on the signals thread, which owns the

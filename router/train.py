@@ -2,8 +2,8 @@
 
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
-Seeded and CPU-only; most of the time goes to embedding the ~27,000 texts once, in worker processes
-(101.5 s on this project's 2-core AMD VM; 85-102 s of a run is the embedding).
+Seeded and CPU-only; most of the time goes to embedding the ~31,000 texts once, in worker processes
+(59.5 s in all on this project's 2-core Intel VM; its AMD VM embeds about half as fast).
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 
@@ -24,7 +24,7 @@ from torch import nn
 from router.decision import DOMAINS
 from router.embeddings import Embedder
 from router.evaluate import domain_report, escalation_layers, escalation_report, read_jsonl
-from router.heads import WEIGHTS_DIR, Head, TextFeatures, domain_dense, escalation_dense
+from router.heads import WEIGHTS_DIR, Head, TextFeatures, asks_the_user, domain_dense, escalation_dense
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out splits (README)
@@ -99,7 +99,8 @@ def train_domain(embedder: Embedder, rows: list[dict], followups: list[dict], se
 
 def escalation_inputs(embedder: Embedder, rows: list[dict]) -> tuple[list[str], np.ndarray]:
     texts, layers, previous = escalation_layers(rows, embedder)
-    return texts, escalation_dense(layers, previous)
+    asked = np.array([asks_the_user(r["previous_answer"]) for r in rows], np.float32)
+    return texts, escalation_dense(layers, previous, asked)
 
 
 def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:

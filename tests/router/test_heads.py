@@ -40,7 +40,7 @@ def test_weights_for_another_version_of_the_features_say_so_and_how_to_rebuild(t
 
     path = tmp_path / "escalation.pt"
     Head(TextFeatures.fit(["that is wrong", "thanks"]), 768, 1).save(path, {})
-    with pytest.raises(HeadFileError, match=r"escalation\.pt: .*768 dense features.* computes 4608.*python -m router\.train"):
+    with pytest.raises(HeadFileError, match=r"escalation\.pt: .*768 dense features.* computes 4993.*python -m router\.train"):
         EscalationDetector(path)
 
 
@@ -219,3 +219,27 @@ def test_a_word_min_df_drops_one_off_ngrams_when_fitting_and_the_saved_vocabular
     restored = TextFeatures.from_state(pruned.state())
     assert restored.word.vocabulary_ == pruned.word.vocabulary_
     np.testing.assert_allclose(restored.transform(texts).toarray(), pruned.transform(texts).toarray())
+
+
+@pytest.mark.parametrize("answer, asks", [
+    ("Happy to help with a gift! How old is your sister?", True),
+    ("Which one do you prefer: the blue or the green? 🙂", True),
+    ("**Do you want the short version or the full one?**\n", True),
+    ("Sure (which year did you mean?)", True),
+    ("Is it Sydney? No: the capital of Australia is Canberra.", False),
+    ("Use `x if cond else y`; C's `cond ? x : y` has no Python form.", False),
+    ("", False),
+])
+def test_an_answer_that_ends_by_asking_the_user_something_is_recognised(answer, asks):
+    """A reply to the assistant's own question ("16" to "How old is your sister?") is an answer,
+    however short and bare; the escalation head is told which answers ended asking."""
+    from router.heads import asks_the_user
+
+    assert asks_the_user(answer) is asks
+
+
+def test_the_escalation_head_reads_whether_the_answer_asked():
+    layers = np.random.default_rng(0).normal(size=(2, 6, 384)).astype(np.float32)
+    plain, asked = escalation_dense(layers, layers), escalation_dense(layers, layers, np.array([0.0, 1.0]))
+    assert plain.shape == asked.shape
+    assert np.array_equal(plain[0], asked[0]) and not np.array_equal(plain[1], asked[1])

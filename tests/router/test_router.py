@@ -83,6 +83,20 @@ def test_an_unhappy_user_is_escalated_to_the_conversation_domain(engine, router_
     assert unhappy.escalation_p >= 0.5 and unhappy.rule == "escalation" and unhappy.route == "reasoning"
 
 
+@pytest.mark.parametrize("question, statement, reply", [
+    ("Sure, I can suggest a present. How old is your nephew?", "Most children start school at 9 years old.", "5"),
+    ("Nice! Which year did you start at the company?", "Python 3 was first released in 2015.", "2008"),
+])
+def test_answering_the_assistants_own_question_is_not_an_escalation(engine, router_parts, question, statement,
+                                                                     reply):
+    """The same bare reply is an answer after a question and a correction after a statement."""
+    router = make_router(engine, router_parts)
+    asked, corrected = (router.decide(reply, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": a}],
+                                      system_prompt=SYSTEM) for a in (question, statement))
+    assert asked.escalation_p < ALWAYS_PAST_THE_GATE.tau_e and asked.rule != "escalation"
+    assert corrected.escalation_p > asked.escalation_p
+
+
 def test_routing_a_reply_to_an_answer_encodes_only_the_new_message(engine, router_parts, monkeypatch):
     """Both heads and every layer the escalation head reads come from one encode of the message;
     the answer's layers were made by remember() when it ended."""
