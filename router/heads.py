@@ -109,12 +109,16 @@ def domain_dense(texts: Sequence[str], messages: np.ndarray, previous_probs: np.
     return np.hstack([EMBEDDING_SCALE * messages, prior, shortness * prior, has]).astype(np.float32)
 
 
+_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)  # not prose: `a ? b : c` asks nothing
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _ENDS_ASKING = re.compile(r"\?[^\w?]*$")  # a question mark, then at most closing marks, emoji, space
 
 
 def asks_the_user(answer: str | None) -> bool:
-    """Whether an answer ends by asking the user something ("How old is your sister?")."""
-    return bool(answer and _ENDS_ASKING.search(answer))
+    """Whether an answer ends by asking the user something: a question in its last two sentences
+    ("How old is your sister?"; "Is this SQLite or Postgres? Each matches case differently.")."""
+    sentences = _SENTENCE_END.split(_CODE.sub("code", answer).strip()) if answer else []
+    return any(_ENDS_ASKING.search(sentence) for sentence in sentences[-2:])
 
 
 def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None,
@@ -124,7 +128,10 @@ def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None =
     layers; at each layer what it shares with the answer (their product: a linear head cannot
     multiply two inputs itself); whether the answer asked, and the message's embedding where it did.
     A short bare reply is most often a complaint ("february", "yen?") unless it answers a question:
-    leave-one-writer-out over eight strangers' sets, F1 0.888 -> 0.904 and FPR 0.087 -> 0.075."""
+    leave-one-writer-out over eight strangers' sets, F1 0.888 -> 0.904 and FPR 0.087 -> 0.075.
+    (Trained on all the data: a question in the answer's last sentence only, 0.922 / 0.053 over nine
+    strangers' sets; in its last two, code left out, 0.923 / 0.051, and a model's clarifying
+    question is often followed by why it asks.)"""
     n = len(messages)
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
     asked = np.zeros((n, 1), np.float32) if answers_asked is None else np.asarray(answers_asked, np.float32).reshape(n, 1)

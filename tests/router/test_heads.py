@@ -226,13 +226,15 @@ def test_a_word_min_df_drops_one_off_ngrams_when_fitting_and_the_saved_vocabular
     ("Which one do you prefer: the blue or the green? 🙂", True),
     ("**Do you want the short version or the full one?**\n", True),
     ("Sure (which year did you mean?)", True),
-    ("Is it Sydney? No: the capital of Australia is Canberra.", False),
+    ("Are you on Windows or macOS? The shortcut differs between them.", True),
+    ("Is it Sydney? Many think so. But the capital of Australia is Canberra.", False),
     ("Use `x if cond else y`; C's `cond ? x : y` has no Python form.", False),
     ("", False),
 ])
 def test_an_answer_that_ends_by_asking_the_user_something_is_recognised(answer, asks):
     """A reply to the assistant's own question ("16" to "How old is your sister?") is an answer,
-    however short and bare; the escalation head is told which answers ended asking."""
+    however short and bare; the escalation head is told which answers ended asking: in their last
+    two sentences, as a model's clarifying question is often followed by why it asks."""
     from router.heads import asks_the_user
 
     assert asks_the_user(answer) is asks
