@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from router.embeddings import DIM, MIDDLE_LAYERS
-from router.heads import WEIGHTS_DIR, Head, asks_the_user, escalation_dense
+from router.heads import WEIGHTS_DIR, Head, answers_asked, escalation_dense
 
 
 class EscalationDetector:
@@ -24,5 +24,5 @@ class EscalationDetector:
 
     def score_many(self, texts: list[str], layers: np.ndarray, previous_answers: np.ndarray | None = None,
                    previous_texts: list[str | None] | None = None) -> np.ndarray:
-        asked = None if previous_texts is None else np.array([asks_the_user(t) for t in previous_texts], np.float32)
+        asked = None if previous_texts is None else answers_asked(previous_texts)
         return self.head.probabilities(texts, escalation_dense(layers, previous_answers, asked))

@@ -121,6 +121,11 @@ def asks_the_user(answer: str | None) -> bool:
     return any(_ENDS_ASKING.search(sentence) for sentence in sentences[-2:])
 
 
+def answers_asked(answers: Sequence[str | None]) -> np.ndarray:
+    """escalation_dense's answers_asked for these answers' texts (None where there is no answer)."""
+    return np.array([asks_the_user(a) for a in answers], np.float32)
+
+
 def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None,
                      answers_asked: np.ndarray | None = None) -> np.ndarray:
     """messages and previous_answers as Embedder.layers gives them, (n, MIDDLE_LAYERS + 1, DIM);

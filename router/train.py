@@ -24,7 +24,7 @@ from torch import nn
 from router.decision import DOMAINS
 from router.embeddings import Embedder
 from router.evaluate import domain_report, escalation_layers, escalation_report, read_jsonl
-from router.heads import WEIGHTS_DIR, Head, TextFeatures, asks_the_user, domain_dense, escalation_dense
+from router.heads import WEIGHTS_DIR, Head, TextFeatures, answers_asked, domain_dense, escalation_dense
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out splits (README)
@@ -99,8 +99,7 @@ def train_domain(embedder: Embedder, rows: list[dict], followups: list[dict], se
 
 def escalation_inputs(embedder: Embedder, rows: list[dict]) -> tuple[list[str], np.ndarray]:
     texts, layers, previous = escalation_layers(rows, embedder)
-    asked = np.array([asks_the_user(r["previous_answer"]) for r in rows], np.float32)
-    return texts, escalation_dense(layers, previous, asked)
+    return texts, escalation_dense(layers, previous, answers_asked([r["previous_answer"] for r in rows]))
 
 
 def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:
