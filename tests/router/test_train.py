@@ -1,0 +1,94 @@
+"""python -m router.train end to end, on a small sample of router/data: what it writes is what the
+app loads, it is seeded, and --holdout scores a stratified share and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from router import train
+from router.decision import DOMAINS
+from router.domain import DomainClassifier
+from router.embeddings import Embedder
+from router.escalation import EscalationDetector
+from router.evaluate import evaluate_escalation, read_jsonl
+
+PER_DOMAIN, FOLLOWUPS, PER_ESCALATION_LABEL = 24, 16, 30
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """A few rows of each label from the committed data, as router.train reads them."""
+    rng, folder = random.Random(5), tmp_path_factory.mktemp("router-data")
+    domain = read_jsonl(train.DATA_DIR / "domain.jsonl", ("text", "label"))
+    escalation = read_jsonl(train.DATA_DIR / "escalation.jsonl", ("previous_answer", "text", "label"))
+    write_jsonl(folder / "domain.jsonl", [r for d in DOMAINS for r in rng.sample([r for r in domain if r["label"] == d], PER_DOMAIN)])
+    write_jsonl(folder / "followups.jsonl", rng.sample(read_jsonl(train.DATA_DIR / "followups.jsonl", ("previous", "text", "label")), FOLLOWUPS))
+    write_jsonl(folder / "escalation.jsonl", [r for label in (0, 1) for r in rng.sample(
+        [r for r in escalation if int(r["label"]) == label], PER_ESCALATION_LABEL)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(small_data, tmp_path_factory):
+    """Two runs with the same seed, the second with a history export as --extra."""
+    extra = tmp_path_factory.mktemp("export") / "history.jsonl"
+    write_jsonl(extra, [
+        {"kind": "domain", "text": "turn this into a create_ticket call", "label": "automation", "source": "override"},
+        {"kind": "escalation", "previous_answer": "2 + 2 = 5.", "text": "no, that's wrong", "label": 1, "source": "feedback"},
+    ])
+    outs = [tmp_path_factory.mktemp(f"weights{i}") for i in range(3)]
+    assert train.main(["--data", str(small_data), "--out", str(outs[0])]) == 0
+    assert train.main(["--data", str(small_data), "--out", str(outs[1])]) == 0
+    assert train.main(["--data", str(small_data), "--out", str(outs[2]), "--extra", str(extra)]) == 0
+    return outs
+
+
+def test_the_heads_it_writes_load_in_the_app_and_record_their_data(trained):
+    for out, extra in ((trained[0], 0), (trained[2], 1)):
+        domain, escalation = DomainClassifier(out / "domain.pt"), EscalationDetector(out / "escalation.pt")
+        assert domain.meta["examples"] == {"domain": len(DOMAINS) * PER_DOMAIN + extra, "followups": FOLLOWUPS,
+                                           "escalation": 2 * PER_ESCALATION_LABEL + extra}
+        assert escalation.meta == domain.meta and domain.meta["seed"] == 0
+
+
+def test_the_heads_fit_what_they_were_trained_on(trained, small_data):
+    """Not a bar for new text (router.evaluate is), but a head that cannot reproduce most of its own
+    training labels was not trained."""
+    embedder = Embedder()
+    domain_rows = read_jsonl(small_data / "domain.jsonl", ("text", "label"))
+    texts = [r["text"] for r in domain_rows]
+    probs = DomainClassifier(trained[0] / "domain.pt").score_many(texts, embedder.encode(texts))
+    assert np.mean([DOMAINS[i] == r["label"] for i, r in zip(probs.argmax(1), domain_rows)]) >= 0.9
+    rows = read_jsonl(small_data / "escalation.jsonl", ("previous_answer", "text", "label"))
+    report = evaluate_escalation(rows, embedder, EscalationDetector(trained[0] / "escalation.pt"), 0.5)
+    assert report["f1"] >= 0.9 and report["fpr"] <= 0.1
+
+
+def test_training_is_seeded(trained):
+    for name in ("domain.pt", "escalation.pt"):
+        first, second = (torch.load(out / name, weights_only=True) for out in trained[:2])
+        for part in ("text", "state"):
+            assert first[part].keys() == second[part].keys()
+            for key, value in first[part].items():
+                assert torch.equal(value, second[part][key]) if torch.is_tensor(value) else value == second[part][key]
+
+
+def test_holdout_scores_a_stratified_share_and_writes_nothing(small_data, tmp_path, capsys):
+    out = tmp_path / "weights"
+    assert train.main(["--data", str(small_data), "--out", str(out), "--holdout", "0.25"]) == 0
+    assert not out.exists()
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["domain"]) == {"accuracy", "macro_f1", "per_label", "confusion"}
+    held = {label: sum(row.values()) for label, row in report["domain"]["confusion"].items()}
+    assert held == dict.fromkeys(DOMAINS, round(PER_DOMAIN * 0.25))  # the same share of every label
+    assert set(report["escalation"]) >= {"f1", "precision", "recall", "fpr"}
+    assert 0.0 <= report["followups_accuracy"] <= 1.0 and 0.0 <= report["escalation"]["f1"] <= 1.0
