@@ -1,9 +1,11 @@
 """Score the trained heads on labelled files:
 
-    python -m router.evaluate --domain FILE --escalation FILE
+    python -m router.evaluate --domain FILE --escalation FILE [--followups FILE]
 
 domain lines are {"text", "label"}; escalation lines are {"previous_answer", "text", "label"}
-(label 1 = the user is unhappy). Prints one JSON object with a "domain" and/or "escalation" part."""
+(label 1 = the user is unhappy); followups lines are {"previous", "text", "label"}: a message and
+the one before it, routed as the app routes a second turn (router/data/followups.jsonl's format).
+Prints one JSON object with a "domain", "escalation" and/or "followups" part (the first's shape)."""
 
 from __future__ import annotations
 
@@ -65,13 +67,21 @@ def escalation_report(truth: list[int], predicted: list[int]) -> dict:
     }
 
 
-def evaluate_domain(rows: list[dict], embedder, classifier) -> dict:
+def evaluate_domain(rows: list[dict], embedder, classifier, prior: np.ndarray | None = None) -> dict:
     unknown = sorted({r["label"] for r in rows} - set(DOMAINS))
     if unknown:
         raise ValueError(f"unknown domain label(s) {unknown}; expected {list(DOMAINS)}")
     texts = [r["text"] for r in rows]
-    probs = classifier.score_many(texts, embedder.encode(texts))
+    probs = classifier.score_many(texts, embedder.encode(texts), prior)
     return domain_report([r["label"] for r in rows], [DOMAINS[i] for i in probs.argmax(axis=1)])
+
+
+def evaluate_followups(rows: list[dict], embedder, classifier) -> dict:
+    """Each message with the previous message's domain probabilities as its prior, as Router.decide
+    reads the session's last decision (for a second turn, that message's probabilities alone)."""
+    previous = [r["previous"] for r in rows]
+    prior = classifier.score_many(previous, embedder.encode(previous))
+    return evaluate_domain(rows, embedder, classifier, prior)
 
 
 def escalation_layers(rows: list[dict], embedder) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -92,14 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", type=Path, help="JSON Lines of {text, label}")
     parser.add_argument("--escalation", type=Path, help="JSON Lines of {previous_answer, text, label}")
+    parser.add_argument("--followups", type=Path, help="JSON Lines of {previous, text, label}")
     parser.add_argument("--tau-e", type=float, default=None, help="escalation threshold (default: the demo profile's)")
     args = parser.parse_args(argv)
-    if not args.domain and not args.escalation:
-        parser.error("give --domain FILE, --escalation FILE or both")
+    if not (args.domain or args.escalation or args.followups):
+        parser.error("give --domain FILE, --escalation FILE, --followups FILE, or more than one")
     try:
         domain_rows = read_jsonl(args.domain, ("text", "label"), "domain") if args.domain else None
         escalation_rows = (read_jsonl(args.escalation, ("previous_answer", "text", "label"), "escalation")
                            if args.escalation else None)
+        followup_rows = read_jsonl(args.followups, ("previous", "text", "label")) if args.followups else None
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -109,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
 
     embedder, report = Embedder(cache_size=1 << 20), {}
     try:
+        if domain_rows or followup_rows:
+            classifier = DomainClassifier()
         if domain_rows:
-            report["domain"] = evaluate_domain(domain_rows, embedder, DomainClassifier())
+            report["domain"] = evaluate_domain(domain_rows, embedder, classifier)
         if escalation_rows:
             report["escalation"] = evaluate_escalation(escalation_rows, embedder, EscalationDetector(),
                                                        args.tau_e if args.tau_e is not None else default_tau_e())
+        if followup_rows:
+            report["followups"] = evaluate_followups(followup_rows, embedder, classifier)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,6 +83,31 @@ def test_either_part_alone(tmp_path):
     assert set(json.loads(done.stdout)) == {"escalation"}
 
 
+def test_follow_ups_are_scored_in_the_context_of_the_previous_message(tmp_path):
+    """--followups FILE: {previous, text, label} rows, each message routed as the app routes a second
+    turn, with the previous message's domain probabilities as its prior; the domain part's shape."""
+    followups = write_jsonl(tmp_path / "f.jsonl", [
+        {"previous": "How do I read a CSV file into a list of dicts in Python?", "text": "and in Rust?", "label": "code"},
+        {"previous": "Write a bash one-liner that counts lines in every .log file", "text": "now for .txt too",
+         "label": "code"},
+        {"previous": "A train leaves at 3pm going 80 km/h; when does it cover 200 km?", "text": "and at 120?",
+         "label": "reasoning"},
+        {"previous": "Every Monday at 9, email me last week's sales totals from Shopify", "text": "also send it to Priya",
+         "label": "automation"},
+        {"previous": "Fix this SQL: SELECT * FROM orders WHERE date > '2024-01-01' GROUP BY customer",
+         "text": "unrelated, but what's a good gift for my dad's 60th?", "label": "general"},
+    ])
+    done = evaluate("--followups", str(followups))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(report) == {"followups"} and set(report["followups"]) == {"accuracy", "macro_f1", "per_label", "confusion"}
+    assert sum(sum(row.values()) for row in report["followups"]["confusion"].values()) == 5
+    assert report["followups"]["accuracy"] >= 0.8  # clear cases, written for this test
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "and in Rust?", "label": "code"}])
+    done = evaluate("--followups", str(bad))
+    assert done.returncode == 2 and "missing previous" in done.stderr
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"text": "hi", "label": "general"}\nnot json\n', "bad.jsonl:2: not valid JSON"),
     ('{"text": "hi"}\n', "bad.jsonl:1: missing label"),
