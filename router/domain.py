@@ -13,8 +13,10 @@ from router.heads import WEIGHTS_DIR, Head, domain_dense
 
 
 class DomainClassifier:
-    def __init__(self, path: Path = WEIGHTS_DIR / "domain.pt"):
-        self.head, self.meta = Head.load(path, domain_dense([""], np.zeros((1, DIM))).shape[1])
+    def __init__(self, path: Path = WEIGHTS_DIR / "domain.pt", head: Head | None = None):
+        """The head saved at `path`, or `head` as router.train has just fitted it (nothing read)."""
+        self.head, self.meta = (head, {}) if head is not None else \
+            Head.load(path, domain_dense([""], np.zeros((1, DIM))).shape[1])
 
     def score(self, text: str, embedding: np.ndarray, previous_probs: dict[str, float] | None = None) -> dict[str, float]:
         """text and its (DIM,) embedding; previous_probs: the previous turn's domain probabilities."""

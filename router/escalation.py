@@ -11,9 +11,10 @@ from router.heads import WEIGHTS_DIR, Head, answers_asked, escalation_dense
 
 
 class EscalationDetector:
-    def __init__(self, path: Path = WEIGHTS_DIR / "escalation.pt"):
+    def __init__(self, path: Path = WEIGHTS_DIR / "escalation.pt", head: Head | None = None):
+        """The head saved at `path`, or `head` as router.train has just fitted it (nothing read)."""
         n_dense = escalation_dense(np.zeros((1, MIDDLE_LAYERS + 1, DIM))).shape[1]
-        self.head, self.meta = Head.load(path, n_dense)
+        self.head, self.meta = (head, {}) if head is not None else Head.load(path, n_dense)
 
     def score(self, text: str, layers: np.ndarray, previous_answer: np.ndarray | None = None,
               previous_text: str | None = None) -> float:

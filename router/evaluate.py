@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     embedder, report = Embedder(cache_size=1 << 20), {}
     try:
-        if domain_rows or followup_rows:
-            classifier = DomainClassifier()
+        classifier = DomainClassifier() if domain_rows or followup_rows else None
         if domain_rows:
             report["domain"] = evaluate_domain(domain_rows, embedder, classifier)
         if escalation_rows:

@@ -23,7 +23,10 @@ from torch import nn
 
 from router.decision import DOMAINS
 from router.embeddings import Embedder
-from router.evaluate import domain_report, escalation_layers, escalation_report, read_jsonl
+from router.domain import DomainClassifier
+from router.escalation import EscalationDetector
+from router.evaluate import (escalation_layers, evaluate_domain, evaluate_escalation, evaluate_followups,
+                             read_jsonl)
 from router.heads import WEIGHTS_DIR, Head, TextFeatures, answers_asked, domain_dense, escalation_dense
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -152,19 +155,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def holdout_report(embedder, domain_head, escalation_head, domain_rows, follow_rows, esc_rows) -> dict:
-    texts = [r["text"] for r in domain_rows]
-    probs = domain_head.probabilities(texts, domain_dense(texts, embedder.encode(texts)))
-    report = {"domain": domain_report([r["label"] for r in domain_rows], [DOMAINS[i] for i in probs.argmax(1)])}
+    """The held-out rows scored as router.evaluate scores a file (escalation at P 0.5)."""
+    classifier = DomainClassifier(head=domain_head)
+    report = {"domain": evaluate_domain(domain_rows, embedder, classifier)}
     if follow_rows:
-        previous = [r["previous"] for r in follow_rows]
-        prior = domain_head.probabilities(previous, domain_dense(previous, embedder.encode(previous)))
-        follow = [r["text"] for r in follow_rows]
-        probs = domain_head.probabilities(follow, domain_dense(follow, embedder.encode(follow), prior))
-        report["followups_accuracy"] = round(float(np.mean(
-            [DOMAINS[i] == r["label"] for i, r in zip(probs.argmax(1), follow_rows)])), 4)
-    texts, dense = escalation_inputs(embedder, esc_rows)
-    p = escalation_head.probabilities(texts, dense)
-    report["escalation"] = escalation_report([int(r["label"]) for r in esc_rows], [int(x >= 0.5) for x in p])
+        report["followups_accuracy"] = evaluate_followups(follow_rows, embedder, classifier)["accuracy"]
+    report["escalation"] = evaluate_escalation(esc_rows, embedder, EscalationDetector(head=escalation_head), 0.5)
     return report
 
 
