@@ -110,14 +110,16 @@ def domain_dense(texts: Sequence[str], messages: np.ndarray, previous_probs: np.
 
 
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)  # not prose: `a ? b : c` asks nothing
+_EMPHASIS = re.compile(r"\*\*|__")  # markdown bold: "**Which version are you on?** The steps differ."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _ENDS_ASKING = re.compile(r"\?[^\w?]*$")  # a question mark, then at most closing marks, emoji, space
 
 
 def asks_the_user(answer: str | None) -> bool:
     """Whether an answer ends by asking the user something: a question in its last two sentences
-    ("How old is your sister?"; "Is this SQLite or Postgres? Each matches case differently.")."""
-    sentences = _SENTENCE_END.split(_CODE.sub("code", answer).strip()) if answer else []
+    ("How old is your sister?"; "Is this SQLite or Postgres? Each matches case differently."), in bold
+    or not, as models often set their one question in bold."""
+    sentences = _SENTENCE_END.split(_EMPHASIS.sub("", _CODE.sub("code", answer)).strip()) if answer else []
     return any(_ENDS_ASKING.search(sentence) for sentence in sentences[-2:])
 
 

@@ -227,6 +227,8 @@ def test_a_word_min_df_drops_one_off_ngrams_when_fitting_and_the_saved_vocabular
     ("**Do you want the short version or the full one?**\n", True),
     ("Sure (which year did you mean?)", True),
     ("Are you on Windows or macOS? The shortcut differs between them.", True),
+    ("Your script is ready. **Do you want it to run daily or weekly?** I'll set up the cron line to match.", True),
+    ("Here are the steps.\n\n__Which version are you on?__ Older ones lack the menu.", True),
     ("Is it Sydney? Many think so. But the capital of Australia is Canberra.", False),
     ("Use `x if cond else y`; C's `cond ? x : y` has no Python form.", False),
     ("", False),
