@@ -40,7 +40,8 @@ def test_weights_for_another_version_of_the_features_say_so_and_how_to_rebuild(t
 
     path = tmp_path / "escalation.pt"
     Head(TextFeatures.fit(["that is wrong", "thanks"]), 768, 1).save(path, {})
-    with pytest.raises(HeadFileError, match=r"escalation\.pt: .*768 dense features.* computes 4993.*python -m router\.train"):
+    n_dense = escalation_dense(np.zeros((1, 6, 384), np.float32)).shape[1]
+    with pytest.raises(HeadFileError, match=rf"escalation\.pt: .*768 dense features.* computes {n_dense}.*python -m router\.train"):
         EscalationDetector(path)
 
 
@@ -247,3 +248,15 @@ def test_the_escalation_head_reads_whether_the_answer_asked():
     plain, asked = escalation_dense(layers, layers), escalation_dense(layers, layers, np.array([0.0, 1.0]))
     assert plain.shape == asked.shape
     assert np.array_equal(plain[0], asked[0]) and not np.array_equal(plain[1], asked[1])
+
+
+def test_the_escalation_head_reads_the_answer_itself_not_only_what_the_message_shares_with_it():
+    """"seriously?" after a needless refusal is a complaint; after relayed bad news ("your flight is
+    cancelled") it is not. The message is the same, so the answer's own embedding must reach the head."""
+    rng = np.random.default_rng(0)
+    message = np.zeros((1, 6, 384), np.float32)  # nothing from the message: what is left comes from the answer
+    refusal, news = rng.normal(size=(2, 1, 6, 384)).astype(np.float32)
+    after_refusal, after_news = escalation_dense(message, refusal), escalation_dense(message, news)
+    assert after_refusal.shape == after_news.shape
+    assert not np.array_equal(after_refusal, after_news)
+    assert np.array_equal(escalation_dense(message), escalation_dense(message, np.zeros_like(message)))  # no answer
