@@ -12,6 +12,7 @@ escalation head: reads the mean token states of MiniLM's earlier layers too (how
                  + at every layer message ⊙ previous answer, which relates "that's wrong" to the answer,
                  + whether the answer ended by asking the user something, alone and times the message:
                  "2019" answers "What year did you graduate?" but corrects "It came out in 2015."
+                 + the answer's own layers: "seriously?" after a refusal, or after bad news it relays
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
 Seeded and CPU-only; most of the time goes to embedding the ~47,000 texts once, in worker processes
-(107.6 s in all on this project's 2-core Intel VM; its AMD VM embeds about half as fast).
+(109.2 s in all on this project's 2-core Intel VM; its AMD VM embeds about half as fast).
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 
