@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -58,6 +59,20 @@ def test_the_heads_it_writes_load_in_the_app_and_record_their_data(trained):
         assert domain.meta["examples"] == {"domain": len(DOMAINS) * PER_DOMAIN + extra, "followups": FOLLOWUPS,
                                            "escalation": 2 * PER_ESCALATION_LABEL + extra}
         assert escalation.meta == domain.meta and domain.meta["seed"] == 0
+
+
+def test_it_trains_on_the_blind_writers_sets_too(small_data, tmp_path):
+    """router/data/blind_writers holds escalation sets that strangers wrote, one file each, read once
+    as fresh evaluation sets before they joined the training data."""
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    (data / "blind_writers").mkdir()
+    write_jsonl(data / "blind_writers" / "set99.jsonl", [
+        {"previous_answer": "Lyon is the capital of France.", "text": "it's Paris??", "label": 1},
+        {"previous_answer": "Paris is the capital of France.", "text": "merci!", "label": 0}])
+    assert train.main(["--data", str(data), "--out", str(tmp_path / "weights")]) == 0
+    meta = EscalationDetector(tmp_path / "weights" / "escalation.pt").meta
+    assert meta["examples"]["escalation"] == 2 * PER_ESCALATION_LABEL + 2
 
 
 def test_the_heads_fit_what_they_were_trained_on(trained, small_data):
