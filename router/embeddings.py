@@ -89,7 +89,7 @@ class Embedder:
 
     def preload(self, texts: Sequence[str], processes: int = 2) -> None:
         """Embed the texts not yet cached in `processes` worker processes (router.train embeds
-        ~66,000, one worker per core). Each worker embeds one text per call, as encode() does, so the
+        ~77,000, one worker per core). Each worker embeds one text per call, as encode() does, so the
         cache holds exactly the vectors encode() would make."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         chunks = [missing[i:i + 64] for i in range(0, len(missing), 64)]
