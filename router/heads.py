@@ -145,10 +145,11 @@ def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None =
     n = len(messages)
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
     asked = np.zeros((n, 1), np.float32) if answers_asked is None else np.asarray(answers_asked, np.float32).reshape(n, 1)
+    # already float32 as a rule: astype copies only if not (over all the training rows, a copy is ~1 GB)
     return np.hstack([EMBEDDING_SCALE * messages.reshape(n, -1),
                       4 * EMBEDDING_SCALE * (messages * previous).reshape(n, -1),
                       asked, EMBEDDING_SCALE * asked * messages[:, -1],
-                      EMBEDDING_SCALE * previous.reshape(n, -1)]).astype(np.float32)
+                      EMBEDDING_SCALE * previous.reshape(n, -1)]).astype(np.float32, copy=False)
 
 
 class SparseRowsTimesWeight(torch.autograd.Function):
