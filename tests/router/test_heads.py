@@ -82,11 +82,23 @@ def test_embeddings_made_in_worker_processes_are_the_ones_encode_makes():
     assert np.array_equal(preloaded.layers(texts), fresh.layers(texts))
 
 
-def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
-    """The escalation head reads MiniLM's earlier layers too; they must be the layers they claim
-    (checked against transformers' own hidden states), and cost no second encode."""
+def _float32_layers(embedder, text: str) -> np.ndarray:
+    """MiniLM's own float32 hidden states for one text, averaged over tokens, at unit length:
+    (input embeddings + every layer, DIM)."""
     import torch
 
+    transformer = embedder.model[0]
+    with torch.inference_mode():
+        tokens = transformer.tokenizer(text[:embedder.max_chars], return_tensors="pt", truncation=True,
+                                       max_length=embedder.model.max_seq_length)
+        states = transformer.auto_model(**tokens, output_hidden_states=True).hidden_states
+        return torch.nn.functional.normalize(torch.stack([s[0].mean(0) for s in states]), dim=-1).numpy()
+
+
+def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
+    """The escalation head reads MiniLM's earlier layers too; they must be the layers they claim
+    (each nearest its own layer of transformers' float32 hidden states, int8 rounding aside), and
+    cost no second encode."""
     from router.embeddings import DIM, MIDDLE_LAYERS, Embedder
 
     embedder = Embedder(cache_size=8)
@@ -97,21 +109,19 @@ def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
     assert layers.shape == (2, MIDDLE_LAYERS + 1, DIM) and layers.dtype == np.float32
     assert np.array_equal(layers[:, -1], sentence)
     assert np.allclose(np.linalg.norm(layers, axis=-1), 1.0, atol=1e-5)
-    transformer = embedder.model[0]
-    with torch.inference_mode():
-        for text, ours in zip(texts, layers):
-            tokens = transformer.tokenizer(text, return_tensors="pt")
-            states = transformer.auto_model(**tokens, output_hidden_states=True).hidden_states
-            assert len(states) == MIDDLE_LAYERS + 2  # input embeddings, the middle layers, the last
-            means = torch.nn.functional.normalize(torch.stack([s[0].mean(0) for s in states]), dim=-1).numpy()
-            assert np.allclose(ours, means[1:], atol=1e-5)  # the input embeddings are not used
+    for text, ours in zip(texts, layers):
+        theirs = _float32_layers(embedder, text)
+        assert len(theirs) == MIDDLE_LAYERS + 2  # input embeddings, the middle layers, the last
+        cosine = ours @ theirs.T  # (ours, theirs)
+        assert (cosine.argmax(axis=1) == np.arange(1, MIDDLE_LAYERS + 2)).all(), cosine.round(3)
+        assert cosine.diagonal(offset=1).min() > 0.95, cosine.round(3)
     assert not np.allclose(layers[:, 0], layers[:, -2], atol=0.05)  # distinct layers, not one repeated
 
 
-def test_the_traced_encoder_gives_the_models_own_embeddings_at_every_length():
-    """The encoder runs as a TorchScript trace made from one short text: it must give what
-    sentence-transformers' own pipeline gives for any other text, from an empty one to one cut at
-    max_seq_length tokens, with no shape or branch of the example baked in."""
+def test_the_int8_encoder_gives_the_models_own_embeddings_at_every_length():
+    """The int8 ONNX encoder was exported from one short text: it must give what sentence-
+    transformers' own float32 pipeline gives for any other text, from an empty one to one cut at
+    max_seq_length tokens, with no shape of the example baked in."""
     import torch
 
     from router.embeddings import Embedder
@@ -125,21 +135,29 @@ def test_the_traced_encoder_gives_the_models_own_embeddings_at_every_length():
             features = embedder.model.preprocess([text])
             lengths.add(features["input_ids"].shape[1])
             expected = embedder.model(features)["sentence_embedding"][0].numpy()
-            assert np.allclose(embedder.encode([text])[0], expected, atol=1e-6), text[:40]
+            expected /= np.linalg.norm(expected)
+            assert embedder.encode([text])[0] @ expected > 0.97, text[:40]
     assert min(lengths) == 2 and max(lengths) == embedder.model.max_seq_length  # [CLS] [SEP] ... cut at 128
 
 
-def test_where_torch_cannot_trace_the_encoder_it_runs_untraced_to_the_same_numbers(monkeypatch, caplog):
-    import torch
+def test_the_int8_encoder_is_exported_once_and_again_when_damaged(tmp_path, monkeypatch, caplog):
+    """The export runs once per machine; a file cut short (a full disk, a killed export from an
+    older version) is exported again rather than failing every start."""
+    import router.embeddings as embeddings
 
-    from router.embeddings import Embedder
-
-    texts = ["thx, that fixed it", "no. I said Rust, not Go, and I said it twice"]
-    traced = Embedder(cache_size=0).layers(texts)
-    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no tracing here")))
-    untraced = Embedder(cache_size=0)
-    assert "MiniLM runs untraced (RuntimeError: no tracing here)" in caplog.text
-    assert np.allclose(untraced.layers(texts), traced, atol=1e-6)
+    first = embeddings.Embedder(cache_size=0, encoders_dir=tmp_path)
+    expected = first.layers(["no. I said Rust, not Go"])
+    assert [p.name for p in tmp_path.iterdir()] == [first.encoder_path.name]  # no temporary files left
+    exported = []
+    real_export = embeddings.export_int8_encoder
+    monkeypatch.setattr(embeddings, "export_int8_encoder", lambda *a: exported.append(a) or real_export(*a))
+    assert np.array_equal(embeddings.Embedder(cache_size=0, encoders_dir=tmp_path).layers(["no. I said Rust, not Go"]),
+                          expected)
+    assert exported == []
+    first.encoder_path.write_bytes(first.encoder_path.read_bytes()[:100_000])
+    again = embeddings.Embedder(cache_size=0, encoders_dir=tmp_path)
+    assert len(exported) == 1 and "does not load" in caplog.text
+    assert np.array_equal(again.layers(["no. I said Rust, not Go"]), expected)
 
 
 def test_a_forgotten_text_is_encoded_again_to_the_same_numbers(monkeypatch):
@@ -260,3 +278,20 @@ def test_the_escalation_head_reads_the_answer_itself_not_only_what_the_message_s
     assert after_refusal.shape == after_news.shape
     assert not np.array_equal(after_refusal, after_news)
     assert np.array_equal(escalation_dense(message), escalation_dense(message, np.zeros_like(message)))  # no answer
+
+
+def test_the_escalation_features_are_the_documented_blocks_in_order():
+    """escalation_dense writes its blocks into one array (the training rows are ~1 GB): it must give
+    exactly the concatenation its docstring describes, bit for bit, since the committed weights were
+    trained on these numbers."""
+    from router.heads import EMBEDDING_SCALE
+
+    rng = np.random.default_rng(1)
+    message, answer = rng.normal(size=(2, 3, 6, 384)).astype(np.float32)
+    asked = np.array([0.0, 1.0, 1.0], np.float32)
+    expected = np.hstack([EMBEDDING_SCALE * message.reshape(3, -1),
+                          4 * EMBEDDING_SCALE * (message * answer).reshape(3, -1),
+                          asked[:, None], EMBEDDING_SCALE * asked[:, None] * message[:, -1],
+                          EMBEDDING_SCALE * answer.reshape(3, -1)])
+    dense = escalation_dense(message, answer, asked)
+    assert dense.dtype == np.float32 and np.array_equal(dense, expected)
