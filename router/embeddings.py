@@ -7,10 +7,12 @@ runs in ONNX Runtime with int8 weights, exported from those weights once per mac
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import multiprocessing
 import os
+import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -54,8 +56,8 @@ class Embedder:
         self.model = SentenceTransformer(location, device="cpu", local_files_only=location != HUB_NAME)
         # The start of a message says what it is about; 128 tokens bound the cost of a long one.
         self.model.max_seq_length = max_seq_length
-        self.encoder_path = int8_encoder_path(self.model, encoders_dir)
-        self._session = _open_int8_encoder(self.model, self.encoder_path, threads)
+        self._session, self.encoder_path = _open_int8_encoder(self.model, int8_encoder_path(self.model, encoders_dir),
+                                                              threads)
         self.max_chars = max_chars  # the tokenizer's own cost on a megabyte-long paste
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -124,8 +126,10 @@ def int8_encoder_path(model, encoders_dir: Path | None = None) -> Path:
 
 
 def _open_int8_encoder(model, path: Path, threads: int):
-    """An ONNX Runtime session on the int8 encoder at `path`, exported there first when it is
-    missing, and again when it does not load (a truncated or damaged file: the export rewrites it)."""
+    """(An ONNX Runtime session on the int8 encoder at `path`, that path.) The encoder is exported
+    there first when it is missing, and again when it does not load (a truncated or damaged file:
+    the export rewrites it). Where the folder cannot be written (a read-only home, a full disk),
+    this process exports into a temporary folder of its own instead, removed when it exits."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -134,11 +138,19 @@ def _open_int8_encoder(model, path: Path, threads: int):
     options.log_severity_level = 3  # errors only: its notices about unused initializers are not ours
     if path.is_file():
         try:
-            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), path
         except Exception as exc:
             log.warning("%s does not load (%s); exporting it again", path, str(exc).splitlines()[0][:200])
-    export_int8_encoder(model, path)
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        export_int8_encoder(model, path)
+    except OSError as exc:
+        folder = tempfile.mkdtemp(prefix="cogumi-encoder-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        log.warning("cannot write the router's encoder to %s (%s); exporting it to %s for this run",
+                    path.parent, exc, folder)
+        path = Path(folder) / path.name
+        export_int8_encoder(model, path)
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), path
 
 
 def export_int8_encoder(model, path: Path) -> None:
@@ -163,6 +175,7 @@ def export_int8_encoder(model, path: Path) -> None:
                                return_dict=False)[-1]
             return torch.stack(states[1:MIDDLE_LAYERS + 2])[:, 0]  # the input embeddings are not used
 
+    log.info("exporting the router's MiniLM encoder to int8 ONNX, once per machine (~10 s): %s", path)
     example = model.preprocess(["a b"])
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
@@ -181,7 +194,7 @@ def export_int8_encoder(model, path: Path) -> None:
         finally:
             quiet.setLevel(level)
         os.replace(int8, path)
-    log.info("exported the int8 encoder to %s", path)
+    log.info("exported the router's encoder")
 
 
 _WORKER: Embedder | None = None  # the embedder of a preload() worker process

@@ -160,6 +160,20 @@ def test_the_int8_encoder_is_exported_once_and_again_when_damaged(tmp_path, monk
     assert np.array_equal(again.layers(["no. I said Rust, not Go"]), expected)
 
 
+def test_where_the_encoder_folder_cannot_be_written_the_router_still_starts(tmp_path, caplog):
+    """A read-only home or a full disk must not stop the app: that process exports the encoder to
+    a temporary folder of its own, and says so."""
+    from router.embeddings import Embedder
+
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    embedder = Embedder(cache_size=0, encoders_dir=blocked / "encoders")
+    assert "cannot write the router's encoder to" in caplog.text
+    assert embedder.encoder_path.is_file() and blocked not in embedder.encoder_path.parents
+    reference = Embedder(cache_size=0, encoders_dir=tmp_path / "encoders")
+    assert np.array_equal(embedder.layers(["thx, that fixed it"]), reference.layers(["thx, that fixed it"]))
+
+
 def test_a_forgotten_text_is_encoded_again_to_the_same_numbers(monkeypatch):
     """benchmarks/router.py times routing on messages the embedder has seen: forget() makes each
     one cost the encode a newly typed message costs."""
