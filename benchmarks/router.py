@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -96,7 +95,7 @@ def bench_signals(router: Router, n: int, seed: int) -> dict:
         router.embedder.layers([row["previous_answer"]])  # what Router.remember does when a reply ends
     cases = [(r["text"], None) for r in domain] + [(r["text"], r["previous_answer"]) for r in escalation]
     rng.shuffle(cases)
-    for text, previous in cases[:10]:  # warm-up (torch's first calls allocate)
+    for text, previous in cases[:10]:  # warm-up (the first calls allocate)
         router.signals(text + " warm-up", previous, None)
     times, needed = [], 0
     for text, previous in cases:
@@ -215,12 +214,11 @@ def main() -> None:
     from router.escalation import EscalationDetector
 
     llama_threads = args.threads or default_threads()
-    torch_threads = max(1, (os.cpu_count() or 2) - llama_threads)
-    parts = (Embedder(threads=torch_threads), DomainClassifier(), EscalationDetector())
+    parts = (Embedder(threads=1), DomainClassifier(), EscalationDetector())  # as launch.build_router
     signal_router = Router(Perplexity(lambda *a, **k: (0.0, 0)), Thresholds(), *parts)
     signals = bench_signals(signal_router, args.n, args.seed)
     print(f"signals (encode + heads), {signals['n']} messages, mean {signals['mean_chars']:.0f} chars, "
-          f"{torch_threads} torch thread(s): p50 {signals['p50_ms']:.2f} ms  p95 {signals['p95_ms']:.2f} ms  "
+          f"1 encoder thread: p50 {signals['p50_ms']:.2f} ms  p95 {signals['p95_ms']:.2f} ms  "
           f"max {signals['max_ms']:.2f} ms")
 
     messages = modifier_domain_messages(signal_router, 3 * (args.ttft_n // 3), args.seed + 1)
