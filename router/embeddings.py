@@ -158,7 +158,7 @@ def export_int8_encoder(model, path: Path) -> None:
     int8, one scale per output channel (ONNX Runtime's dynamic quantization: inputs are quantized
     per call). Against the float32 model, the sentence embedding's cosine is 0.992 on average
     (0.964 at worst) over 3,830 messages and answers; torch's int8 with one scale per matrix, which
-    the router used before, kept 0.938 (0.739 at worst), and ran 1.4x slower. Written atomically:
+    the router used before, kept 0.938 (0.739 at worst), and ran 1.3x slower. Written atomically:
     a process killed mid-export leaves no file behind that looks whole."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
