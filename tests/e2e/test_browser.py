@@ -32,6 +32,17 @@ WATCH_STREAM = """() => {
 }"""
 
 
+# Records every queue line a page shows. Polling the page could miss them under load (CI once saw
+# only "queue: 1/1"): the third visitor's "queue: 2/2" lasts only as long as the first reply.
+WATCH_QUEUE = """() => {
+  window.__queue = [];
+  new MutationObserver(() => {
+    for (const line of document.body.innerText.split('\\n'))
+      if (line.trim().startsWith('queue:')) window.__queue.push(line.trim());
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def chromium_path() -> str:
     path = os.environ.get("COGUMI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
@@ -210,22 +221,18 @@ def test_visitors_wait_in_one_queue_and_see_their_place(app):
         for i, page in enumerate(pages):
             page.goto(url)
             page.wait_for_selector("#message textarea")
-            page.fill("#message textarea", f"visitor {i}: tell me a long story " * 20)
+            # a long message, so the first reply (its scoring and prefill) keeps the others waiting
+            # ~1 s here rather than ~0.3 s
+            page.fill("#message textarea", f"visitor {i}: tell me a long story " * 50)
+            page.evaluate(WATCH_QUEUE)
         # all three press Send at the same instant (one clock, a timer in each page): pressing
         # Enter page after page let the first short demo reply finish before the third was sent
         at = time.time() * 1000 + 800
         for page in pages:
             page.evaluate("at => setTimeout(() => document.querySelector('#send').click(), at - Date.now())", at)
-        shown = set()
-        for _ in range(200):
-            for page in pages:
-                shown |= {line.strip() for line in page.locator("body").inner_text().splitlines()
-                          if line.strip().startswith("queue:")}
-            if any(line.startswith("queue: 2/") for line in shown):
-                break
-            page.wait_for_timeout(25)
         for page in pages:
             expect(page.locator("#decisions [role=row]")).to_have_count(2, timeout=60_000)
+        shown = {line for page in pages for line in page.evaluate("window.__queue")}
         browser.close()
     assert any(line.startswith("queue: 2/") for line in shown), shown
     replies = sqlite3.connect(db_path).execute("select count(*) from messages where role = 'assistant' "
