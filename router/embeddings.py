@@ -28,7 +28,7 @@ DIM = 384
 # topic similarity; the earlier layers' means keep more of how a thing is said and of what an answer
 # and the reply to it share, which the escalation head reads too. They come out of the same encode.
 MIDDLE_LAYERS = 5
-ENCODER_FORMAT = 1  # part of the exported file's name: a change to export_int8_encoder() bumps it
+ENCODER_FORMAT = 2  # part of the exported file's name: a change to export_int8_encoder() bumps it
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ class Embedder:
         # mates (cosine 0.86-0.97 against the same text alone, in torch's int8). The app embeds one
         # message at a time, so training and evaluation do too, and all three see the same numbers.
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        for text in missing:
-            self._cache[text] = self._encode_one(text[:self.max_chars]).astype(np.float32)
+        if missing:
+            self._cache.update(zip(missing, self._encode(missing)))
         rows = []
         for text in texts:
             self._cache.move_to_end(text)
@@ -102,15 +102,20 @@ class Embedder:
             for chunk, vectors in zip(chunks, pool.map(_encode_in_worker, chunks)):
                 self._cache.update(zip(chunk, vectors))
 
-    def _encode_one(self, text: str) -> np.ndarray:
-        """(MIDDLE_LAYERS + 1, DIM): the middle layers' means, then the sentence embedding (the last
-        layer's mean, as the model's own mean pooling gives it). One text, unpadded: every token row
-        counts."""
-        features = self.model.preprocess([text])
-        states = self._session.run(None, {"input_ids": features["input_ids"].numpy(),
-                                          "attention_mask": features["attention_mask"].numpy()})[0]
-        means = states.mean(axis=1)  # (layers, tokens, DIM) -> (layers, DIM)
-        return means / np.linalg.norm(means, axis=-1, keepdims=True)
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's (MIDDLE_LAYERS + 1, DIM): the middle layers' means, then the sentence embedding
+        (the last layer's mean, as the model's own mean pooling gives it). The tokenizer takes up to
+        64 texts per call (0.11 ms a text, against 0.35 one by one); the encoder then runs on each
+        text alone, unpadded, so every token row counts."""
+        vectors = []
+        for start in range(0, len(texts), 64):
+            features = self.model.preprocess([t[:self.max_chars] for t in texts[start:start + 64]])
+            lengths = features["attention_mask"].sum(dim=1).tolist()  # padding only ever follows a text
+            for ids, length in zip(features["input_ids"].numpy(), lengths):
+                states = self._session.run(None, {"input_ids": ids[None, :length]})[0]
+                means = states.mean(axis=1)  # (layers, tokens, DIM) -> (layers, DIM)
+                vectors.append((means / np.linalg.norm(means, axis=-1, keepdims=True)).astype(np.float32))
+        return vectors
 
 
 def int8_encoder_path(model, encoders_dir: Path | None = None) -> Path:
@@ -170,9 +175,8 @@ def export_int8_encoder(model, path: Path) -> None:
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids, attention_mask):
-            states = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                               return_dict=False)[-1]
+        def forward(self, input_ids):  # one unpadded text: no attention mask, and none of the ops it costs
+            states = self.bert(input_ids=input_ids, output_hidden_states=True, return_dict=False)[-1]
             return torch.stack(states[1:MIDDLE_LAYERS + 2])[:, 0]  # the input embeddings are not used
 
     log.info("exporting the router's MiniLM encoder to int8 ONNX, once per machine (~10 s): %s", path)
@@ -184,10 +188,9 @@ def export_int8_encoder(model, path: Path) -> None:
         level = quiet.level
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings, and the exporter's notice about its successor
-            torch.onnx.export(HiddenStates().eval(), (example["input_ids"], example["attention_mask"]), float32,
-                              input_names=["input_ids", "attention_mask"], output_names=["states"],
-                              dynamic_axes={"input_ids": {1: "tokens"}, "attention_mask": {1: "tokens"},
-                                            "states": {1: "tokens"}}, opset_version=17, dynamo=False)
+            torch.onnx.export(HiddenStates().eval(), (example["input_ids"],), float32, input_names=["input_ids"],
+                              output_names=["states"], dynamic_axes={"input_ids": {1: "tokens"}, "states": {1: "tokens"}},
+                              opset_version=17, dynamo=False)
         try:
             quiet.setLevel(logging.ERROR)
             quantize_dynamic(float32, int8, weight_type=QuantType.QInt8, per_channel=True)

@@ -3,8 +3,8 @@
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
 Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, in worker processes
-(134 s in all on this project's 2-core Intel VM, still over the 2-minute aim since the blind writers'
-sets joined; its AMD VM embeds about half as fast).
+(134 s in all on this project's 2-core Intel VM, 145-160 s in a slower hour, still over the 2-minute aim
+since the blind writers' sets joined; its AMD VM embeds about half as fast).
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 

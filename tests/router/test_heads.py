@@ -58,15 +58,17 @@ def test_probabilities_are_distributions(router_parts):
 
 def test_a_text_embeds_the_same_alone_as_among_others():
     """The int8 encoder quantizes with one scale per call: batching texts used to change each one's
-    embedding (cosine down to 0.86), so the heads were trained on numbers the app never computes."""
+    embedding (cosine down to 0.86), so the heads were trained on numbers the app never computes.
+    Texts are tokenized together (padded to the longest), then encoded one at a time, unpadded."""
     from router.embeddings import Embedder
 
     embedder = Embedder(cache_size=0)  # nothing comes back from a cache
     texts = ["thx, that fixed it", "Write a Python function that parses ISO dates and returns the weekday, "
-             "handling time zones and leap years; include tests for the edge cases."]
-    together = embedder.encode(texts)
-    alone = embedder.encode(texts[:1])
-    assert np.array_equal(together[0], alone[0])
+             "handling time zones and leap years; include tests for the edge cases.", "", "  ok  ",
+             "no, that is not what I asked for " * 40]  # the last is cut at 128 tokens
+    together = embedder.layers(texts)
+    for text, row in zip(texts, together):
+        assert np.array_equal(embedder.layers([text])[0], row), text[:40]
 
 
 def test_embeddings_made_in_worker_processes_are_the_ones_encode_makes():
@@ -104,7 +106,7 @@ def test_the_layers_are_the_mean_token_states_of_the_same_encode(monkeypatch):
     embedder = Embedder(cache_size=8)
     texts = ["seriously? that's the same answer as before", "thx!"]
     sentence = embedder.encode(texts)
-    monkeypatch.setattr(embedder, "_encode_one", lambda text: pytest.fail(f"encoded {text!r} twice"))
+    monkeypatch.setattr(embedder, "_encode", lambda texts: pytest.fail(f"encoded {texts!r} twice"))
     layers = embedder.layers(texts)
     assert layers.shape == (2, MIDDLE_LAYERS + 1, DIM) and layers.dtype == np.float32
     assert np.array_equal(layers[:, -1], sentence)
@@ -183,8 +185,8 @@ def test_a_forgotten_text_is_encoded_again_to_the_same_numbers(monkeypatch):
     kept, dropped = "thx, that fixed it", "no. I said Rust, not Go"
     before = embedder.layers([kept, dropped])
     encoded = []
-    real = embedder._encode_one
-    monkeypatch.setattr(embedder, "_encode_one", lambda text: encoded.append(text) or real(text))
+    real = embedder._encode
+    monkeypatch.setattr(embedder, "_encode", lambda texts: encoded.extend(texts) or real(texts))
     embedder.forget([dropped, "never seen"])
     again = embedder.layers([kept, dropped])
     assert encoded == [dropped]

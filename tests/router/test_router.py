@@ -109,8 +109,8 @@ def test_routing_a_reply_to_an_answer_encodes_only_the_new_message(engine, route
     router.remember(answer)
     router.settle()
     encoded = []
-    original = embedder._encode_one
-    monkeypatch.setattr(embedder, "_encode_one", lambda text: encoded.append(text) or original(text))
+    original = embedder._encode
+    monkeypatch.setattr(embedder, "_encode", lambda texts: encoded.extend(texts) or original(texts))
     history = [{"role": "user", "content": "How do I read a CSV in Python?"}, {"role": "assistant", "content": answer}]
     d = router.decide("that loads everything into memory, I said the file is 40 GB", history, system_prompt=SYSTEM)
     assert encoded == ["that loads everything into memory, I said the file is 40 GB"]
