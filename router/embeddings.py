@@ -141,9 +141,13 @@ def _open_int8_encoder(model, path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its notices about unused initializers are not ours
+
+    def session(path: Path):
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), path
+
     if path.is_file():
         try:
-            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), path
+            return session(path)
         except Exception as exc:
             log.warning("%s does not load (%s); exporting it again", path, str(exc).splitlines()[0][:200])
     try:
@@ -155,7 +159,7 @@ def _open_int8_encoder(model, path: Path, threads: int):
                     path.parent, exc, folder)
         path = Path(folder) / path.name
         export_int8_encoder(model, path)
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), path
+    return session(path)
 
 
 def export_int8_encoder(model, path: Path) -> None:

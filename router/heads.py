@@ -54,16 +54,13 @@ class TextFeatures:
 
     @classmethod
     def fit(cls, texts: Sequence[str], word_min_df: int = 1) -> "TextFeatures":
-        """word_min_df 2 leaves out the word n-grams seen in one text only (most of the bigrams)."""
-        word, char = cls._vectorizers(word_min_df=word_min_df)
-        clipped = cls.clip(texts)
-        word.fit(clipped)
-        char.fit(clipped)
-        return cls(word, char)
+        """word_min_df 2 leaves out the word n-grams seen in one text only (most of the bigrams).
+        (scikit-learn's fit transforms the texts anyway: only the rows are dropped.)"""
+        return cls.fit_transform(texts, word_min_df)[0]
 
     @classmethod
     def fit_transform(cls, texts: Sequence[str], word_min_df: int = 1) -> tuple["TextFeatures", sparse.csr_matrix]:
-        """fit(texts), then transform(texts), in one pass over the texts instead of two (5.4 -> 3.0 s
+        """The features fitted on texts, and the texts' rows, in one pass over them instead of two (5.4 -> 3.0 s
         over the escalation rows). Each row equals transform()'s to float64 rounding (2e-16)."""
         word, char = cls._vectorizers(word_min_df=word_min_df)
         clipped = cls.clip(texts)
