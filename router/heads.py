@@ -137,7 +137,7 @@ def answers_asked(answers: Sequence[str | None]) -> np.ndarray:
 
 
 def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None = None,
-                     answers_asked: np.ndarray | None = None) -> np.ndarray:
+                     answers_asked: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """messages and previous_answers as Embedder.layers gives them, (n, MIDDLE_LAYERS + 1, DIM);
     zeros where there is no answer. answers_asked: (n,) 1 where asks_the_user(answer). The message's
     layers; at each layer what it shares with the answer (their product: a linear head cannot
@@ -148,7 +148,8 @@ def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None =
     strangers' sets; in its last two, code left out, 0.923 / 0.051, and a model's clarifying
     question is often followed by why it asks.) Last, the answer's own layers: the same "seriously?"
     complains after a needless refusal and not after relayed bad news (held out one set at a time,
-    0.928 / 0.047 -> 0.934 / 0.051; sets 53-62, 0.910 / 0.066 -> 0.920 / 0.066)."""
+    0.928 / 0.047 -> 0.934 / 0.051; sets 53-62, 0.910 / 0.066 -> 0.920 / 0.066).
+    out: a float32 (n, width) array to write into, such as rows of a larger one (router.train)."""
     n = len(messages)
     previous = np.zeros_like(messages) if previous_answers is None else previous_answers
     asked = np.zeros((n, 1), np.float32) if answers_asked is None else np.asarray(answers_asked, np.float32).reshape(n, 1)
@@ -157,7 +158,7 @@ def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None =
     width = messages.shape[1]
     # Written into one array, block by block: over the training rows (~1 GB) hstack's temporaries
     # took 5.6 of this function's 5.9 s. The same operations in the same order, so the same numbers.
-    dense = np.empty((n, 3 * width + 1 + last.shape[1]), np.float32)
+    dense = np.empty((n, 3 * width + 1 + last.shape[1]), np.float32) if out is None else out
     blocks = np.split(dense, np.cumsum([width, width, 1, last.shape[1]]), axis=1)
     np.multiply(EMBEDDING_SCALE, messages, out=blocks[0])
     np.multiply(messages, previous, out=blocks[1])

@@ -107,3 +107,31 @@ def test_holdout_scores_a_stratified_share_and_writes_nothing(small_data, tmp_pa
     assert held == dict.fromkeys(DOMAINS, round(PER_DOMAIN * 0.25))  # the same share of every label
     assert set(report["escalation"]) >= {"f1", "precision", "recall", "fpr"}
     assert 0.0 <= report["followups_accuracy"] <= 1.0 and 0.0 <= report["escalation"]["f1"] <= 1.0
+
+
+def test_the_escalation_features_built_in_chunks_are_those_of_all_rows_at_once(small_data):
+    """router.train writes the escalation features chunk by chunk into one array, so the whole
+    (rows, layers, DIM) stacks of messages and answers (0.7 GB over the training rows) are never
+    made: the features must be bit for bit those one call over all the rows gives."""
+    from router.evaluate import escalation_layers
+    from router.heads import answers_asked, escalation_dense
+
+    rows = read_jsonl(small_data / "escalation.jsonl", ("previous_answer", "text", "label"))[:10]
+    rows[3] = {**rows[3], "previous_answer": ""}  # no answer: its blocks are zeros, as in the app
+    embedder = Embedder(cache_size=64)
+    texts, dense = train.escalation_inputs(embedder, rows, chunk=3)  # a last chunk of one row
+    _, layers, previous = escalation_layers(rows, embedder)
+    expected = escalation_dense(layers, previous, answers_asked([r["previous_answer"] for r in rows]))
+    assert texts == [r["text"] for r in rows]
+    assert dense.dtype == np.float32 and dense.flags.c_contiguous and np.array_equal(dense, expected)
+
+
+def test_training_asks_for_no_huge_pages(small_data, tmp_path):
+    """numpy asks Linux for huge pages for its large arrays; where the kernel compacts memory on the
+    spot to make them (transparent_hugepage/defrag "madvise", a common default), a new GB took up to
+    9 s to touch instead of ~0.5 s. router.train turns that off for its own process."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    _set_madvise_hugepage(True)
+    assert train.main(["--data", str(small_data), "--out", str(tmp_path / "weights")]) == 0
+    assert _set_madvise_hugepage(True) is False  # returns the setting router.train left
