@@ -2,9 +2,9 @@
 
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
-Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, a thread per core
-(118-123 s in all on this project's 2-core Intel VM, at the 2-minute aim rather than reliably under it
-since the blind writers' sets joined; its AMD VM embeds about half as fast).
+Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, a thread per core.
+On this project's 2-core Intel VM it took 134-144 s in an hour when the VM ran slowly (the version
+before, 165-175 s in that hour, took 118-123 s a few hours earlier); its AMD VM embeds about half as fast.
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder(cache_size=1 << 20)
     texts = [r["text"] for r in domain + followups + escalation] + [r["previous"] for r in followups] + \
         [r["previous_answer"] for r in escalation if r["previous_answer"]]
-    embedder.preload(texts, threads=min(4, os.cpu_count() or 1))
+    # a thread per usable core: the threads share one encoder, so each one more costs no memory
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    embedder.preload(texts, threads=cores)
     domain_head = train_domain(embedder, domain_train, follow_train, args.seed)
     escalation_head = train_escalation(embedder, esc_train, args.seed)
     seconds = time.perf_counter() - started
