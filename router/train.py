@@ -3,8 +3,8 @@
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
 Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, a thread per core.
-On this project's 2-core Intel VM it took 134-144 s in an hour when the VM ran slowly (the version
-before, 165-175 s in that hour, took 118-123 s a few hours earlier); its AMD VM embeds about half as fast.
+On this project's 2-core Intel VM it took 123-144 s in hours when the VM ran slowly (the version
+before, 141-175 s then, took 118-123 s a few hours earlier); its AMD VM embeds about half as fast.
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 
