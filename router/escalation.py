@@ -6,15 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from router.embeddings import DIM, MIDDLE_LAYERS
-from router.heads import WEIGHTS_DIR, Head, answers_asked, escalation_dense
+from router.heads import WEIGHTS_DIR, Head, answers_asked, escalation_dense, escalation_width
 
 
 class EscalationDetector:
     def __init__(self, path: Path = WEIGHTS_DIR / "escalation.pt", head: Head | None = None):
         """The head saved at `path`, or `head` as router.train has just fitted it (nothing read)."""
-        n_dense = escalation_dense(np.zeros((1, MIDDLE_LAYERS + 1, DIM))).shape[1]
-        self.head, self.meta = (head, {}) if head is not None else Head.load(path, n_dense)
+        self.head, self.meta = (head, {}) if head is not None else Head.load(path, escalation_width())
 
     def score(self, text: str, layers: np.ndarray, previous_answer: np.ndarray | None = None,
               previous_text: str | None = None) -> float:

@@ -29,6 +29,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
 from router.decision import DOMAINS
+from router.embeddings import DIM, MIDDLE_LAYERS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EMBEDDING_SCALE = 0.5  # TF-IDF rows have unit length too; at 0.5 neither view drowns the other
@@ -167,6 +168,11 @@ def escalation_dense(messages: np.ndarray, previous_answers: np.ndarray | None =
     np.multiply(EMBEDDING_SCALE * asked, last, out=blocks[3])
     np.multiply(EMBEDDING_SCALE, previous, out=blocks[4])
     return dense
+
+
+def escalation_width() -> int:
+    """How many features escalation_dense makes for each row."""
+    return escalation_dense(np.zeros((1, MIDDLE_LAYERS + 1, DIM), np.float32)).shape[1]
 
 
 class SparseRowsTimesWeight(torch.autograd.Function):

@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from router.decision import DOMAINS
-from router.embeddings import DIM, MIDDLE_LAYERS, Embedder
+from router.embeddings import Embedder
 from router.domain import DomainClassifier
 from router.escalation import EscalationDetector
 from router.evaluate import (escalation_layers, evaluate_domain, evaluate_escalation, evaluate_followups,
                              read_jsonl)
-from router.heads import WEIGHTS_DIR, Head, TextFeatures, answers_asked, domain_dense, escalation_dense
+from router.heads import (WEIGHTS_DIR, Head, TextFeatures, answers_asked, domain_dense, escalation_dense,
+                          escalation_width)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out splits (README)
@@ -116,8 +117,7 @@ def escalation_inputs(embedder: Embedder, rows: list[dict], chunk: int = 1024) -
     and answers' layers for all ~38,000 rows at once were two stacks of 0.35 GB each, new memory that
     only passed through (peak memory 3.36 -> 2.85 GB)."""
     asked = answers_asked([r["previous_answer"] for r in rows])
-    width = escalation_dense(np.zeros((1, MIDDLE_LAYERS + 1, DIM), np.float32)).shape[1]
-    dense = np.empty((len(rows), width), np.float32)
+    dense = np.empty((len(rows), escalation_width()), np.float32)
     for start in range(0, len(rows), chunk):
         _, layers, previous = escalation_layers(rows[start:start + chunk], embedder)
         escalation_dense(layers, previous, asked[start:start + chunk], out=dense[start:start + len(layers)])

@@ -72,7 +72,7 @@ def test_a_text_embeds_the_same_alone_as_among_others():
 
 
 def test_embeddings_made_by_preload_threads_are_the_ones_encode_makes():
-    """router.train embeds its texts in two threads sharing one encoder: the heads must see the app's
+    """router.train embeds its texts in threads sharing one encoder: the heads must see the app's
     numbers, whichever thread made them and whatever ran beside it."""
     from router.embeddings import Embedder
 
