@@ -2,9 +2,10 @@
 
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
-Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, a thread per core.
-On this project's 2-core Intel VM it took 123-144 s in hours when the VM ran slowly (the version
-before, 141-175 s then, took 118-123 s a few hours earlier); its AMD VM embeds about half as fast.
+Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, texts of one token
+count 16 at a time, a thread per core (Embedder.preload). On this project's 2-core Intel VM it took
+95-102 s, against 131-135 s one text at a time, the two alternating in one hour; its AMD VM embeds
+about half as fast.
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 

@@ -71,20 +71,34 @@ def test_a_text_embeds_the_same_alone_as_among_others():
         assert np.array_equal(embedder.layers([text])[0], row), text[:40]
 
 
-def test_embeddings_made_by_preload_threads_are_the_ones_encode_makes():
-    """router.train embeds its texts in threads sharing one encoder: the heads must see the app's
-    numbers, whichever thread made them and whatever ran beside it."""
+def test_preload_encodes_texts_of_one_length_together_near_their_own_encode():
+    """router.train's preload runs texts of the same token count through the encoder 16 a call, in
+    threads. The int8 products take one scale per call, so those vectors are rounded a little unlike
+    the app's one-at-a-time encode; each must stay near its own text's, a text whose length no other
+    shares must come out exactly as alone, and nothing may depend on the thread count."""
+    from collections import Counter
+
     from router.embeddings import Embedder
 
     texts = ["thx, that fixed it", "no. I said Rust, not Go", "every Monday email me the sales totals"] + \
-        [f"question {i}: why does step {i % 7} fail " * (1 + i % 9) for i in range(200)]  # four chunks at once
-    preloaded = Embedder(cache_size=1024)
-    preloaded.preload(texts, threads=2)
-    assert set(preloaded._cache) == set(texts)
+        [f"question {i}: why does step {i % 7} fail " * (1 + i % 9) for i in range(200)]
+    one_thread, two_threads = Embedder(cache_size=1024), Embedder(cache_size=1024)
+    one_thread.preload(texts, threads=1)
+    two_threads.preload(texts, threads=2)
+    assert set(two_threads._cache) == set(texts)
+    assert all(np.array_equal(one_thread._cache[t], two_threads._cache[t]) for t in texts)
     fresh = Embedder(cache_size=0)
-    for start in range(0, len(texts), 50):
-        batch = texts[start:start + 50]
-        assert np.array_equal(preloaded.layers(batch), fresh.layers(batch))
+    alone, preloaded = fresh.layers(texts), two_threads.layers(texts)
+    lengths = [len(ids) for ids in fresh.token_ids(texts)]
+    shared = Counter(lengths)
+    own_length = [shared[n] == 1 for n in lengths]
+    assert any(own_length) and not all(own_length)
+    for text, by_itself, a, p in zip(texts, own_length, alone, preloaded):
+        if by_itself:
+            assert np.array_equal(a, p), text[:40]
+    cosine = (alone * preloaded).sum(axis=-1)  # (texts, layers)
+    assert cosine.min() > 0.95 and cosine[:, -1].mean() > 0.99, (cosine.min(), cosine[:, -1].mean())
+    assert not np.array_equal(alone, preloaded)  # texts did share calls
 
 
 def test_the_embedder_tokenizes_as_sentence_transformers_does():
