@@ -4,8 +4,8 @@
 
 Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, texts of one token
 count 16 at a time, a thread per core (Embedder.preload). On this project's 2-core Intel VM it took
-95-102 s, against 131-135 s one text at a time, the two alternating in one hour; its AMD VM embeds
-about half as fast.
+87 s, against 97-98 s with ONNX Runtime's SkipLayerNormalization fusion and 131-135 s one text at a
+time, each pair alternating in one hour; its AMD VM embeds about half as fast.
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 
