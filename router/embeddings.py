@@ -92,8 +92,8 @@ class Embedder:
     def preload(self, texts: Sequence[str], threads: int = 2, batch: int = 16) -> None:
         """Embed the texts not yet cached for router.train (~77,000 texts, a thread per core): texts of
         the same token count go through the encoder `batch` at a time, unpadded, in threads sharing this
-        one encoder (ONNX Runtime and the tokenizer let go of the GIL). 16 a call cost 1.72 ms a text
-        against 2.37 alone. The int8 products quantize their inputs with one scale per call, so a text
+        one encoder (ONNX Runtime and the tokenizer let go of the GIL). 16 a call cost 1.31-1.42 ms a text
+        against 2.0-2.1 alone, on one core. The int8 products quantize their inputs with one scale per call, so a text
         embedded among others is rounded differently from one alone (the app's): over 3,000 training
         texts the last layer's cosine to alone is 0.991 on average, 0.95 at worst, and to the float32
         model 0.9921 against alone's 0.9926 -- int8 noise of the same size, not a shift. Which texts

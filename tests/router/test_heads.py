@@ -57,9 +57,9 @@ def test_probabilities_are_distributions(router_parts):
 
 
 def test_a_text_embeds_the_same_alone_as_among_others():
-    """The int8 encoder quantizes with one scale per call: batching texts used to change each one's
-    embedding (cosine down to 0.86), so the heads were trained on numbers the app never computes.
-    Texts are tokenized together, then encoded one at a time, unpadded."""
+    """The int8 encoder quantizes with one scale per call, so texts encoded together are rounded unlike
+    texts alone. The app's encode (layers) must give a message the same numbers whatever else it is
+    asked with: texts are tokenized together, then encoded one at a time, unpadded."""
     from router.embeddings import Embedder
 
     embedder = Embedder(cache_size=0)  # nothing comes back from a cache
