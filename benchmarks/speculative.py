@@ -19,13 +19,18 @@ That formula assumes verifying g+1 tokens costs one base token; "verify ms" show
 Memory (measured first, see peak_rss_kb): a --min-vocab vocabulary pair at n_ctx --mem-ctx; with and
 without the draft, each in a fresh process that loads the Engine and generates --mem-tokens tokens;
 ru_maxrss. Bound: draft GGUF + draft F16 KV (n_ctx x draft layers x 2 x n_embd_kv x 2 bytes) + 64 MB.
+Catch-up (the moderate pair): --catch-up-chats chats of ~1,600 tokens the draft has not seen (a
+reopened chat, another visitor's): between the first token and the second the draft decodes the whole
+prompt. The time between them with the draft's prompt batches on the engine's threads (as before
+2026-12-02) and on its batch threads (now), alternating, a new chat each time; medians.
 
     .venv/bin/python benchmarks/speculative.py [--max-tokens 256] [--repeats 3] [--threads N]
                                                [--moderate-scale 0.1] [--mem-ctx 8192]
 
 The last line printed is a JSON object: full_adaptive_x and disagree_adaptive_x (adaptive tok/s /
 plain), moderate_adaptive_vs_best (adaptive / the best fixed length), draft_extra_rss_mb,
-draft_bound_mb, and per-pair figures under "pairs". Goals (reported, not asserted): >= 2.5,
+draft_bound_mb, catch_up_second_token_ms (engine threads, batch threads) and catch_up_ratio (batch
+threads / engine threads), and per-pair figures under "pairs". Goals (reported, not asserted): >= 2.5,
 >= 0.95, >= 0.95, and the extra RSS within the bound.
 """
 
@@ -38,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,6 +121,33 @@ def bench_pair(base: Path, draft: Path, args: argparse.Namespace) -> dict:
     return {"c": c, "rows": rows}
 
 
+def long_chat(i: int) -> list[dict]:
+    """Six turns of made-up words, ~1,600 tokens, different for each i."""
+    words = "the quick brown fox jumps over a lazy dog then runs into the forest to find some food".split()
+    turns = []
+    for t in range(6):
+        turns += [{"role": "user", "content": f"question {i}-{t}: " + " ".join(words[(i + t + k) % 17] for k in range(40))},
+                  {"role": "assistant", "content": " ".join(words[(3 * i + t + k) % 17] for k in range(60))}]
+    return [{"role": "system", "content": "You are Cogumi."}, *turns, {"role": "user", "content": f"and now {i}?"}]
+
+
+def bench_catch_up(base: Path, draft: Path, args: argparse.Namespace) -> dict[int, float] | None:
+    """Median ms from the first token to the second per thread count of the draft's prompt batches
+    (module docstring); None where the engine's batch threads are its threads (one core, a GPU)."""
+    engine = Engine(base, n_ctx=4096, n_threads=args.threads, draft=draft)
+    if engine.batch_threads == engine.n_threads:
+        return None
+    gaps: dict[int, list[float]] = {engine.n_threads: [], engine.batch_threads: []}
+    for i in range(2 * args.catch_up_chats + 2):  # the first two are a warm-up
+        threads = list(gaps)[i % 2]
+        engine.draft.batch_threads = threads
+        times = [time.perf_counter() for piece in engine.generate(long_chat(i), max_tokens=2, temperature=0,
+                                                                  draft_length=4) if isinstance(piece, str)]
+        if i >= 2 and len(times) == 2:
+            gaps[threads].append((times[1] - times[0]) * 1000)
+    return {threads: statistics.median(g) for threads, g in gaps.items()}
+
+
 def peak_rss_kb(base: Path, draft: Path | None, args: argparse.Namespace) -> tuple[int, int]:
     """(ru_maxrss, VmHWM) in kB of a fresh process. ru_maxrss survives exec: a child started by a parent
     that had held more (the engines below) reports the parent's peak, so this runs before them."""
@@ -134,6 +167,7 @@ def main() -> None:
     parser.add_argument("--min-vocab", type=int, default=32768, help="vocabulary of the memory pair")
     parser.add_argument("--mem-ctx", type=int, default=8192, help="n_ctx of the memory pair")
     parser.add_argument("--mem-tokens", type=int, default=64, help="tokens generated in the memory runs")
+    parser.add_argument("--catch-up-chats", type=int, default=8, help="chats per thread count (default 8)")
     parser.add_argument("--message", default="Write a short story about a model router that learns to plan.")
     args = parser.parse_args()
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
@@ -155,6 +189,7 @@ def main() -> None:
             for role, role_spec in (("base", base_spec), ("draft", draft_spec)):
                 write_model(tmp / f"{name}-{role}.gguf", role_spec, role)
             results[name] = bench_pair(tmp / f"{name}-base.gguf", tmp / f"{name}-draft.gguf", args)
+        catch_up = bench_catch_up(tmp / "moderate-base.gguf", tmp / "moderate-draft.gguf", args)
     load_end = os.getloadavg()[0]
     draft_kv_mb = args.mem_ctx * spec.draft_layers * 2 * (spec.n_embd // spec.n_head * spec.n_head_kv) * 2 / 2**20
     extra_mb, bound_mb = (with_draft - without) / 1024, draft_file_mb + draft_kv_mb + 64
@@ -183,6 +218,12 @@ def main() -> None:
           f"{without / 1024:.1f} MB without the draft, {with_draft / 1024:.1f} MB with; extra {extra_mb:.1f} MB, "
           f"bound {bound_mb:.1f} MB (draft file {draft_file_mb:.1f} + draft KV {draft_kv_mb:.1f} + 64); VmHWM "
           f"{hwm_without / 1024:.1f} / {hwm_with / 1024:.1f} MB{'' if abs(with_draft - hwm_with) < 1024 else ' (differs: ru_maxrss inherited?)'}")
+    if catch_up:
+        (one, one_ms), (many, many_ms) = catch_up.items()
+        summary["catch_up_ratio"] = many_ms / one_ms
+        print(f"\ncatch-up (moderate pair, new ~1,600-token chats, "
+              f"medians of {args.catch_up_chats}): first to second token {one_ms:.1f} ms with the draft's prompt "
+              f"batches on {one} thread(s), {many_ms:.1f} ms on {many}: {summary['catch_up_ratio']:.2f}x")
     goals = [("full adaptive / plain", summary["full_adaptive_x"], ">=", 2.5),
              ("disagree adaptive / plain", summary["disagree_adaptive_x"], ">=", 0.95),
              (f"moderate adaptive / best fixed ({best})", summary["moderate_adaptive_vs_best"], ">=", 0.95),
@@ -192,7 +233,9 @@ def main() -> None:
     figures = {name: {"c": round(r["c"], 4), **{cfg: {"tok_s": round(row["tok_s"], 1), "x_plain": round(row["x_plain"], 3),
                                                       "accept": round(row["accept"], 3), "tokens": row["tokens"]}
                                                 for cfg, row in r["rows"].items()}} for name, r in results.items()}
-    print(json.dumps({**{k: round(v, 3) for k, v in summary.items()}, "load_avg": round(load, 2), "pairs": figures}))
+    catch_up_ms = {f"{t}_threads": round(ms, 2) for t, ms in catch_up.items()} if catch_up else None
+    print(json.dumps({**{k: round(v, 3) for k, v in summary.items()}, "catch_up_second_token_ms": catch_up_ms,
+                      "load_avg": round(load, 2), "pairs": figures}))
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ class Engine:
         row_macs = max(self.head_macs, self.model.n_params() - self.head_macs)
         self.wait_saves_macs = self.head_macs + (row_macs // 2 if self.batch_threads > self.n_threads else 0)
         self.draft = Draft(draft, self.model, self.model_path, self.n_ctx, n_batch, threads, gpu_layers,
-                           _VERBOSE) if draft else None
+                           _VERBOSE, self.batch_threads) if draft else None
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=_VERBOSE)
         self.seed = seed
         self.chat = ChatML(self.tokenize, self.model_path.name)

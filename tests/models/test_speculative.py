@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -110,6 +111,27 @@ def test_draft_can_be_switched_off_per_call(pair):
     _, spec = pair
     _, stats = run(spec, "hello", max_tokens=40, use_draft=False)
     assert stats.draft_proposed == stats.draft_accepted == 0
+
+
+def test_the_drafts_prompt_batches_take_the_engines_batch_threads(demo_set, monkeypatch):
+    """The draft catches up on the prompt (a reopened chat, another visitor's, the turns since its
+    last proposal) between the first token and the second, when nothing else runs: a batch there is
+    compute-bound and splits across the router's core too, as the base's prompt batches do. What a
+    step leaves behind (the last proposal, the base's token) and its proposals, a token at a time,
+    stay on the engine's threads, as the base's verify batches do."""
+    engine = Engine(demo_set["base"], n_ctx=512, n_threads=1, batch_threads=2, draft=demo_set["draft"])
+    batches = []
+    decode = engine.draft._decode
+    ctx = engine.draft.ctx.ctx
+    monkeypatch.setattr(engine.draft, "_decode", lambda tokens, start: batches.append(
+        (len(tokens), llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx))) or decode(tokens, start))
+    *_, stats = engine.generate([SYSTEM, {"role": "user", "content": "plan every Monday email " * 10}],
+                                max_tokens=24, draft_length=4)
+    assert stats.draft_proposed > 0
+    (prompt, threads, batch_threads), *proposals = batches
+    assert prompt > 40 and (threads, batch_threads) == (1, 2)
+    behind = {(t, b) for n, t, b in proposals if n > 1}  # llama.cpp decodes single tokens on n_threads
+    assert behind == {(1, 1)}
 
 
 def test_a_draft_with_another_vocabulary_size_is_refused_naming_both_files(demo_set, tmp_path):
