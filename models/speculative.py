@@ -86,7 +86,7 @@ class Draft:
         # Catching up on a prompt (a new turn, a reopened chat, another visitor's) runs between the
         # first token and the second, when the router is done: compute-bound, it splits across the
         # engine's batch threads, as the base's prompt does (a 1,600-token chat, first to second
-        # token: 705 -> 424 ms, benchmarks/speculative.py). The few tokens a step leaves behind stay
+        # token: 687 -> 404 ms, benchmarks/speculative.py). The few tokens a step leaves behind stay
         # on the engine's threads, as the base's verify batches do.
         prompt = len(context) - keep > DraftLength.MAX_DRAFT + 1
         llama_cpp.llama_set_n_threads(self.ctx.ctx, self.n_threads, self.batch_threads if prompt else self.n_threads)
