@@ -228,3 +228,9 @@ def export_int8_encoder(model, path: Path) -> None:
             quiet.setLevel(level)
         os.replace(int8, path)
     log.info("exported the router's encoder")
+    for older in range(1, ENCODER_FORMAT):  # what older versions of the app exported from these weights
+        stale = path.with_name(path.name.replace(f".int8-v{ENCODER_FORMAT}.", f".int8-v{older}."))
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError as exc:  # still in use elsewhere, or not ours to remove: harmless, only disk
+            log.warning("could not remove an older export of the router's encoder, %s: %s", stale, exc)

@@ -176,7 +176,8 @@ def test_the_int8_encoder_gives_the_models_own_embeddings_at_every_length():
 
 def test_the_int8_encoder_is_exported_once_and_again_when_damaged(tmp_path, monkeypatch, caplog):
     """The export runs once per machine; a file cut short (a full disk, a killed export from an
-    older version) is exported again rather than failing every start."""
+    older version) is exported again rather than failing every start. An export removes what older
+    versions of the app exported from the same weights (23 MB each), nothing else."""
     import router.embeddings as embeddings
 
     first = embeddings.Embedder(cache_size=0, encoders_dir=tmp_path)
@@ -189,8 +190,15 @@ def test_the_int8_encoder_is_exported_once_and_again_when_damaged(tmp_path, monk
                           expected)
     assert exported == []
     first.encoder_path.write_bytes(first.encoder_path.read_bytes()[:100_000])
+    name = first.encoder_path.name
+    assert name.endswith(f".int8-v{embeddings.ENCODER_FORMAT}.onnx") and embeddings.ENCODER_FORMAT > 1
+    older = [tmp_path / name.replace(f"-v{embeddings.ENCODER_FORMAT}.", f"-v{k}.") for k in range(1, embeddings.ENCODER_FORMAT)]
+    kept = [tmp_path / "all-MiniLM-L6-v2.0123456789abcdef.int8-v1.onnx", tmp_path / "notes.txt"]  # other weights'; not ours
+    for path in older + kept:
+        path.write_bytes(b"exported by an older version")
     again = embeddings.Embedder(cache_size=0, encoders_dir=tmp_path)
     assert len(exported) == 1 and "does not load" in caplog.text
+    assert sorted(tmp_path.iterdir()) == sorted([first.encoder_path, *kept])
     assert np.array_equal(again.layers(["no. I said Rust, not Go"]), expected)
 
 
