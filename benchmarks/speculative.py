@@ -25,7 +25,7 @@ prompt. The time between them with the draft's prompt batches on the engine's th
 2026-12-02) and on its batch threads (now), alternating, a new chat each time; medians.
 
     .venv/bin/python benchmarks/speculative.py [--max-tokens 256] [--repeats 3] [--threads N]
-                                               [--moderate-scale 0.1] [--mem-ctx 8192]
+                                               [--moderate-scale 0.1] [--mem-ctx 8192] [--catch-up-chats 8]
 
 The last line printed is a JSON object: full_adaptive_x and disagree_adaptive_x (adaptive tok/s /
 plain), moderate_adaptive_vs_best (adaptive / the best fixed length), draft_extra_rss_mb,
