@@ -126,8 +126,8 @@ def long_chat(i: int) -> list[dict]:
     words = "the quick brown fox jumps over a lazy dog then runs into the forest to find some food".split()
     turns = []
     for t in range(6):
-        turns += [{"role": "user", "content": f"question {i}-{t}: " + " ".join(words[(i + t + k) % 17] for k in range(40))},
-                  {"role": "assistant", "content": " ".join(words[(3 * i + t + k) % 17] for k in range(60))}]
+        turns += [{"role": "user", "content": f"question {i}-{t}: " + " ".join(words[(i + t + k) % len(words)] for k in range(40))},
+                  {"role": "assistant", "content": " ".join(words[(3 * i + t + k) % len(words)] for k in range(60))}]
     return [{"role": "system", "content": "You are Cogumi."}, *turns, {"role": "user", "content": f"and now {i}?"}]
 
 
