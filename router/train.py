@@ -2,7 +2,7 @@
 
     python -m router.train [--holdout 0.2] [--extra HISTORY.jsonl ...]
 
-Seeded and CPU-only; most of the time goes to embedding the ~77,000 texts once, texts of one token
+Seeded and CPU-only; most of the time goes to embedding the ~88,600 texts once, texts of one token
 count 16 at a time, a thread per core (Embedder.preload). On this project's 2-core Intel VM it took
 87 s, against 97-98 s with ONNX Runtime's SkipLayerNormalization fusion and 131-135 s one text at a
 time, each pair alternating in one hour; its AMD VM embeds about half as fast.
@@ -37,9 +37,10 @@ C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out sp
 # Escalation sets from writers who saw no other data, one file each: each was first read once as a fresh
 # evaluation set, then joined the training data. Held out a round of writers at a time, sets 30-73 lifted
 # F1 on the round left out 0.929 -> 0.938 (false-positive rate 0.050 -> 0.046), and sets 74-91, with
-# those in, 0.922 -> 0.932 (0.042 -> 0.038) (README).
+# those in, 0.922 -> 0.932 (0.042 -> 0.038), and sets 92-111, with all those in, 0.944 -> 0.949 (0.044 -> 0.040)
+# (README).
 BLIND_WRITERS = "blind_writers"
-FIT_THREADS = 2  # the fits are full-batch products over ~38,000 rows; a fixed count keeps them reproducible
+FIT_THREADS = 2  # the fits are full-batch products over ~44,000 rows; a fixed count keeps them reproducible
 
 
 def fit(texts: list[str], dense: np.ndarray, labels: np.ndarray, n_out: int, seed: int,
@@ -115,7 +116,7 @@ def train_domain(embedder: Embedder, rows: list[dict], followups: list[dict], se
 
 def escalation_inputs(embedder: Embedder, rows: list[dict], chunk: int = 1024) -> tuple[list[str], np.ndarray]:
     """The rows' texts and dense features, written `chunk` rows at a time into one array: the messages'
-    and answers' layers for all ~38,000 rows at once were two stacks of 0.35 GB each, new memory that
+    and answers' layers for all ~38,000 rows at once (then) were two stacks of 0.35 GB each, new memory that
     only passed through (peak memory 3.36 -> 2.85 GB)."""
     asked = answers_asked([r["previous_answer"] for r in rows])
     dense = np.empty((len(rows), escalation_width()), np.float32)
