@@ -296,6 +296,22 @@ def test_a_word_min_df_drops_one_off_ngrams_when_fitting_and_the_saved_vocabular
     np.testing.assert_allclose(restored.transform(texts).toarray(), pruned.transform(texts).toarray())
 
 
+def test_the_saved_vocabularies_are_one_string_each_and_come_back_whole():
+    """The vocabularies were most of a weights file as lists of ~112,000 pickled strings (3.0 MB with
+    the escalation data of 2026-12-02, over the size bound). Joined by newlines, which no word or
+    character n-gram holds (both split the text on whitespace first), they take a third less."""
+    from router.heads import TextFeatures
+
+    texts = ["line one\nline two", "tab\tseparated  words", "emoji 😭 ok\r\n", "ünïcödé wörds", "line one again"]
+    fitted = TextFeatures.fit(texts)
+    state = fitted.state()
+    assert isinstance(state["word_vocab"], str) and isinstance(state["char_vocab"], str)
+    restored = TextFeatures.from_state(state)
+    assert restored.word.vocabulary_ == fitted.word.vocabulary_
+    assert restored.char.vocabulary_ == fitted.char.vocabulary_
+    np.testing.assert_array_equal(restored.transform(texts).toarray(), fitted.transform(texts).toarray())
+
+
 @pytest.mark.parametrize("answer, asks", [
     ("Happy to help with a gift! How old is your sister?", True),
     ("Which one do you prefer: the blue or the green? 🙂", True),
