@@ -38,7 +38,7 @@ C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out sp
 # evaluation set, then joined the training data. Held out a round of writers at a time, sets 30-73 lifted
 # F1 on the round left out 0.929 -> 0.938 (false-positive rate 0.050 -> 0.046), and sets 74-91, with
 # those in, 0.922 -> 0.932 (0.042 -> 0.038), and sets 92-111, with all those in, 0.944 -> 0.949 (0.044 -> 0.040);
-# sets 112-128 the same way, four or five at a time (README).
+# sets 112-132 the same way, four or five at a time (README).
 BLIND_WRITERS = "blind_writers"
 FIT_THREADS = 2  # the fits are full-batch products over ~49,000 rows; a fixed count keeps them reproducible
 
