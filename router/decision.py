@@ -14,7 +14,8 @@ FALLBACK_TAU_P = 12.4  # only where no calibration exists for the model set (rou
 class Thresholds:
     tau_p: float = FALLBACK_TAU_P  # perplexity at or below this: the plain base handles it
     tau_e: float = 0.55            # escalation probability at or above this: the user is unhappy (the
-                                   # middle of the best-F1 plateau, 0.52-0.58, on two strangers' sets: README)
+                                   # middle of the best-F1 plateau, 0.52-0.58, on two strangers' sets:
+                                   # router/EVALUATION.md)
     tau_d: float = 0.8             # domain probability needed to pick that domain's modifier
     calibrated: bool = False       # tau_p measured on this base model, not the fallback
 

@@ -33,12 +33,12 @@ from router.heads import (WEIGHTS_DIR, Head, TextFeatures, answers_asked, domain
                           escalation_width)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out splits (README)
+C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out splits (router/EVALUATION.md)
 # Escalation sets from writers who saw no other data, one file each: each was first read once as a fresh
 # evaluation set, then joined the training data. Held out a round of writers at a time, sets 30-73 lifted
 # F1 on the round left out 0.929 -> 0.938 (false-positive rate 0.050 -> 0.046), and sets 74-91, with
 # those in, 0.922 -> 0.932 (0.042 -> 0.038), and sets 92-111, with all those in, 0.944 -> 0.949 (0.044 -> 0.040);
-# sets 112-132 the same way, four or five at a time (README).
+# sets 112-132 the same way, four or five at a time (router/EVALUATION.md).
 BLIND_WRITERS = "blind_writers"
 FIT_THREADS = 2  # the fits are full-batch products over ~49,000 rows; a fixed count keeps them reproducible
 
@@ -134,7 +134,7 @@ def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:
     texts, dense = escalation_inputs(embedder, rows)
     # L-BFGS stops at 60 steps, not at its tolerance (~180 steps, 12.5 s of the 16 s fit): held out a
     # round of writers at a time over sets 30-91, F1 / FPR 0.939 / 0.043 at 400 steps, 100 and 60;
-    # 40 steps gave 0.939 / 0.044, 38 of 49 sets at F1 >= 0.92 against 40-41 (README).
+    # 40 steps gave 0.939 / 0.044, 38 of 49 sets at F1 >= 0.92 against 40-41 (router/EVALUATION.md).
     return fit(texts, dense, np.array([int(r["label"]) for r in rows]), 1, seed, word_min_df=2, max_iter=60)
 
 
