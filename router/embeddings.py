@@ -90,7 +90,7 @@ class Embedder:
             self._cache.pop(text, None)
 
     def preload(self, texts: Sequence[str], threads: int = 2, batch: int = 16) -> None:
-        """Embed the texts not yet cached for router.train (~88,600 texts, a thread per core): texts of
+        """Embed the texts not yet cached for router.train (~104,000 texts, a thread per core): texts of
         the same token count go through the encoder `batch` at a time, unpadded, in threads sharing this
         one encoder (ONNX Runtime and the tokenizer let go of the GIL). 16 a call cost 1.31-1.42 ms a
         text against 2.0-2.1 alone, on one core. The int8 products quantize their inputs with one scale
