@@ -27,7 +27,7 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
   worked (on this VM that alone makes them slower, see benchmarks/idle.py): the table's last
   column, signals_in_app_ms in the JSON.
 
-    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--large] [--huge] [--models NAME ...]
+    .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--shape-n N] [--large] [--huge] [--models NAME ...]
 
 The last line is JSON: signals_p50_ms, signals_p95_ms, perplexity_needed_share (of the signals'
 messages, under the default τe and τd), ttft_base_route_vs_unrouted (median needed TTFT / median
@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="messages for the signals timing (default 300)")
     parser.add_argument("--ttft-n", type=int, default=60, help="messages per path for TTFT (default 60)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores)")
+    parser.add_argument("--shape-n", type=int, default=None,
+                        help="messages per path on the Qwen shapes (default: 15 / 9 / 6, smaller to larger)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--large", action="store_true", help="also a Qwen2.5-1.5B-shaped base (~7 more minutes)")
     parser.add_argument("--huge", action="store_true", help="also a Qwen2.5-7B-shaped base (~20 more minutes, 8 GB of disk)")
@@ -234,6 +236,7 @@ def main() -> None:
                 write_shape(path, spec)
             else:
                 write_model(path, spec, "base")
+            n = args.shape_n if n is not None and args.shape_n else n
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
             path.unlink()
     print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "
