@@ -236,7 +236,8 @@ def main() -> None:
                 write_shape(path, spec)
             else:
                 write_model(path, spec, "base")
-            n = args.shape_n if n is not None and args.shape_n else n
+            if n is not None and args.shape_n:  # a Qwen shape (the demo bases take --ttft-n)
+                n = args.shape_n
             results[name] = bench_ttft(path, parts, messages[:n], tmp, llama_threads)
             path.unlink()
     print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "

@@ -5,8 +5,7 @@
 Seeded and CPU-only; most of the time goes to embedding the ~104,700 texts once, texts of one token
 count 16 at a time, a thread per core (Embedder.preload). On this project's 2-core Intel VM it took
 87 s, against 97-98 s with ONNX Runtime's SkipLayerNormalization fusion and 131-135 s one text at a
-time, each pair alternating in one hour; on its AMD EPYC VM
-the whole run took 110-112 s (2026-12-02).
+time, each pair alternating in one hour; on its AMD EPYC VM the whole run took 110-112 s (2026-12-02).
 With --holdout a stratified share of each file is kept out of training and scored, and nothing is
 written."""
 
