@@ -12,7 +12,9 @@ escalation head: reads the mean token states of MiniLM's earlier layers too (how
                  + at every layer message ⊙ previous answer, which relates "that's wrong" to the answer,
                  + whether the answer ended by asking the user something, alone and times the message:
                  "2019" answers "What year did you graduate?" but corrects "It came out in 2015."
-                 + the answer's own layers: "seriously?" after a refusal, or after bad news it relays
+                 + the answer's own layers: "seriously?" after a refusal, or after bad news it relays;
+                 its word tokens keep emoji and punctuation marks (WORDS_AND_MARKS), and its fit holds
+                 the character n-grams' weights harder than the rest (train.ESCALATION_CHAR_L2)
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EMBEDDING_SCALE = 0.5  # TF-IDF rows have unit length too; at 0.5 neither view drowns the other
 
 
+# The word tokens: scikit-learn's default, words of two characters or more ...
+WORDS = r"(?u)\b\w\w+\b"
+# ... and, for the escalation head, each emoji or punctuation mark alone too: "sorted. sure. 😐" is sarcasm
+# that only the character n-grams saw, which left them carrying a short message's "you" (see train.py)
+WORDS_AND_MARKS = r"(?u)\b\w\w+\b|[^\w\s]"
+
+
 class HeadFileError(Exception):
     """A router head's weights file is missing or unreadable; the message says how to rebuild it."""
 
@@ -47,23 +56,26 @@ class TextFeatures:
         self._analyzers = (word.build_analyzer(), char.build_analyzer())
 
     @staticmethod
-    def _vectorizers(word_vocab=None, char_vocab=None, word_min_df: int = 1) -> tuple[TfidfVectorizer, TfidfVectorizer]:
+    def _vectorizers(word_vocab=None, char_vocab=None, word_min_df: int = 1,
+                     word_tokens: str = WORDS) -> tuple[TfidfVectorizer, TfidfVectorizer]:
         # min_df applies to fitting only: a given vocabulary is used as is
-        return (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=word_vocab, min_df=word_min_df),
+        return (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=word_vocab, min_df=word_min_df,
+                                token_pattern=word_tokens),
                 TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True,
                                 vocabulary=char_vocab))
 
     @classmethod
-    def fit(cls, texts: Sequence[str], word_min_df: int = 1) -> "TextFeatures":
+    def fit(cls, texts: Sequence[str], word_min_df: int = 1, word_tokens: str = WORDS) -> "TextFeatures":
         """word_min_df 2 leaves out the word n-grams seen in one text only (most of the bigrams).
         (scikit-learn's fit transforms the texts anyway: only the rows are dropped.)"""
-        return cls.fit_transform(texts, word_min_df)[0]
+        return cls.fit_transform(texts, word_min_df, word_tokens)[0]
 
     @classmethod
-    def fit_transform(cls, texts: Sequence[str], word_min_df: int = 1) -> tuple["TextFeatures", sparse.csr_matrix]:
+    def fit_transform(cls, texts: Sequence[str], word_min_df: int = 1,
+                      word_tokens: str = WORDS) -> tuple["TextFeatures", sparse.csr_matrix]:
         """The features fitted on texts, and the texts' rows, in one pass over them instead of two (5.4 -> 3.0 s
         over the escalation rows). Each row equals transform()'s to float64 rounding (2e-16)."""
-        word, char = cls._vectorizers(word_min_df=word_min_df)
+        word, char = cls._vectorizers(word_min_df=word_min_df, word_tokens=word_tokens)
         clipped = cls.clip(texts)
         rows = sparse.hstack([word.fit_transform(clipped), char.fit_transform(clipped)]).tocsr()
         return cls(word, char), rows
@@ -99,12 +111,15 @@ class TextFeatures:
         """Each vocabulary as one newline-joined string: no n-gram holds a newline (words and character
         n-grams are cut from whitespace-split text), and ~112,000 pickled strings took 1.0 MB more."""
         return {"word_vocab": "\n".join(self.word.get_feature_names_out()), "word_idf": torch.tensor(self.word.idf_),
-                "char_vocab": "\n".join(self.char.get_feature_names_out()), "char_idf": torch.tensor(self.char.idf_)}
+                "char_vocab": "\n".join(self.char.get_feature_names_out()), "char_idf": torch.tensor(self.char.idf_),
+                "word_tokens": self.word.token_pattern}
 
     @classmethod
     def from_state(cls, state: dict) -> "TextFeatures":
-        word, char = cls._vectorizers(*(state[k].split("\n") if isinstance(state[k], str) else state[k]
-                                        for k in ("word_vocab", "char_vocab")))
+        vocabularies = (state[k].split("\n") if isinstance(state[k], str) else state[k]
+                        for k in ("word_vocab", "char_vocab"))
+        # heads saved before the token pattern was stored read scikit-learn's default
+        word, char = cls._vectorizers(*vocabularies, word_tokens=state.get("word_tokens", WORDS))
         word.idf_, char.idf_ = state["word_idf"].numpy(), state["char_idf"].numpy()
         return cls(word, char)
 

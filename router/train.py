@@ -29,8 +29,8 @@ from router.domain import DomainClassifier
 from router.escalation import EscalationDetector
 from router.evaluate import (escalation_layers, evaluate_domain, evaluate_escalation, evaluate_followups,
                              read_jsonl)
-from router.heads import (WEIGHTS_DIR, Head, TextFeatures, answers_asked, domain_dense, escalation_dense,
-                          escalation_width)
+from router.heads import (WEIGHTS_DIR, WORDS, WORDS_AND_MARKS, Head, TextFeatures, answers_asked, domain_dense,
+                          escalation_dense, escalation_width)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out splits (router/EVALUATION.md)
@@ -39,18 +39,26 @@ C = 8.0  # inverse L2 strength, as in logistic regression; chosen on held-out sp
 # F1 on the round left out (sets 30-73: 0.929 -> 0.938) until three in a row left it level, so sets from 133
 # on stay evaluation sets (training time is near its 2-minute aim); every round is in router/EVALUATION.md.
 BLIND_WRITERS = "blind_writers"
+# The escalation head's character n-grams are held 1,000 times harder than the rest: on a short message they
+# outweighed the meaning ("i love you" after a good answer: +5.7 to the logit from them, -4.1 from the
+# embedding). With emoji and punctuation as word tokens (heads.WORDS_AND_MARKS), which only the character
+# n-grams saw before, five held-out rounds of writers went 0.9218 / 0.0631 -> 0.9258 / 0.0598 (EVALUATION.md).
+ESCALATION_CHAR_L2 = 1000.0
 FIT_THREADS = 2  # the fits are full-batch products over ~52,000 rows; a fixed count keeps them reproducible
 
 
 def fit(texts: list[str], dense: np.ndarray, labels: np.ndarray, n_out: int, seed: int,
-        fit_texts: list[str] | None = None, word_min_df: int = 1, max_iter: int = 400) -> Head:
+        fit_texts: list[str] | None = None, word_min_df: int = 1, max_iter: int = 400,
+        word_tokens: str = WORDS, char_l2: float = 1.0) -> Head:
     """Class-balanced logistic regression (softmax when n_out > 1) with L2, by full-batch L-BFGS.
-    The TF-IDF vocabulary is fitted on `fit_texts` (default: the training texts)."""
+    The TF-IDF vocabulary is fitted on `fit_texts` (default: the training texts); char_l2 multiplies
+    the L2 on the character n-grams' weights."""
     torch.manual_seed(seed)
     if fit_texts is None:
-        text, text_rows = TextFeatures.fit_transform(texts, word_min_df)
+        text, text_rows = TextFeatures.fit_transform(texts, word_min_df, word_tokens)
     else:
-        text, text_rows = TextFeatures.fit(fit_texts, word_min_df), None
+        text, text_rows = TextFeatures.fit(fit_texts, word_min_df, word_tokens), None
+    chars = slice(len(text.word.vocabulary_), text.size)
     head = Head(text, dense.shape[1], n_out)
     x, y = head.inputs(texts, dense, text_rows), torch.from_numpy(labels)
     counts = np.bincount(labels, minlength=max(n_out, 2)).astype(np.float32)
@@ -67,6 +75,8 @@ def fit(texts: list[str], dense: np.ndarray, labels: np.ndarray, n_out: int, see
         else:
             per_example = nn.functional.cross_entropy(logits, y, reduction="none")
         value = (weights * per_example).mean() + l2 * head.linear.weight.pow(2).sum()
+        if char_l2 != 1.0:
+            value = value + l2 * (char_l2 - 1.0) * head.linear.weight[:, chars].pow(2).sum()
         value.backward()
         return value
 
@@ -134,7 +144,8 @@ def train_escalation(embedder: Embedder, rows: list[dict], seed: int) -> Head:
     # L-BFGS stops at 60 steps, not at its tolerance (~180 steps, 12.5 s of the 16 s fit): held out a
     # round of writers at a time over sets 30-91, F1 / FPR 0.939 / 0.043 at 400 steps, 100 and 60;
     # 40 steps gave 0.939 / 0.044, 38 of 49 sets at F1 >= 0.92 against 40-41 (router/EVALUATION.md).
-    return fit(texts, dense, np.array([int(r["label"]) for r in rows]), 1, seed, word_min_df=2, max_iter=60)
+    return fit(texts, dense, np.array([int(r["label"]) for r in rows]), 1, seed, word_min_df=2, max_iter=60,
+               word_tokens=WORDS_AND_MARKS, char_l2=ESCALATION_CHAR_L2)
 
 
 def no_huge_pages() -> None:

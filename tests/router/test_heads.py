@@ -367,3 +367,21 @@ def test_the_escalation_features_are_the_documented_blocks_in_order():
                           EMBEDDING_SCALE * answer.reshape(3, -1)])
     dense = escalation_dense(message, answer, asked)
     assert dense.dtype == np.float32 and np.array_equal(dense, expected)
+
+
+def test_the_escalation_head_reads_emoji_and_punctuation_as_words_and_keeps_that_in_its_file():
+    """"sorted. sure. 😐" is sarcasm in its marks, which scikit-learn's default word tokens drop; the
+    escalation head's word tokens keep each mark. The pattern is saved with the vocabulary, and a
+    file from before it was saved reads the default, as it was trained."""
+    from router.escalation import EscalationDetector
+    from router.heads import WORDS, WORDS_AND_MARKS, TextFeatures
+
+    assert {"😐", "?", "sure ."} <= set(EscalationDetector().head.text.word.vocabulary_)
+    assert "?" not in DomainClassifier().head.text.word.vocabulary_
+    texts = ["sorted. sure. 😐", "sure, sorted 🙂", "not a thing. ty 🙄"]
+    fitted = TextFeatures.fit(texts, word_tokens=WORDS_AND_MARKS)
+    assert {"😐", "🙂", "🙄", "."} <= set(fitted.word.vocabulary_)
+    restored = TextFeatures.from_state(fitted.state())
+    np.testing.assert_array_equal(restored.transform(texts).toarray(), fitted.transform(texts).toarray())
+    older = {k: v for k, v in TextFeatures.fit(texts).state().items() if k != "word_tokens"}
+    assert TextFeatures.from_state(older).word.token_pattern == WORDS
