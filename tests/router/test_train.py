@@ -137,9 +137,9 @@ def test_training_asks_for_no_huge_pages(small_data, tmp_path):
     assert _set_madvise_hugepage(True) is False  # returns the setting router.train left
 
 
-def test_the_escalation_fit_holds_the_character_ngrams_harder_than_the_rest():
-    """char_l2 weighs the L2 on the character n-grams' weights only: they shrink, the word n-grams and
-    the dense features do not, so on a short message they no longer outweigh the meaning."""
+def test_the_escalation_fit_holds_the_character_ngrams_harder_and_the_word_ngrams_looser():
+    """char_l2 and word_l2 weigh the L2 on the character and the word n-grams' weights only: the first
+    shrink, so on a short message they no longer outweigh the meaning; the others take up what they carried."""
     rng = np.random.default_rng(0)
     texts = ["that is wrong", "still broken", "thanks a lot", "works now 🙂", "you made it worse", "great, ty",
              "no, the other file", "perfect"] * 4
@@ -147,8 +147,8 @@ def test_the_escalation_fit_holds_the_character_ngrams_harder_than_the_rest():
     dense = rng.normal(size=(len(texts), 6)).astype(np.float32)
     dense[:, 0] += labels  # one dense feature that carries the label
 
-    def norms(char_l2: float) -> tuple[float, float, float]:
-        head = train.fit(texts, dense, labels, 1, seed=0, char_l2=char_l2)
+    def norms(char_l2: float, word_l2: float = 1.0) -> tuple[float, float, float]:
+        head = train.fit(texts, dense, labels, 1, seed=0, char_l2=char_l2, word_l2=word_l2)
         weight, n_word = head.linear.weight.detach()[0], len(head.text.word.vocabulary_)
         return tuple(float(weight[s].norm()) for s in (slice(0, n_word), slice(n_word, head.text.size),
                                                         slice(head.text.size, None)))
@@ -156,3 +156,5 @@ def test_the_escalation_fit_holds_the_character_ngrams_harder_than_the_rest():
     (word_1, char_1, dense_1), (word_k, char_k, dense_k) = norms(1.0), norms(1000.0)
     assert char_k < 0.05 * char_1
     assert word_k > word_1 and dense_k > 0.5 * dense_1  # the others take up what the characters carried
+    word_looser, char_looser, _ = norms(1000.0, word_l2=0.5)
+    assert word_looser > word_k and char_looser < 0.05 * char_1
