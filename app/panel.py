@@ -93,8 +93,10 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
         "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"],
     } for i, d in enumerate(decisions, 1)])
     turns = len(frame)
+    # every turn labelled up to 20; past that, Vega-Lite's own ticks (Altair takes Undefined, not None)
+    ticks = list(range(1, turns + 1)) if turns <= 20 else alt.Undefined
     x = alt.X("turn:Q", title="turn", scale=alt.Scale(domain=[0.5, turns + 0.5], nice=False),
-              axis=alt.Axis(values=list(range(1, turns + 1)) if turns <= 20 else None, format="d"))
+              axis=alt.Axis(values=ticks, format="d"))
     colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
     line = alt.Chart(frame).mark_line(color="#d1d5db").encode(x=x, y=alt.Y("perplexity:Q", title="perplexity"))
     threshold = alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y="τp:Q")

@@ -72,6 +72,19 @@ def test_the_timeline_has_one_point_per_turn_and_rings_escalations(chat):
     assert panel.timeline_chart([]) is None
 
 
+def test_a_long_chat_draws_its_timeline_with_fewer_ticks(chat):
+    """Past 20 turns the turn axis stops labelling every turn. That was written as values=None, which
+    Altair rejects, so opening a chat of 21 turns or more showed "Error" in the chat and the panel."""
+    service, sid, _ = chat
+    decisions = service.panel(sid)["decisions"] * 8  # 24 turns
+    spec = panel.timeline_chart(decisions).to_dict()
+    assert len(next(iter(spec["datasets"].values()))) == 24
+    axis = spec["layer"][0]["encoding"]["x"]["axis"]
+    assert "values" not in axis and axis["format"] == "d"
+    short = panel.timeline_chart(decisions[:20]).to_dict()["layer"][0]["encoding"]["x"]["axis"]
+    assert short["values"] == list(range(1, 21))
+
+
 def test_distribution_and_table(chat):
     service, sid, replies = chat
     other = service.new_session()
