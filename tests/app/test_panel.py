@@ -85,6 +85,22 @@ def test_a_long_chat_draws_its_timeline_with_fewer_ticks(chat):
     assert short["values"] == list(range(1, 21))
 
 
+def test_a_chat_of_22_real_replies_draws_every_panel_view(routed_service):
+    """The whole panel, as the UI draws it after a reply or on reopening, for a chat longer than the
+    timeline's labelled turns and the table's rows: the bug above only showed past 20 turns."""
+    from app.ui import panel_views
+
+    sid = routed_service.new_session()
+    for i in range(22):
+        *_, last = routed_service.respond(sid, f"question {i}: what is {i} squared?")
+        assert last.status == "complete"
+    path, timeline, distribution, table = panel_views(routed_service, sid)
+    assert "question 21: what is 21 squared?" in path
+    assert len(next(iter(timeline.to_dict()["datasets"].values()))) == 22
+    assert distribution[distribution["scope"] == "this chat"]["replies"].sum() == 22
+    assert len(table) == panel.TABLE_ROWS and table["turn"].tolist()[0] == 22
+
+
 def test_distribution_and_table(chat):
     service, sid, replies = chat
     other = service.new_session()
