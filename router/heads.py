@@ -14,7 +14,8 @@ escalation head: reads the mean token states of MiniLM's earlier layers too (how
                  "2019" answers "What year did you graduate?" but corrects "It came out in 2015."
                  + the answer's own layers: "seriously?" after a refusal, or after bad news it relays;
                  its word tokens keep emoji and punctuation marks (WORDS_AND_MARKS), and its fit holds
-                 the character n-grams' weights harder than the rest (train.ESCALATION_CHAR_L2)
+                 the character n-grams' weights harder than the rest and the word n-grams' looser
+                 (train.ESCALATION_CHAR_L2, ESCALATION_WORD_L2)
 """
 
 from __future__ import annotations

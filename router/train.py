@@ -54,8 +54,8 @@ def fit(texts: list[str], dense: np.ndarray, labels: np.ndarray, n_out: int, see
         fit_texts: list[str] | None = None, word_min_df: int = 1, max_iter: int = 400,
         word_tokens: str = WORDS, word_l2: float = 1.0, char_l2: float = 1.0) -> Head:
     """Class-balanced logistic regression (softmax when n_out > 1) with L2, by full-batch L-BFGS.
-    The TF-IDF vocabulary is fitted on `fit_texts` (default: the training texts); char_l2 multiplies
-    the L2 on the character n-grams' weights."""
+    The TF-IDF vocabulary is fitted on `fit_texts` (default: the training texts); word_l2 and char_l2
+    multiply the L2 on the word and on the character n-grams' weights."""
     torch.manual_seed(seed)
     if fit_texts is None:
         text, text_rows = TextFeatures.fit_transform(texts, word_min_df, word_tokens)
