@@ -238,3 +238,24 @@ def test_visitors_wait_in_one_queue_and_see_their_place(app):
     replies = sqlite3.connect(db_path).execute("select count(*) from messages where role = 'assistant' "
                                                "and status = 'complete'").fetchone()[0]
     assert replies == 3
+
+
+def test_a_chat_longer_than_twenty_turns_reopens_with_its_panel(app, page):
+    """Past 20 turns the timeline's axis changes; that once raised, and the page showed "Error" in the
+    chat and every panel view. A chat of 21 turns, sent through the API, is opened in the browser."""
+    from gradio_client import Client
+
+    url, db_path = app
+    client = Client(url, verbose=False)
+    session = client.predict(api_name="/new_session")
+    for i in range(21):
+        client.predict(f"turn {i}: name a fruit", session, api_name="/chat")
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    page.locator(f'#sessions input[value="{session}"]').check()
+    expect(page.locator("#chat .message-row.user-row")).to_have_count(21)
+    expect(page.locator("#route-path")).to_contain_text("turn 20: name a fruit")
+    expect(page.locator("#timeline canvas")).to_be_visible()
+    expect(table_rows(page)).to_have_count(13)  # the header and the 12 latest decisions
+    expect(table_rows(page).nth(1)).to_contain_text("21")
+    assert page.get_by_text("Error", exact=True).count() == 0
