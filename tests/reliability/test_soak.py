@@ -1,8 +1,9 @@
 """A long conversation: 200 messages in one session through ChatService in this process, on the
 real stack the app builds (the demo base with its draft and modifiers in llama.cpp, the router
-with its heads and MiniLM, sessions.db on a file). Nothing fails, every row is stored, and resident
-memory stops growing after warm-up. Tokens/s per reply is printed, not asserted: the conversation
-fills the context window early, and from then on every message re-reads a full window."""
+with its heads and MiniLM, sessions.db on a file). Nothing fails, every row is stored, the router
+panel draws the whole chat, and resident memory stops growing after warm-up. Tokens/s per reply is
+printed, not asserted: the conversation fills the context window early, and from then on every
+message re-reads a full window."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import subprocess
 import pytest
 
 from app.chat import ChatService, ChatSettings
+from app.panel import TABLE_ROWS
+from app.ui import panel_views
 from app.memory import Memory
 from models.engine import Engine
 from models.manifest import get_profile
@@ -68,6 +71,10 @@ def test_two_hundred_messages_in_one_session(demo_set, router_parts, tmp_path):
     rows = db.execute("select role, status from messages where session_id = ? order by id", [session]).fetchall()
     assert rows == [("user", "complete"), ("assistant", "complete")] * MESSAGES
     assert db.execute("select count(*) from decisions where session_id = ?", [session]).fetchone()[0] == MESSAGES
+    # the router panel of a 200-turn chat, as the UI draws it after each reply and on reopening
+    path, timeline, _, table = panel_views(service, session)
+    assert f"message {MESSAGES}:" in path and len(table) == TABLE_ROWS
+    assert len(next(iter(timeline.to_dict()["datasets"].values()))) == MESSAGES
 
     grown_kb = rss[MESSAGES] - rss[WARM_UP]
     assert grown_kb < MAX_GROWTH_KB, f"RSS grew {grown_kb} kB from message {WARM_UP} to {MESSAGES}: {rss}"
