@@ -78,6 +78,8 @@ def fit(texts: list[str], dense: np.ndarray, labels: np.ndarray, n_out: int, see
         else:
             per_example = nn.functional.cross_entropy(logits, y, reduction="none")
         value = (weights * per_example).mean() + l2 * head.linear.weight.pow(2).sum()
+        # added on top of the plain L2, not folded into it, so a head at scale 1 (the domain head) is fitted
+        # with the very same operations as before and comes out bit for bit the same
         for block, scale in ((words, word_l2), (chars, char_l2)):
             if scale != 1.0:
                 value = value + l2 * (scale - 1.0) * head.linear.weight[:, block].pow(2).sum()

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 
 from app.chat import ChatService, ChatSettings
+from app.memory import Memory
 from app.panel import TABLE_ROWS
 from app.ui import panel_views
-from app.memory import Memory
 from models.engine import Engine
 from models.manifest import get_profile
 from router.decision import Thresholds
