@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 import time
 import uuid
 
@@ -36,11 +37,53 @@ def explained(callback):
     return wrapper
 
 
+# Where markdown shows text verbatim: a fenced code block's lines (after its opening line, to a closing
+# fence of the same kind or the end of the text), and code spans on one line not opened after a backslash.
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_CODE_SPAN = re.compile(r"(?<![\\`])(`+)(?!`)[^\n]*?(?<!`)\1(?!`)")
+
+
 def _shown(role: str, content: str, status: str = "complete") -> dict:
-    # Escaped: whatever a user (or the model) typed is shown as text, never run as HTML.
-    text = html.escape(content)
+    text = as_markdown(content)
     note = STATUS_NOTES.get(status) if role == "assistant" else None
     return {"role": role, "content": f"{text}\n\n{note}" if note else text}
+
+
+def as_markdown(text: str) -> str:
+    """Whatever a user (or the model) typed, shown as that text: outside code, HTML's special characters
+    become entities (no tag renders, no image is fetched: "![" too), while code keeps its characters, as
+    markdown shows code verbatim (escaped there, `a < b` showed as `a &lt; b`). Where this reads code
+    but markdown would not, Gradio's own sanitizer still removes scripts."""
+    shown, at = [], 0
+    for start, end in _fenced_code(text):
+        shown += [_escape_prose(text[at:start]), text[start:end]]
+        at = end
+    return "".join(shown + [_escape_prose(text[at:])])
+
+
+def _fenced_code(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each fenced code block's inside, its closing fence included."""
+    blocks, fence, start, at = [], None, 0, 0
+    for line in re.findall(r"[^\n]*\n|[^\n]+$", text):
+        found = _FENCE.match(line)
+        if fence is None:
+            if found and not (found[1][0] == "`" and "`" in line[found.end():]):  # no backtick after a ``` fence
+                fence, start = found[1], at + len(line)
+        elif found and found[1][0] == fence[0] and len(found[1]) >= len(fence) and not line[found.end():].strip():
+            blocks.append((start, at + len(line)))
+            fence = None
+        at += len(line)
+    if fence is not None:  # a fence left open runs to the end
+        blocks.append((start, len(text)))
+    return blocks
+
+
+def _escape_prose(text: str) -> str:
+    shown, at = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        shown += [html.escape(text[at:span.start()], quote=False).replace("![", "&#33;["), span[0]]
+        at = span.end()
+    return "".join(shown + [html.escape(text[at:], quote=False).replace("![", "&#33;[")])
 
 
 def _stats_line(update: ReplyUpdate) -> str:

@@ -38,6 +38,7 @@ import llama_cpp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from app import panel
 from app.ui import _shown
@@ -58,7 +59,13 @@ CONTROL_TEXTS = [
 HTML_TEXTS = [
     "<img src=x onerror=alert(1)>", "<script>alert('x')</script>", "</div><div onclick=alert(1)>",
     '"><svg onload=alert(1)>', "&lt;b&gt;", "&amp;", "<!--", "]]>", "javascript:alert(1)",
+    "![t](http://198.51.100.7/t.png)", "`<img src=x>`", "\\`<img src=x>\\`", "```\n<b>\n", "```<img src=x>\n",
 ]
+# The chat renders markdown. Raw HTML that got through would come out of a renderer that passes HTML
+# as a tag of its own; markdown's own tags are all a message may make (no img: an image is a fetch).
+MARKDOWN = MarkdownIt("commonmark", {"html": True})
+MARKDOWN_TAGS = {"p", "code", "pre", "em", "strong", "a", "ul", "ol", "li", "blockquote", "hr", "br",
+                 "h1", "h2", "h3", "h4", "h5", "h6"}
 SQL_TEXTS = ["'); drop table messages; --", "\"; DELETE FROM sessions; --", "' OR '1'='1", "?", ":name", "%s"]
 ODD_TEXTS = [
     "\x00", "\x07", "\x1b[31m", "\r\n", "\u202e", "\u200f", "\u200e", "\u2066", "\ufeff", "\u200b",
@@ -146,8 +153,10 @@ def check_shown(text: str) -> None:
     """The chat bubble and the router panel's path show the text, and nothing else: no tag."""
     for role in ("user", "assistant"):
         content = _shown(role, text)["content"]
-        assert "<" not in content and ">" not in content
-        assert html.unescape(content) == text
+        assert set(re.findall(r"<\s*([a-zA-Z][a-zA-Z0-9]*)", MARKDOWN.render(content))) <= MARKDOWN_TAGS
+        if "`" not in text and "~" not in text:  # no code: every character as typed, "<" by its entity
+            assert "<" not in content and ">" not in content
+            assert html.unescape(content) == text
     drawn = panel.path_html(_decision(), text)
     (shown_message,) = re.findall(r'<div class="msg">(.*?)</div>', drawn, re.S)
     assert "<" not in shown_message and ">" not in shown_message
@@ -155,6 +164,20 @@ def check_shown(text: str) -> None:
     assert html.unescape(shown_message) == excerpt
     # every tag in the drawing is one of the panel's own
     assert {m for m in re.findall(r"<\s*/?\s*([a-zA-Z]+)", drawn)} <= {"style", "div", "span"}
+
+
+@pytest.mark.parametrize("text, code", [
+    ('```python\nprint("hi") if a < b and c > d else x & y\n```', 'print("hi") if a < b and c > d else x & y\n'),
+    ("use `a<b && c>d` here, <b>not bold</b>", "a<b && c>d"),
+    ("~~~\n<img src=x onerror=alert(1)>\n", "<img src=x onerror=alert(1)>\n"),  # a fence left open runs to the end
+])
+def test_code_is_shown_with_its_own_characters(text, code):
+    """Inside code markdown shows characters verbatim: an entity there would show as "&lt;"."""
+    for role in ("user", "assistant"):
+        rendered = MARKDOWN.render(_shown(role, text)["content"])
+        (inside,) = re.findall(r"<code[^>]*>(.*?)</code>", rendered, re.S)
+        assert html.unescape(inside) == code
+        assert set(re.findall(r"<\s*([a-zA-Z][a-zA-Z0-9]*)", rendered)) <= MARKDOWN_TAGS
 
 
 def _decision() -> dict:
