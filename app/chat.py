@@ -5,6 +5,7 @@ writes the turn, its Decision and its GenerationStats back to memory."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class ChatService:
     settings: ChatSettings = field(default_factory=ChatSettings)
     unavailable: dict[str, str] = field(default_factory=dict)  # modifier → why it could not be loaded
     router: Router | None = None  # None: every reply runs on the override, else the plain base
+    # session id → the Stop signal of the reply streaming in it (stop()); replies never overlap, but a
+    # Space's visitors each have a session
+    _stopping: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
 
     def modifier_status(self) -> dict[str, str | None]:
         """Each modifier route → None when ready, else the reason it is not available."""
@@ -111,29 +115,22 @@ class ChatService:
         the last one has done=True. Closing the iterator (Stop) keeps the partial reply as
         "stopped". `override` picks the route by hand (base, code, reasoning, automation);
         None or "auto" lets the router choose."""
-        if not message or not message.strip():
-            yield ReplyUpdate(session_id or "", done=True, status="ignored",
-                              notice="Type a message first: empty messages are not sent.")
-            return
-        broken = _lone_surrogate(message)
-        if broken is not None:  # JSON can carry "\ud800" (half an emoji); SQLite and llama.cpp take UTF-8 only
-            yield ReplyUpdate(session_id or "", done=True, status="ignored",
-                              notice=f"This message is not valid Unicode text (character {broken + 1} is half of a "
-                                     f"UTF-16 pair), so it was not sent. Delete or retype that character.")
+        refused = self.refusal(message, override)
+        if refused:
+            yield ReplyUpdate(session_id or "", done=True, status="ignored", notice=refused)
             return
         override = (override or AUTO).strip().lower()
-        if override not in (AUTO, *ROUTES):
-            yield ReplyUpdate(session_id or "", done=True, status="ignored",
-                              notice=f"Unknown route {override!r}: choose auto, {', '.join(ROUTES)}.")
-            return
+        stopping = threading.Event()
         try:
             if not self.owns(session_id, owner):  # none yet, or not this visitor's: a new one
                 session_id = self.memory.new_session(owner=owner)
-            history = [{"role": m["role"], "content": m["content"]} for m in self.memory.messages(session_id)
-                       if m["content"] and m["status"] != "error"]
+            self._stopping[session_id] = stopping  # first: a Stop pressed as the message shows finds this reply
+            history = _conversation(self.memory.messages(session_id))
             self.memory.add_message(session_id, "user", message)  # committed before anything can fail
             reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
         except SessionStoreError as exc:  # locked, read-only, full: nothing is answered that is not kept
+            if session_id and self._stopping.get(session_id) is stopping:
+                del self._stopping[session_id]
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice=f"Your message was not sent, because it could not be saved. {exc}")
             return
@@ -153,7 +150,7 @@ class ChatService:
                 self.memory.add_decision(session_id, reply_id, decision.to_dict())
             messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
                         {"role": "user", "content": message}]
-            yield from self._stream(messages, route, use_draft, reply_id, update, pieces)
+            yield from self._stream(messages, route, use_draft, reply_id, update, pieces, stopping.is_set)
         except ContextOverflowError as exc:
             update.status, update.done, update.notice = "error", True, str(exc)
         except GeneratorExit:
@@ -166,6 +163,8 @@ class ChatService:
             update.status, update.done = "error", True
             update.notice = f"The model failed while replying ({type(exc).__name__}: {exc}). The text so far is kept."
         finally:
+            if self._stopping.get(session_id) is stopping:
+                del self._stopping[session_id]
             stats = update.stats.to_dict() if update.stats else None
             try:
                 self.memory.update_message(reply_id, content="".join(pieces), status=update.status or "stopped",
@@ -180,6 +179,21 @@ class ChatService:
             self.router.remember(update.text)
         yield update
 
+    @staticmethod
+    def refusal(message: str, override: str | None = None) -> str | None:
+        """Why respond() would not send this message (the notice it gives), or None: nothing is stored
+        for an empty message, one that is not valid Unicode, or an unknown route."""
+        if not message or not message.strip():
+            return "Type a message first: empty messages are not sent."
+        broken = _lone_surrogate(message)
+        if broken is not None:  # JSON can carry "\ud800" (half an emoji); SQLite and llama.cpp take UTF-8 only
+            return (f"This message is not valid Unicode text (character {broken + 1} is half of a UTF-16 pair), "
+                    f"so it was not sent. Delete or retype that character.")
+        override = (override or AUTO).strip().lower()
+        if override not in (AUTO, *ROUTES):
+            return f"Unknown route {override!r}: choose auto, {', '.join(ROUTES)}."
+        return None
+
     def _route(self, session_id: str, message: str, history: list[dict], override: str) -> Decision | None:
         """The router's Decision, from the message, the conversation and the session's last turns."""
         if self.router is None:
@@ -188,14 +202,24 @@ class ChatService:
                                   override=None if override == AUTO else override,
                                   system_prompt=self.settings.system_prompt)
 
+    def stop(self, session_id: str | None, owner: str | None = None) -> bool:
+        """Stop the reply streaming in this session (the page's Stop, beside closing the stream): it ends
+        at its next token, kept as "stopped". False when none is streaming there."""
+        stopping = self._stopping.get(session_id) if self.owns(session_id, owner) else None
+        if stopping is None:
+            return False
+        stopping.set()
+        return True
+
     def _stream(self, messages: list[dict], route: str, use_draft: bool, reply_id: int, update: ReplyUpdate,
-                pieces: list[str]) -> Iterator[ReplyUpdate]:
+                pieces: list[str], should_stop) -> Iterator[ReplyUpdate]:
         """Generate on `route`, growing `pieces` and saving the text every save_every_s."""
         saved_at, saving = time.monotonic(), True
         seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
         stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
                                       temperature=self.settings.temperature, top_p=self.settings.top_p,
-                                      seed=seed, modifier=None if route == "base" else route, use_draft=use_draft)
+                                      seed=seed, modifier=None if route == "base" else route, use_draft=use_draft,
+                                      should_stop=should_stop)
         with closing(stream):  # on Stop, release the engine at once
             for item in stream:
                 if isinstance(item, GenerationStats):
@@ -211,11 +235,26 @@ class ChatService:
                         saving = False
                     saved_at = time.monotonic()
                 yield update
-        update.status, update.done = "complete", True
+        stopped = update.stats is not None and update.stats.stop_reason == "stopped"
+        update.status, update.done = "stopped" if stopped else "complete", True
         if update.stats and update.stats.dropped_turns:
             dropped = (f"This conversation is longer than the model's context window: the oldest "
                        f"{update.stats.dropped_turns} message(s) were left out of this reply.")
             update.notice = f"{update.notice} {dropped}" if update.notice else dropped
+
+
+def _conversation(stored: list[dict]) -> list[dict]:
+    """What the model reads of a session's stored messages ({role, content}): a turn whose reply failed
+    (a message too long for the context, a model error) is left out whole, the message with its reply,
+    so that it does not push the turns before it out of every later prompt."""
+    kept = []
+    for i, m in enumerate(stored):
+        reply = stored[i + 1] if i + 1 < len(stored) else None
+        failed = m["status"] == "error" or (m["role"] == "user" and reply is not None
+                                            and reply["role"] == "assistant" and reply["status"] == "error")
+        if m["content"] and not failed:
+            kept.append({"role": m["role"], "content": m["content"]})
+    return kept
 
 
 def _lone_surrogate(text: str) -> int | None:

@@ -37,10 +37,12 @@ def explained(callback):
     return wrapper
 
 
-# Where markdown shows text verbatim: a fenced code block's lines (after its opening line, to a closing
-# fence of the same kind or the end of the text), and code spans on one line not opened after a backslash.
+# Code a message holds: fenced blocks (a fence of 3+ backticks or tildes after at most 3 spaces, to a
+# closing fence of the same kind or the end of the text) and code spans (a run of backticks to the next
+# run of the same length).
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_CODE_SPAN = re.compile(r"(?<![\\`])(`+)(?!`)[^\n]*?(?<!`)\1(?!`)")
+_BACKTICKS = re.compile(r"`+")
+_HTML_READS = re.compile(r"[&<>]|!\[")
 
 
 def _shown(role: str, content: str, status: str = "complete") -> dict:
@@ -51,39 +53,60 @@ def _shown(role: str, content: str, status: str = "complete") -> dict:
 
 def as_markdown(text: str) -> str:
     """Whatever a user (or the model) typed, shown as that text: outside code, HTML's special characters
-    become entities (no tag renders, no image is fetched: "![" too), while code keeps its characters, as
-    markdown shows code verbatim (escaped there, `a < b` showed as `a &lt; b`). Where this reads code
-    but markdown would not, Gradio's own sanitizer still removes scripts."""
+    become entities (no tag renders, no image is fetched: "![" too); code keeps its characters, as
+    <pre><code> and <code> elements holding it escaped (markdown shows code verbatim, so an entity
+    there showed as "&lt;"). Nothing typed is left for markdown to read as code: where it would end a
+    fence or pair backticks otherwise than this does (list items, indents), typed HTML could
+    have come through."""
     shown, at = [], 0
-    for start, end in _fenced_code(text):
-        shown += [_escape_prose(text[at:start]), text[start:end]]
+    for opening, inside, inside_end, end in _fenced_code(text):
+        shown += [_escape_prose(text[at:opening]), f"<pre><code>{_escaped(text[inside:inside_end])}</code></pre>\n"]
         at = end
     return "".join(shown + [_escape_prose(text[at:])])
 
 
-def _fenced_code(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each fenced code block's inside, its closing fence included."""
-    blocks, fence, start, at = [], None, 0, 0
+def _fenced_code(text: str) -> list[tuple[int, int, int, int]]:
+    """Each fenced code block: where its opening fence's line starts, where the code starts and ends, and
+    where the block ends (after its closing fence's line, or at the end of the text)."""
+    blocks, fence, at = [], None, 0
     for line in re.findall(r"[^\n]*\n|[^\n]+$", text):
         found = _FENCE.match(line)
         if fence is None:
             if found and not (found[1][0] == "`" and "`" in line[found.end():]):  # no backtick after a ``` fence
-                fence, start = found[1], at + len(line)
+                fence, opening = found[1], (at, at + len(line))
         elif found and found[1][0] == fence[0] and len(found[1]) >= len(fence) and not line[found.end():].strip():
-            blocks.append((start, at + len(line)))
+            blocks.append((*opening, at, at + len(line)))
             fence = None
         at += len(line)
     if fence is not None:  # a fence left open runs to the end
-        blocks.append((start, len(text)))
+        blocks.append((*opening, len(text), len(text)))
     return blocks
 
 
 def _escape_prose(text: str) -> str:
-    shown, at = [], 0
-    for span in _CODE_SPAN.finditer(text):
-        shown += [html.escape(text[at:span.start()], quote=False).replace("![", "&#33;["), span[0]]
-        at = span.end()
-    return "".join(shown + [html.escape(text[at:], quote=False).replace("![", "&#33;[")])
+    """text outside fenced code: escaped, and its code spans kept as code. A span holding nothing HTML
+    reads (no &, <, > or "![") stays as typed; one that does becomes a <code> element with the span
+    escaped inside, which shows the same. Pairing backticks exactly as markdown does would need its
+    block structure (a blank line or a "# " line ends the pairing); this way nothing of the text can
+    become a tag, whichever way they pair."""
+    shown, at, runs = [], 0, list(_BACKTICKS.finditer(text))
+    i = 0
+    while i < len(runs):
+        opening = runs[i]
+        closing = next((j for j in range(i + 1, len(runs)) if len(runs[j][0]) == len(opening[0])), None)
+        if closing is None or text[opening.start() - 1:opening.start()] == "\\":  # not a span: literal backticks
+            i += 1
+            continue
+        span = text[opening.start():runs[closing].end()]
+        inside = span[len(opening[0]):-len(opening[0])]
+        shown += [_escaped(text[at:opening.start()]),
+                  f"<code>{_escaped(inside)}</code>" if _HTML_READS.search(span) else span]
+        at, i = runs[closing].end(), closing + 1
+    return "".join(shown + [_escaped(text[at:])])
+
+
+def _escaped(text: str) -> str:
+    return html.escape(text, quote=False).replace("![", "&#33;[")
 
 
 def _stats_line(update: ReplyUpdate) -> str:
@@ -150,11 +173,24 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
 
     def send(message, session_id, route, use_draft, visitor):
         visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
+        refused = service.refusal(message, route)
+        if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
+            yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor
+            return
+        try:
+            if not service.owns(session_id, visitor):  # so that Stop, even before the reply starts, finds it
+                session_id = service.new_session(visitor)
+        except SessionStoreError as exc:
+            yield gr.skip(), gr.skip(), session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor
+            return
         before = shown_transcript(session_id, visitor)
+        # The message shows and the box empties at once; from then on the box is the person's to type
+        # the next message in while the reply streams (every later yield leaves it as it is).
+        yield before + [_shown("user", message)], "", session_id, "", "", gr.skip(), visitor
         shown_at, path_drawn = 0.0, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
-            if update.status == "ignored":
-                yield gr.skip(), message, session_id, update.notice, gr.skip(), gr.skip(), visitor
+            if update.status == "ignored":  # not saved: the message goes back to the box
+                yield before, message, session_id, update.notice, gr.skip(), gr.skip(), visitor
                 return
             # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
             # not held back by the page.
@@ -166,7 +202,22 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             drawing = gr.skip()
             if update.decision and not path_drawn:  # the route is known before the first token: draw it once
                 drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
-            yield shown, "", update.session_id, update.notice or "", _stats_line(update), drawing, visitor
+            yield shown, gr.skip(), update.session_id, update.notice or "", _stats_line(update), drawing, visitor
+
+    def stop_reply(session_id, visitor):
+        service.stop(session_id, owner_of(visitor))
+
+    @explained
+    def after_stop(session_id, visitor):
+        """The chat as stored once the stopped reply is saved (marked stopped), and the panel."""
+        owner = owner_of(visitor)
+        for _ in range(100):  # the reply's generator is closed on its thread, a moment after the cancel
+            transcript = service.transcript(session_id, owner)
+            if not any(m["status"] == "streaming" for m in transcript):
+                break
+            time.sleep(0.05)
+        return (shown_transcript(session_id, visitor), session_choices(visitor, session_id),
+                *panel_views(service, session_id, owner))
 
     @explained
     def on_like(session_id, visitor, like: gr.LikeData):
@@ -256,7 +307,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
         for event in (submitted, clicked):
             event.then(after_reply, [session_id, visitor], [sessions, *views], api_visibility="private")
-        stop_button.click(None, cancels=[submitted, clicked])
+        # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
+        stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
+                          api_visibility="private").then(
+            after_stop, [session_id, visitor], [chatbot, sessions, *views], api_visibility="private")
         new_button.click(new_chat, visitor, [session_id, chatbot, notice, stats, sessions, *views],
                          api_visibility="private")
         sessions.input(open_session, [sessions, visitor], [session_id, chatbot, *views], api_visibility="private")

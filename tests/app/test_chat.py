@@ -47,20 +47,39 @@ def test_stop_keeps_the_partial_reply_marked_stopped(service):
     assert updates[-1].text
 
 
+def test_stop_by_session_ends_the_reply_where_the_browser_cannot_close_it(service):
+    """The page's Stop reaches the reply by its session: Gradio's cancel can miss a reply that has just
+    started, which then ran to its end."""
+    assert service.stop("no-such-session") is False  # nothing streaming there: nothing to stop, nothing kept
+    stream = service.respond(service.new_session(), "a long answer please")
+    first = next(stream)
+    assert service.stop(first.session_id) is True
+    *_, last = stream
+    assert last.status == "stopped" and last.stats.stop_reason == "stopped"
+    assert last.stats.tokens < 48 and rows(service, first.session_id)[-1] == ("assistant", last.text, "stopped")
+    *_, after = service.respond(first.session_id, "and the next one runs to its end")
+    assert after.status == "complete" and after.stats.stop_reason in ("eos", "length")
+
+
 def test_an_empty_message_is_ignored_with_a_hint(service):
     (update,) = list(service.respond(None, "   \n "))
     assert update.status == "ignored" and "empty" in update.notice
     assert service.sessions() == []
 
 
-def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on(service):
+def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):
+    """The refused message stays in the chat, marked failed, but not in what the model reads next: it
+    once took the turns before it out of every later prompt ("the oldest 3 messages were left out")."""
+    *_, first = service.respond(None, "a first short one")
     huge = "the model " * 20_000
-    *_, refused = service.respond(None, huge)
+    *_, refused = service.respond(first.session_id, huge)
     assert refused.status == "error" and "too long" in refused.notice
-    assert rows(service, refused.session_id) == [("user", huge, "complete"), ("assistant", "", "error")]
-    *_, after = service.respond(refused.session_id, "a short one")
-    assert after.status == "complete" and after.stats.dropped_turns >= 1
-    assert "left out" in after.notice
+    assert rows(service, first.session_id)[2:] == [("user", huge, "complete"), ("assistant", "", "error")]
+    *_, after = service.respond(first.session_id, "a short one")
+    assert after.status == "complete" and after.stats.dropped_turns == 0 and not after.notice
+    alone = service.engine.fit([{"role": "system", "content": service.settings.system_prompt},
+                                {"role": "user", "content": "a short one"}], service.settings.max_tokens)[0]
+    assert after.stats.prompt_tokens > len(alone)  # the first turn is in the prompt
 
 
 @pytest.mark.parametrize("text", [

@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,8 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture
-def page(app):
-    url, _ = app
+@contextmanager
+def browser_page(url: str):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -64,6 +64,12 @@ def page(app):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
         browser.close()
+
+
+@pytest.fixture
+def page(app):
+    with browser_page(app[0]) as page:
+        yield page
 
 
 def table_rows(page: Page):
@@ -259,3 +265,68 @@ def test_a_chat_longer_than_twenty_turns_reopens_with_its_panel(app, page):
     expect(table_rows(page)).to_have_count(13)  # the header and the 12 latest decisions
     expect(table_rows(page).nth(1)).to_contain_text("21")
     assert page.get_by_text("Error", exact=True).count() == 0
+
+
+def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(app, page):
+    """Each streamed update once re-sent an empty message box, erasing what the person typed next;
+    Stop left the reply without its "(stopped)" mark until the chat was reopened, or, pressed as the
+    reply started, missed it; half an emoji sent the page into "Error" until a reload (the refusal
+    echoed it back, which JSON cannot carry)."""
+    url, db_path = app
+    long_message = "long text " * 300  # its prefill keeps the reply going long enough to type in
+    user_rows, bot_rows = page.locator("#chat .message-row.user-row"), page.locator("#chat .message-row.bot-row")
+    box = page.locator("#message textarea")
+
+    box.fill(long_message)
+    box.press("Enter")
+    expect(user_rows).to_have_count(1)  # shown at once, before the reply's first token
+    box.fill("my next message")
+    expect(table_rows(page)).to_have_count(2, timeout=60_000)  # the reply is done and the panel redrawn
+    expect(box).to_have_value("my next message")
+    stored = sqlite3.connect(db_path).execute("select role, status from messages order by id").fetchall()
+    assert stored == [("user", "complete"), ("assistant", "complete")]
+
+    # Stop the moment the message shows. A demo reply can still end first (it takes a fraction of a
+    # second, and under load the click takes longer): then it is complete, as it should be, and the next
+    # message tries again.
+    stop_on_show = """n => new MutationObserver((_, watching) => {
+        if (document.querySelectorAll('#chat .message-row.user-row').length < n) return;
+        watching.disconnect();
+        document.querySelector('#stop').click();
+    }).observe(document.querySelector('#chat'), {subtree: true, childList: true})"""
+    statuses = []
+    while "stopped" not in statuses and len(statuses) < 5:
+        page.evaluate(stop_on_show, len(statuses) + 2)
+        box.fill(long_message)
+        box.press("Enter")
+        expect(table_rows(page)).to_have_count(len(statuses) + 3, timeout=60_000)
+        (status,) = sqlite3.connect(db_path).execute("select status from messages order by id desc limit 1").fetchone()
+        statuses.append(status)
+    assert statuses[-1] == "stopped" and set(statuses) <= {"stopped", "complete"}, statuses
+    expect(bot_rows.last).to_contain_text("(stopped)")
+    turns = len(statuses) + 1
+
+    page.evaluate("""() => {
+        const box = document.querySelector('#message textarea');
+        box.value = 'half an emoji \\ud83d';
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+    }""")
+    box.press("Enter")
+    expect(page.locator("#notice")).to_contain_text("not valid Unicode")
+    expect(box).to_have_value("half an emoji \ud83d")
+    box.fill("and now a whole one 🙂")
+    box.press("Enter")
+    expect(user_rows).to_have_count(turns + 1)
+    expect(user_rows.last).to_have_text("and now a whole one 🙂")
+    expect(table_rows(page)).to_have_count(turns + 2, timeout=60_000)
+    assert page.get_by_text("Error", exact=True).count() == 0
+
+    # Code shows its own characters (escaped for markdown, it once showed "a &lt; b"); HTML beside it is text.
+    code = 'if a < b and c > d: print("x & y")'
+    box.fill(f"```python\n{code}\n```\nand <b>this</b> and `List<int>`")
+    box.press("Enter")
+    expect(user_rows.last.locator("pre")).to_have_text(code)
+    expect(user_rows.last.locator("code").last).to_have_text("List<int>")
+    expect(user_rows.last).to_contain_text("and <b>this</b> and")
+    expect(table_rows(page)).to_have_count(turns + 3, timeout=60_000)
+    assert page.locator("#chat b").count() == 0 and page.dialogs == []
