@@ -151,6 +151,21 @@ class Memory:
             except sqlite3.Error as exc:
                 raise SessionStoreError(_explain(self.path, exc)) from exc
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """_guard() around a transaction that takes the write lock as it begins (BEGIN IMMEDIATE), so
+        that it waits up to `timeout` for another program's lock. In a plain BEGIN, sqlite-utils reads
+        a table's columns before it inserts, and SQLite refuses that read lock's upgrade at once
+        (waiting could deadlock): a message was "not sent" the moment a database tool held a lock."""
+        with self._guard():
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self.db.conn.execute("COMMIT")
+
     def _mark_interrupted(self) -> int:
         with self.db.atomic():
             cursor = self.db.execute("update messages set status = 'interrupted' where status = 'streaming'")
@@ -178,7 +193,7 @@ class Memory:
 
     # -- messages -----------------------------------------------------------------------------
     def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:
-        with self._guard(), self.db.atomic():
+        with self._writing():
             message_id = self.db["messages"].insert(
                 {"session_id": session_id, "role": role, "content": content, "status": status, "created_at": _now()}
             ).last_pk
@@ -220,7 +235,7 @@ class Memory:
     def add_decision_stats(self, message_id: int, stats: dict) -> None:
         """The reply's GenerationStats, once it has ended."""
         assignments = ", ".join(f"{column} = ?" for column in STATS_COLUMNS)
-        with self._guard(), self.db.atomic():
+        with self._writing():
             self.db.execute(f"update decisions set {assignments} where message_id = ?",
                             [stats.get(k) for k in STATS_COLUMNS] + [message_id])
 
@@ -257,7 +272,7 @@ class Memory:
     # -- feedback -----------------------------------------------------------------------------
     def set_feedback(self, message_id: int, liked: bool | None) -> None:
         """Store 👍 (True) or 👎 (False) on an assistant message; None takes it back."""
-        with self._guard(), self.db.atomic():
+        with self._writing():
             row = self.db.execute("select session_id, role from messages where id = ?", [message_id]).fetchone()
             if row is None or row[1] != "assistant":
                 raise ValueError(f"message {message_id} is not an assistant reply")

@@ -32,6 +32,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -379,6 +380,32 @@ def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goe
     *_, after = chat.respond(first.session_id, "a second message")
     assert after.status == "complete"
     assert [r[3] for r in rows(db_path)] == ["hello", first.text, "a second message", after.text]
+
+
+@pytest.mark.parametrize("write", ["new_session", "add_message", "update_message", "set_feedback"])
+def test_a_write_waits_for_another_programs_short_lock_instead_of_failing_at_once(tmp_path, write):
+    """Another program's write lock, held for 0.6 s: each write waits for it, up to Memory's timeout. A
+    transaction that read before writing (sqlite-utils reads a table's columns before an insert) could
+    not wait: SQLite refuses a read lock's upgrade at once, and the message was "not sent"."""
+    db_path = tmp_path / "sessions.db"
+    memory = Memory(db_path, timeout=10)
+    session = memory.new_session()
+    memory.add_message(session, "user", "hello")
+    reply = memory.add_message(session, "assistant", "hi")
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("begin immediate")
+    releaser = threading.Timer(0.6, holder.execute, ["rollback"])
+    releaser.start()
+    started = time.monotonic()
+    try:
+        {"new_session": lambda: memory.new_session(),
+         "add_message": lambda: memory.add_message(session, "user", "written after the lock"),
+         "update_message": lambda: memory.update_message(reply, content="hi there"),
+         "set_feedback": lambda: memory.set_feedback(reply, True)}[write]()
+    finally:
+        releaser.join()
+        holder.close()
+    assert time.monotonic() - started >= 0.5  # it waited, and then it was written
 
 
 @pytest.mark.parametrize("failure", ["locked", "read-only"])
