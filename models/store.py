@@ -44,18 +44,26 @@ class Store:
 
     def model_path(self, profile: str, entry: ModelFile) -> Path:
         """Where llama.cpp reads the entry: a plain .gguf where it is, a .gguf.zst decompressed into
-        the profile's folder (entry.file may be a path of the user's own: --model FILE.gguf.zst)."""
+        the profile's folder. entry.file may be a path of the user's own (--model FILE.gguf.zst, no
+        digest): its copy's name then carries a digest of that path, so two folders' model.gguf.zst
+        never share one copy."""
         if not entry.file.endswith(".zst"):
             return self.source_path(profile, entry)
-        return self.folder(profile) / Path(entry.file).name.removesuffix(".zst")
+        name = Path(entry.file).name.removesuffix(".zst")
+        if entry.sha256 is None:
+            where = hashlib.sha256(str(self.source_path(profile, entry).resolve()).encode()).hexdigest()[:12]
+            name = f"{name.removesuffix('.gguf')}.{where}.gguf"
+        return self.folder(profile) / name
 
     def is_ready(self, profile: str, entry: ModelFile) -> bool:
         """True when the verified GGUF is in place (by its recorded digest and size). With no digest
-        in the manifest (the user's own file), a decompressed copy newer than its source is."""
+        in the manifest (the user's own file), a copy made from its source as it is now (the size and
+        modification time recorded then): a file copied over it keeping an older date is new too."""
         path = self.model_path(profile, entry)
         if entry.sha256 is None:
             source = self.source_path(profile, entry)
-            return source != path and _recorded_digest(path) is not None and _mtime(path) >= _mtime(source)
+            return (source != path and _recorded_digest(path) is not None
+                    and _recorded_source(path) == _identity(source))
         return _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
 
     def needs_download(self, profile: str, entry: ModelFile) -> bool:
@@ -73,7 +81,11 @@ class Store:
             actual = hash_file(path, progress=self.progress)
             if actual == entry.sha256:
                 return path
-            _digest_path(path).unlink(missing_ok=True)  # the cached copy changed on disk: redo it
+            try:
+                _digest_path(path).unlink(missing_ok=True)  # the cached copy changed on disk: redo it
+            except OSError as exc:
+                raise ModelFileError(f"{path}: changed on disk, and its folder cannot be written to make it again "
+                                     f"({exc}). Make the folder writable, or choose another with --models-dir.") from exc
         source = self.source_path(profile, entry)
         if self.needs_download(profile, entry):  # not on disk: from the Hub, into its cache
             from models import hub
@@ -103,7 +115,10 @@ class Store:
             return self._verify_plain(path, entry)
         if not source.is_file():
             raise ModelFileError(f"{source}: model file not found ({entry.name} of profile {profile!r}).")
+        identity = _identity(source)
         decompress_verified(source, path, entry.sha256, entry.size, progress=self.progress)
+        if entry.sha256 is None:
+            _write_beside(path, ".source", identity)
         return path
 
     def _verify_plain(self, path: Path, entry: ModelFile) -> Path:
@@ -119,12 +134,13 @@ class Store:
 def decompress_verified(source: Path, target: Path, sha256: str | None, size: int | None, progress: bool = True) -> None:
     """Stream-decompress `source` into `target`, hashing as it goes; rename into place only on a
     digest match. Raises ModelFileError naming the file, and leaves no partial file behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    tmp = Path(tmp_name)
-    written, head = 0, b""
+    written, head, tmp = 0, b"", None
     try:
+        promised = _content_size(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        tmp = Path(tmp_name)
         with open(source, "rb") as fin, os.fdopen(fd, "wb", buffering=0) as fout, tqdm(
             total=source.stat().st_size, unit="B", unit_scale=True, desc=f"decompress {source.name}",
             disable=not progress, leave=False,
@@ -147,6 +163,9 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
                     job.result()
             os.fsync(fout.fileno())
         actual = digest.hexdigest()
+        if promised is not None and written != promised:  # zstd stops without a word where the data does
+            raise ModelFileError(f"{source}: truncated: it decompresses to {written:,} of the {promised:,} bytes its "
+                                 f"header promises. Copy or download it again.")
         if size is not None and written != size:
             raise ModelFileError(
                 f"{source}: decompressed to {written:,} bytes, expected {size:,} (truncated or wrong file); "
@@ -169,7 +188,19 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
             f"truncated. Delete it and fetch or rebuild it."
         ) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _content_size(source: Path) -> int | None:
+    """The decompressed size a zstd frame's header states, when it states one."""
+    with open(source, "rb") as f:
+        header = f.read(18)  # a frame header's largest size
+    try:
+        size = zstandard.frame_content_size(header)
+    except zstandard.ZstdError:
+        return None  # not a zstd frame: the decompression says so, by name
+    return size if size >= 0 else None
 
 
 def _write_durably(f, data: bytes) -> None:
@@ -207,16 +238,27 @@ def _recorded_digest(path: Path) -> str | None:
 
 
 def _write_digest(path: Path, digest: str) -> None:
-    tmp = _digest_path(path).with_suffix(".tmp")
-    tmp.write_text(digest + "\n")
-    os.replace(tmp, _digest_path(path))
+    _write_beside(path, ".sha256", digest)
 
 
-def _mtime(path: Path) -> float:
+def _identity(source: Path) -> str:
+    """The source file as it is now: its size and modification time (ns)."""
+    stat = source.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
+def _recorded_source(path: Path) -> str | None:
     try:
-        return path.stat().st_mtime
+        return path.with_name(path.name + ".source").read_text().strip()
     except OSError:
-        return -1.0
+        return None
+
+
+def _write_beside(path: Path, suffix: str, text: str) -> None:
+    beside = path.with_name(path.name + suffix)
+    tmp = beside.with_name(beside.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, beside)
 
 
 def _size(path: Path) -> int:

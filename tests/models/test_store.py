@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,61 @@ def test_plain_gguf_entries_are_verified_in_place(tmp_path, gguf_file):
     assert store.ensure("p", entry) == target
     with pytest.raises(ModelFileError, match="SHA-256 mismatch"):
         store.ensure("p", dataclasses.replace(entry, sha256=hashlib.sha256(b"other").hexdigest()), verify=True)
+
+
+# -- your own files (--model / --draft / --modifier FILE.gguf.zst): no digest to check them against --
+
+def _own(path: Path) -> ModelFile:
+    return ModelFile("base", "base", str(path.resolve()), None, None)
+
+
+@pytest.fixture(scope="module")
+def other_gguf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("other") / "draft.gguf"
+    write_model(path, dataclasses.replace(DemoSpec(), seed=7), "draft")  # the same shape, other weights
+    return path
+
+
+def test_your_own_compressed_files_of_one_name_are_kept_apart(tmp_path, gguf_file, other_gguf):
+    """Two folders' model.gguf.zst once shared one decompressed copy: the second ran the first's model."""
+    mine, theirs = tmp_path / "A" / "model.gguf.zst", tmp_path / "B" / "model.gguf.zst"
+    mine.parent.mkdir()
+    theirs.parent.mkdir()
+    compress(gguf_file, mine)
+    compress(other_gguf, theirs)
+    store = Store(tmp_path / "cache", progress=False)
+    first, second = store.ensure("custom", _own(mine)), store.ensure("custom", _own(theirs))
+    assert first != second
+    assert sha256_file(first) == sha256_file(gguf_file) and sha256_file(second) == sha256_file(other_gguf)
+    assert store.ensure("custom", _own(mine)) == first and sha256_file(first) == sha256_file(gguf_file)
+
+
+def test_your_own_compressed_file_replaced_by_another_is_decompressed_again_even_when_older(
+        tmp_path, gguf_file, other_gguf):
+    """A copy newer than its source was reused: a file copied in with its older date (cp -p, rsync -a)
+    was never read."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    compress(gguf_file, source)
+    store = Store(tmp_path / "cache", progress=False)
+    first = store.ensure("custom", _own(source))
+    compress(other_gguf, source)
+    older = first.stat().st_mtime - 3600
+    os.utime(source, (older, older))
+    again = store.ensure("custom", _own(source))
+    assert sha256_file(again) == sha256_file(other_gguf)
+
+
+@pytest.mark.parametrize("cut", ["half", "last byte"])
+def test_your_own_truncated_compressed_file_is_refused_by_its_name_with_nothing_kept(tmp_path, gguf_file, cut):
+    """Cut short, it once decompressed to a shorter file, kept as good; llama.cpp then named that copy."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    compress(gguf_file, source)
+    data = source.read_bytes()
+    source.write_bytes(data[:len(data) // 2] if cut == "half" else data[:-1])
+    store = Store(tmp_path / "cache", progress=False)
+    with pytest.raises(ModelFileError, match=str(source)) as err:
+        store.ensure("custom", _own(source))
+    assert "truncated" in str(err.value)
+    assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []

@@ -42,7 +42,10 @@ import zstandard
 
 from app.chat import ChatService, ChatSettings
 from app.memory import Memory, SessionStoreError
-from models.demo import DemoSpec, write_model
+from models.demo import DemoSpec, compress, sha256_file, write_model
+from models.errors import ModelFileError
+from models.manifest import ModelFile
+from models.store import Store
 from tests.launcher import ROOT, free_port
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -380,6 +383,27 @@ def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goe
     *_, after = chat.respond(first.session_id, "a second message")
     assert after.status == "complete"
     assert [r[3] for r in rows(db_path)] == ["hello", first.text, "a second message", after.text]
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_read_only_models_folder_is_named_not_a_traceback(tmp_path, verify):
+    """A copy to make (or to make again, --verify on a changed one) in a folder that cannot be written:
+    the temporary file, and the stale digest's removal, once raised PermissionError past the store."""
+    store = Store(tmp_path / "cache", progress=False)
+    folder = store.folder("p")
+    folder.mkdir(parents=True)
+    model = tmp_path / "draft.gguf"
+    write_model(model, DemoSpec(), "draft")
+    compress(model, folder / "draft.gguf.zst")
+    entry = ModelFile("draft", "draft", "draft.gguf.zst", sha256_file(model), model.stat().st_size)
+    if verify:  # a good copy, then one byte of it changed
+        copy = store.ensure("p", entry)
+        data = bytearray(copy.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        copy.write_bytes(bytes(data))
+    with immutable(folder), pytest.raises(ModelFileError, match="--models-dir") as err:
+        store.ensure("p", entry, verify=verify)
+    assert str(folder) in str(err.value)
 
 
 @pytest.mark.parametrize("write", ["new_session", "add_message", "update_message", "set_feedback"])
