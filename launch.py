@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from models.store import Store  # noqa: E402
 log = logging.getLogger("cogumi")
 SPACES_PROFILE = "qwen2.5-1.5b"  # a CPU Space: the small profile
 DEFAULT_MAX_TOKENS = 256  # ChatSettings.max_tokens, named here so --help does not import the app (3 s)
+MAX_CONVERSATIONS = 64  # KV sequences: conversations x 4 routes, and llama.cpp allows 256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,14 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-draft", action="store_true", help="do not load the draft model (no speculative decoding)")
     p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
-    p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--n-ctx", type=_positive_int, default=None, help="context window in tokens (default: the profile's)")
     p.add_argument("--gpu-layers", type=int, default=None,
                    help="layers to offload to the GPU (default: all on Apple Silicon, 0 elsewhere; 0 turns Metal off)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: half the cores)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for llama.cpp (default: half the cores)")
     p.add_argument("--batch-threads", type=_positive_int, default=None, metavar="N",
                    help="CPU threads for prompt batches, the router's cores included (default: twice --threads, at "
                         "most the cores; --threads on a GPU)")
-    p.add_argument("--conversations", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--conversations", type=_conversations, default=None, metavar="N",
                    help="conversations kept in the KV cache at once, each costing one context of memory per "
                         "route (default 1, or 4 on a Space where visitors take turns)")
     p.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
@@ -66,6 +68,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _conversations(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_CONVERSATIONS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CONVERSATIONS} (each takes a KV sequence per route, and "
+                                         f"llama.cpp has 256), not {value}")
+    return value
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port (checked before the models load, not after)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
@@ -125,12 +146,17 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
             name, _, path = item.partition("=")
             if name not in ("code", "reasoning", "automation") or not path:
                 raise ModelFileError(f"--modifier {item!r}: write NAME=FILE.gguf with NAME code, reasoning or automation")
+            if not Path(path).is_file():  # a typo: not a modifier to leave out quietly
+                raise ModelFileError(f"--modifier {name}: {path}: file not found.")
             modifiers[name] = Path(path)
         return user_profile(args.model, args.draft, modifiers)
     if args.draft or args.modifier:
         raise ModelFileError("--draft and --modifier go with --model; a profile names its own files")
     name = "demo" if args.demo else args.profile or (os.environ.get("COGUMI_PROFILE", SPACES_PROFILE) if space else "demo")
-    return get_profile(name, args.manifest or MANIFEST_PATH)
+    manifest = args.manifest or MANIFEST_PATH
+    if not manifest.is_file():
+        raise ModelFileError(f"{manifest}: profiles file (--manifest) not found.")
+    return get_profile(name, manifest)
 
 
 def on_space() -> bool:
@@ -182,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     if space:
         log.info("HuggingFace Space %s: binding %s:%d, data in %s", os.environ["SPACE_ID"], args.host, args.port,
                  data_dir())
+    if port_in_use(args.host, args.port):
+        print(f"error: port {args.port} is in use on {args.host}: another program (or another Cogumi Chat) listens "
+              f"there; start with --port OTHER.", file=sys.stderr)
+        return 2
     try:
         profile = choose_profile(args, space)
         if args.no_draft:
@@ -210,8 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     from app.memory import Memory, SessionStoreError
     from app.ui import DEMO_BANNER, build_ui
 
+    settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
+    too_small = context_too_small(engine, settings)
+    if too_small:
+        print(f"error: {too_small}", file=sys.stderr)
+        return 2
     try:
+        if args.db is None:
+            data_dir().mkdir(parents=True, exist_ok=True)
         memory = Memory(args.db or data_dir() / "sessions.db")
+    except OSError as exc:
+        print(f"error: {data_dir()}: could not make the data folder ({exc.strerror or exc}); set COGUMI_DATA_DIR "
+              f"to a folder you can write, or start with --db FILE.", file=sys.stderr)
+        return 2
     except SessionStoreError as exc:  # read-only, locked by another program, not a database
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -222,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("modifier %s is not available: %s", name, reason)
     from router.heads import HeadFileError
 
-    settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
     try:
         router = build_router(engine, profile, settings.max_tokens)
     except HeadFileError as exc:
@@ -239,6 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
     )
     return 0
+
+
+def context_too_small(engine, settings) -> str | None:
+    """Why no message could ever fit the context (the system prompt and a one-word message, with the
+    reply's room kept), or None. Every message was refused as "too long" instead."""
+    need = len(engine.chat.message("system", settings.system_prompt)) + \
+        len(engine.chat.message("user", "hello")) + len(engine.chat.generation_prompt())
+    room = min(settings.max_tokens, engine.n_ctx // 4)
+    if need + room <= engine.n_ctx:
+        return None
+    return (f"--n-ctx {engine.n_ctx} is too small: the system prompt and a one-word message take {need} tokens, "
+            f"and {room} are kept for the reply. Start with --n-ctx {max(2 * need, need + settings.max_tokens)} "
+            f"or more, or leave it out (the profile's default).")
 
 
 def startup_page(args: argparse.Namespace, profile: Profile, store: Store):

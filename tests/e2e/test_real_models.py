@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from gradio_client import Client
 
 from models.manifest import get_profile
-from tests.launcher import ROOT, running_app
+from tests.launcher import ROOT, AppProcess, free_port, running_app
 from tests.models.hub_server import HubServer
 
 REPO = "cogumi/demo-GGUF"
@@ -91,16 +92,50 @@ def test_model_flag_runs_plain_and_compressed_files(tmp_path, demo_set, demo_mod
     assert unpacked.stat().st_mtime_ns == first_write  # decompressed once, then reused
 
 
-def test_model_flag_errors_are_clear(tmp_path):
-    for args, message in (
+def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cases = (
         (("--model", str(tmp_path / "nope.gguf")), "nope.gguf: model file not found"),
         (("--model", str(tmp_path), ), "is a directory"),
         (("--draft", str(tmp_path / "d.gguf")), "--draft and --modifier go with --model"),
         (("--model", str(tmp_path / "b.gguf"), "--modifier", "poetry=x.gguf"), "NAME code, reasoning or automation"),
-    ):
-        result = subprocess.run([sys.executable, "launch.py", "--no-browser", *args], cwd=ROOT, capture_output=True,
-                                text=True, timeout=120, env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path)})
-        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        # QA, 2026-12-02: each of these gave a traceback, a misleading reason, or ran on regardless
+        (("--model", str(demo_set["base"]), "--modifier", f"code={tmp_path / 'nope-lora.gguf'}"),
+         f"--modifier code: {tmp_path / 'nope-lora.gguf'}: file not found"),
+        (("--model", str(demo_set["code"])), "is a LoRA adapter, not a model: pass it with --modifier"),
+        (("--manifest", str(tmp_path / "nope.json")), "nope.json: profiles file (--manifest) not found"),
+        (("--port", str(taken.getsockname()[1])), f"port {taken.getsockname()[1]} is in use"),
+        (("--conversations", "70"), "--conversations: at most 64"),
+        (("--threads", "0"), "--threads: must be at least 1"),
+        (("--n-ctx", "-1"), "--n-ctx: must be at least 1"),
+        (("--models-dir", str(demo_models_dir), "--n-ctx", "40"), "--n-ctx 40 is too small"),
+    )
+    try:
+        for args, message in cases:
+            result = subprocess.run([sys.executable, "launch.py", "--no-browser", *args], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=120, env={**os.environ, "COGUMI_DATA_DIR": str(tmp_path)})
+            assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-2000:])
+            assert "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+    finally:
+        taken.close()
+
+
+def test_a_data_folder_that_does_not_exist_yet_is_made(tmp_path, demo_models_dir):
+    """COGUMI_DATA_DIR naming a folder not made yet stopped the app ("unable to open database file")."""
+    data, port, log_path = tmp_path / "new" / "data", free_port(), tmp_path / "launch.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--models-dir",
+                                 str(demo_models_dir)], cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(data)},
+                                stdout=log, stderr=subprocess.STDOUT)
+    app = AppProcess(proc, f"http://127.0.0.1:{port}/", data / "sessions.db", log_path)
+    try:
+        app.wait_for_chat()
+        assert Client(app.url, verbose=False).predict("hello", api_name="/chat")
+    finally:
+        app.stop()
+    assert (data / "sessions.db").is_file()
 
 
 def listening_on(port: int) -> set[str]:
