@@ -80,6 +80,21 @@ def m004_session_owner(db: sqlite_utils.Database) -> None:
     db["sessions"].create_index(["owner", "updated_at"])
 
 
+def check_ours(db: sqlite_utils.Database, path: str) -> None:
+    """Refuse, before anything is written, a database this version must not change: one a newer
+    version migrated further, or another program's (tables, but none of ours)."""
+    tables = db.table_names()
+    if "_migrations" in tables:
+        unknown = sorted({row["name"] for row in db["_migrations"].rows} - {fn.__name__ for fn in MIGRATIONS})
+        if unknown:
+            raise SessionStoreError(f"{path}: made by a newer version of Cogumi Chat (its migrations {', '.join(unknown)} "
+                                    f"are not this version's); it was left as it is: update the app, or start with "
+                                    f"--db OTHER.db.")
+    elif tables:
+        raise SessionStoreError(f"{path}: not a Cogumi Chat session database (it has the tables "
+                                f"{', '.join(sorted(tables))}); it was left as it is: start with --db OTHER.db.")
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     if "_migrations" not in db.table_names():
         db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
@@ -129,6 +144,7 @@ class Memory:
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
             self.db = sqlite_utils.Database(conn)
             with self._lock:
+                check_ours(self.db, self.path)
                 if self.path != ":memory:":
                     self.db.enable_wal()
                     # In WAL mode NORMAL still keeps every committed row when the app is killed;
@@ -137,6 +153,9 @@ class Memory:
                     self.db.execute("pragma synchronous = normal")
                 migrate(self.db)
                 self.interrupted = self._mark_interrupted()
+        except SessionStoreError:  # check_ours: not this version's file
+            conn.close()
+            raise
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()

@@ -385,6 +385,30 @@ def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goe
     assert [r[3] for r in rows(db_path)] == ["hello", first.text, "a second message", after.text]
 
 
+@pytest.mark.parametrize("case", ["a newer version's", "another program's"])
+def test_a_sessions_db_that_is_not_this_versions_is_named_and_left_as_it_is(tmp_path, case):
+    """A newer version's (a migration this one does not know) started with no word and then failed at
+    every reply; another program's was taken over (tables added, switched to WAL) or refused with a hint
+    about the disk."""
+    db_path = tmp_path / "sessions.db"
+    if case == "a newer version's":
+        stored_chat(db_path)
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            db.execute("insert into _migrations values ('m099_from_the_future', '2027-01-01')")
+    else:
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            db.execute("create table messages (sender text, body text)")
+            db.execute("insert into messages values ('ann', 'see you at 5')")
+    before = digest(db_path)
+    with pytest.raises(SessionStoreError) as err:
+        Memory(db_path)
+    said = str(err.value)
+    assert str(db_path) in said and "--db OTHER.db" in said
+    assert ("newer version" in said and "m099_from_the_future" in said) if case == "a newer version's" \
+        else ("not a Cogumi Chat session database" in said and "messages" in said)
+    assert digest(db_path) == before and not Path(f"{db_path}-wal").exists()
+
+
 @pytest.mark.parametrize("verify", [False, True])
 def test_a_read_only_models_folder_is_named_not_a_traceback(tmp_path, verify):
     """A copy to make (or to make again, --verify on a changed one) in a folder that cannot be written:
