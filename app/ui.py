@@ -54,10 +54,10 @@ def _shown(role: str, content: str, status: str = "complete") -> dict:
 def as_markdown(text: str) -> str:
     """Whatever a user (or the model) typed, shown as that text: outside code, HTML's special characters
     become entities (no tag renders, no image is fetched: "![" too); code keeps its characters, as
-    <pre><code> and <code> elements holding it escaped (markdown shows code verbatim, so an entity
-    there showed as "&lt;"). Nothing typed is left for markdown to read as code: where it would end a
-    fence or pair backticks otherwise than this does (list items, indents), typed HTML could
-    have come through."""
+    <pre><code> and <code> elements of our own holding it escaped (markdown shows code verbatim, so an
+    entity there showed as "&lt;"). Text with &, < or > is never handed to markdown as code: where
+    markdown ends a fence or pairs backticks otherwise than this does (list items, indents, blank
+    lines), such text left verbatim rendered as HTML (found by fuzzing through markdown-it)."""
     shown, at = [], 0
     for opening, inside, inside_end, end in _fenced_code(text):
         shown += [_escape_prose(text[at:opening]), f"<pre><code>{_escaped(text[inside:inside_end])}</code></pre>\n"]
@@ -204,6 +204,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
             yield shown, gr.skip(), update.session_id, update.notice or "", _stats_line(update), drawing, visitor
 
+    @explained
     def stop_reply(session_id, visitor):
         service.stop(session_id, owner_of(visitor))
 
