@@ -62,8 +62,9 @@ class Store:
         path = self.model_path(profile, entry)
         if entry.sha256 is None:
             source = self.source_path(profile, entry)
-            return (source != path and _recorded_digest(path) is not None
-                    and _recorded_source(path) == _identity(source))
+            identity = _identity(source)
+            return (source != path and identity is not None and _recorded_digest(path) is not None
+                    and _recorded_source(path) == identity)
         return _recorded_digest(path) == entry.sha256 and _size(path) == entry.size
 
     def needs_download(self, profile: str, entry: ModelFile) -> bool:
@@ -241,9 +242,12 @@ def _write_digest(path: Path, digest: str) -> None:
     _write_beside(path, ".sha256", digest)
 
 
-def _identity(source: Path) -> str:
-    """The source file as it is now: its size and modification time (ns)."""
-    stat = source.stat()
+def _identity(source: Path) -> str | None:
+    """The source file as it is now: its size and modification time (ns); None when it is not there."""
+    try:
+        stat = source.stat()
+    except OSError:
+        return None
     return f"{stat.st_size} {stat.st_mtime_ns}"
 
 

@@ -185,3 +185,14 @@ def test_your_own_truncated_compressed_file_is_refused_by_its_name_with_nothing_
         store.ensure("custom", _own(source))
     assert "truncated" in str(err.value)
     assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []
+
+
+def test_your_own_compressed_file_gone_since_its_copy_was_made_is_named(tmp_path, gguf_file):
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    compress(gguf_file, source)
+    store = Store(tmp_path / "cache", progress=False)
+    store.ensure("custom", _own(source))
+    source.unlink()
+    with pytest.raises(ModelFileError, match=f"{source}: model file not found"):
+        store.ensure("custom", _own(source))
