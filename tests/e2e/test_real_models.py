@@ -109,6 +109,7 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--port", str(taken.getsockname()[1])), f"port {taken.getsockname()[1]} is in use"),
         (("--conversations", "70"), "--conversations: at most 64"),
         (("--threads", "0"), "--threads: must be at least 1"),
+        (("--threads", str(10 * (os.cpu_count() or 1))), f"--threads: at most {os.cpu_count()}"),
         (("--n-ctx", "-1"), "--n-ctx: must be at least 1"),
         (("--models-dir", str(demo_models_dir), "--n-ctx", "40"), "--n-ctx 40 is too small"),
     )
