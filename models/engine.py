@@ -101,10 +101,7 @@ def check_gguf_file(path: Path) -> None:
     if magic != b"GGUF":
         what = "is empty" if not magic else f"starts with {magic!r}, not b'GGUF'"
         raise ModelFileError(f"{path}: not a GGUF model file (it {what}).")
-    if read_metadata(path).get("general.type") == "adapter":  # llama.cpp only says a model key is missing
-        raise ModelFileError(f"{path}: is a LoRA adapter, not a model: pass it with --modifier NAME={path.name} "
-                             f"(NAME code, reasoning or automation) beside --model BASE.gguf.")
-    check_hyperparameters(path)  # values llama.cpp would abort the process on
+    check_hyperparameters(path)  # values llama.cpp would abort the process on, and a LoRA adapter
 
 
 def default_threads() -> int:

@@ -105,8 +105,12 @@ def read_header(path: Path, tensors: bool = False) -> tuple[dict[str, object], d
 
 def check_hyperparameters(path: Path) -> None:
     """Raise ModelFileError naming the file and the key when a value would make llama.cpp abort
-    (or build a context it cannot use) instead of returning an error."""
+    (or build a context it cannot use) instead of returning an error; and for a LoRA adapter, where
+    llama.cpp only says that a model key is missing."""
     meta = read_metadata(path)
+    if meta.get("general.type") == "adapter":
+        raise ModelFileError(f"{path}: is a LoRA adapter, not a model: pass it with --modifier NAME={Path(path).name} "
+                             f"(NAME code, reasoning or automation) beside --model BASE.gguf.")
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         return  # llama.cpp says what is missing
