@@ -301,6 +301,12 @@ class Memory:
                 self.db["feedback"].upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
                                             "created_at": _now()}, pk="message_id")
 
+    def feedback(self, session_id: str) -> dict[int, bool]:
+        """The session's 👍 (True) and 👎 (False), by assistant message id."""
+        with self._guard():
+            rows = self.db.execute("select message_id, liked from feedback where session_id = ?", [session_id])
+            return {message_id: bool(liked) for message_id, liked in rows.fetchall()}
+
     def _count(self, session_id: str, role: str) -> int:
         return self.db.execute(
             "select count(*) from messages where session_id = ? and role = ?", [session_id, role]

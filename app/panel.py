@@ -98,14 +98,22 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     x = alt.X("turn:Q", title="turn", scale=alt.Scale(domain=[0.5, turns + 0.5], nice=False),
               axis=alt.Axis(values=ticks, format="d"))
     colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
-    line = alt.Chart(frame).mark_line(color="#d1d5db").encode(x=x, y=alt.Y("perplexity:Q", title="perplexity"))
-    threshold = alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y="τp:Q")
-    points = alt.Chart(frame).mark_circle(size=90, opacity=1).encode(
-        x=x, y="perplexity:Q", color=alt.Color("route:N", scale=colours, title="route"),
-        tooltip=["turn", "route", "perplexity", "τp", "escalation", "reason"])
-    rings = alt.Chart(frame[frame["escalation"]]).mark_point(size=300, color="#dc2626", strokeWidth=2).encode(
-        x=x, y="perplexity:Q")
-    return ((line + threshold + points + rings).properties(height=190)
+    # Only layers with something to draw: an empty one makes Vega warn "Infinite extent" in the console.
+    layers = [alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y=alt.Y("τp:Q"))]
+    measured = frame[frame["perplexity"].notna()]
+    if len(measured):
+        layers += [
+            alt.Chart(frame).mark_line(color="#d1d5db").encode(x=x, y=alt.Y("perplexity:Q", title="perplexity")),
+            alt.Chart(frame).mark_circle(size=90, opacity=1).encode(
+                x=x, y="perplexity:Q", color=alt.Color("route:N", scale=colours, title="route"),
+                tooltip=["turn", "route", "perplexity", "τp", "escalation", "reason"]),
+        ]
+    if measured["escalation"].any():
+        layers.append(alt.Chart(measured[measured["escalation"]]).mark_point(
+            size=300, color="#dc2626", strokeWidth=2).encode(x=x, y="perplexity:Q"))
+    # The caption is the chart's own title: as gr.Plot's label it covered the chart's top.
+    title = alt.Title("Perplexity per turn", subtitle="dashed: τp · red ring: escalation", anchor="start")
+    return (alt.layer(*layers).properties(height=190, title=title)
             .configure_legend(orient="bottom", title=None).configure_view(strokeWidth=0))
 
 

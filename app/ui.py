@@ -18,6 +18,7 @@ from app.memory import SessionStoreError
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
 ENGINE_QUEUE = "engine"  # the Gradio queue every reply waits in (one engine, one reply at a time)
+FEEDBACK = {True: "Like", False: "Dislike"}  # a stored 👍/👎 as the Chatbot's feedback options name it
 STATUS_NOTES = {
     "stopped": "*(stopped)*",
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
@@ -148,30 +149,44 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def session_choices(visitor, current=None):
         return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions(owner_of(visitor))], value=current)
 
-    def shown_transcript(session_id, visitor):
-        return [_shown(m["role"], m["content"], m["status"]) for m in service.transcript(session_id, owner_of(visitor))]
+    def chat_view(session_id, visitor) -> dict:
+        """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""
+        stored = service.transcript(session_id, owner_of(visitor)) if session_id else []
+        return gr.update(value=[_shown(m["role"], m["content"], m["status"]) for m in stored],
+                         feedback_value=[FEEDBACK.get(m["liked"]) for m in stored if m["role"] == "assistant"])
 
     @explained
-    def on_load(visitor):
+    def on_load(visitor, session_id, on_screen):
+        """A page opens (or reloads) on the chat it showed last, kept in the browser."""
         visitor = owner_of(visitor)  # on a Space, a new browser's id from now on
-        return visitor, session_choices(visitor)
+        if not service.owns(session_id, visitor):  # gone, or from another database
+            session_id = None
+        on_screen["chat"] = session_id
+        return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
+                *panel_views(service, session_id, visitor))
 
     @explained
-    def open_session(session_id, visitor):
+    def open_session(session_id, visitor, on_screen):
         owner = owner_of(visitor)
         if not service.owns(session_id, owner):
             return (gr.skip(),) * 6
-        return session_id, shown_transcript(session_id, owner), *panel_views(service, session_id, owner)
+        on_screen["chat"] = session_id
+        return session_id, chat_view(session_id, owner), *panel_views(service, session_id, owner)
 
     @explained
-    def new_chat(visitor):
-        return None, [], "", "", gr.update(value=None), *panel_views(service, None, owner_of(visitor))
+    def new_chat(visitor, on_screen):
+        on_screen["chat"] = None
+        return (None, chat_view(None, visitor), "", "", gr.update(value=None),
+                *panel_views(service, None, owner_of(visitor)))
 
     @explained
     def after_reply(session_id, visitor):
         return session_choices(visitor, session_id), *panel_views(service, session_id, owner_of(visitor))
 
-    def send(message, session_id, route, use_draft, visitor):
+    def send(message, session_id, route, use_draft, visitor, on_screen):
+        """Streams the reply into the page while the page shows its chat. Opened elsewhere (another chat,
+        a new one), the reply goes on and is saved, and the page is left alone: each update once drew
+        this chat back, and made it the one the next message went to."""
         visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
         refused = service.refusal(message, route)
         if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
@@ -183,15 +198,24 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         except SessionStoreError as exc:
             yield gr.skip(), gr.skip(), session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor
             return
-        before = shown_transcript(session_id, visitor)
+        stored = chat_view(session_id, visitor)
+        before = stored["value"]
         # The message shows and the box empties at once; from then on the box is the person's to type
         # the next message in while the reply streams (every later yield leaves it as it is).
-        yield before + [_shown("user", message)], "", session_id, "", "", gr.skip(), visitor
-        shown_at, path_drawn = 0.0, False
+        on_screen["chat"] = session_id
+        yield (gr.update(value=before + [_shown("user", message)], feedback_value=stored["feedback_value"]), "",
+               session_id, "", "", gr.skip(), visitor)
+        shown_at, path_drawn, left = 0.0, False, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
+            away = on_screen["chat"] != session_id
             if update.status == "ignored":  # not saved: the message goes back to the box
-                yield before, message, session_id, update.notice, gr.skip(), gr.skip(), visitor
+                yield gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(), visitor
                 return
+            if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
+                if not left:
+                    left = True
+                    yield (*(gr.skip(),) * 6, visitor)
+                continue
             # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
             # not held back by the page.
             if not update.done and time.monotonic() - shown_at < UI_FRAME_S:
@@ -217,7 +241,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             if not any(m["status"] == "streaming" for m in transcript):
                 break
             time.sleep(0.05)
-        return (shown_transcript(session_id, visitor), session_choices(visitor, session_id),
+        return (chat_view(session_id, visitor), session_choices(visitor, session_id),
                 *panel_views(service, session_id, owner))
 
     @explained
@@ -256,7 +280,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return service.give_feedback(session_id, int(index), liked, api_owner(request))
 
     with gr.Blocks(title="Cogumi Chat") as demo:
-        session_id = gr.State(None)
+        # The chat the page shows: kept in the browser, so that a reload reopens it ...
+        session_id = gr.BrowserState(None, storage_key="cogumi-open-chat", secret=state_secret)
+        # ... and here, changed in place where the page opens another, so that a streaming reply sees it.
+        on_screen = gr.State({"chat": None})
         visitor = (gr.BrowserState(None, storage_key="cogumi-visitor", secret=state_secret) if per_visitor
                    else gr.State(None))
         gr.Markdown(f"## Cogumi Chat {model_label}")
@@ -290,18 +317,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             with gr.Column(scale=3, min_width=320, elem_id="router-panel"):
                 gr.Markdown("### Router")
                 path = gr.HTML(panel.path_html(None), elem_id="path")
-                timeline = gr.Plot(label="Perplexity per turn · dashed: τp · red ring: escalation", elem_id="timeline")
+                timeline = gr.Plot(show_label=False, elem_id="timeline")  # the chart carries its title
                 distribution = gr.BarPlot(x="scope", y="share %", color="route", color_map=panel.ROUTE_COLOURS,
                                           tooltip=["route", "share %", "replies"], label="Route distribution",
                                           sort=["this chat", "all chats"], colors_in_legend=list(panel.ROUTE_COLOURS),
-                                          y_lim=[0, 100], height=230, elem_id="distribution")
+                                          y_lim=[0, 100], elem_id="distribution")  # a height clips the legend
         table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions (newest first)", interactive=False,
                              wrap=True, column_widths=["5%", "13%", "44%", "8%", "8%", "6%", "8%", "8%"],
                              elem_id="decisions")
 
         views = [path, timeline, distribution, table]
         outputs = [chatbot, box, session_id, notice, stats, path, visitor]
-        inputs = [box, session_id, route, use_draft, visitor]
+        inputs = [box, session_id, route, use_draft, visitor, on_screen]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
         submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
@@ -312,11 +339,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
                           api_visibility="private").then(
             after_stop, [session_id, visitor], [chatbot, sessions, *views], api_visibility="private")
-        new_button.click(new_chat, visitor, [session_id, chatbot, notice, stats, sessions, *views],
-                         api_visibility="private")
-        sessions.input(open_session, [sessions, visitor], [session_id, chatbot, *views], api_visibility="private")
+        for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button: a new chat too
+            starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
+                          api_visibility="private")
+        sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, *views],
+                       api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
-        demo.load(on_load, visitor, [visitor, sessions], api_visibility="private")
+        demo.load(on_load, [visitor, session_id, on_screen], [visitor, sessions, session_id, chatbot, *views],
+                  api_visibility="private")
         gr.api(chat_api, api_name="chat", concurrency_id=ENGINE_QUEUE)
         gr.api(new_session_api, api_name="new_session")
         gr.api(panel_api, api_name="panel")

@@ -39,6 +39,19 @@ def test_the_conversation_continues_in_its_session(service):
     assert two.stats.prompt_tokens > one.stats.prompt_tokens  # the first turn is in the prompt
 
 
+def test_the_transcript_carries_each_replys_feedback(service):
+    """A reopened chat shows the 👍/👎 given (the page once showed none, though sessions.db had them)."""
+    *_, one = service.respond(None, "first")
+    *_, two = service.respond(one.session_id, "second")
+    service.give_feedback(one.session_id, 3, False)
+    shown = service.transcript(one.session_id)
+    assert [(m["role"], m["content"], m["liked"]) for m in shown] == [
+        ("user", "first", None), ("assistant", one.text, None), ("user", "second", None), ("assistant", two.text, False)]
+    service.give_feedback(one.session_id, 1, True)
+    service.give_feedback(one.session_id, 3, None)
+    assert [m["liked"] for m in service.transcript(one.session_id)] == [None, True, None, None]
+
+
 def test_stop_keeps_the_partial_reply_marked_stopped(service):
     stream = service.respond(None, "a long answer please")
     updates = [next(stream) for _ in range(5)]

@@ -124,3 +124,22 @@ def test_feedback_only_on_replies(chat):
         service.give_feedback(sid, 0, True)
     with pytest.raises(ValueError, match="no reply at position 99"):
         service.give_feedback(sid, 99, True)
+
+
+def test_the_timeline_draws_no_empty_layer_and_carries_its_own_title(chat):
+    """A layer with no data (no escalation yet; no perplexity measured, as on a large base) made Vega
+    warn "Infinite extent" in the browser console. The caption is the chart's own title: as the
+    gr.Plot's label it covered the top of the chart."""
+    service, sid, _ = chat
+    decisions = service.panel(sid)["decisions"]
+    calm = [dict(d, escalation_p=0.0) for d in decisions]
+    unmeasured = [dict(d, perplexity=None) for d in calm]
+
+    def layers(ds):
+        spec = panel.timeline_chart(ds).to_dict()
+        assert spec["title"]["text"] == "Perplexity per turn"
+        return [(layer["mark"]["type"], layer["encoding"]["y"]["field"]) for layer in spec["layer"]]
+
+    assert ("point", "perplexity") in layers(decisions)  # the escalation's ring
+    assert layers(calm) == [("line", "τp"), ("line", "perplexity"), ("circle", "perplexity")]
+    assert layers(unmeasured) == [("line", "τp")]

@@ -84,14 +84,15 @@ def decisions(db_path: Path) -> list[sqlite3.Row]:
                       "order by d.id").fetchall()
 
 
-def send(page: Page, text: str, db_path: Path) -> tuple[sqlite3.Row, list[int]]:
+def send(page: Page, text: str, db_path: Path, turn: int | None = None) -> tuple[sqlite3.Row, list[int]]:
     """Type and send a message, wait for the reply to finish and the panel to redraw; return the
-    stored decision and the lengths the reply was seen at while it streamed."""
-    before = len(decisions(db_path))
+    stored decision and the lengths the reply was seen at while it streamed. turn: the message's turn in
+    its chat, where the database holds other chats."""
+    turn = turn or len(decisions(db_path)) + 1
     page.evaluate(WATCH_STREAM)
     page.fill("#message textarea", text)
     page.press("#message textarea", "Enter")
-    expect(table_rows(page)).to_have_count(before + 2, timeout=60_000)
+    expect(table_rows(page)).to_have_count(turn + 1, timeout=60_000)
     row = decisions(db_path)[-1]
     expect(page.locator("#chat .message-row.bot-row").last).to_contain_text(row["reply"][-20:].strip())
     return row, page.evaluate("window.__lengths")
@@ -330,3 +331,72 @@ def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(
     expect(user_rows.last).to_contain_text("and <b>this</b> and")
     expect(table_rows(page)).to_have_count(turns + 3, timeout=60_000)
     assert page.locator("#chat b").count() == 0 and page.dialogs == []
+
+
+def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
+    """Each chat is where the person left it: a reply still streaming in one chat once pulled the page
+    back to it (and took the next message with it) when they opened another; 👍/👎 were gone from a
+    reopened chat; a reload forgot the open chat; the chat's own trash button emptied the view while
+    the next message still went into the old chat."""
+    url, db_path = app
+    db = sqlite3.connect(db_path)
+    user_rows, box = page.locator("#chat .message-row.user-row"), page.locator("#message textarea")
+    first, _ = send(page, "hello there", db_path)
+    page.locator('#chat button[aria-label="Like"]').first.click()
+    expect(table_rows(page).last).to_contain_text("up")
+    chat_a = first["session_id"]
+
+    # A long message, then "New chat" while its reply streams (tried again if the reply ends first).
+    for attempt in range(5):
+        box.fill("long text " * 300)
+        box.press("Enter")
+        expect(user_rows).to_have_count(2 + attempt)
+        page.click("#new-chat")
+        (status,) = db.execute("select status from messages order by id desc limit 1").fetchone()
+        expect(page.locator("#chat .message-row")).to_have_count(0)
+        expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+        for _ in range(300):
+            if db.execute("select count(*) from messages where status = 'streaming'").fetchone()[0] == 0:
+                break
+            time.sleep(0.1)
+        page.wait_for_timeout(1000)  # what the ended reply's last updates and its panel redraw would show
+        expect(page.locator("#chat .message-row")).to_have_count(0)
+        expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+        if status == "streaming":
+            break
+        page.locator(f'#sessions input[value="{chat_a}"]').check()
+    assert status == "streaming", "every reply ended before New chat was pressed"
+
+    # The next message starts a chat of its own; chat A is as it was, 👍 included.
+    send(page, "a new subject", db_path, turn=1)
+    sessions = [row[0] for row in db.execute("select session_id from messages where role = 'user' order by id")]
+    assert sessions.count(chat_a) == 2 + attempt and sessions[-1] != chat_a
+    chat_b = sessions[-1]
+    page.locator(f'#sessions input[value="{chat_a}"]').check()
+    expect(user_rows).to_have_count(2 + attempt)
+    expect(page.locator('#chat button[aria-label="Liked"]')).to_have_count(1)
+    page.locator('#chat button[aria-label="Dislike"]').last.click()
+    expect(table_rows(page).nth(1)).to_contain_text("down")
+
+    # A reload reopens the open chat, with its 👍 and 👎.
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    expect(user_rows).to_have_count(2 + attempt)
+    expect(page.locator('#chat button[aria-label="Liked"]')).to_have_count(1)
+    expect(page.locator('#chat button[aria-label="Disliked"]')).to_have_count(1)
+    expect(table_rows(page)).to_have_count(3 + attempt)
+    page.locator(f'#sessions input[value="{chat_b}"]').check()
+    expect(user_rows).to_have_count(1)
+    expect(page.locator('#chat button[aria-label="Liked"], #chat button[aria-label="Disliked"]')).to_have_count(0)
+
+    # The chat's trash button starts a new chat, as "New chat" does; the old one stays in the list.
+    page.locator('#chat button[aria-label="Clear"]').click()
+    expect(page.locator("#chat .message-row")).to_have_count(0)
+    expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+    send(page, "after the trash button", db_path, turn=1)
+    (last,) = db.execute("select session_id from messages where role = 'user' order by id desc limit 1").fetchone()
+    assert last not in (chat_a, chat_b)
+    expect(page.locator(f'#sessions input[value="{chat_b}"]')).to_have_count(1)
+    # The chart carries its title: gr.Plot's label, drawn over the chart, covered its top.
+    assert page.locator('#timeline [data-testid="block-label"]').evaluate_all("ls => ls.every(l => !l.checkVisibility())")
+    assert page.get_by_text("Error", exact=True).count() == 0
