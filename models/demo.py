@@ -270,8 +270,10 @@ def compress(src: Path, dst: Path, level: int = 10) -> None:
     tmp = _partial(dst)
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            zstandard.ZstdCompressor(level=level, write_content_size=True).copy_stream(fin, fout,
-                                                                                      size=src.stat().st_size)
+            # The frame's checksum lets decompression catch a damaged byte where no digest is known
+            # (your own files), as `zstd` does by default.
+            zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).copy_stream(
+                fin, fout, size=src.stat().st_size)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
         tmp.replace(dst)
     finally:

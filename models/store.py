@@ -146,7 +146,8 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
             total=source.stat().st_size, unit="B", unit_scale=True, desc=f"decompress {source.name}",
             disable=not progress, leave=False,
         ) as bar, ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as writer:
-            reader = zstandard.ZstdDecompressor().stream_reader(fin, read_size=CHUNK, closefd=False)
+            reader = zstandard.ZstdDecompressor().stream_reader(fin, read_size=CHUNK, closefd=False,
+                                                                read_across_frames=True)
             # A pipeline: this thread decompresses while one worker hashes and one writes (zstd,
             # hashlib and file writes all release the GIL; a one-thread executor keeps order). The
             # writer flushes to disk as it goes, so the final fsync has little left to wait for.
@@ -193,15 +194,48 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
             tmp.unlink(missing_ok=True)
 
 
+ZSTD_MAGIC = 0xFD2FB528
+SKIPPABLE = 0x184D2A50  # to 0x184D2A5F: a frame of metadata that decoders skip (pzstd writes them)
+
+
 def _content_size(source: Path) -> int | None:
-    """The decompressed size a zstd frame's header states, when it states one."""
+    """The decompressed size the zstd frames' headers state (None where one does not), after checking
+    that the frames reach exactly to the end of the file. The streaming decoder says nothing about a
+    file cut inside its last frame's checksum, or about bytes after its last frame: only the blocks'
+    own headers show where the data ends (3 bytes each, one per ≤128 KiB of content)."""
+    end, total = source.stat().st_size, 0
     with open(source, "rb") as f:
-        header = f.read(18)  # a frame header's largest size
-    try:
-        size = zstandard.frame_content_size(header)
-    except zstandard.ZstdError:
-        return None  # not a zstd frame: the decompression says so, by name
-    return size if size >= 0 else None
+        at = 0
+        while at < end:
+            f.seek(at)
+            head = f.read(18)  # a frame header's largest size
+            magic = int.from_bytes(head[:4], "little")
+            if magic & 0xFFFFFFF0 == SKIPPABLE:
+                at += 8 + int.from_bytes(head[4:8], "little")
+                continue
+            if magic != ZSTD_MAGIC:
+                if at == 0:
+                    return None  # not zstd at all: the decompression says so, by name
+                raise ModelFileError(f"{source}: {end - at:,} bytes after its zstd data are not zstd data: a "
+                                     f"damaged or wrong file. Copy or download it again.")
+            try:
+                frame = zstandard.get_frame_parameters(head)
+                at += zstandard.frame_header_size(head)
+            except zstandard.ZstdError:
+                return None  # a damaged header: the decompression names it
+            last = False
+            while not last and at < end:
+                f.seek(at)
+                block = int.from_bytes(f.read(3).ljust(3, b"\0"), "little")
+                last, kind, size = block & 1, (block >> 1) & 3, block >> 3
+                at += 3 + (1 if kind == 1 else size)  # an RLE block holds one byte, repeated `size` times
+            at += 4 * frame.has_checksum
+            if not last or at > end:
+                raise ModelFileError(f"{source}: truncated: its zstd data runs past the end of the file "
+                                     f"({end:,} bytes). Copy or download it again.")
+            known = frame.content_size != zstandard.CONTENTSIZE_UNKNOWN and total is not None
+            total = total + frame.content_size if known else None
+    return total
 
 
 def _write_durably(f, data: bytes) -> None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from models.demo import DemoSpec, compress, sha256_file, write_model
 from models.errors import ModelFileError
@@ -196,3 +197,49 @@ def test_your_own_compressed_file_gone_since_its_copy_was_made_is_named(tmp_path
     source.unlink()
     with pytest.raises(ModelFileError, match=f"{source}: model file not found"):
         store.ensure("custom", _own(source))
+
+
+def test_your_own_compressed_file_damaged_inside_is_refused_by_its_name_with_nothing_kept(tmp_path, gguf_file):
+    """A byte changed inside the stream (a bad disk, a bad copy) once decompressed to a file of the
+    right size with wrong weights, kept as good: with no digest to check, the stream's own checksum
+    must catch it. `zstd` writes one by default; so does compress(), which stands in for it here."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    compress(gguf_file, source)
+    good = source.read_bytes()
+    store = Store(tmp_path / "cache", progress=False)
+    for at in range(len(good) // 10, len(good) - 8, len(good) // 10):  # ten places in the compressed blocks
+        damaged = bytearray(good)
+        damaged[at] ^= 0x04
+        source.write_bytes(bytes(damaged))
+        with pytest.raises(ModelFileError, match=str(source)):
+            store.ensure("custom", _own(source))
+        assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []
+
+
+def test_your_own_file_of_several_zstd_frames_is_decompressed_whole(tmp_path, gguf_file):
+    """`cat a.zst b.zst` (and pzstd) make one file of several frames: only the first was decompressed."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    data = gguf_file.read_bytes()
+    half = len(data) // 2
+    compressor = zstandard.ZstdCompressor(write_checksum=True)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"pzstd"  # as pzstd writes
+    source.write_bytes(skippable + compressor.compress(data[:half]) + skippable + compressor.compress(data[half:]))
+    store = Store(tmp_path / "cache", progress=False)
+    assert sha256_file(store.ensure("custom", _own(source))) == sha256_file(gguf_file)
+
+
+@pytest.mark.parametrize("damage", ["its checksum cut short", "bytes after its frame"])
+def test_your_own_compressed_file_that_does_not_end_with_its_frame_is_refused(tmp_path, gguf_file, damage):
+    """A copy missing only the checksum's bytes decompressed without a word, its content unchecked."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    compress(gguf_file, source)
+    data = source.read_bytes()
+    source.write_bytes(data[:-2] if damage == "its checksum cut short" else data + b"\0" * 100)
+    store = Store(tmp_path / "cache", progress=False)
+    with pytest.raises(ModelFileError, match=str(source)) as err:
+        store.ensure("custom", _own(source))
+    assert ("truncated" if damage == "its checksum cut short" else "100 bytes after") in str(err.value)
+    assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []
