@@ -76,8 +76,11 @@ class ChatService:
     def new_session(self, owner: str | None = None) -> str:
         return self.memory.new_session(owner=owner)
 
-    def sessions(self, owner: str | None = None) -> list[dict]:
-        return self.memory.list_sessions(owner=owner)
+    def sessions(self, owner: str | None = None, matching: str | None = None) -> list[dict]:
+        """The 50 most recent sessions, or those whose title or messages hold `matching`."""
+        if matching and _lone_surrogate(matching) is not None:
+            return []  # no stored text holds half a character
+        return self.memory.list_sessions(owner=owner, matching=matching)
 
     def transcript(self, session_id: str, owner: str | None = None) -> list[dict]:
         """The stored conversation as {id, role, content, status, liked} dicts, oldest first; `liked` is a

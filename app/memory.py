@@ -13,6 +13,7 @@ rows still "streaming" at the next start are marked "interrupted".
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -204,11 +205,20 @@ class Memory:
             rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
         return rows[0] if rows else None
 
-    def list_sessions(self, limit: int = 50, owner: str | None = None) -> list[dict]:
-        """The most recently used sessions: all of them, or only `owner`'s."""
-        where, params = ("owner = ?", [owner]) if owner is not None else (None, [])
+    def list_sessions(self, limit: int = 50, owner: str | None = None, matching: str | None = None) -> list[dict]:
+        """The most recently used sessions: all of them, or only `owner`'s; with `matching`, only those
+        whose title or messages hold that text (in any case, for ASCII letters)."""
+        where, params = [], {}
+        if owner is not None:
+            where.append("owner = :owner")
+            params["owner"] = owner
+        if matching and matching.strip():
+            where.append("(title like :text escape '\\' or id in "
+                         "(select session_id from messages where content like :text escape '\\'))")
+            params["text"] = "%" + re.sub(r"([\\%_])", r"\\\1", matching.strip()) + "%"  # a typed % is a %
         with self._guard():
-            return list(self.db["sessions"].rows_where(where, params, order_by="updated_at desc", limit=limit))
+            return list(self.db["sessions"].rows_where(" and ".join(where) or None, params,
+                                                       order_by="updated_at desc, rowid desc", limit=limit))
 
     # -- messages -----------------------------------------------------------------------------
     def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:

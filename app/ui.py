@@ -146,8 +146,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         None: a browser whose id has not arrived yet gets a fresh one, which owns nothing so far."""
         return (visitor or uuid.uuid4().hex) if per_visitor else None
 
-    def session_choices(visitor, current=None):
-        return gr.update(choices=[(s["title"], s["id"]) for s in service.sessions(owner_of(visitor))], value=current)
+    def session_choices(visitor, current=None, matching=None):
+        """The past chats list: the 50 most recent, or those that hold the searched text."""
+        found = service.sessions(owner_of(visitor), matching)
+        return gr.update(choices=[(s["title"], s["id"]) for s in found],
+                         value=current if any(s["id"] == current for s in found) else None)
 
     def chat_view(session_id, visitor) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""
@@ -180,8 +183,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 *panel_views(service, None, owner_of(visitor)))
 
     @explained
-    def after_reply(session_id, visitor):
-        return session_choices(visitor, session_id), *panel_views(service, session_id, owner_of(visitor))
+    def find_chats(matching, session_id, visitor):
+        return session_choices(visitor, session_id, matching)
+
+    @explained
+    def after_reply(session_id, visitor, matching):
+        return session_choices(visitor, session_id, matching), *panel_views(service, session_id, owner_of(visitor))
 
     def send(message, session_id, route, use_draft, visitor, on_screen):
         """Streams the reply into the page while the page shows its chat. Opened elsewhere (another chat,
@@ -233,7 +240,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         service.stop(session_id, owner_of(visitor))
 
     @explained
-    def after_stop(session_id, visitor):
+    def after_stop(session_id, visitor, matching):
         """The chat as stored once the stopped reply is saved (marked stopped), and the panel."""
         owner = owner_of(visitor)
         for _ in range(100):  # the reply's generator is closed on its thread, a moment after the cancel
@@ -241,7 +248,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             if not any(m["status"] == "streaming" for m in transcript):
                 break
             time.sleep(0.05)
-        return (chat_view(session_id, visitor), session_choices(visitor, session_id),
+        return (chat_view(session_id, visitor), session_choices(visitor, session_id, matching),
                 *panel_views(service, session_id, owner))
 
     @explained
@@ -304,6 +311,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
                                         info="a small draft model proposes tokens; the reply is the same",
                                         interactive=service.engine.draft is not None, elem_id="use-draft")
+                search = gr.Textbox(placeholder="Search past chats", show_label=False, elem_id="search-chats")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
             with gr.Column(scale=5):
                 chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat")
@@ -334,14 +342,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
         clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
         for event in (submitted, clicked):
-            event.then(after_reply, [session_id, visitor], [sessions, *views], api_visibility="private")
+            event.then(after_reply, [session_id, visitor, search], [sessions, *views], api_visibility="private")
         # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
         stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
                           api_visibility="private").then(
-            after_stop, [session_id, visitor], [chatbot, sessions, *views], api_visibility="private")
+            after_stop, [session_id, visitor, search], [chatbot, sessions, *views], api_visibility="private")
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button: a new chat too
             starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
                           api_visibility="private")
+        search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, *views],
                        api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")

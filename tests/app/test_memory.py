@@ -142,3 +142,22 @@ def test_feedback_is_one_row_per_reply_the_latest_click_wins_and_can_be_taken_ba
     assert memory.decisions(sid)[0]["liked"] is None
     with pytest.raises(ValueError, match="not an assistant reply"):
         memory.set_feedback(question, True)
+
+
+def test_past_chats_beyond_the_most_recent_are_found_by_what_they_say():
+    """Only the 50 most recent chats were listed, and nothing reached the others."""
+    memory = Memory(":memory:")
+    ids = []
+    for i in range(60):
+        ids.append(memory.new_session(owner="me" if i % 2 else "other"))
+        memory.add_message(ids[-1], "user", f"question {i}")
+        memory.add_message(ids[-1], "assistant", "a banana split" if i == 3 else f"answer {i}")
+    memory.add_message(ids[5], "user", "is it 100% sure?")
+    memory.add_message(ids[7], "user", "is it 1000 sure?")
+    recent = [ids[7], ids[5]] + [ids[i] for i in range(59, -1, -1) if i not in (5, 7)][:48]
+    assert {s["id"] for s in memory.list_sessions()} == set(recent)  # ids[3] is not among them
+    assert [s["id"] for s in memory.list_sessions(matching="BANANA")] == [ids[3]]  # in a reply, any case
+    assert [s["id"] for s in memory.list_sessions(matching="question 1")] == [ids[i] for i in range(19, 9, -1)] + [ids[1]]
+    assert [s["id"] for s in memory.list_sessions(matching="100%")] == [ids[5]]  # % and _ are what they are
+    assert [s["id"] for s in memory.list_sessions(matching="question 3", owner="me")] == [ids[i] for i in (39, 37, 35, 33, 31, 3)]
+    assert len(memory.list_sessions(matching="  ")) == 50  # blank: the most recent

@@ -400,3 +400,31 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     # The chart carries its title: gr.Plot's label, drawn over the chart, covered its top.
     assert page.locator('#timeline [data-testid="block-label"]').evaluate_all("ls => ls.every(l => !l.checkVisibility())")
     assert page.get_by_text("Error", exact=True).count() == 0
+
+
+def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
+    """Only the 50 most recent chats were listed, and nothing reached the others."""
+    from app.memory import Memory
+
+    url, db_path = app
+    memory = Memory(db_path)  # the app's own sessions.db, written beside it as another program would
+    oldest = memory.new_session()
+    memory.add_message(oldest, "user", "how do I store kumquats?")
+    memory.add_message(oldest, "assistant", "in a cool place")
+    for i in range(55):
+        memory.add_message(memory.new_session(), "user", f"chat number {i}")
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    expect(page.locator("#sessions input")).to_have_count(50)
+    expect(page.locator(f'#sessions input[value="{oldest}"]')).to_have_count(0)
+
+    page.fill("#search-chats textarea", "KUMQUAT")
+    expect(page.locator("#sessions input")).to_have_count(1)
+    page.locator(f'#sessions input[value="{oldest}"]').check()
+    expect(page.locator("#chat .message-row.bot-row")).to_have_text("in a cool place")
+    send(page, "and lemons?", db_path, turn=1)
+    expect(page.locator(f'#sessions input[value="{oldest}"]')).to_be_checked()  # the search still holds
+    expect(page.locator("#sessions input")).to_have_count(1)
+    page.fill("#search-chats textarea", "")
+    expect(page.locator("#sessions input")).to_have_count(50)
+    expect(page.locator("#sessions input").first).to_have_attribute("value", oldest)  # the latest used
