@@ -113,7 +113,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
             size=300, color="#dc2626", strokeWidth=2).encode(x=x, y="perplexity:Q"))
     # The caption is the chart's own title: as gr.Plot's label it covered the chart's top.
     title = alt.Title("Perplexity per turn", subtitle="dashed: τp · red ring: escalation", anchor="start")
-    return (alt.layer(*layers).properties(height=190, title=title)
+    return (alt.layer(*layers).properties(height=190, width=250, title=title)  # fits the panel on a phone
             .configure_legend(orient="bottom", title=None).configure_view(strokeWidth=0))
 
 
@@ -127,7 +127,8 @@ def distribution_frame(session_counts: dict[str, int], all_counts: dict[str, int
     return pd.DataFrame(rows, columns=["scope", "route", "share %", "replies"])
 
 
-TABLE_COLUMNS = ["turn", "route", "reason", "routing ms", "first token ms", "tok/s", "draft accepted", "feedback"]
+TABLE_COLUMNS = ["turn", "route", "reason", "routing ms", "first token ms after routing", "tok/s", "draft accepted",
+                 "feedback"]
 
 
 def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
@@ -137,7 +138,7 @@ def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
         route = f"{d['route']} (router: {d['router_choice']})" if d["overridden"] else d["route"]
         liked = d.get("liked")
         rows.append([
-            turn, route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 0),
+            turn, route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 1),
             _num(d.get("tokens_per_s"), 1),
             f"{d['draft_accepted']}/{d['draft_proposed']}" if d.get("draft_proposed") else "—",
             "" if liked is None else ("👍 up" if liked else "👎 down"),

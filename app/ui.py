@@ -26,6 +26,16 @@ STATUS_NOTES = {
 }
 
 
+# Passed to launch(css=...). Phones and narrow windows: the columns stack, and the chat comes first.
+PAGE_CSS = """
+#sessions .wrap { max-height: 45vh; overflow-y: auto; flex-wrap: nowrap; flex-direction: column; }
+@media (max-width: 720px) {
+  #chat-column { order: -1; }
+  #chat { height: 70vh !important; }
+}
+"""
+
+
 def explained(callback):
     """Gradio shows any exception but gr.Error as a bare "Error". The session database's failures
     (locked, read-only, full, damaged) and refused requests carry their own explanation: show it."""
@@ -115,7 +125,11 @@ def _stats_line(update: ReplyUpdate) -> str:
     route = f"**→ {d.route}** — {html.escape(d.reason)}  \n" if d else ""
     if not s:
         return route
-    return route + (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · first token {s.ttft_ms:.0f} ms · "
+    # the engine times the first token from its own start; the person waited for the routing too (on the
+    # base route its prefill is routing's, and the engine's part alone read "0 ms")
+    first = f"first token {d.routing_ms + s.ttft_ms:.0f} ms (routing {d.routing_ms:.0f})" if d else \
+        f"first token {s.ttft_ms:.0f} ms"
+    return route + (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · {first} · "
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
             + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
                if s.draft_proposed else ""))
@@ -313,7 +327,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                         interactive=service.engine.draft is not None, elem_id="use-draft")
                 search = gr.Textbox(placeholder="Search past chats", show_label=False, elem_id="search-chats")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
-            with gr.Column(scale=5):
+            with gr.Column(scale=5, elem_id="chat-column"):
                 chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat")
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Row():
@@ -331,7 +345,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                           sort=["this chat", "all chats"], colors_in_legend=list(panel.ROUTE_COLOURS),
                                           y_lim=[0, 100], elem_id="distribution")  # a height clips the legend
         table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions (newest first)", interactive=False,
-                             wrap=True, column_widths=["5%", "13%", "44%", "8%", "8%", "6%", "8%", "8%"],
+                             wrap=True, column_widths=["50px", "150px", "470px", "90px", "90px", "70px", "90px", "90px"],
                              elem_id="decisions")
 
         views = [path, timeline, distribution, table]

@@ -115,7 +115,18 @@ def test_distribution_and_table(chat):
     assert list(table["turn"]) == [3, 2, 1]  # newest first
     assert table.iloc[1]["route"] == f"reasoning (router: {replies[1].decision.router_choice})"
     assert table.iloc[1]["feedback"] == "👎 down" and table.iloc[0]["feedback"] == ""
-    assert table.iloc[0]["first token ms"] == f"{replies[2].stats.ttft_ms:.0f}"
+    assert table.iloc[0]["first token ms after routing"] == f"{replies[2].stats.ttft_ms:.1f}"
+
+
+def test_the_line_under_the_chat_counts_routing_in_the_wait_for_the_first_token(chat):
+    """On the base route the reply reuses routing's prefill: the engine's own wait read "first token 0 ms"."""
+    from app.ui import _stats_line
+
+    _, _, replies = chat
+    for reply in replies:
+        waited = reply.decision.routing_ms + reply.stats.ttft_ms
+        assert f"first token {waited:.0f} ms (routing {reply.decision.routing_ms:.0f})" in _stats_line(reply)
+        assert waited > reply.decision.routing_ms > 0
 
 
 def test_feedback_only_on_replies(chat):

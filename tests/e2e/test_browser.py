@@ -428,3 +428,14 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     page.fill("#search-chats textarea", "")
     expect(page.locator("#sessions input")).to_have_count(50)
     expect(page.locator("#sessions input").first).to_have_attribute("value", oldest)  # the latest used
+
+    # On a phone (400 px): the chat comes first, the page does not scroll sideways, the past chats
+    # scroll within their own box, and the decisions table keeps readable columns (it scrolls instead).
+    # The list of 50 chats came first, 2,045 px down to the chat, and the table wrapped a letter a line.
+    page.set_viewport_size({"width": 400, "height": 800})
+    page.wait_for_timeout(500)
+    chat, listed = page.locator("#chat").bounding_box(), page.locator("#sessions").bounding_box()
+    assert chat["y"] < 300 and chat["y"] < listed["y"] and listed["height"] < 0.6 * 800
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    reason = page.locator('#decisions [role=gridcell]').nth(2).bounding_box()
+    assert reason["width"] > 200
