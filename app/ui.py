@@ -8,6 +8,7 @@ import html
 import re
 import time
 import uuid
+from pathlib import Path
 
 import gradio as gr
 
@@ -26,8 +27,17 @@ STATUS_NOTES = {
 }
 
 
-# Passed to launch(css=...). Phones and narrow windows: the columns stack, and the chat comes first.
+# Passed to launch(js=...): run in the page once it loads.
+PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
+# Passed to launch(css=...): the icons of a code block's copy button (COPY_CODE); the past chats list
+# scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
 PAGE_CSS = """
+#chat pre:has(> .copy_code_button) { position: relative; }
+#chat pre > .copy_code_button { position: absolute; top: 0; right: 0; width: 25px; height: 25px; cursor: pointer; }
+#chat pre > .copy_code_button .copy-text { display: block; width: 13px; height: 13px; background: currentColor;
+  mask: url("data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 15 15'><path d='M12.7 4.5v8.2H4.5V4.5zm0-.9H4.5a.9.9 0 0 0-.9.9v8.2a.9.9 0 0 0 .9.9h8.2a.9.9 0 0 0 .9-.9V4.5a.9.9 0 0 0-.9-.9M2.7 9.4H1.8V2.7a.9.9 0 0 1 .9-.9h6.7v.9H2.7z'/></svg>") center / contain no-repeat; }
+#chat pre > .copy_code_button .check { position: absolute; inset: 0; opacity: 0; transition: opacity .2s; }
+#chat pre > .copy_code_button .check::before { content: "✓"; }
 #sessions .wrap { max-height: 45vh; overflow-y: auto; flex-wrap: nowrap; flex-direction: column; }
 @media (max-width: 720px) {
   #chat-column { order: -1; }
@@ -54,6 +64,11 @@ def explained(callback):
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _BACKTICKS = re.compile(r"`+")
 _HTML_READS = re.compile(r"[&<>]|!\[")
+_LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
+# A code block's copy button, as Gradio's markdown gives its own code blocks: its click handler copies
+# the text of the button's parent. Icons by CSS (PAGE_CSS): they are not text, so not copied.
+COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-text"></span>'
+             '<span class="check"></span></button>')
 
 
 def _shown(role: str, content: str, status: str = "complete") -> dict:
@@ -71,7 +86,10 @@ def as_markdown(text: str) -> str:
     lines), such text left verbatim rendered as HTML (found by fuzzing through markdown-it)."""
     shown, at = [], 0
     for opening, inside, inside_end, end in _fenced_code(text):
-        shown += [_escape_prose(text[at:opening]), f"<pre><code>{_escaped(text[inside:inside_end])}</code></pre>\n"]
+        info = text[opening:inside].strip().lstrip("`~").strip()
+        language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""  # for Copy (copy_as_typed.js)
+        shown += [_escape_prose(text[at:opening]),
+                  f"<pre>{COPY_CODE}<code{language}>{_escaped(text[inside:inside_end])}</code></pre>\n"]
         at = end
     return "".join(shown + [_escape_prose(text[at:])])
 

@@ -439,3 +439,40 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     reason = page.locator('#decisions [role=gridcell]').nth(2).bounding_box()
     assert reason["width"] > 200
+
+
+def test_copy_gives_a_message_as_typed(app, page):
+    """The chat's Copy button copied the message as the page is given it: "&lt;" for "<", and code as
+    HTML of ours. A code block's own copy button copies its text, "&lt;" typed there included."""
+    url, db_path = app
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    typed = ('see `List<int>`, ``a`<b``, `plain` & <b>not bold</b> ![x](y) &#33;[\n'
+             '```python\nif a < b:\n    print("&lt;")\n```\nbye')
+    send(page, typed, db_path)
+    user = page.locator("#chat .message-row.user-row").last
+    user.hover()
+    page.locator('#chat button[aria-label="Copy message"]').first.click()
+    expect(page.locator("#chat")).to_be_visible()
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == typed
+    user.locator("pre").hover()
+    user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == 'if a < b:\n    print("&lt;")'
+
+    # The same, in the page, for 300 texts made of hostile pieces without code: they come back exactly.
+    from hypothesis import HealthCheck, given, settings
+
+    from app.ui import _shown
+    from tests.reliability.test_hostile_text import PICKED, hostile
+
+    texts = [t for t in PICKED if "`" not in t and "~~~" not in t]
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))
+    def collect(text):
+        texts.append(text)
+
+    collect()
+    contents = [_shown("user", t)["content"] for t in texts]
+    assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts

@@ -1,0 +1,38 @@
+() => {
+  // The chat's Copy buttons copy a message as the page was given it (app/ui.py as_markdown): "<", ">"
+  // and "&" as entities, "![" as "&#33;[", code as <pre><code> and <code> elements of ours. Put the
+  // text back as it was typed, in one pass (so that a "&lt;" typed inside code stays "&lt;"). Only for
+  // those buttons: a code block's own copy button copies its shown text, which is right already.
+  const COPIES = '#chat button[aria-label="Copy message"], #chat button[aria-label="Copy conversation"]';
+  const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
+  const OURS = /<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)<\/code><\/pre>\n|<code>([\s\S]*?)<\/code>|&(?:lt|gt|amp|#33);/g;
+  const unescape = text => text.replace(/&(?:lt|gt|amp|#33);/g, e => ENTITIES[e]);
+  const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));
+  const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
+  const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
+  const asTyped = text => text.replace(OURS, (entity, language, block, span) => {
+    if (block !== undefined) {
+      const code = unescape(block), f = blockFence(code);
+      return `${f}${language || ""}\n${code}${code && !code.endsWith("\n") ? "\n" : ""}${f}\n`;
+    }
+    if (span !== undefined) {
+      const code = unescape(span), f = spanFence(code);  // the shortest run that can close it, as one writes
+      return f + code + f;
+    }
+    return ENTITIES[entity];
+  });
+  let fromChat = false;  // the click that leads to this copy was on one of COPIES
+  document.addEventListener("click", e => { fromChat = !!e.target.closest(COPIES); }, true);
+  if (navigator.clipboard) {
+    const write = navigator.clipboard.writeText.bind(navigator.clipboard);
+    navigator.clipboard.writeText = text => write(fromChat ? asTyped(text) : text);
+  }
+  // Where the page is not a secure context (plain http but localhost), Gradio copies with execCommand.
+  document.addEventListener("copy", e => {
+    const box = document.activeElement;
+    if (!fromChat || !box || box.tagName !== "TEXTAREA" || box.closest("#chat, #message")) return;
+    e.clipboardData.setData("text/plain", asTyped(box.value));
+    e.preventDefault();
+  }, true);
+  window.cogumiAsTyped = asTyped;
+}
