@@ -88,8 +88,14 @@ def as_markdown(text: str) -> str:
     for opening, inside, inside_end, end in _fenced_code(text):
         info = text[opening:inside].strip().lstrip("`~").strip()
         language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""  # for Copy (copy_as_typed.js)
+        # At the fence's own indent, so that a block in a list item stays in it. Markdown takes the item's
+        # indent off each line of it, but for the first: that one follows <code> on the <pre> line.
+        indent = " " * (len(text[opening:inside]) - len(text[opening:inside].lstrip(" ")))
+        code = text[inside:inside_end]
+        code = code[min(len(indent), len(code) - len(code.lstrip(" "))):]
+        closing = indent if code.endswith("\n") else ""
         shown += [_escape_prose(text[at:opening]),
-                  f"<pre>{COPY_CODE}<code{language}>{_escaped(text[inside:inside_end])}</code></pre>\n"]
+                  f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>\n"]
         at = end
     return "".join(shown + [_escape_prose(text[at:])])
 

@@ -461,12 +461,15 @@ def test_copy_gives_a_message_as_typed(app, page):
     assert page.evaluate("navigator.clipboard.readText()") == 'if a < b:\n    print("&lt;")'
 
     # The same, in the page, for 300 texts made of hostile pieces without code: they come back exactly.
+    # (Code comes back with the shortest fence that holds it, and a fence left open is closed.)
     from hypothesis import HealthCheck, given, settings
 
     from app.ui import _shown
     from tests.reliability.test_hostile_text import PICKED, hostile
 
-    texts = [t for t in PICKED if "`" not in t and "~~~" not in t]
+    texts = [t for t in PICKED if "`" not in t and "~~~" not in t] + [  # and code written as one writes it
+        "Steps:\n\n1. first do this:\n   ```python\n   if a < b:\n       pass\n   ```\n2. then that\n",
+        "- x\n  ```\n  a < b\n  ```\n- y", "```\n&lt; <\n```\n", "a ``x`<`` b", "`<` and ``` `` ```"]
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))

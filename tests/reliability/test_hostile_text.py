@@ -186,6 +186,18 @@ def test_code_is_shown_with_its_own_characters(text, code):
         assert tags(rendered) <= MARKDOWN_TAGS
 
 
+@pytest.mark.parametrize("bullet", ["1.", "-"])
+def test_code_in_a_list_item_is_shown_in_it(bullet):
+    """A fence indented under "1." rendered as a code block after the list, which it broke in two."""
+    pad = " " * (len(bullet) + 1)
+    text = f"Steps:\n\n{bullet} first do this:\n{pad}```python\n{pad}if a < b:\n{pad}    pass\n{pad}```\n{bullet} then that\n"
+    rendered = MARKDOWN.render(_shown("assistant", text)["content"])
+    assert rendered.count("<li>") == 2 and rendered.count("<ol>") + rendered.count("<ul>") == 1
+    (item,) = re.findall(r"<li>first do this:(.*?)</li>", rendered, re.S)
+    (code,) = re.findall(r"<code[^>]*>(.*?)</code>", item, re.S)
+    assert html.unescape(code).rstrip(" ") == "if a < b:\n    pass\n"
+
+
 def _decision() -> dict:
     return {"route": "code", "router_choice": "code", "overridden": False, "rule": "domain",
             "reason": "a reason", "perplexity": 12.0, "tau_p": 10.0, "tau_p_calibrated": True,
