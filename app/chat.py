@@ -82,6 +82,14 @@ class ChatService:
             return []  # no stored text holds half a character
         return self.memory.list_sessions(owner=owner, matching=matching)
 
+    def delete_session(self, session_id: str | None, owner: str | None = None) -> None:
+        """Delete a chat and all it holds (its routing decisions and 👍/👎 too)."""
+        if not self.owns(session_id, owner):
+            raise ValueError("There is no chat to delete here: open one from the list first.")
+        if session_id in self._stopping:  # its reply still writes to it
+            raise ValueError("This chat is replying: stop the reply first, then delete the chat.")
+        self.memory.delete_session(session_id)
+
     def transcript(self, session_id: str, owner: str | None = None) -> list[dict]:
         """The stored conversation as {id, role, content, status, liked} dicts, oldest first; `liked` is a
         reply's 👍 (True) or 👎 (False), else None."""

@@ -205,6 +205,13 @@ class Memory:
             rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
         return rows[0] if rows else None
 
+    def delete_session(self, session_id: str) -> None:
+        """The session, its messages, decisions and feedback, in one transaction (none left half gone)."""
+        with self._writing():
+            for table in ("feedback", "decisions", "messages"):  # what points at a row before the row
+                self.db.execute(f"delete from {table} where session_id = ?", [session_id])
+            self.db.execute("delete from sessions where id = ?", [session_id])
+
     def list_sessions(self, limit: int = 50, owner: str | None = None, matching: str | None = None) -> list[dict]:
         """The most recently used sessions: all of them, or only `owner`'s; with `matching`, only those
         whose title or messages hold that text (in any case, for ASCII letters)."""

@@ -27,6 +27,9 @@ STATUS_NOTES = {
 }
 
 
+# Before the Python callback: asks, and sends no session id (nothing deleted) unless the answer is OK.
+CONFIRM_DELETE = """(chat, ...rest) => [chat && confirm(
+    "Delete this chat, with its router decisions and feedback? This cannot be undone.") ? chat : null, ...rest]"""
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
 # Passed to launch(css=...): the icons of a code block's copy button (COPY_CODE); the past chats list
@@ -221,6 +224,16 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 *panel_views(service, None, owner_of(visitor)))
 
     @explained
+    def delete_chat(session_id, visitor, on_screen, matching):
+        """Delete the open chat, once the page's confirm() said yes (else session_id comes as None)."""
+        if not session_id:
+            return (gr.skip(),) * 9
+        service.delete_session(session_id, owner_of(visitor))
+        on_screen["chat"] = None
+        return (None, chat_view(None, visitor), "", "", session_choices(visitor, None, matching),
+                *panel_views(service, None, owner_of(visitor)))
+
+    @explained
     def find_chats(matching, session_id, visitor):
         return session_choices(visitor, session_id, matching)
 
@@ -351,6 +364,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                         interactive=service.engine.draft is not None, elem_id="use-draft")
                 search = gr.Textbox(placeholder="Search past chats", show_label=False, elem_id="search-chats")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
+                delete_button = gr.Button("Delete this chat", size="sm", variant="secondary", elem_id="delete-chat")
             with gr.Column(scale=5, elem_id="chat-column"):
                 chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat")
                 notice = gr.Markdown(elem_id="notice")
@@ -388,6 +402,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button: a new chat too
             starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
                           api_visibility="private")
+        delete_button.click(delete_chat, [session_id, visitor, on_screen, search],
+                            [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
+                            js=CONFIRM_DELETE)
         search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, *views],
                        api_visibility="private")

@@ -129,3 +129,19 @@ def test_an_unavailable_modifier_falls_back_to_base_and_says_why(demo_set, tmp_p
 def test_an_unknown_route_is_refused(service):
     (update,) = list(service.respond(None, "hi", override="poetry"))
     assert update.status == "ignored" and "Unknown route 'poetry'" in update.notice
+
+
+def test_a_chat_is_deleted_only_by_its_owner_and_not_while_it_replies(service):
+    *_, mine = service.respond(None, "mine", owner="me")
+    *_, theirs = service.respond(None, "theirs", owner="them")
+    with pytest.raises(ValueError, match="no chat"):
+        service.delete_session(theirs.session_id, owner="me")
+    stream = service.respond(mine.session_id, "a long answer please", owner="me")
+    next(stream)
+    with pytest.raises(ValueError, match="stop the reply first"):
+        service.delete_session(mine.session_id, owner="me")
+    *_, last = stream
+    assert last.status == "complete" and rows(service, mine.session_id)[-1][2] == "complete"
+    service.delete_session(mine.session_id, owner="me")
+    assert service.transcript(mine.session_id, owner="me") == [] and service.sessions(owner="me") == []
+    assert [s["id"] for s in service.sessions(owner="them")] == [theirs.session_id]

@@ -161,3 +161,20 @@ def test_past_chats_beyond_the_most_recent_are_found_by_what_they_say():
     assert [s["id"] for s in memory.list_sessions(matching="100%")] == [ids[5]]  # % and _ are what they are
     assert [s["id"] for s in memory.list_sessions(matching="question 3", owner="me")] == [ids[i] for i in (39, 37, 35, 33, 31, 3)]
     assert len(memory.list_sessions(matching="  ")) == 50  # blank: the most recent
+
+
+def test_deleting_a_session_removes_it_and_all_it_holds_and_nothing_else(tmp_path):
+    memory = Memory(tmp_path / "sessions.db")
+    kept, gone = memory.new_session(), memory.new_session()
+    for sid in (kept, gone):
+        memory.add_message(sid, "user", "q")
+        reply = memory.add_message(sid, "assistant", "a")
+        memory.add_decision(sid, reply, decision())
+        memory.set_feedback(reply, True)
+    memory.delete_session(gone)
+    db = sqlite3.connect(tmp_path / "sessions.db")
+    for table in ("sessions", "messages", "decisions", "feedback"):
+        column = "id" if table == "sessions" else "session_id"
+        assert db.execute(f"select {column} from {table} group by {column}").fetchall() == [(kept,)], table
+    assert db.execute("pragma foreign_key_check").fetchall() == []
+    memory.delete_session(gone)  # gone already: nothing to do, no error

@@ -57,7 +57,18 @@ def browser_page(url: str):
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.dialogs = []  # any alert() at all would mean typed HTML ran
-        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.confirms = []  # the app's own confirm() questions, answered by page.answer (True: OK)
+        page.answer = None
+
+        def answer(dialog):
+            if dialog.type == "confirm" and page.answer is not None:
+                page.confirms.append(dialog.message)
+                dialog.accept() if page.answer else dialog.dismiss()
+            else:
+                page.dialogs.append(dialog.message)
+                dialog.dismiss()
+
+        page.on("dialog", answer)
         page.goto(url)
         page.wait_for_selector("#message textarea")
         yield page
@@ -479,3 +490,34 @@ def test_copy_gives_a_message_as_typed(app, page):
     collect()
     contents = [_shown("user", t)["content"] for t in texts]
     assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts
+
+
+def test_a_person_deletes_a_chat_after_saying_yes(app, page):
+    url, db_path = app
+    db = sqlite3.connect(db_path)
+    first, _ = send(page, "the chat that stays", db_path)
+    page.click("#new-chat")
+    second, _ = send(page, "the chat to delete", db_path, turn=1)
+    page.locator('#chat button[aria-label="Like"]').first.click()
+    expect(table_rows(page).last).to_contain_text("up")
+
+    page.answer = False  # Cancel: nothing happens
+    page.click("#delete-chat")
+    expect(page.locator("#chat .message-row.user-row")).to_have_text(["the chat to delete"])
+    assert len(page.confirms) == 1 and "cannot be undone" in page.confirms[0]
+    assert db.execute("select count(*) from sessions").fetchone()[0] == 2
+
+    page.answer = True
+    page.click("#delete-chat")
+    expect(page.locator("#chat .message-row")).to_have_count(0)
+    expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+    expect(page.locator("#sessions input")).to_have_count(1)
+    gone = second["session_id"]
+    for table in ("messages", "decisions", "feedback"):
+        assert db.execute(f"select count(*) from {table} where session_id = ?", [gone]).fetchone()[0] == 0
+    assert db.execute("select id from sessions").fetchall() == [(first["session_id"],)]
+
+    page.click("#delete-chat")  # no chat open: nothing to ask, nothing deleted
+    page.wait_for_timeout(500)
+    assert len(page.confirms) == 2 and db.execute("select count(*) from sessions").fetchone()[0] == 1
+    assert page.get_by_text("Error", exact=True).count() == 0 and page.dialogs == []
