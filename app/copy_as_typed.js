@@ -1,5 +1,5 @@
 () => {
-  // The chat's Copy buttons copy a message as the page was given it (app/ui.py as_markdown): "<", ">"
+  // The chat's Copy buttons copy a message as the page was given it (app/display.py as_markdown): "<", ">"
   // and "&" as entities, "![" as "&#33;[", code as <pre><code> and <code> elements of ours. Put the
   // text back as it was typed, in one pass (so that a "&lt;" typed inside code stays "&lt;"). Only for
   // those buttons: a code block's own copy button copies its shown text, which is right already.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import html
-import re
 import time
 import uuid
 from pathlib import Path
@@ -13,18 +12,14 @@ from pathlib import Path
 import gradio as gr
 
 from app import panel
-from app.chat import ChatService, ReplyUpdate
+from app.chat import ChatService
+from app.display import shown, stats_line
 from app.memory import SessionStoreError
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
 ENGINE_QUEUE = "engine"  # the Gradio queue every reply waits in (one engine, one reply at a time)
 FEEDBACK = {True: "Like", False: "Dislike"}  # a stored 👍/👎 as the Chatbot's feedback options name it
-STATUS_NOTES = {
-    "stopped": "*(stopped)*",
-    "interrupted": "*(interrupted: the app stopped before this reply finished)*",
-    "error": "*(failed)*",
-}
 
 
 # Before the Python callback: asks, and sends no session id (nothing deleted) unless the answer is OK.
@@ -32,21 +27,9 @@ CONFIRM_DELETE = """(chat, ...rest) => [chat && confirm(
     "Delete this chat, with its router decisions and feedback? This cannot be undone.") ? chat : null, ...rest]"""
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
-# Passed to launch(css=...): the icons of a code block's copy button (COPY_CODE); the past chats list
-# scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
-PAGE_CSS = """
-#chat pre:has(> .copy_code_button) { position: relative; }
-#chat pre > .copy_code_button { position: absolute; top: 0; right: 0; width: 25px; height: 25px; cursor: pointer; }
-#chat pre > .copy_code_button .copy-text { display: block; width: 13px; height: 13px; background: currentColor;
-  mask: url("data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 15 15'><path d='M12.7 4.5v8.2H4.5V4.5zm0-.9H4.5a.9.9 0 0 0-.9.9v8.2a.9.9 0 0 0 .9.9h8.2a.9.9 0 0 0 .9-.9V4.5a.9.9 0 0 0-.9-.9M2.7 9.4H1.8V2.7a.9.9 0 0 1 .9-.9h6.7v.9H2.7z'/></svg>") center / contain no-repeat; }
-#chat pre > .copy_code_button .check { position: absolute; inset: 0; opacity: 0; transition: opacity .2s; }
-#chat pre > .copy_code_button .check::before { content: "✓"; }
-#sessions .wrap { max-height: 45vh; overflow-y: auto; flex-wrap: nowrap; flex-direction: column; }
-@media (max-width: 720px) {
-  #chat-column { order: -1; }
-  #chat { height: 70vh !important; }
-}
-"""
+# Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
+# list scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
+PAGE_CSS = (Path(__file__).parent / "page.css").read_text()
 
 
 def explained(callback):
@@ -59,107 +42,6 @@ def explained(callback):
         except (SessionStoreError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
     return wrapper
-
-
-# Code a message holds: fenced blocks (a fence of 3+ backticks or tildes after at most 3 spaces, to a
-# closing fence of the same kind or the end of the text) and code spans (a run of backticks to the next
-# run of the same length).
-_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_BACKTICKS = re.compile(r"`+")
-_HTML_READS = re.compile(r"[&<>]|!\[")
-_LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
-# A code block's copy button, as Gradio's markdown gives its own code blocks: its click handler copies
-# the text of the button's parent. Icons by CSS (PAGE_CSS): they are not text, so not copied.
-COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-text"></span>'
-             '<span class="check"></span></button>')
-
-
-def _shown(role: str, content: str, status: str = "complete") -> dict:
-    text = as_markdown(content)
-    note = STATUS_NOTES.get(status) if role == "assistant" else None
-    return {"role": role, "content": f"{text}\n\n{note}" if note else text}
-
-
-def as_markdown(text: str) -> str:
-    """Whatever a user (or the model) typed, shown as that text: outside code, HTML's special characters
-    become entities (no tag renders, no image is fetched: "![" too); code keeps its characters, as
-    <pre><code> and <code> elements of our own holding it escaped (markdown shows code verbatim, so an
-    entity there showed as "&lt;"). Text with &, < or > is never handed to markdown as code: where
-    markdown ends a fence or pairs backticks otherwise than this does (list items, indents, blank
-    lines), such text left verbatim rendered as HTML (found by fuzzing through markdown-it)."""
-    shown, at = [], 0
-    for opening, inside, inside_end, end in _fenced_code(text):
-        info = text[opening:inside].strip().lstrip("`~").strip()
-        language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""  # for Copy (copy_as_typed.js)
-        # At the fence's own indent, so that a block in a list item stays in it. Markdown takes the item's
-        # indent off each line of it, but for the first: that one follows <code> on the <pre> line.
-        indent = " " * (len(text[opening:inside]) - len(text[opening:inside].lstrip(" ")))
-        code = text[inside:inside_end]
-        code = code[min(len(indent), len(code) - len(code.lstrip(" "))):]
-        closing = indent if code.endswith("\n") else ""
-        shown += [_escape_prose(text[at:opening]),
-                  f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>\n"]
-        at = end
-    return "".join(shown + [_escape_prose(text[at:])])
-
-
-def _fenced_code(text: str) -> list[tuple[int, int, int, int]]:
-    """Each fenced code block: where its opening fence's line starts, where the code starts and ends, and
-    where the block ends (after its closing fence's line, or at the end of the text)."""
-    blocks, fence, at = [], None, 0
-    for line in re.findall(r"[^\n]*\n|[^\n]+$", text):
-        found = _FENCE.match(line)
-        if fence is None:
-            if found and not (found[1][0] == "`" and "`" in line[found.end():]):  # no backtick after a ``` fence
-                fence, opening = found[1], (at, at + len(line))
-        elif found and found[1][0] == fence[0] and len(found[1]) >= len(fence) and not line[found.end():].strip():
-            blocks.append((*opening, at, at + len(line)))
-            fence = None
-        at += len(line)
-    if fence is not None:  # a fence left open runs to the end
-        blocks.append((*opening, len(text), len(text)))
-    return blocks
-
-
-def _escape_prose(text: str) -> str:
-    """text outside fenced code: escaped, and its code spans kept as code. A span holding nothing HTML
-    reads (no &, <, > or "![") stays as typed; one that does becomes a <code> element with the span
-    escaped inside, which shows the same. Pairing backticks exactly as markdown does would need its
-    block structure (a blank line or a "# " line ends the pairing); this way nothing of the text can
-    become a tag, whichever way they pair."""
-    shown, at, runs = [], 0, list(_BACKTICKS.finditer(text))
-    i = 0
-    while i < len(runs):
-        opening = runs[i]
-        closing = next((j for j in range(i + 1, len(runs)) if len(runs[j][0]) == len(opening[0])), None)
-        if closing is None or text[opening.start() - 1:opening.start()] == "\\":  # not a span: literal backticks
-            i += 1
-            continue
-        span = text[opening.start():runs[closing].end()]
-        inside = span[len(opening[0]):-len(opening[0])]
-        shown += [_escaped(text[at:opening.start()]),
-                  f"<code>{_escaped(inside)}</code>" if _HTML_READS.search(span) else span]
-        at, i = runs[closing].end(), closing + 1
-    return "".join(shown + [_escaped(text[at:])])
-
-
-def _escaped(text: str) -> str:
-    return html.escape(text, quote=False).replace("![", "&#33;[")
-
-
-def _stats_line(update: ReplyUpdate) -> str:
-    s, d = update.stats, update.decision
-    route = f"**→ {d.route}** — {html.escape(d.reason)}  \n" if d else ""
-    if not s:
-        return route
-    # the engine times the first token from its own start; the person waited for the routing too (on the
-    # base route its prefill is routing's, and the engine's part alone read "0 ms")
-    first = f"first token {d.routing_ms + s.ttft_ms:.0f} ms (routing {d.routing_ms:.0f})" if d else \
-        f"first token {s.ttft_ms:.0f} ms"
-    return route + (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · {first} · "
-            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
-            + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
-               if s.draft_proposed else ""))
 
 
 def panel_views(service: ChatService, session_id: str | None, owner: str | None = None) -> tuple:
@@ -196,7 +78,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def chat_view(session_id, visitor) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""
         stored = service.transcript(session_id, owner_of(visitor)) if session_id else []
-        return gr.update(value=[_shown(m["role"], m["content"], m["status"]) for m in stored],
+        return gr.update(value=[shown(m["role"], m["content"], m["status"]) for m in stored],
                          feedback_value=[FEEDBACK.get(m["liked"]) for m in stored if m["role"] == "assistant"])
 
     @explained
@@ -261,7 +143,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # The message shows and the box empties at once; from then on the box is the person's to type
         # the next message in while the reply streams (every later yield leaves it as it is).
         on_screen["chat"] = session_id
-        yield (gr.update(value=before + [_shown("user", message)], feedback_value=stored["feedback_value"]), "",
+        yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
                session_id, "", "", gr.skip(), visitor)
         shown_at, path_drawn, left = 0.0, False, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
@@ -280,11 +162,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 continue
             shown_at = time.monotonic()
             status = update.status if update.done else "complete"
-            shown = before + [_shown("user", message), _shown("assistant", update.text, status)]
+            chat = before + [shown("user", message), shown("assistant", update.text, status)]
             drawing = gr.skip()
             if update.decision and not path_drawn:  # the route is known before the first token: draw it once
                 drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
-            yield shown, gr.skip(), update.session_id, update.notice or "", _stats_line(update), drawing, visitor
+            yield chat, gr.skip(), update.session_id, update.notice or "", stats_line(update), drawing, visitor
 
     @explained
     def stop_reply(session_id, visitor):

@@ -120,12 +120,12 @@ def test_distribution_and_table(chat):
 
 def test_the_line_under_the_chat_counts_routing_in_the_wait_for_the_first_token(chat):
     """On the base route the reply reuses routing's prefill: the engine's own wait read "first token 0 ms"."""
-    from app.ui import _stats_line
+    from app.display import stats_line
 
     _, _, replies = chat
     for reply in replies:
         waited = reply.decision.routing_ms + reply.stats.ttft_ms
-        assert f"first token {waited:.0f} ms (routing {reply.decision.routing_ms:.0f})" in _stats_line(reply)
+        assert f"first token {waited:.0f} ms (routing {reply.decision.routing_ms:.0f})" in stats_line(reply)
         assert waited > reply.decision.routing_ms > 0
 
 

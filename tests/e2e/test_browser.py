@@ -475,7 +475,7 @@ def test_copy_gives_a_message_as_typed(app, page):
     # (Code comes back with the shortest fence that holds it, and a fence left open is closed.)
     from hypothesis import HealthCheck, given, settings
 
-    from app.ui import _shown
+    from app.display import shown
     from tests.reliability.test_hostile_text import PICKED, hostile
 
     texts = [t for t in PICKED if "`" not in t and "~~~" not in t] + [  # and code written as one writes it
@@ -488,7 +488,7 @@ def test_copy_gives_a_message_as_typed(app, page):
         texts.append(text)
 
     collect()
-    contents = [_shown("user", t)["content"] for t in texts]
+    contents = [shown("user", t)["content"] for t in texts]
     assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts
 
 

@@ -10,7 +10,7 @@ control-token texts, HTML and SQL fragments; hand-picked cases add 1 MB messages
 - ChatService.respond (the real router, the real engine, a real sessions.db) ends every message
   with a done update and a status, and an error or a refusal carries a notice;
 - the user row in sessions.db, read through a second sqlite3 connection, equals the text sent;
-- the chat bubble (app/ui.py `_shown`) and the router panel's path (app/panel.py `path_html`)
+- the chat bubble (app/display.py `shown`) and the router panel's path (app/panel.py `path_html`)
   escape it: no markup survives, and unescaping gives back the text.
 
 Covered elsewhere and not repeated: one ChatML injection string (tests/models/test_engine.py
@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from app import panel
-from app.ui import COPY_CODE, _shown
+from app.display import COPY_CODE, shown
 
 # CI (.ci/run sets CI=true) draws the same examples every run, so a red CI is never a roll of the
 # dice; a developer's runs draw new ones (and replay failures from .hypothesis/).
@@ -158,7 +158,7 @@ def tags(rendered: str) -> set[str]:
 def check_shown(text: str) -> None:
     """The chat bubble and the router panel's path show the text, and nothing else: no tag."""
     for role in ("user", "assistant"):
-        content = _shown(role, text)["content"]
+        content = shown(role, text)["content"]
         assert tags(MARKDOWN.render(content)) <= MARKDOWN_TAGS
         if "`" not in text and "~" not in text:  # no code: every character as typed, "<" by its entity
             assert "<" not in content and ">" not in content
@@ -180,7 +180,7 @@ def check_shown(text: str) -> None:
 def test_code_is_shown_with_its_own_characters(text, code):
     """Inside code markdown shows characters verbatim: an entity there would show as "&lt;"."""
     for role in ("user", "assistant"):
-        rendered = MARKDOWN.render(_shown(role, text)["content"])
+        rendered = MARKDOWN.render(shown(role, text)["content"])
         (inside,) = re.findall(r"<code[^>]*>(.*?)</code>", rendered, re.S)
         assert html.unescape(inside) == code
         assert tags(rendered) <= MARKDOWN_TAGS
@@ -191,7 +191,7 @@ def test_code_in_a_list_item_is_shown_in_it(bullet):
     """A fence indented under "1." rendered as a code block after the list, which it broke in two."""
     pad = " " * (len(bullet) + 1)
     text = f"Steps:\n\n{bullet} first do this:\n{pad}```python\n{pad}if a < b:\n{pad}    pass\n{pad}```\n{bullet} then that\n"
-    rendered = MARKDOWN.render(_shown("assistant", text)["content"])
+    rendered = MARKDOWN.render(shown("assistant", text)["content"])
     assert rendered.count("<li>") == 2 and rendered.count("<ol>") + rendered.count("<ul>") == 1
     (item,) = re.findall(r"<li>first do this:(.*?)</li>", rendered, re.S)
     (code,) = re.findall(r"<code[^>]*>(.*?)</code>", item, re.S)

@@ -1,0 +1,115 @@
+"""What the chat shows of a message: its text as markdown that renders as that text (as_markdown), a
+status note under a reply that did not end normally, and the line of figures under the latest reply."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from app.chat import ReplyUpdate
+
+STATUS_NOTES = {
+    "stopped": "*(stopped)*",
+    "interrupted": "*(interrupted: the app stopped before this reply finished)*",
+    "error": "*(failed)*",
+}
+
+# Code a message holds: fenced blocks (a fence of 3+ backticks or tildes after at most 3 spaces, to a
+# closing fence of the same kind or the end of the text) and code spans (a run of backticks to the next
+# run of the same length).
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_BACKTICKS = re.compile(r"`+")
+_HTML_READS = re.compile(r"[&<>]|!\[")
+_LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
+# A code block's copy button, as Gradio's markdown gives its own code blocks: its click handler copies
+# the text of the button's parent. Icons by CSS (app/page.css): they are not text, so not copied.
+COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-text"></span>'
+             '<span class="check"></span></button>')
+
+
+def shown(role: str, content: str, status: str = "complete") -> dict:
+    text = as_markdown(content)
+    note = STATUS_NOTES.get(status) if role == "assistant" else None
+    return {"role": role, "content": f"{text}\n\n{note}" if note else text}
+
+
+def as_markdown(text: str) -> str:
+    """Whatever a user (or the model) typed, shown as that text: outside code, HTML's special characters
+    become entities (no tag renders, no image is fetched: "![" too); code keeps its characters, as
+    <pre><code> and <code> elements of our own holding it escaped (markdown shows code verbatim, so an
+    entity there showed as "&lt;"). Text with &, < or > is never handed to markdown as code: where
+    markdown ends a fence or pairs backticks otherwise than this does (list items, indents, blank
+    lines), such text left verbatim rendered as HTML (found by fuzzing through markdown-it)."""
+    parts, at = [], 0
+    for opening, inside, inside_end, end in _fenced_code(text):
+        info = text[opening:inside].strip().lstrip("`~").strip()
+        language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""  # for Copy (copy_as_typed.js)
+        # At the fence's own indent, so that a block in a list item stays in it. Markdown takes the item's
+        # indent off each line of it, but for the first: that one follows <code> on the <pre> line.
+        indent = " " * (len(text[opening:inside]) - len(text[opening:inside].lstrip(" ")))
+        code = text[inside:inside_end]
+        code = code[min(len(indent), len(code) - len(code.lstrip(" "))):]
+        closing = indent if code.endswith("\n") else ""
+        parts += [_escape_prose(text[at:opening]),
+                  f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>\n"]
+        at = end
+    return "".join(parts + [_escape_prose(text[at:])])
+
+
+def _fenced_code(text: str) -> list[tuple[int, int, int, int]]:
+    """Each fenced code block: where its opening fence's line starts, where the code starts and ends, and
+    where the block ends (after its closing fence's line, or at the end of the text)."""
+    blocks, fence, at = [], None, 0
+    for line in re.findall(r"[^\n]*\n|[^\n]+$", text):
+        found = _FENCE.match(line)
+        if fence is None:
+            if found and not (found[1][0] == "`" and "`" in line[found.end():]):  # no backtick after a ``` fence
+                fence, opening = found[1], (at, at + len(line))
+        elif found and found[1][0] == fence[0] and len(found[1]) >= len(fence) and not line[found.end():].strip():
+            blocks.append((*opening, at, at + len(line)))
+            fence = None
+        at += len(line)
+    if fence is not None:  # a fence left open runs to the end
+        blocks.append((*opening, len(text), len(text)))
+    return blocks
+
+
+def _escape_prose(text: str) -> str:
+    """text outside fenced code: escaped, and its code spans kept as code. A span holding nothing HTML
+    reads (no &, <, > or "![") stays as typed; one that does becomes a <code> element with the span
+    escaped inside, which shows the same. Pairing backticks exactly as markdown does would need its
+    block structure (a blank line or a "# " line ends the pairing); this way nothing of the text can
+    become a tag, whichever way they pair."""
+    parts, at, runs = [], 0, list(_BACKTICKS.finditer(text))
+    i = 0
+    while i < len(runs):
+        opening = runs[i]
+        closing = next((j for j in range(i + 1, len(runs)) if len(runs[j][0]) == len(opening[0])), None)
+        if closing is None or text[opening.start() - 1:opening.start()] == "\\":  # not a span: literal backticks
+            i += 1
+            continue
+        span = text[opening.start():runs[closing].end()]
+        inside = span[len(opening[0]):-len(opening[0])]
+        parts += [_escaped(text[at:opening.start()]),
+                  f"<code>{_escaped(inside)}</code>" if _HTML_READS.search(span) else span]
+        at, i = runs[closing].end(), closing + 1
+    return "".join(parts + [_escaped(text[at:])])
+
+
+def _escaped(text: str) -> str:
+    return html.escape(text, quote=False).replace("![", "&#33;[")
+
+
+def stats_line(update: ReplyUpdate) -> str:
+    s, d = update.stats, update.decision
+    route = f"**→ {d.route}** — {html.escape(d.reason)}  \n" if d else ""
+    if not s:
+        return route
+    # the engine times the first token from its own start; the person waited for the routing too (on the
+    # base route its prefill is routing's, and the engine's part alone read "0 ms")
+    first = f"first token {d.routing_ms + s.ttft_ms:.0f} ms (routing {d.routing_ms:.0f})" if d else \
+        f"first token {s.ttft_ms:.0f} ms"
+    return route + (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · {first} · "
+            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
+            + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
+               if s.draft_proposed else ""))
