@@ -9,6 +9,7 @@ and leaves no partial file; an earlier good file is never touched by a failed at
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -77,10 +78,14 @@ class Store:
         for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a run killed mid-decompress
             stale.unlink(missing_ok=True)
         if self.is_ready(profile, entry):
-            if not verify:
+            written_since = _written_since_verified(path)  # a tool, a bad copy: hash it again, once
+            if not verify and not written_since:
                 return path
             actual = hash_file(path, progress=self.progress)
-            if actual == entry.sha256:
+            if actual == (entry.sha256 or _recorded_digest(path)):
+                if written_since:
+                    with contextlib.suppress(OSError):  # a read-only folder: checked again next time
+                        _write_digest(path, actual)
                 return path
             try:
                 _digest_path(path).unlink(missing_ok=True)  # the cached copy changed on disk: redo it
@@ -270,6 +275,14 @@ def _recorded_digest(path: Path) -> str | None:
         return _digest_path(path).read_text().strip()
     except OSError:
         return None
+
+
+def _written_since_verified(path: Path) -> bool:
+    """Whether the file changed after its digest was recorded (bit rot that keeps the date needs --verify)."""
+    try:
+        return path.stat().st_mtime_ns > _digest_path(path).stat().st_mtime_ns
+    except OSError:
+        return True
 
 
 def _write_digest(path: Path, digest: str) -> None:

@@ -56,15 +56,40 @@ def test_a_verified_file_is_reused_without_decompressing(store):
     assert path.stat().st_mtime_ns == mtime
 
 
-def test_verify_rehashes_and_redoes_a_file_changed_on_disk(store, gguf_file):
-    store, entry = store
-    path = store.ensure("p", entry)
+def _damage(path: Path, keep_date: bool) -> None:
+    """Two bytes changed in place; the file's date moves past its digest's unless keep_date (bit rot)."""
+    stamp = Path(f"{path}.sha256").stat().st_mtime_ns
     with open(path, "r+b") as f:
         f.seek(1000)
         f.write(b"\xff\xfe")
+    when = stamp - 10**9 if keep_date else stamp + 10**9
+    os.utime(path, ns=(when, when))
+
+
+def test_verify_rehashes_and_redoes_a_file_changed_on_disk_keeping_its_date(store, gguf_file):
+    store, entry = store
+    path = store.ensure("p", entry)
+    _damage(path, keep_date=True)
     assert store.ensure("p", entry) == path  # without --verify the recorded digest is trusted
+    assert path.read_bytes() != gguf_file.read_bytes()
     store.ensure("p", entry, verify=True)
     assert path.read_bytes() == gguf_file.read_bytes()
+
+
+def test_a_cached_file_written_to_since_it_was_verified_is_checked_again(store, gguf_file):
+    """A damaged cached .gguf was used as it was, without --verify: one changed since its digest was
+    recorded (its date says so) is hashed again, and made again when it differs."""
+    store, entry = store
+    path = store.ensure("p", entry)
+    _damage(path, keep_date=False)
+    assert store.ensure("p", entry) == path
+    assert path.read_bytes() == gguf_file.read_bytes()
+    digest = Path(f"{path}.sha256")
+    earlier = path.stat().st_mtime_ns - 10**9  # the digest older than the file, which is intact (cp without -p)
+    os.utime(digest, ns=(earlier, earlier))
+    store.source_path("p", entry).unlink()  # nothing to make it from: it must be found good as it is
+    assert store.ensure("p", entry) == path and path.read_bytes() == gguf_file.read_bytes()
+    assert digest.stat().st_mtime_ns >= path.stat().st_mtime_ns  # verified as it is now: not hashed next time
 
 
 def test_digest_mismatch_names_file_expected_and_actual_and_keeps_the_good_copy(store):
