@@ -268,3 +268,17 @@ def test_your_own_compressed_file_that_does_not_end_with_its_frame_is_refused(tm
         store.ensure("custom", _own(source))
     assert ("truncated" if damage == "its checksum cut short" else "100 bytes after") in str(err.value)
     assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []
+
+
+def test_verify_checks_your_own_decompressed_copy_against_the_digest_recorded_when_it_was_made(tmp_path, gguf_file):
+    """It was decompressed again every time: there is no digest in a manifest for your own file."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir()
+    compress(gguf_file, source)
+    store = Store(tmp_path / "cache", progress=False)
+    copy = store.ensure("custom", _own(source))
+    made = copy.stat().st_mtime_ns
+    assert store.ensure("custom", _own(source), verify=True) == copy and copy.stat().st_mtime_ns == made
+    _damage(copy, keep_date=True)
+    store.ensure("custom", _own(source), verify=True)
+    assert sha256_file(copy) == sha256_file(gguf_file)
