@@ -1,5 +1,5 @@
 """The Gradio layout. Callbacks only translate between components and ChatService; per-visitor
-state (the open session) lives in gr.State, never in module globals."""
+state (the open chat, the visitor's id) lives in gr.BrowserState and gr.State, never in module globals."""
 
 from __future__ import annotations
 
