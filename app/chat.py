@@ -76,11 +76,11 @@ class ChatService:
     def new_session(self, owner: str | None = None) -> str:
         return self.memory.new_session(owner=owner)
 
-    def sessions(self, owner: str | None = None, matching: str | None = None) -> list[dict]:
-        """The 50 most recent sessions, or those whose title or messages hold `matching`."""
+    def sessions(self, owner: str | None = None, matching: str | None = None, limit: int = 50) -> list[dict]:
+        """The `limit` most recent sessions, or of those whose title or messages hold `matching`."""
         if matching and _lone_surrogate(matching) is not None:
             return []  # no stored text holds half a character
-        return self.memory.list_sessions(owner=owner, matching=matching)
+        return self.memory.list_sessions(limit=limit, owner=owner, matching=matching)
 
     def delete_session(self, session_id: str | None, owner: str | None = None) -> None:
         """Delete a chat and all it holds (its routing decisions and 👍/👎 too)."""

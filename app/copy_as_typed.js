@@ -5,15 +5,15 @@
   // those buttons: a code block's own copy button copies its shown text, which is right already.
   const COPIES = '#chat button[aria-label="Copy message"], #chat button[aria-label="Copy conversation"]';
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
-  const OURS = /( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>\n|<code>([\s\S]*?)<\/code>|&(?:lt|gt|amp|#33);/g;
+  const OURS = /( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|&(?:lt|gt|amp|#33);/g;
   const unescape = text => text.replace(/&(?:lt|gt|amp|#33);/g, e => ENTITIES[e]);
   const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));
   const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
   const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
-  const asTyped = text => text.replace(OURS, (entity, indent, language, block, span) => {
-    if (block !== undefined) {  // at its indent (in a list item), which as_markdown took off its first line
-      const code = unescape(block), f = blockFence(code);
-      return `${indent}${f}${language || ""}\n${indent}${code}${code && !code.endsWith("\n") ? "\n" : ""}${indent}${f}\n`;
+  const asTyped = text => text.replace(OURS, (entity, indent, language, block, end, span) => {
+    if (block !== undefined) {  // at its indent (in a list item), which as_markdown took off its first line;
+      const code = unescape(block), f = blockFence(code);  // `end`: the chat drops a message's last "\n"
+      return `${indent}${f}${language || ""}\n${indent}${code}${code && !code.endsWith("\n") ? "\n" : ""}${indent}${f}${end}`;
     }
     if (span !== undefined) {
       const code = unescape(span), f = spanFence(code);  // the shortest run that can close it, as one writes

@@ -19,11 +19,15 @@ from app.memory import SessionStoreError
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
 ENGINE_QUEUE = "engine"  # the Gradio queue every reply waits in (one engine, one reply at a time)
+# The open chat when there is none: gr.BrowserState keeps only a value that is true in JavaScript (a None
+# was not kept, and a reload reopened the chat open before). No session has this id.
+NO_CHAT = "none"
+LISTED_CHATS = 50
 FEEDBACK = {True: "Like", False: "Dislike"}  # a stored 👍/👎 as the Chatbot's feedback options name it
 
 
-# Before the Python callback: asks, and sends no session id (nothing deleted) unless the answer is OK.
-CONFIRM_DELETE = """(chat, ...rest) => [chat && confirm(
+# Before the Python callback: asks, and sends None (nothing deleted) unless the answer is OK; NO_CHAT if none is open.
+CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CHAT}" : confirm(
     "Delete this chat, with its router decisions and feedback? This cannot be undone.") ? chat : null, ...rest]"""
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
@@ -70,10 +74,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return (visitor or uuid.uuid4().hex) if per_visitor else None
 
     def session_choices(visitor, current=None, matching=None):
-        """The past chats list: the 50 most recent, or those that hold the searched text."""
-        found = service.sessions(owner_of(visitor), matching)
-        return gr.update(choices=[(s["title"], s["id"]) for s in found],
-                         value=current if any(s["id"] == current for s in found) else None)
+        """The past chats list: the most recent, or those that hold the searched text; it says when there
+        are more than it lists."""
+        found = service.sessions(owner_of(visitor), matching, limit=LISTED_CHATS + 1)
+        more = f" (the {LISTED_CHATS} most recent{' matches' if matching else ''}: search to narrow)"
+        return gr.update(choices=[(s["title"], s["id"]) for s in found[:LISTED_CHATS]],
+                         value=current if any(s["id"] == current for s in found) else None,
+                         label="Past chats" + (more if len(found) > LISTED_CHATS else ""))
 
     def chat_view(session_id, visitor) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""
@@ -95,24 +102,27 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def open_session(session_id, visitor, on_screen):
         owner = owner_of(visitor)
         if not service.owns(session_id, owner):
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 8
         on_screen["chat"] = session_id
-        return session_id, chat_view(session_id, owner), *panel_views(service, session_id, owner)
+        return session_id, chat_view(session_id, owner), "", "", *panel_views(service, session_id, owner)
 
     @explained
     def new_chat(visitor, on_screen):
         on_screen["chat"] = None
-        return (None, chat_view(None, visitor), "", "", gr.update(value=None),
+        return (NO_CHAT, chat_view(None, visitor), "", "", gr.update(value=None),
                 *panel_views(service, None, owner_of(visitor)))
 
     @explained
     def delete_chat(session_id, visitor, on_screen, matching):
-        """Delete the open chat, once the page's confirm() said yes (else session_id comes as None)."""
-        if not session_id:
+        """Delete the open chat, once the page's confirm() said yes (CONFIRM_DELETE: else None comes)."""
+        if session_id is None:
+            return (gr.skip(),) * 9
+        if session_id == NO_CHAT:
+            gr.Info("No chat is open: open one from Past chats to delete it.")
             return (gr.skip(),) * 9
         service.delete_session(session_id, owner_of(visitor))
         on_screen["chat"] = None
-        return (None, chat_view(None, visitor), "", "", session_choices(visitor, None, matching),
+        return (NO_CHAT, chat_view(None, visitor), "", "", session_choices(visitor, None, matching),
                 *panel_views(service, None, owner_of(visitor)))
 
     @explained
@@ -120,23 +130,26 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return session_choices(visitor, session_id, matching)
 
     @explained
-    def after_reply(session_id, visitor, matching):
-        return session_choices(visitor, session_id, matching), *panel_views(service, session_id, owner_of(visitor))
+    def after_reply(visitor, matching, on_screen):
+        """The list and the panel for the chat on screen: the page may have opened another meanwhile."""
+        chat = on_screen["chat"]
+        return session_choices(visitor, chat, matching), *panel_views(service, chat, owner_of(visitor))
 
-    def send(message, session_id, route, use_draft, visitor, on_screen):
+    def send(message, session_id, route, use_draft, visitor, on_screen, matching):
         """Streams the reply into the page while the page shows its chat. Opened elsewhere (another chat,
         a new one), the reply goes on and is saved, and the page is left alone: each update once drew
         this chat back, and made it the one the next message went to."""
         visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
         refused = service.refusal(message, route)
         if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
-            yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor
+            yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
             return
         try:
             if not service.owns(session_id, visitor):  # so that Stop, even before the reply starts, finds it
                 session_id = service.new_session(visitor)
         except SessionStoreError as exc:
-            yield gr.skip(), gr.skip(), session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor
+            yield (gr.skip(), gr.skip(), session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,
+                   gr.skip())
             return
         stored = chat_view(session_id, visitor)
         before = stored["value"]
@@ -144,17 +157,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # the next message in while the reply streams (every later yield leaves it as it is).
         on_screen["chat"] = session_id
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
-               session_id, "", "", gr.skip(), visitor)
+               session_id, "", "", gr.skip(), visitor, gr.skip())
         shown_at, path_drawn, left = 0.0, False, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
             away = on_screen["chat"] != session_id
             if update.status == "ignored":  # not saved: the message goes back to the box
-                yield gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(), visitor
+                yield (gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(), visitor,
+                       gr.skip())
                 return
             if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
                 if not left:
                     left = True
-                    yield (*(gr.skip(),) * 6, visitor)
+                    yield (*(gr.skip(),) * 6, visitor, gr.skip())
                 continue
             # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
             # not held back by the page.
@@ -163,10 +177,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             shown_at = time.monotonic()
             status = update.status if update.done else "complete"
             chat = before + [shown("user", message), shown("assistant", update.text, status)]
-            drawing = gr.skip()
-            if update.decision and not path_drawn:  # the route is known before the first token: draw it once
-                drawing, path_drawn = panel.path_html(update.decision.to_dict(), message), True
-            yield chat, gr.skip(), update.session_id, update.notice or "", stats_line(update), drawing, visitor
+            drawing, listed = gr.skip(), gr.skip()
+            if not path_drawn:  # the route is known before the first token: draw it once
+                drawing = panel.path_html(update.decision.to_dict(), message) if update.decision else gr.skip()
+                # and the list, now that the message is stored: this chat moves to the top here, as the
+                # person sends, not under their pointer as the reply ends (a click then opened another)
+                listed, path_drawn = session_choices(visitor, session_id, matching), True
+            yield chat, gr.skip(), update.session_id, update.notice or "", stats_line(update), drawing, visitor, listed
 
     @explained
     def stop_reply(session_id, visitor):
@@ -269,14 +286,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                              elem_id="decisions")
 
         views = [path, timeline, distribution, table]
-        outputs = [chatbot, box, session_id, notice, stats, path, visitor]
-        inputs = [box, session_id, route, use_draft, visitor, on_screen]
+        outputs = [chatbot, box, session_id, notice, stats, path, visitor, sessions]
+        inputs = [box, session_id, route, use_draft, visitor, on_screen, search]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
         submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
         clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
         for event in (submitted, clicked):
-            event.then(after_reply, [session_id, visitor, search], [sessions, *views], api_visibility="private")
+            event.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
         # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
         stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
                           api_visibility="private").then(
@@ -288,7 +305,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
                             js=CONFIRM_DELETE)
         search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
-        sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, *views],
+        sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, notice, stats, *views],
                        api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
         demo.load(on_load, [visitor, session_id, on_screen], [visitor, sessions, session_id, chatbot, *views],

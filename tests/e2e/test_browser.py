@@ -385,6 +385,7 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     chat_b = sessions[-1]
     page.locator(f'#sessions input[value="{chat_a}"]').check()
     expect(user_rows).to_have_count(2 + attempt)
+    expect(page.locator("#stats")).to_have_text("")  # it was the other chat's reply's line
     expect(page.locator('#chat button[aria-label="Liked"]')).to_have_count(1)
     page.locator('#chat button[aria-label="Dislike"]').last.click()
     expect(table_rows(page).nth(1)).to_contain_text("down")
@@ -400,10 +401,16 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     expect(user_rows).to_have_count(1)
     expect(page.locator('#chat button[aria-label="Liked"], #chat button[aria-label="Disliked"]')).to_have_count(0)
 
-    # The chat's trash button starts a new chat, as "New chat" does; the old one stays in the list.
+    # The chat's trash button starts a new chat, as "New chat" does; the old one stays in the list. A
+    # reload then shows the new, empty chat (it reopened the old one: None was not kept in the browser).
     page.locator('#chat button[aria-label="Clear"]').click()
     expect(page.locator("#chat .message-row")).to_have_count(0)
     expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    page.wait_for_timeout(1000)  # the page's load event, which reopens the chat kept in the browser
+    expect(page.locator("#chat .message-row")).to_have_count(0)
+    expect(page.locator('#sessions input:checked')).to_have_count(0)
     send(page, "after the trash button", db_path, turn=1)
     (last,) = db.execute("select session_id from messages where role = 'user' order by id desc limit 1").fetchone()
     assert last not in (chat_a, chat_b)
@@ -428,6 +435,12 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     page.wait_for_selector("#message textarea")
     expect(page.locator("#sessions input")).to_have_count(50)
     expect(page.locator(f'#sessions input[value="{oldest}"]')).to_have_count(0)
+    expect(page.locator("#sessions")).to_contain_text("Past chats (the 50 most recent: search to narrow)")
+    page.fill("#search-chats textarea", "chat number")
+    expect(page.locator("#sessions")).to_contain_text("Past chats (the 50 most recent matches: search to narrow)")
+    page.fill("#search-chats textarea", "chat number 5")
+    expect(page.locator("#sessions input")).to_have_count(6)  # 5, 50-54
+    expect(page.locator("#sessions")).not_to_contain_text("most recent")
 
     page.fill("#search-chats textarea", "KUMQUAT")
     expect(page.locator("#sessions input")).to_have_count(1)
@@ -459,13 +472,22 @@ def test_copy_gives_a_message_as_typed(app, page):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     typed = ('see `List<int>`, ``a`<b``, `plain` & <b>not bold</b> ![x](y) &#33;[\n'
              '```python\nif a < b:\n    print("&lt;")\n```\nbye')
+    ends_in_code = "and one that ends in code:\n```python\nprint(1 < 2)\n```"  # once copied as our HTML
     send(page, typed, db_path)
-    user = page.locator("#chat .message-row.user-row").last
+    user = page.locator("#chat .message-row.user-row").first
     user.hover()
     page.locator('#chat button[aria-label="Copy message"]').first.click()
     expect(page.locator("#chat")).to_be_visible()
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == typed
+    send(page, ends_in_code, db_path)
+    page.evaluate("""() => {  // the Copy button that follows the last user message
+        const row = [...document.querySelectorAll('#chat .message-row.user-row')].pop();
+        [...document.querySelectorAll('#chat button[aria-label="Copy message"]')]
+            .find(b => row.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING).click();
+    }""")
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == ends_in_code
     user.locator("pre").hover()
     user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
     page.wait_for_timeout(300)
@@ -518,6 +540,6 @@ def test_a_person_deletes_a_chat_after_saying_yes(app, page):
     assert db.execute("select id from sessions").fetchall() == [(first["session_id"],)]
 
     page.click("#delete-chat")  # no chat open: nothing to ask, nothing deleted
-    page.wait_for_timeout(500)
+    expect(page.get_by_text("No chat is open: open one from Past chats to delete it.")).to_be_visible()
     assert len(page.confirms) == 2 and db.execute("select count(*) from sessions").fetchone()[0] == 1
     assert page.get_by_text("Error", exact=True).count() == 0 and page.dialogs == []
