@@ -161,6 +161,14 @@ def _own(path: Path) -> ModelFile:
     return ModelFile("base", "base", str(path.resolve()), None, None)
 
 
+def _own_compressed(tmp_path: Path, gguf: Path) -> Path:
+    """gguf compressed as a user's own mine/model.gguf.zst."""
+    source = tmp_path / "mine" / "model.gguf.zst"
+    source.parent.mkdir(exist_ok=True)
+    compress(gguf, source)
+    return source
+
+
 @pytest.fixture(scope="module")
 def other_gguf(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("other") / "draft.gguf"
@@ -186,9 +194,7 @@ def test_your_own_compressed_file_replaced_by_another_is_decompressed_again_even
         tmp_path, gguf_file, other_gguf):
     """A copy newer than its source was reused: a file copied in with its older date (cp -p, rsync -a)
     was never read."""
-    source = tmp_path / "mine" / "model.gguf.zst"
-    source.parent.mkdir()
-    compress(gguf_file, source)
+    source = _own_compressed(tmp_path, gguf_file)
     store = Store(tmp_path / "cache", progress=False)
     first = store.ensure("custom", _own(source))
     compress(other_gguf, source)
@@ -198,25 +204,28 @@ def test_your_own_compressed_file_replaced_by_another_is_decompressed_again_even
     assert sha256_file(again) == sha256_file(other_gguf)
 
 
-@pytest.mark.parametrize("cut", ["half", "last byte"])
-def test_your_own_truncated_compressed_file_is_refused_by_its_name_with_nothing_kept(tmp_path, gguf_file, cut):
+@pytest.mark.parametrize("damage, said", [
+    ("cut in half", "truncated"),
+    ("last byte cut", "truncated"),
+    ("its checksum cut short", "truncated"),  # the streaming decoder took it without a word
+    ("bytes after its frame", "100 bytes after"),
+])
+def test_your_own_compressed_file_that_does_not_end_with_its_frame_is_refused_with_nothing_kept(
+        tmp_path, gguf_file, damage, said):
     """Cut short, it once decompressed to a shorter file, kept as good; llama.cpp then named that copy."""
-    source = tmp_path / "mine" / "model.gguf.zst"
-    source.parent.mkdir()
-    compress(gguf_file, source)
+    source = _own_compressed(tmp_path, gguf_file)
     data = source.read_bytes()
-    source.write_bytes(data[:len(data) // 2] if cut == "half" else data[:-1])
+    source.write_bytes({"cut in half": data[:len(data) // 2], "last byte cut": data[:-1],
+                        "its checksum cut short": data[:-2], "bytes after its frame": data + b"\0" * 100}[damage])
     store = Store(tmp_path / "cache", progress=False)
     with pytest.raises(ModelFileError, match=str(source)) as err:
         store.ensure("custom", _own(source))
-    assert "truncated" in str(err.value)
+    assert said in str(err.value)
     assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []
 
 
 def test_your_own_compressed_file_gone_since_its_copy_was_made_is_named(tmp_path, gguf_file):
-    source = tmp_path / "mine" / "model.gguf.zst"
-    source.parent.mkdir()
-    compress(gguf_file, source)
+    source = _own_compressed(tmp_path, gguf_file)
     store = Store(tmp_path / "cache", progress=False)
     store.ensure("custom", _own(source))
     source.unlink()
@@ -228,9 +237,7 @@ def test_your_own_compressed_file_damaged_inside_is_refused_by_its_name_with_not
     """A byte changed inside the stream (a bad disk, a bad copy) once decompressed to a file of the
     right size with wrong weights, kept as good: with no digest to check, the stream's own checksum
     must catch it. `zstd` writes one by default; so does compress(), which stands in for it here."""
-    source = tmp_path / "mine" / "model.gguf.zst"
-    source.parent.mkdir()
-    compress(gguf_file, source)
+    source = _own_compressed(tmp_path, gguf_file)
     good = source.read_bytes()
     store = Store(tmp_path / "cache", progress=False)
     for at in range(len(good) // 10, len(good) - 8, len(good) // 10):  # ten places in the compressed blocks
@@ -255,26 +262,9 @@ def test_your_own_file_of_several_zstd_frames_is_decompressed_whole(tmp_path, gg
     assert sha256_file(store.ensure("custom", _own(source))) == sha256_file(gguf_file)
 
 
-@pytest.mark.parametrize("damage", ["its checksum cut short", "bytes after its frame"])
-def test_your_own_compressed_file_that_does_not_end_with_its_frame_is_refused(tmp_path, gguf_file, damage):
-    """A copy missing only the checksum's bytes decompressed without a word, its content unchecked."""
-    source = tmp_path / "mine" / "model.gguf.zst"
-    source.parent.mkdir()
-    compress(gguf_file, source)
-    data = source.read_bytes()
-    source.write_bytes(data[:-2] if damage == "its checksum cut short" else data + b"\0" * 100)
-    store = Store(tmp_path / "cache", progress=False)
-    with pytest.raises(ModelFileError, match=str(source)) as err:
-        store.ensure("custom", _own(source))
-    assert ("truncated" if damage == "its checksum cut short" else "100 bytes after") in str(err.value)
-    assert not store.folder("custom").exists() or list(store.folder("custom").iterdir()) == []
-
-
 def test_verify_checks_your_own_decompressed_copy_against_the_digest_recorded_when_it_was_made(tmp_path, gguf_file):
     """It was decompressed again every time: there is no digest in a manifest for your own file."""
-    source = tmp_path / "mine" / "model.gguf.zst"
-    source.parent.mkdir()
-    compress(gguf_file, source)
+    source = _own_compressed(tmp_path, gguf_file)
     store = Store(tmp_path / "cache", progress=False)
     copy = store.ensure("custom", _own(source))
     made = copy.stat().st_mtime_ns
