@@ -106,11 +106,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         on_screen["chat"] = session_id
         return session_id, chat_view(session_id, owner), "", "", *panel_views(service, session_id, owner)
 
+    def empty_chat(visitor, on_screen, listed) -> tuple:
+        """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
+        on_screen["chat"] = None
+        return NO_CHAT, chat_view(None, visitor), "", "", listed, *panel_views(service, None, owner_of(visitor))
+
     @explained
     def new_chat(visitor, on_screen):
-        on_screen["chat"] = None
-        return (NO_CHAT, chat_view(None, visitor), "", "", gr.update(value=None),
-                *panel_views(service, None, owner_of(visitor)))
+        return empty_chat(visitor, on_screen, gr.update(value=None))
 
     @explained
     def delete_chat(session_id, visitor, on_screen, matching):
@@ -121,9 +124,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             gr.Info("No chat is open: open one from Past chats to delete it.")
             return (gr.skip(),) * 9
         service.delete_session(session_id, owner_of(visitor))
-        on_screen["chat"] = None
-        return (NO_CHAT, chat_view(None, visitor), "", "", session_choices(visitor, None, matching),
-                *panel_views(service, None, owner_of(visitor)))
+        return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
 
     @explained
     def find_chats(matching, session_id, visitor):
