@@ -82,12 +82,18 @@ class ChatService:
             return []  # no stored text holds half a character
         return self.memory.list_sessions(limit=limit, owner=owner, matching=matching)
 
-    def delete_session(self, session_id: str | None, owner: str | None = None) -> None:
-        """Delete a chat and all it holds (its routing decisions and 👍/👎 too)."""
+    def delete_session(self, session_id: str | None, owner: str | None = None, wait_s: float = 10.0) -> None:
+        """Delete a chat and all it holds (its routing decisions and 👍/👎 too). A reply still streaming
+        there is stopped first, and the delete waits (up to wait_s) until it is saved: it writes to the chat."""
         if not self.owns(session_id, owner):
             raise ValueError("There is no chat to delete here: open one from the list first.")
-        if session_id in self._stopping:  # its reply still writes to it
-            raise ValueError("This chat is replying: stop the reply first, then delete the chat.")
+        deadline = time.monotonic() + wait_s
+        while (replying := self._stopping.get(session_id)) is not None:
+            replying.set()
+            if time.monotonic() > deadline:
+                raise ValueError(f"This chat's reply did not stop within {wait_s:g} s, so the chat was not deleted: "
+                                 f"press Stop, then delete it again.")
+            time.sleep(0.02)
         self.memory.delete_session(session_id)
 
     def transcript(self, session_id: str, owner: str | None = None) -> list[dict]:
@@ -176,8 +182,6 @@ class ChatService:
             update.status, update.done = "error", True
             update.notice = f"The model failed while replying ({type(exc).__name__}: {exc}). The text so far is kept."
         finally:
-            if self._stopping.get(session_id) is stopping:
-                del self._stopping[session_id]
             stats = update.stats.to_dict() if update.stats else None
             try:
                 self.memory.update_message(reply_id, content="".join(pieces), status=update.status or "stopped",
@@ -188,6 +192,9 @@ class ChatService:
                 log.warning("reply %s not saved: %s", reply_id, exc)
                 unsaved = f"This reply could not be saved. {exc}"
                 update.notice = f"{update.notice} {unsaved}" if update.notice else unsaved
+            finally:  # last: until it is saved, the reply writes to the chat (delete_session waits for this)
+                if self._stopping.get(session_id) is stopping:
+                    del self._stopping[session_id]
         if self.router and update.status == "complete":
             self.router.remember(update.text)
         yield update

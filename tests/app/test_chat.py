@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -131,17 +133,38 @@ def test_an_unknown_route_is_refused(service):
     assert update.status == "ignored" and "Unknown route 'poetry'" in update.notice
 
 
-def test_a_chat_is_deleted_only_by_its_owner_and_not_while_it_replies(service):
+def test_a_chat_is_deleted_only_by_its_owner(service):
     *_, mine = service.respond(None, "mine", owner="me")
     *_, theirs = service.respond(None, "theirs", owner="them")
     with pytest.raises(ValueError, match="no chat"):
         service.delete_session(theirs.session_id, owner="me")
-    stream = service.respond(mine.session_id, "a long answer please", owner="me")
-    next(stream)
-    with pytest.raises(ValueError, match="stop the reply first"):
-        service.delete_session(mine.session_id, owner="me")
-    *_, last = stream
-    assert last.status == "complete" and rows(service, mine.session_id)[-1][2] == "complete"
     service.delete_session(mine.session_id, owner="me")
     assert service.transcript(mine.session_id, owner="me") == [] and service.sessions(owner="me") == []
     assert [s["id"] for s in service.sessions(owner="them")] == [theirs.session_id]
+
+
+def test_deleting_a_replying_chat_stops_its_reply_first(service):
+    """The page asked and the user said yes: the reply ends at its next token, is saved, then all goes."""
+    *_, first = service.respond(None, "first")
+    stream = service.respond(first.session_id, "a long answer please")
+    shown = [next(stream)]
+    def read_as_the_page_does():  # a frame at a time, so 48 tokens take longer than the delete's ask
+        for update in stream:
+            shown.append(update)
+            time.sleep(0.04)
+    reader = threading.Thread(target=read_as_the_page_does)
+    reader.start()
+    service.delete_session(first.session_id)
+    reader.join(5)
+    assert not reader.is_alive() and shown[-1].done and shown[-1].status == "stopped"
+    assert service.sessions() == [] and rows(service, first.session_id) == []
+
+
+def test_a_reply_nobody_reads_blocks_the_delete_with_a_reason(service):
+    *_, first = service.respond(None, "first")
+    stream = service.respond(first.session_id, "a long answer please")
+    next(stream)  # suspended: no token comes, so the reply cannot reach its stop
+    with pytest.raises(ValueError, match="did not stop"):
+        service.delete_session(first.session_id, wait_s=0.2)
+    *_, last = stream
+    assert last.status == "stopped" and rows(service, first.session_id)[-1][2] == "stopped"
