@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat import ChatService, ChatSettings
     from app.memory import Memory, SessionStoreError
-    from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_JS, build_ui
+    from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_HEAD, PAGE_JS, build_ui
 
     settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
     too_small = context_too_small(engine, settings)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         startup.close()  # the chat takes over its address; the page reloads into it
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
-        css=PAGE_CSS, js=PAGE_JS,
+        css=PAGE_CSS, js=PAGE_JS, head=PAGE_HEAD,
     )
     return 0
 

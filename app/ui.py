@@ -29,6 +29,12 @@ FEEDBACK = {True: "Like", False: "Dislike"}  # a stored 👍/👎 as the Chatbot
 # Before the Python callback: asks, and sends None (nothing deleted) unless the answer is OK; NO_CHAT if none is open.
 CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CHAT}" : confirm(
     "Delete this chat, with its router decisions and feedback? This cannot be undone.") ? chat : null, ...rest]"""
+# The open chat per tab: gr.BrowserState keeps one for the whole browser (localStorage), so a reload of one
+# tab opened the chat another tab opened last. Each tab also keeps its own in sessionStorage, which a
+# reload keeps and a new tab starts without. Read in the page's <head> (launch(head=...)): by the load
+# event, restoring the BrowserState has already fired its change, which writes the key.
+TAB_CHAT_KEY = "cogumi-tab-chat"
+PAGE_HEAD = f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}");</script>'
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
@@ -310,7 +316,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                        api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
         demo.load(on_load, [visitor, session_id, on_screen], [visitor, sessions, session_id, chatbot, *views],
-                  api_visibility="private")
+                  api_visibility="private", js="(visitor, chat, ...rest) => [visitor, window.cogumiTabChat ?? chat, ...rest]")
+        session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
         gr.api(chat_api, api_name="chat", concurrency_id=ENGINE_QUEUE)
         gr.api(new_session_api, api_name="new_session")
         gr.api(panel_api, api_name="panel")

@@ -55,7 +55,7 @@ def chromium_path() -> str:
 def browser_page(url: str):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()  # a context: more tabs
         page.dialogs = []  # any alert() at all would mean typed HTML ran
         page.confirms = []  # the app's own confirm() questions, answered by page.answer (True: OK)
         page.answer = None
@@ -418,6 +418,33 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     # The chart carries its title: gr.Plot's label, drawn over the chart, covered its top.
     assert page.locator('#timeline [data-testid="block-label"]').evaluate_all("ls => ls.every(l => !l.checkVisibility())")
     assert page.get_by_text("Error", exact=True).count() == 0
+
+
+def test_two_tabs_each_reopen_their_own_chat_on_reload(app, page):
+    """The open chat was kept for the whole browser: a reload of one tab opened the chat another tab
+    had opened last. A new tab still opens the browser's last chat."""
+    url, db_path = app
+    send(page, "the first tab's chat", db_path, turn=1)
+    other = page.context.new_page()
+    other.goto(url)
+    other.wait_for_selector("#message textarea")
+    mine, theirs = page.locator("#chat .message-row.user-row"), other.locator("#chat .message-row.user-row")
+    expect(theirs).to_have_text(["the first tab's chat"])
+    other.click("#new-chat")
+    expect(theirs).to_have_count(0)
+    send(other, "the second tab's chat", db_path, turn=1)
+    for tab, kept in ((page, "the first tab's chat"), (other, "the second tab's chat")):
+        tab.reload()
+        tab.wait_for_selector("#message textarea")
+        tab.wait_for_timeout(1000)  # the page's load event, which reopens the tab's chat
+        expect(tab.locator("#chat .message-row.user-row")).to_have_text([kept])
+    other.click("#new-chat")  # and a tab left on a new chat stays there
+    expect(theirs).to_have_count(0)
+    other.reload()
+    other.wait_for_selector("#message textarea")
+    other.wait_for_timeout(1000)
+    expect(theirs).to_have_count(0)
+    expect(mine).to_have_text(["the first tab's chat"])
 
 
 def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
