@@ -129,6 +129,14 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
     return paths, failed
 
 
+def refuse_own_modifiers(args: argparse.Namespace, failed: dict[str, str]) -> None:
+    """A --modifier file named on the command line that cannot be used stops the start, as a bad --model
+    does: it was asked for by name. (A profile's modifier that fails is left out, with its reason shown.)"""
+    for name, reason in failed.items():
+        if args.model:
+            raise ModelFileError(f"--modifier {name}: {reason} Fix the file, or leave out --modifier {name}.")
+
+
 def build_router(engine, profile: Profile, max_tokens: int):
     """The router, with the base model's scoring handed to its perplexity signal and the
     thresholds from the profile. The encoder runs on one thread: one message is too small to share
@@ -155,8 +163,12 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
             name, _, path = item.partition("=")
             if name not in ("code", "reasoning", "automation") or not path:
                 raise ModelFileError(f"--modifier {item!r}: write NAME=FILE.gguf with NAME code, reasoning or automation")
+            if name in modifiers:
+                raise ModelFileError(f"--modifier {name} is given twice ({modifiers[name]} and {path}): give each of "
+                                     f"code, reasoning and automation once.")
             if not Path(path).is_file():  # a typo: not a modifier to leave out quietly
-                raise ModelFileError(f"--modifier {name}: {path}: file not found.")
+                what = "is a directory, not a LoRA GGUF file" if Path(path).is_dir() else "file not found"
+                raise ModelFileError(f"--modifier {name}: {path}: {what}. Fix the path, or leave out --modifier {name}.")
             modifiers[name] = Path(path)
         return user_profile(args.model, args.draft, modifiers)
     if args.draft or args.modifier:
@@ -230,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         # page with it (Gradio serves it on a daemon thread); the chat closes it to take its address.
         startup = startup_page(args, profile, store)
         paths, failed = prepare_models(profile, store, verify=args.verify)
+        refuse_own_modifiers(args, failed)
         if startup:
             startup.progress.set_stage("Loading the model into memory…")
         from models.engine import Engine
@@ -239,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                         modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths},
                         draft=None if args.no_draft else paths.get("draft"),
                         conversations=args.conversations or (4 if space else 1))
+        engine.check_output()  # weights whose output is not a number: a damaged file whose format is whole
+        refuse_own_modifiers(args, engine.modifiers.failed)
         if startup:
             startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place
     except ModelFileError as exc:

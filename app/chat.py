@@ -160,7 +160,7 @@ class ChatService:
             route = decision.route if decision else (override if override != AUTO else "base")
             missing = self.modifier_status().get(route)
             if missing:
-                update.notice = f"The {route} modifier is not available ({missing}); this reply uses the plain base."
+                update.notice = f"The {route} modifier is not available ({missing.rstrip('.')}); this reply uses the plain base."
                 if decision:
                     decision.reason += f"; the {route} modifier is not available → base"
                     decision.route = "base"

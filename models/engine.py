@@ -12,6 +12,7 @@ import codecs
 import ctypes
 import functools
 import logging
+import math
 import os
 import platform
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel, LlamaSampler
 
 from models.chat_format import ChatML
-from models.errors import ContextOverflowError, ModelFileError
+from models.errors import ContextOverflowError, ModelFileError, ModelOutputError
 from models.gguf_header import check_hyperparameters, read_header, read_metadata
 from models.scoring import common_prefix, nll_sum, prefill_scoring
 from models.speculative import Draft, DraftLength
@@ -88,6 +89,10 @@ class GenerationStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+NOT_A_NUMBER = ("its output on a short text is not a number (NaN): its weights are damaged, though its format "
+                "is whole. Copy or download it again.")
 
 
 def check_gguf_file(path: Path) -> None:
@@ -227,6 +232,26 @@ class Engine:
         # word splits differently), so the next turn's prompt would leave the KV cache at the
         # start of the reply and prefill all of it again.
         self.reply_tokens: dict[str, list[int]] = {}
+
+    def check_output(self) -> None:
+        """Decode a short text on the base, each modifier and the draft, and refuse the ones whose output
+        is not a number: weights damaged inside a file whose format is whole, which llama.cpp loads
+        without a word (the reply was then a row of control characters). The base or the draft stops
+        the start; a modifier is left out with its reason, as one that does not load is."""
+        text = self.tokenize("Hello")
+        if not np.isfinite(self.next_token_logits(text).sum()):
+            raise ModelFileError(f"{self.model_path}: {NOT_A_NUMBER}")
+        for name in self.modifiers.names:
+            if not np.isfinite(self.next_token_logits(text, name).sum()):
+                self.modifiers.refuse(name, f"{self.modifiers.available[name].path}: {NOT_A_NUMBER}")
+        if self.draft and not np.isfinite(self.draft.next_token_logits(text).sum()):
+            raise ModelFileError(f"draft {self.draft.path}: {NOT_A_NUMBER} Or start with --no-draft.")
+
+    def _not_a_number(self, route: str | None) -> ModelOutputError:
+        files = self.model_path.name + (f" with {self.modifiers.available[route].path.name}" if route else "")
+        return ModelOutputError(f"{files}: the model's output is not a number (NaN) on this text: its weights are "
+                                f"damaged. Copy or download the file again (the start checks each model on a "
+                                f"short text; this damage shows only on some words).")
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
@@ -435,6 +460,8 @@ class Engine:
             nll = prefill_scoring(decode_at, logits, self._nll, prompt, keep, len(prompt), range(start - 1, end - 1),
                                   chunk, self.n_batch)
             self._fresh = (seq, len(prompt))
+        if not math.isfinite(nll):
+            raise self._not_a_number(None)
         return nll / (end - start), end - start
 
     _nll = staticmethod(nll_sum)
@@ -519,6 +546,8 @@ class Engine:
         own sample disagrees with; that sample is the next token. Ends when the context is full."""
         cached = self._kv[seq]
         self._use_batch_threads(self.n_threads)  # a draft's few tokens, as one token: memory-bound
+        if not np.isfinite(np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).sum()):
+            raise self._not_a_number(self.modifiers.active)  # (later tokens are not checked: 20 µs each)
         token = sampler.sample(self.ctx, -1)
         while True:
             yield token

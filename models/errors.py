@@ -7,3 +7,7 @@ class ModelFileError(Exception):
 
 class ContextOverflowError(Exception):
     """The newest message alone does not fit in the model's context window."""
+
+
+class ModelOutputError(Exception):
+    """A model's output is not a number: weights damaged in a way its file's format does not show."""

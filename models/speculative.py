@@ -73,6 +73,11 @@ class Draft:
         self.ctx.decode(self.batch)
         self.cached.extend(tokens)
 
+    def next_token_logits(self, context: Sequence[int]) -> np.ndarray:
+        """The draft's logits after `context` (a copy)."""
+        self.propose(context, 0, 1.0)  # decodes what the cache lacks, proposes nothing
+        return np.ctypeslib.as_array(self.ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
+
     def propose(self, context: Sequence[int], k: int, min_confidence: float) -> list[int]:
         """Up to k greedy tokens that follow `context`; stops early where the draft's own top
         probability falls below min_confidence (a guess the base would likely reject)."""

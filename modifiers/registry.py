@@ -45,6 +45,9 @@ def check_adapter(path: Path, base_arch: str | None, base_shapes: dict[str, tupl
         f = lora.fields.get(key)
         return f.contents() if f is not None else None
 
+    if text("general.type") == "model" or (text("general.type") is None and "tokenizer.ggml.model" in lora.fields):
+        raise AdapterError(f"{path}: is a model, not a LoRA adapter: a modifier is a LoRA GGUF made for this base "
+                           f"(llama.cpp's convert_lora_to_gguf.py writes one).")
     if text("general.type") != "adapter" or text("adapter.type") != "lora":
         raise AdapterError(f"{path}: not a LoRA adapter (general.type={text('general.type')!r}, "
                            f"adapter.type={text('adapter.type')!r}).")
@@ -100,6 +103,15 @@ class ModifierRegistry:
     @property
     def names(self) -> list[str]:
         return list(self.available)
+
+    @property
+    def active(self) -> str | None:
+        return self._active
+
+    def refuse(self, name: str, reason: str) -> None:
+        """Leave out a modifier that loaded but does not work (Engine.check_output), with its reason."""
+        del self.available[name]
+        self.failed[name] = reason
 
     def activate(self, ctx: object, name: str | None) -> None:
         """Switch the context to modifier `name` (None: the plain base). Weights are untouched;

@@ -3,11 +3,13 @@ streaming, prompt tokens immune to typed control tokens, context limits, unloada
 
 from __future__ import annotations
 
+import gguf
 import llama_cpp
 import pytest
 
 from models.engine import Engine, GenerationStats
-from models.errors import ContextOverflowError, ModelFileError
+from models.errors import ContextOverflowError, ModelFileError, ModelOutputError
+from tests.models.damaged import with_nan
 
 SYSTEM = {"role": "system", "content": "You are a test."}
 
@@ -124,6 +126,43 @@ def test_truncated_gguf_gives_llama_cpps_reason(tmp_path, demo_set):
         Engine(path)
     assert str(path) in str(err.value)
     print(err.value)
+
+
+def test_a_model_whose_output_is_not_a_number_is_refused_at_the_start(tmp_path, demo_set):
+    path = with_nan(demo_set["base"], tmp_path / "nan.gguf", "blk.0.attn_q.weight")
+    with pytest.raises(ModelFileError, match="not a number") as err:
+        Engine(path, n_ctx=256).check_output()
+    assert str(path) in str(err.value) and "download it again" in str(err.value)
+
+
+def test_a_modifier_or_draft_whose_output_is_not_a_number_is_named(tmp_path, demo_set):
+    lora = next(t.name for t in gguf.GGUFReader(demo_set["code"]).tensors if t.name.endswith("lora_b"))
+    code = with_nan(demo_set["code"], tmp_path / "code.gguf", lora)
+    engine = Engine(demo_set["base"], n_ctx=256, modifiers={"code": (code, 1.0), "reasoning": (demo_set["reasoning"], 1.0)})
+    engine.check_output()  # the base is sound: the modifier alone is left out, with its reason
+    assert engine.modifiers.names == ["reasoning"] and "not a number" in engine.modifiers.failed["code"]
+    draft = with_nan(demo_set["draft"], tmp_path / "draft.gguf", "blk.0.attn_q.weight")
+    with pytest.raises(ModelFileError, match="not a number") as err:
+        Engine(demo_set["base"], n_ctx=256, draft=draft).check_output()
+    assert str(draft) in str(err.value) and "--no-draft" in str(err.value)
+
+
+def test_a_reply_whose_logits_are_not_a_number_fails_with_the_reason(tmp_path, demo_set, engine):
+    """Damage in one token's embedding passes the start's check; a message holding that token fails
+    with the reason, in scoring (the router) and in a reply, instead of a reply of control characters."""
+    sound = set(engine.fit(chat("hello there"), 4)[0])  # the template's tokens and a message without it
+    token = next(t for t in engine.tokenize(" zebra")[:-1] if t not in sound)  # a row the perplexity reads
+    path = with_nan(demo_set["base"], tmp_path / "row.gguf", "token_embd.weight", row=token)
+    damaged = Engine(path, n_ctx=256)
+    damaged.check_output()
+    messages = chat("tell me about the zebra")
+    assert token in damaged.fit(messages, 8)[0]
+    with pytest.raises(ModelOutputError, match="not a number"):
+        damaged.score(messages, max_tokens=8)
+    with pytest.raises(ModelOutputError, match="not a number") as err:
+        run(damaged, messages, max_tokens=8)
+    assert path.name in str(err.value)
+    assert run(damaged, chat("hello there"), max_tokens=4)[1].tokens > 0  # the rest still replies
 
 
 def test_a_q8_0_model_replies_on_this_cpu(tmp_path):

@@ -42,11 +42,12 @@ import zstandard
 
 from app.chat import ChatService, ChatSettings
 from app.memory import Memory, SessionStoreError
-from models.demo import DemoSpec, compress, sha256_file, write_model
+from models.demo import DemoSpec, compress, sha256_file, write_lora, write_model
 from models.errors import ModelFileError
 from models.manifest import ModelFile
 from models.store import Store
 from tests.launcher import ROOT, free_port
+from tests.models.damaged import with_nan
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -196,6 +197,8 @@ MODEL_FILES = {  # how to make it → what the error line says besides the file'
     "a .gguf.zst of nothing": (lambda d, g: zst(d / "model.gguf.zst", b""), ["not a GGUF model file"]),
     "0 layers": (with_values(block_count=0), ["llama.block_count is 0"]),
     "a 2^32-1 token context": (with_values(context_length=2**32 - 1), ["llama.context_length is 4,294,967,295"]),
+    "NaN in its weights": (lambda d, g: with_nan(g, d / "model.gguf", "blk.0.attn_q.weight"),
+                           ["not a number", "download it again"]),
 }
 
 
@@ -210,6 +213,39 @@ def test_a_hostile_model_file_stops_launch_with_the_file_named(tmp_path, small_g
     # nothing half-made is left in the cache, and no sessions.db was started
     assert not [p for p in models.rglob("*") if p.is_file()]
     assert not (tmp_path / "data" / "sessions.db").exists()
+
+
+MODIFIER_FILES = {  # a --modifier file of your own that cannot be used → what the error line says
+    "a LoRA for another base": (lambda d, s: write_lora(d / "lora.gguf", DemoSpec(n_embd=128, n_ff=352), "code"),
+                                ["wrong base model?"]),
+    "a full model": (lambda d, s: write_model(d / "lora.gguf", DemoSpec(), "draft"),
+                     ["a model, not a LoRA adapter"]),
+    "a text file": (lambda d, s: (d / "lora.gguf").write_text("not a model\n"), ["not a GGUF file"]),
+    "a directory": (lambda d, s: (d / "lora.gguf").mkdir(), ["is a directory"]),
+    "NaN in its weights": (lambda d, s: with_nan(s["code"], d / "lora.gguf", next(
+        t.name for t in gguf.GGUFReader(s["code"]).tensors if t.name.endswith("lora_b"))), ["not a number"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MODIFIER_FILES)
+def test_a_modifier_file_of_your_own_that_cannot_be_used_stops_launch(tmp_path, demo_set, case):
+    """Asked for by name on the command line, it stops the start, as a bad --model does; a profile's
+    own modifier that fails is left out with its reason instead (tests/modifiers)."""
+    make, words = MODIFIER_FILES[case]
+    make(tmp_path, demo_set)
+    lora = tmp_path / "lora.gguf"
+    result = launch(tmp_path / "data", tmp_path / "model-cache", "--model", str(demo_set["base"]),
+                    "--modifier", f"code={lora}", "--modifier", f"reasoning={demo_set['reasoning']}")
+    line = assert_refused(result, lora, "--modifier code", *words)
+    assert "leave out --modifier code" in line
+    assert not (tmp_path / "data" / "sessions.db").exists()
+
+
+def test_one_modifier_name_twice_is_refused(tmp_path, demo_set):
+    result = launch(tmp_path / "data", tmp_path / "model-cache", "--model", str(demo_set["base"]),
+                    "--modifier", f"code={demo_set['code']}", "--modifier", f"code={demo_set['reasoning']}")
+    assert_refused(result, demo_set["reasoning"], "--modifier code is given twice")
 
 
 def demo_copy(demo_models_dir: Path, models: Path) -> Path:
