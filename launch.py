@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no phoning home
 
 from models.errors import ModelFileError  # noqa: E402
-from models.manifest import MANIFEST_PATH, Profile, data_dir, get_profile, models_dir, user_profile  # noqa: E402
+from models.manifest import CUSTOM, MANIFEST_PATH, Profile, data_dir, get_profile, models_dir, user_profile  # noqa: E402
 from models.store import Store  # noqa: E402
 
 log = logging.getLogger("cogumi")
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Cogumi Chat: a local chat app with a visual router.")
     p.add_argument("--host", default=None,
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 on a HuggingFace Space)")
-    p.add_argument("--port", type=int, default=None, help="port (default 7860, or $PORT on a Space)")
+    p.add_argument("--port", type=_port, default=None, help="port (default 7860, or $PORT on a Space)")
     p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
     p.add_argument("--profile", default=None,
                    help="model set from the manifest, downloaded when missing (default: demo; on a Space $COGUMI_PROFILE "
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conversations", type=_conversations, default=None, metavar="N",
                    help="conversations kept in the KV cache at once, each costing one context of memory per "
                         "route (default 1, or 4 on a Space where visitors take turns)")
+    p.add_argument("--tau-p", type=_perplexity, default=None, metavar="VALUE",
+                   help="the router's perplexity threshold, as python -m router.calibrate measures it (default: the "
+                        "profile's; your own --model files have none: see the README)")
     p.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
                    help=f"longest reply in tokens; the context keeps this much room for it (default: "
                         f"{DEFAULT_MAX_TOKENS}, ChatSettings.max_tokens)")
@@ -67,6 +70,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65,535, not {value}")
+    return value
+
+
+def _perplexity(text: str) -> float:
+    value = float(text)
+    if not value > 1:  # exp(a mean negative log-likelihood): never below 1 (NaN fails too)
+        raise argparse.ArgumentTypeError(f"a perplexity is more than 1, not {text}")
     return value
 
 
@@ -137,7 +154,7 @@ def refuse_own_modifiers(args: argparse.Namespace, failed: dict[str, str]) -> No
             raise ModelFileError(f"--modifier {name}: {reason} Fix the file, or leave out --modifier {name}.")
 
 
-def build_router(engine, profile: Profile, max_tokens: int):
+def build_router(engine, profile: Profile, max_tokens: int, tau_p: float | None = None):
     """The router, with the base model's scoring handed to its perplexity signal and the
     thresholds from the profile. The encoder runs on one thread: one message is too small to share
     out (2.22 ms p50 on one thread of the Intel VM, 2.14 on two), and a second thread would wait
@@ -148,7 +165,12 @@ def build_router(engine, profile: Profile, max_tokens: int):
     from router.router import Router
 
     thresholds = Thresholds.from_settings(profile.settings)
-    if not thresholds.calibrated:
+    if tau_p is not None:  # measured by router.calibrate --model (or --profile) on this base
+        thresholds = dataclasses.replace(thresholds, tau_p=tau_p, calibrated=True)
+    elif not thresholds.calibrated and profile.name == CUSTOM:
+        log.warning("your base model has no calibrated perplexity threshold: using %.1f; measure one with "
+                    "python -m router.calibrate --model BASE.gguf, then start with --tau-p VALUE", thresholds.tau_p)
+    elif not thresholds.calibrated:
         log.warning("profile %s has no calibrated perplexity threshold: using %.1f; run python -m router.calibrate "
                     "--profile %s", profile.name, thresholds.tau_p, profile.name)
     return Router(Perplexity(engine.score, max_tokens=max_tokens), thresholds, Embedder(threads=1))
@@ -288,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from router.heads import HeadFileError
 
     try:
-        router = build_router(engine, profile, settings.max_tokens)
+        router = build_router(engine, profile, settings.max_tokens, args.tau_p)
     except HeadFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,9 @@ def get_profile(name: str, path: Path = MANIFEST_PATH) -> Profile:
     return profiles[name]
 
 
+CUSTOM = "custom"  # the profile of --model files
+
+
 def user_profile(base: Path, draft: Path | None = None, modifiers: dict[str, Path] | None = None,
                  n_ctx: int = 4096) -> Profile:
     """A profile of files the user already has (--model, --draft, --modifier NAME=FILE): plain
@@ -87,5 +90,5 @@ def user_profile(base: Path, draft: Path | None = None, modifiers: dict[str, Pat
         files.append(ModelFile("draft", "draft", str(Path(draft).resolve()), None, None))
     for name, path in (modifiers or {}).items():
         files.append(ModelFile(name, "modifier", str(Path(path).resolve()), None, None))
-    return Profile(name="custom", description=f"your files: {Path(base).name}", files=tuple(files),
+    return Profile(name=CUSTOM, description=f"your files: {Path(base).name}", files=tuple(files),
                    settings={"n_ctx": n_ctx})

@@ -1,6 +1,7 @@
 """Calibrate the perplexity gate on the loaded base model:
 
     python -m router.calibrate [--profile demo] [--share 0.5]
+    python -m router.calibrate --model BASE.gguf      (your own base: prints the --tau-p to start it with)
 
 Scores every prompt in router/data/domain.jsonl with the profile's base model (a one-message
 conversation under the app's system prompt) and sets τp to the perplexity below which `share` of
@@ -33,8 +34,11 @@ def tau_for_share(perplexities: list[float], share: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router.calibrate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m router.calibrate", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)  # "--model" is not short for --models-dir
     parser.add_argument("--profile", default="demo")
+    parser.add_argument("--model", type=Path, help="your own base model (.gguf or .gguf.zst) instead of a profile: "
+                                                   "prints τp for launch.py --model BASE --tau-p; writes nothing")
     parser.add_argument("--share", type=float, default=0.5, help="share of prompts sent to the plain base (default 0.5)")
     parser.add_argument("--data", type=Path, default=DATA, help="JSON Lines with a text field")
     parser.add_argument("--models-dir", type=Path, default=None)
@@ -47,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     from launch import prepare_models
     from models.engine import Engine
     from models.errors import ModelFileError
-    from models.manifest import MANIFEST_PATH, get_profile, models_dir
+    from models.manifest import MANIFEST_PATH, get_profile, models_dir, user_profile
     from models.store import Store
 
     try:
         rows = read_jsonl(args.data, ("text",))
         manifest_path = args.manifest or MANIFEST_PATH
-        profile = get_profile(args.profile, manifest_path)
+        profile = user_profile(args.model) if args.model else get_profile(args.profile, manifest_path)
         base = next(f for f in profile.files if f.role == "base")
         paths, _ = prepare_models(profile, Store(models_dir(args.models_dir)))
         engine = Engine(paths["base"], n_ctx=profile.settings.get("n_ctx", 4096))
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<12}{len(v):>6}{np.quantile(v, .25):>10.2f}{np.median(v):>10.2f}"
                   f"{np.quantile(v, .75):>10.2f}{(v <= tau).mean():>8.0%}")
     print(f"τp = {tau:.4f} sends {np.mean(np.array(values) <= tau):.0%} of prompts to base (asked {args.share:.0%})")
+    if args.model:
+        print(f"start with: python launch.py --model {args.model} --tau-p {tau:.4f}")
+        return 0
     if args.dry_run:
         return 0
     manifest = json.loads(manifest_path.read_text())

@@ -112,6 +112,10 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--threads", str(10 * (os.cpu_count() or 1))), f"--threads: at most {os.cpu_count()}"),
         (("--n-ctx", "-1"), "--n-ctx: must be at least 1"),
         (("--models-dir", str(demo_models_dir), "--n-ctx", "40"), "--n-ctx 40 is too small"),
+        # QA, 2026-12-02 night
+        (("--port", "99999"), "--port: a port is 1 to 65,535, not 99999"),
+        (("--port", "-1"), "--port: a port is 1 to 65,535, not -1"),
+        (("--tau-p", "0"), "--tau-p: a perplexity is more than 1, not 0"),
     )
     try:
         for args, message in cases:

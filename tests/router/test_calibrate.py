@@ -1,19 +1,23 @@
 """python -m router.calibrate: τp as the perplexity percentile that sends the chosen share to base,
-measured on the demo base model and written into the profile."""
+measured on the demo base model and written into the profile, or printed for a base of your own."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from gradio_client import Client
 
 from models.manifest import MANIFEST_PATH, get_profile
 from router.calibrate import tau_for_share
 from router.decision import Thresholds
+from tests.launcher import running_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +51,18 @@ def test_the_demo_profile_ships_calibrated():
     settings = get_profile("demo").settings
     assert Thresholds.from_settings(settings).calibrated
     assert settings["router"]["tau_p_base_sha256"] == get_profile("demo").file("base").sha256
+
+
+def test_your_own_base_is_calibrated_and_started_with_its_tau_p(tmp_path, demo_set):
+    """--model files have no profile to write τp into: calibrate prints it and the command that uses it
+    (the start's warning sent people to `--profile custom`, which does not exist)."""
+    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--model", str(demo_set["base"]), "--limit", "30"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    start = re.search(r"python launch\.py --model (\S+) --tau-p ([0-9.]+)", done.stdout)
+    assert start and start[1] == str(demo_set["base"]), done.stdout
+    tau = float(start[2])
+    with running_app(tmp_path / "data", tmp_path / "models", "--model", str(demo_set["base"]), "--tau-p", start[2]) as (url, db):
+        Client(url, verbose=False).predict("Write a Python function that reverses a string.", api_name="/chat")
+    assert sqlite3.connect(db).execute("select tau_p, tau_p_calibrated from decisions").fetchall() == [(tau, 1)]
+    assert "no calibrated perplexity threshold" not in (tmp_path / "data" / "launch.log").read_text()
