@@ -138,14 +138,21 @@ def cpu_has_amx() -> bool:
     return "amx_int8" in flags.split()
 
 
-def load_model(path: Path, n_gpu_layers: int, verbose: bool = False, repack: bool | None = None) -> LlamaModel:
+def load_model(path: Path, n_gpu_layers: int, verbose: bool = False, repack: bool | None = None,
+               role: str = "base") -> LlamaModel:
     """Load a GGUF. repack=False keeps the weights in the memory-mapped file instead of copying
     them into CPU-specific repacked buffers (which leaves the file's pages resident as well).
     None: repack, except a quantized model (Q8_0, Q4_K: every real model set) on an AMX CPU, where
     llama.cpp's AMX kernels take its weights and segfault at the first decode (llama.cpp #20824;
     seen on this project's CI machine, tests/models/test_engine.py); the AVX-512 kernels run it
-    instead. F16 and F32 weights (the demo set) do run on AMX, and keep it."""
-    check_gguf_file(path)
+    instead. F16 and F32 weights (the demo set) do run on AMX, and keep it. Errors name the file's role
+    (base, draft) and say what to do."""
+    instead = " Or start with --no-draft." if role == "draft" else ""
+    try:
+        check_gguf_file(path)
+    except ModelFileError as exc:
+        damaged = "corrupt" in str(exc) or "truncated" in str(exc)
+        raise ModelFileError(f"{role} model {exc}" + (f" Copy or download it again.{instead}" if damaged else "")) from exc
     if repack is None:
         repack = not (cpu_has_amx() and read_metadata(path).get("general.file_type") not in UNQUANTIZED)
     params = LlamaModel.default_params()
@@ -156,7 +163,9 @@ def load_model(path: Path, n_gpu_layers: int, verbose: bool = False, repack: boo
         return LlamaModel(path_model=str(path), params=params, verbose=verbose)
     except ValueError as exc:
         reason = " / ".join(_LOG_LINES) or str(exc)
-        raise ModelFileError(f"{path}: llama.cpp could not load this model: {reason}") from exc
+        what = ("The file is incomplete or damaged: copy or download it again." if "corrupted or incomplete" in reason
+                else "It is damaged, or a model this version of llama.cpp does not run.")
+        raise ModelFileError(f"{role} model {path}: llama.cpp could not load it: {reason}. {what}{instead}") from exc
 
 
 class Engine:

@@ -53,7 +53,7 @@ class Draft:
         self.path = Path(path)
         # No repacked copy of the draft's weights: measured at n_ctx 8192 with a 32k vocabulary,
         # it took the draft's extra RSS from 223 MB to 159 MB (bound: weights + KV + 64 MB = 201 MB).
-        self.model = load_model(self.path, n_gpu_layers, verbose, repack=False)
+        self.model = load_model(self.path, n_gpu_layers, verbose, repack=False, role="draft")
         mismatch = vocabulary_mismatch(base, self.model)
         if mismatch:
             raise ModelFileError(f"draft {self.path} does not share the vocabulary of base {base_path}: "

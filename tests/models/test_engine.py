@@ -119,13 +119,28 @@ def test_files_that_are_not_gguf_are_named(tmp_path, make, reason):
     assert str(path) in str(err.value)
 
 
-def test_truncated_gguf_gives_llama_cpps_reason(tmp_path, demo_set):
+def test_truncated_gguf_gives_llama_cpps_reason_its_role_and_what_to_do(tmp_path, demo_set):
     path = tmp_path / "cut.gguf"
     path.write_bytes(demo_set["base"].read_bytes()[:1_000_000])
     with pytest.raises(ModelFileError, match="could not load") as err:
         Engine(path)
-    assert str(path) in str(err.value)
-    print(err.value)
+    assert f"base model {path}:" in str(err.value) and "not within the file bounds" in str(err.value)
+    assert "download it again" in str(err.value)
+    draft = tmp_path / "cut-draft.gguf"
+    draft.write_bytes(demo_set["draft"].read_bytes()[:200_000])
+    with pytest.raises(ModelFileError, match=f"draft model {draft}: llama.cpp could not load it") as err:
+        Engine(demo_set["base"], n_ctx=256, draft=draft)
+    assert "download it again" in str(err.value) and "--no-draft" in str(err.value)
+
+
+def test_a_header_damaged_in_place_names_the_role_and_what_to_do(tmp_path, demo_set):
+    data = bytearray(demo_set["draft"].read_bytes())
+    data[200:1200] = bytes(range(256)) * 3 + bytes(232)  # inside the key-value header
+    draft = tmp_path / "damaged.gguf"
+    draft.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=f"draft model {draft}: .*corrupt") as err:
+        Engine(demo_set["base"], n_ctx=256, draft=draft)
+    assert "download it again" in str(err.value)
 
 
 def test_a_model_whose_output_is_not_a_number_is_refused_at_the_start(tmp_path, demo_set):

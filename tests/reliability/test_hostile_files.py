@@ -316,10 +316,10 @@ ABSURD = {  # header values → what the message says (ours, or llama.cpp's own 
     "experts used, none there": ({"llama.expert_used_count": 2}, "llama.expert_used_count is 2"),
     "a 0-token context": ({"llama.context_length": 0}, "llama.context_length is 0"),
     "a 2^31-token context": ({"llama.context_length": 1 << 31}, "llama.context_length is 2,147,483,648"),
-    "a 2^30-wide embedding": ({"llama.embedding_length": 1 << 30}, "could not load this model"),
-    "0 attention heads": ({"llama.attention.head_count": 0}, "could not load this model"),
+    "a 2^30-wide embedding": ({"llama.embedding_length": 1 << 30}, "could not load it"),
+    "0 attention heads": ({"llama.attention.head_count": 0}, "could not load it"),
     "a 2^30-wide feed-forward": ({"llama.feed_forward_length": 1 << 30}, "wrong shape"),
-    "a tensor of 2^40 rows": (absurd_tensor, "could not load this model"),
+    "a tensor of 2^40 rows": (absurd_tensor, "could not load it"),
 }
 
 
@@ -341,7 +341,7 @@ def test_an_absurd_gguf_is_refused_by_name_instead_of_aborting(tmp_path, small_g
     result = run_load(path)
     assert result.returncode == 3, f"exit {result.returncode} (-6: llama.cpp aborted)\n{result.stderr[-2000:]}"
     message = result.stdout.strip()
-    assert message.startswith(f"{path}: ") and words in message, message
+    assert message.startswith(f"base model {path}: ") and words in message, message
 
 
 def test_a_huge_trained_context_costs_no_memory_until_used(tmp_path, small_gguf):
