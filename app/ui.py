@@ -219,8 +219,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
         continue a conversation; without one each call starts a new session. `override` picks
         the route by hand (base, code, reasoning, automation); empty or "auto" lets the router choose."""
+        owner = api_owner(request)
+        if session_id and not service.owns(session_id, owner):  # else a new session each call, its id never told
+            raise gr.Error(f"There is no session {session_id!r} here: pass an id from /new_session, or none to "
+                           f"start a new session with each call.")
         final = None
-        for final in service.respond(session_id or None, message, override=override or None, owner=api_owner(request)):
+        for final in service.respond(session_id or None, message, override=override or None, owner=owner):
             pass
         if final.status in ("error", "ignored"):
             raise gr.Error(final.notice)

@@ -64,6 +64,17 @@ def test_every_reply_is_routed_and_its_decision_stored(app):
         assert tau_p == get_profile("demo").settings["router"]["tau_p"]  # the profile's calibrated τp
 
 
+def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app):
+    """A mistyped id started a new session at every call, each without the conversation, and the
+    caller never learned the new id."""
+    url, db_path = app
+    db = sqlite3.connect(db_path)
+    before = db.execute("select count(*) from sessions").fetchone()[0]
+    with pytest.raises(Exception, match="no session 'typo-session'.*/new_session"):
+        Client(url, verbose=False).predict("my name is Zorblax", "typo-session", api_name="/chat")
+    assert db.execute("select count(*) from sessions").fetchone()[0] == before
+
+
 def test_the_page_says_these_are_demo_weights(app):
     url, _ = app
     config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
