@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if memory.interrupted:
-        log.info("%d reply(ies) cut off by an earlier stop are kept and marked interrupted", memory.interrupted)
+        log.info("%d %s cut off by an earlier stop %s kept and marked interrupted", memory.interrupted,
+                 *(("reply", "is") if memory.interrupted == 1 else ("replies", "are")))
     failed.update(engine.modifiers.failed)
     for name, reason in failed.items():
         log.warning("modifier %s is not available: %s", name, reason)

@@ -258,8 +258,9 @@ class ChatService:
         stopped = update.stats is not None and update.stats.stop_reason == "stopped"
         update.status, update.done = "stopped" if stopped else "complete", True
         if update.stats and update.stats.dropped_turns:
-            dropped = (f"This conversation is longer than the model's context window: the oldest "
-                       f"{update.stats.dropped_turns} message(s) were left out of this reply.")
+            n = update.stats.dropped_turns
+            dropped = (f"This conversation is longer than the model's context window: "
+                       f"{'the oldest message was' if n == 1 else f'the oldest {n} messages were'} left out of this reply.")
             update.notice = f"{update.notice} {dropped}" if update.notice else dropped
 
 

@@ -9,6 +9,7 @@ into HTML."""
 from __future__ import annotations
 
 import html
+import re
 
 import altair as alt
 import pandas as pd
@@ -17,6 +18,8 @@ ROUTE_COLOURS = {"base": "#6b7280", "code": "#2563eb", "reasoning": "#9333ea", "
 DOMAIN_ORDER = ("code", "reasoning", "automation", "general")
 EXCERPT_CHARS = 160  # the message shown at the head of the path
 TABLE_ROWS = 12      # recent decisions listed, newest first
+# What ChatService.respond adds to the reason where the route's modifier is not loaded and base ran instead.
+NOT_AVAILABLE = re.compile(r"the (\w+) modifier is not available → base")
 
 _CSS = """<style>
 .route-path{font:13px/1.35 system-ui,sans-serif;display:flex;flex-direction:column;gap:2px}
@@ -60,10 +63,15 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     bars = "".join(_bar(name, d["domain_probs"].get(name, 0.0), d["tau_d"]) for name in DOMAIN_ORDER)
     steps.append(_step("domain classifier", bars, fired=rule in ("domain", "fallback")))
     colour = ROUTE_COLOURS.get(d["route"], "#111827")
-    if d["overridden"]:
-        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {html.escape(d['route'])}"
+    missing = NOT_AVAILABLE.search(d["reason"])
+    fell_back = f" → base: not available" if missing else ""
+    if d["overridden"] and missing is None and d["router_choice"] == d["route"]:
+        chosen = f"you chose {html.escape(d['route'])} · the router agreed"
+    elif d["overridden"]:
+        asked = missing[1] if missing else d["route"]
+        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {html.escape(asked)}{fell_back}"
     else:
-        chosen = f"route: {html.escape(d['route'])}"
+        chosen = f"route: {html.escape(missing[1]) + fell_back if missing else html.escape(d['route'])}"
     steps.append(f'<div class="step route" id="route-chosen" style="background:{colour}">{chosen}</div>')
     steps.append(f'<div class="reason" style="color:#4b5563;font-size:12px">{html.escape(d["reason"])}</div>')
     arrow = '<div class="arrow">↓</div>'

@@ -84,9 +84,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         are more than it lists."""
         found = service.sessions(owner_of(visitor), matching, limit=LISTED_CHATS + 1)
         more = f" (the {LISTED_CHATS} most recent{' matches' if matching else ''}: search to narrow)"
+        none = f' (none holds "{matching}")' if matching and not found else ""
         return gr.update(choices=[(s["title"], s["id"]) for s in found[:LISTED_CHATS]],
                          value=current if any(s["id"] == current for s in found) else None,
-                         label="Past chats" + (more if len(found) > LISTED_CHATS else ""))
+                         label="Past chats" + (more if len(found) > LISTED_CHATS else none))
 
     def chat_view(session_id, visitor) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""

@@ -8,6 +8,8 @@ import sqlite3
 import pytest
 
 from app import panel
+from app.chat import ChatService
+from models.engine import Engine
 
 HOSTILE = "<img src=x onerror=alert(1)> fix my <script>alert('x')</script> regex"
 
@@ -48,6 +50,22 @@ def test_the_path_shows_the_numbers_and_escapes_the_message(chat):
     assert f"τe {second['tau_e']:.2f}" in drawn and f"{second['perplexity']:.1f}" in drawn
     for name in panel.DOMAIN_ORDER:
         assert f"{second['domain_probs'][name]:.2f}" in drawn
+
+
+def test_the_path_says_what_you_chose_when_it_could_not_run_and_when_the_router_agreed(routed_service, demo_set):
+    """It said "you chose base" for a pick whose modifier was not available (the reply fell back to base),
+    and "router chose base · you chose base" for a pick the router would have made too."""
+    engine = Engine(demo_set["base"], n_ctx=512, modifiers={"code": (demo_set["code"], 1.0)})
+    service = ChatService(engine, routed_service.memory, routed_service.settings, router=routed_service.router,
+                          unavailable={"automation": "automation.gguf: not a number."})
+    *_, asked = service.respond(None, "Write a Python function that reverses a linked list.",
+                                       override="automation")
+    drawn = panel.path_html(asked.decision.to_dict(), "…")
+    assert asked.stats.adapter is None and asked.decision.route == "base"
+    assert f"router chose {asked.decision.router_choice} · you chose automation → base: not available" in drawn
+    *_, same = service.respond(None, "Write a Python function that reverses a linked list.",
+                                      override=asked.decision.router_choice)
+    assert f"you chose {same.decision.route} · the router agreed" in panel.path_html(same.decision.to_dict(), "…")
 
 
 def test_the_path_of_an_unrouted_chat_says_so():
