@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the router's perplexity threshold, as python -m router.calibrate measures it (default: the "
                         "profile's; your own --model files have none: see the README)")
     p.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
-                   help=f"longest reply in tokens; the context keeps this much room for it (default: "
+                   help=f"longest reply in tokens; the context keeps this much room for it, at most a quarter "
+                        f"of the window (default: "
                         f"{DEFAULT_MAX_TOKENS}, ChatSettings.max_tokens)")
     return p.parse_args(argv)
 
@@ -275,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                         draft=None if args.no_draft else paths.get("draft"),
                         conversations=args.conversations or (4 if space else 1))
         engine.check_output()  # weights whose output is not a number: a damaged file whose format is whole
+        if args.n_ctx and engine.n_ctx < args.n_ctx:
+            log.warning("--n-ctx %s is more than %s was trained for: using %s tokens", f"{args.n_ctx:,}",
+                        paths["base"].name, f"{engine.n_ctx:,}")
         refuse_own_modifiers(args, engine.modifiers.failed)
         if startup:
             startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place

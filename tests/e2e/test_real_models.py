@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -141,6 +142,15 @@ def test_a_data_folder_that_does_not_exist_yet_is_made(tmp_path, demo_models_dir
     finally:
         app.stop()
     assert (data / "sessions.db").is_file()
+
+
+def test_a_context_larger_than_the_model_was_trained_for_is_cut_and_said(tmp_path, demo_models_dir):
+    """--n-ctx 100000000 started in silence on a 2,048-token model, and messages were then refused
+    against a window the person had not asked for."""
+    with running_app(tmp_path / "data", demo_models_dir, "--n-ctx", "100000000") as (url, _):
+        assert Client(url, verbose=False).predict("hello", api_name="/chat")
+    log = (tmp_path / "data" / "launch.log").read_text()
+    assert re.search(r"--n-ctx 100,000,000 is more than base\.gguf was trained for: using [0-9,]+ tokens", log), log[-2000:]
 
 
 def listening_on(port: int) -> set[str]:
