@@ -33,8 +33,10 @@ CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CH
 # tab opened the chat another tab opened last. Each tab also keeps its own in sessionStorage, which a
 # reload keeps and a new tab starts without. Read in the page's <head> (launch(head=...)): by the load
 # event, restoring the BrowserState has already fired its change, which writes the key.
-TAB_CHAT_KEY = "cogumi-tab-chat"
-PAGE_HEAD = f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}");</script>'
+TAB_CHAT_KEY, TAB_ROUTE_KEY = "cogumi-tab-chat", "cogumi-tab-route"  # the Route picked is kept the same way
+PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}"); '
+             f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}");</script>')
+ROUTE_CHOICES = ["auto", "base", "code", "reasoning", "automation"]
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
@@ -96,14 +98,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                          feedback_value=[FEEDBACK.get(m["liked"]) for m in stored if m["role"] == "assistant"])
 
     @explained
-    def on_load(visitor, session_id, on_screen):
-        """A page opens (or reloads) on the chat it showed last, kept in the browser."""
+    def on_load(visitor, session_id, on_screen, route):
+        """A page opens (or reloads) on the chat it showed last and the Route picked in it, kept in the browser."""
         visitor = owner_of(visitor)  # on a Space, a new browser's id from now on
         if not service.owns(session_id, visitor):  # gone, or from another database
             session_id = None
         on_screen["chat"] = session_id
         return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
-                *panel_views(service, session_id, visitor))
+                route if route in ROUTE_CHOICES else "auto", *panel_views(service, session_id, visitor))
 
     @explained
     def open_session(session_id, visitor, on_screen):
@@ -266,7 +268,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         with gr.Row():
             with gr.Column(scale=1, min_width=200):
                 new_button = gr.Button("New chat", elem_id="new-chat")
-                route = gr.Radio(["auto", "base", "code", "reasoning", "automation"], value="auto", label="Route",
+                route = gr.Radio(ROUTE_CHOICES, value="auto", label="Route",
                                  info="auto: the router picks per message; pick one to overrule it until you "
                                       "change it back (the router's own choice is still shown)",
                                  elem_id="route")
@@ -320,9 +322,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, notice, stats, *views],
                        api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
-        demo.load(on_load, [visitor, session_id, on_screen], [visitor, sessions, session_id, chatbot, *views],
-                  api_visibility="private", js="(visitor, chat, ...rest) => [visitor, window.cogumiTabChat ?? chat, ...rest]")
+        demo.load(on_load, [visitor, session_id, on_screen, route], [visitor, sessions, session_id, chatbot, route, *views],
+                  api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor, window.cogumiTabChat ?? "
+                                               "chat, on_screen, window.cogumiTabRoute ?? route]")
         session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
+        route.change(None, route, None, js=f"(route) => {{ sessionStorage.setItem('{TAB_ROUTE_KEY}', route); return []; }}")
         gr.api(chat_api, api_name="chat", concurrency_id=ENGINE_QUEUE)
         gr.api(new_session_api, api_name="new_session")
         gr.api(panel_api, api_name="panel")
