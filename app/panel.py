@@ -107,7 +107,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
               axis=alt.Axis(values=ticks, format="d"))
     colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
     # Only layers with something to draw: an empty one makes Vega warn "Infinite extent" in the console.
-    layers = [alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y=alt.Y("τp:Q"))]
+    layers = [alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y=alt.Y("τp:Q", title="perplexity"))]
     measured = frame[frame["perplexity"].notna()]
     if len(measured):
         layers += [

@@ -178,7 +178,9 @@ def test_on_a_space_one_visitor_cannot_list_or_open_another_visitors_sessions(sp
     alice.predict("alice's secret plan", mine, api_name="/chat")
     assert [d["message"] for d in alice.predict(mine, api_name="/panel")["decisions"]] == ["alice's secret plan"]
     assert bob.predict(mine, api_name="/panel")["decisions"] == []          # cannot open it
-    bob.predict("bob writes here", mine, api_name="/chat")                   # cannot write into it either
+    with pytest.raises(Exception, match=f"There is no session '{mine}' here"):  # nor write into it: to bob it
+        bob.predict("bob writes here", mine, api_name="/chat")                     # is not there at all
+    bob.predict("bob writes here", api_name="/chat")
     with pytest.raises(Exception, match="no reply at position 1"):
         bob.predict(mine, 1, False, api_name="/feedback")
     db = sqlite3.connect(space.volume / "cogumi" / "sessions.db")
