@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import socket
@@ -24,6 +25,7 @@ log = logging.getLogger("cogumi")
 SPACES_PROFILE = "qwen2.5-1.5b"  # a CPU Space: the small profile
 DEFAULT_MAX_TOKENS = 256  # ChatSettings.max_tokens, named here so --help does not import the app (3 s)
 MAX_CONVERSATIONS = 64  # KV sequences: conversations x 4 routes, and llama.cpp allows 256
+DEFAULT_N_CTX = 4096  # a profile without its own n_ctx (models.manifest.user_profile writes this too)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,25 +69,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _bounded(kind, ok, says: str):
+    """An argparse type: the text read as `kind`, refused with `says` and the text unless ok(value) (argparse's
+    own refusal of a text that is not a number names this function: "invalid _port value")."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{says}, not {text}")
+        return value
+    return parse
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65_535:
-        raise argparse.ArgumentTypeError(f"a port is 1 to 65,535, not {value}")
-    return value
-
-
-def _perplexity(text: str) -> float:
-    value = float(text)
-    if not value > 1:  # exp(a mean negative log-likelihood): never below 1 (NaN fails too)
-        raise argparse.ArgumentTypeError(f"a perplexity is more than 1, not {text}")
-    return value
+_positive_int = _bounded(int, lambda v: v >= 1, "must be at least 1")
+_port = _bounded(int, lambda v: 1 <= v <= 65_535, "a port is 1 to 65,535")
+# exp(a mean negative log-likelihood): above 1, and finite (NaN fails the test too)
+_perplexity = _bounded(float, lambda v: 1 < v < math.inf, "a perplexity is more than 1")
 
 
 def _thread_count(text: str) -> int:
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             startup.progress.set_stage("Loading the model into memory…")
         from models.engine import Engine
 
-        engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", 4096), n_threads=args.threads,
+        engine = Engine(paths["base"], n_ctx=args.n_ctx or profile.settings.get("n_ctx", DEFAULT_N_CTX), n_threads=args.threads,
                         n_gpu_layers=args.gpu_layers, batch_threads=args.batch_threads,
                         modifiers={f.name: (paths[f.name], f.scale) for f in profile.modifiers if f.name in paths},
                         draft=None if args.no_draft else paths.get("draft"),
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_HEAD, PAGE_JS, build_ui
 
     settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
-    too_small = context_too_small(engine, settings)
+    too_small = context_too_small(engine, settings, profile.settings.get("n_ctx", DEFAULT_N_CTX))
     if too_small:
         print(f"error: {too_small}", file=sys.stderr)
         return 2
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def context_too_small(engine, settings) -> str | None:
+def context_too_small(engine, settings, default_n_ctx: int) -> str | None:
     """Why no message could ever fit the context (the system prompt and a one-word message, with the
     reply's room kept), or None. Every message was refused as "too long" instead."""
     need = len(engine.chat.message("system", settings.system_prompt)) + \
@@ -343,7 +344,8 @@ def context_too_small(engine, settings) -> str | None:
         return None
     return (f"--n-ctx {engine.n_ctx} is too small: the system prompt and a one-word message take {need} tokens, "
             f"and {room} are kept for the reply. Start with --n-ctx {max(2 * need, need + settings.max_tokens)} "
-            f"or more, or leave it out (the profile's default).")
+            f"or more (room for a whole {settings.max_tokens}-token reply), or leave --n-ctx out (then "
+            f"{default_n_ctx:,} tokens, or fewer if the model was trained on fewer).")
 
 
 def startup_page(args: argparse.Namespace, profile: Profile, store: Store):

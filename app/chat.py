@@ -121,7 +121,13 @@ class ChatService:
     def give_feedback(self, session_id: str, index: int, liked: bool | None, owner: str | None = None) -> int:
         """👍 (True), 👎 (False) or neither (None) on the message at `index` of the session's
         transcript (the chat's own numbering); returns that message's id."""
-        messages = self.memory.messages(session_id) if self.owns(session_id, owner) else []
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"the index is a whole number, not {shown_value(index)}")
+        if liked is not None and not isinstance(liked, bool):  # JSON's -7 or 2 was stored, and read as 👍
+            raise ValueError(f"liked is true (👍), false (👎) or null (neither), not {shown_value(liked)}")
+        if not self.owns(session_id, owner):
+            raise ValueError(no_such_chat(session_id))
+        messages = self.memory.messages(session_id)
         if not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
             raise ValueError(f"there is no reply at position {index} of this chat")
         self.memory.set_feedback(messages[index]["id"], liked)
@@ -211,7 +217,7 @@ class ChatService:
                     f"so it was not sent. Delete or retype that character.")
         override = (override or AUTO).strip().lower()
         if override not in (AUTO, *ROUTES):
-            return f"Unknown route {override!r}: choose auto, {', '.join(ROUTES)}."
+            return f"Unknown route {shown_value(override)}: choose auto, {', '.join(ROUTES)}."
         return None
 
     def _route(self, session_id: str, message: str, history: list[dict], override: str) -> Decision | None:
@@ -276,6 +282,16 @@ def _conversation(stored: list[dict]) -> list[dict]:
         if m["content"] and not failed:
             kept.append({"role": m["role"], "content": m["content"]})
     return kept
+
+
+def no_such_chat(session_id) -> str:
+    return f"There is no chat {shown_value(session_id)} here: it was deleted, or the id is wrong."
+
+
+def shown_value(value, limit: int = 40) -> str:
+    """A value from a request as an error message quotes it: its repr, cut at `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit + 2 else text[:limit + 1] + "…" + text[-1]
 
 
 def _lone_surrogate(text: str) -> int | None:

@@ -143,7 +143,7 @@ def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
     """The recent decisions, newest first, with the reply's speed figures and the user's 👍/👎."""
     rows = []
     for turn, d in reversed(list(enumerate(decisions, 1))):
-        route = f"{d['route']} (router: {d['router_choice']})" if d["overridden"] else d["route"]
+        route = route_label(d)
         liked = d.get("liked")
         rows.append([
             turn, route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 1),
@@ -154,6 +154,18 @@ def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
         if len(rows) == TABLE_ROWS:
             break
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def route_label(d: dict) -> str:
+    """The route a reply ran on, and whose choice it was, for the table."""
+    missing = NOT_AVAILABLE.search(d["reason"])
+    if missing and d["overridden"]:
+        return f"base (you chose {missing[1]}: not available; router: {d['router_choice']})"
+    if missing:
+        return f"base ({missing[1]}: not available)"
+    if d["overridden"] and d["router_choice"] == d["route"]:
+        return f"{d['route']} (you chose it; the router agreed)"
+    return f"{d['route']} (router: {d['router_choice']})" if d["overridden"] else d["route"]
 
 
 def _num(value: float | None, digits: int) -> str:

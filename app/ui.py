@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from app import panel
-from app.chat import ChatService
+from app.chat import ChatService, no_such_chat, shown_value
 from app.display import shown, stats_line
 from app.memory import SessionStoreError
 
@@ -86,7 +86,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         are more than it lists."""
         found = service.sessions(owner_of(visitor), matching, limit=LISTED_CHATS + 1)
         more = f" (the {LISTED_CHATS} most recent{' matches' if matching else ''}: search to narrow)"
-        none = f' (none holds "{matching}")' if matching and not found else ""
+        sought = matching if matching is None or len(matching) <= 40 else matching[:40] + "…"  # it ran out of the column
+        none = f" (no chat holds “{sought}”)" if matching and not found else ""
         return gr.update(choices=[(s["title"], s["id"]) for s in found[:LISTED_CHATS]],
                          value=current if any(s["id"] == current for s in found) else None,
                          label="Past chats" + (more if len(found) > LISTED_CHATS else none))
@@ -108,12 +109,17 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 route if route in ROUTE_CHOICES else "auto", *panel_views(service, session_id, visitor))
 
     @explained
-    def open_session(session_id, visitor, on_screen):
+    def open_session(session_id, visitor, on_screen, matching):
+        """The chat clicked in the list, or (deleted in another tab since the list was drawn) the list
+        redrawn without it, the chat on screen still chosen: it showed the clicked one as chosen while
+        the other stayed on screen, and Delete then deleted the one on screen."""
         owner = owner_of(visitor)
         if not service.owns(session_id, owner):
-            return (gr.skip(),) * 8
+            gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
+            return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching))
         on_screen["chat"] = session_id
-        return session_id, chat_view(session_id, owner), "", "", *panel_views(service, session_id, owner)
+        return (session_id, chat_view(session_id, owner), "", "", *panel_views(service, session_id, owner),
+                gr.skip())
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -132,6 +138,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if session_id == NO_CHAT:
             gr.Info("No chat is open: open one from Past chats to delete it.")
             return (gr.skip(),) * 9
+        if not service.owns(session_id, owner_of(visitor)):  # gone: nothing is lost, and the page moves on
+            gr.Info("This chat was already deleted, in another tab or window.")
+            return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
         service.delete_session(session_id, owner_of(visitor))
         return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
 
@@ -154,6 +163,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
             yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
             return
+        deleted = session_id not in (None, NO_CHAT) and not service.owns(session_id, visitor)
         try:
             if not service.owns(session_id, visitor):  # so that Stop, even before the reply starts, finds it
                 session_id = service.new_session(visitor)
@@ -166,8 +176,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # The message shows and the box empties at once; from then on the box is the person's to type
         # the next message in while the reply streams (every later yield leaves it as it is).
         on_screen["chat"] = session_id
+        moved = ("The chat on screen was deleted, in another tab or window: this message starts a new chat."
+                 if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
-               session_id, "", "", gr.skip(), visitor, gr.skip())
+               session_id, moved, "", gr.skip(), visitor, gr.skip())
         shown_at, path_drawn, left = 0.0, False, False
         for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
             away = on_screen["chat"] != session_id
@@ -193,7 +205,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 # and the list, now that the message is stored: this chat moves to the top here, as the
                 # person sends, not under their pointer as the reply ends (a click then opened another)
                 listed, path_drawn = session_choices(visitor, session_id, matching), True
-            yield chat, gr.skip(), update.session_id, update.notice or "", stats_line(update), drawing, visitor, listed
+            said = " ".join(filter(None, [moved, update.notice]))
+            if update.done and not service.owns(session_id, visitor):
+                said = "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
+            yield chat, gr.skip(), update.session_id, said, stats_line(update), drawing, visitor, listed
 
     @explained
     def stop_reply(session_id, visitor):
@@ -222,10 +237,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
         continue a conversation; without one each call starts a new session. `override` picks
         the route by hand (base, code, reasoning, automation); empty or "auto" lets the router choose."""
+        for name, value in (("message", message), ("session_id", session_id), ("override", override)):
+            if value is not None and not isinstance(value, str):  # else Gradio's "raised an exception" alone
+                raise gr.Error(f"{name} is text, not {type(value).__name__}")
         owner = api_owner(request)
         if session_id and not service.owns(session_id, owner):  # else a new session each call, its id never told
-            raise gr.Error(f"There is no session {session_id!r} here: pass an id from /new_session, or none to "
-                           f"start a new session with each call.")
+            raise gr.Error(f"There is no session {shown_value(session_id)} here: pass an id from /new_session, or "
+                           f"none to start a new session with each call.")
         final = None
         for final in service.respond(session_id or None, message, override=override or None, owner=owner):
             pass
@@ -242,13 +260,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def panel_api(session_id: str, request: gr.Request = None) -> dict:
         """The data the router panel draws for a session, as stored in sessions.db: its decisions
         (oldest first, each with its message and 👍/👎) and route counts for the session and for all sessions."""
+        if session_id and not service.owns(session_id, api_owner(request)):  # "" still gives all chats' counts
+            raise ValueError(no_such_chat(session_id))
         return service.panel(session_id, api_owner(request))
 
     @explained
     def feedback_api(session_id: str, index: int, liked: bool | None, request: gr.Request = None) -> int:
         """👍 (true), 👎 (false) or neither (null) on the reply at `index` of the session's messages
         (0-based, user and assistant messages counted); returns the message id."""
-        return service.give_feedback(session_id, int(index), liked, api_owner(request))
+        return service.give_feedback(session_id, index, liked, api_owner(request))
 
     with gr.Blocks(title="Cogumi Chat") as demo:
         # The chat the page shows: kept in the browser, so that a reload reopens it ...
@@ -319,8 +339,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
                             js=CONFIRM_DELETE)
         search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
-        sessions.input(open_session, [sessions, visitor, on_screen], [session_id, chatbot, notice, stats, *views],
-                       api_visibility="private")
+        sessions.input(open_session, [sessions, visitor, on_screen, search],
+                       [session_id, chatbot, notice, stats, *views, sessions], api_visibility="private")
         chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
         demo.load(on_load, [visitor, session_id, on_screen, route], [visitor, sessions, session_id, chatbot, route, *views],
                   api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor, window.cogumiTabChat ?? "

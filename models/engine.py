@@ -249,12 +249,12 @@ class Engine:
         the start; a modifier is left out with its reason, as one that does not load is."""
         text = self.tokenize("Hello")
         if not np.isfinite(self.next_token_logits(text).sum()):
-            raise ModelFileError(f"{self.model_path}: {NOT_A_NUMBER}")
+            raise ModelFileError(f"base model {self.model_path}: {NOT_A_NUMBER}")
         for name in self.modifiers.names:
             if not np.isfinite(self.next_token_logits(text, name).sum()):
                 self.modifiers.refuse(name, f"{self.modifiers.available[name].path}: {NOT_A_NUMBER}")
         if self.draft and not np.isfinite(self.draft.next_token_logits(text).sum()):
-            raise ModelFileError(f"draft {self.draft.path}: {NOT_A_NUMBER} Or start with --no-draft.")
+            raise ModelFileError(f"draft model {self.draft.path}: {NOT_A_NUMBER} Or start with --no-draft.")
 
     def _not_a_number(self, route: str | None) -> ModelOutputError:
         files = self.model_path.name + (f" with {self.modifiers.available[route].path.name}" if route else "")

@@ -115,7 +115,7 @@ class Store:
         if source == path and entry.sha256 is None:  # the user's own .gguf: no digest to check it against
             if not path.is_file():
                 what = "is a directory, not a GGUF model file" if path.is_dir() else "model file not found"
-                raise ModelFileError(f"{path}: {what} ({entry.name}).")
+                raise ModelFileError(f"{entry.name} {'modifier' if entry.role == 'modifier' else 'model'} {path}: {what}.")
             return path
         if source == path:  # a plain .gguf: nothing to decompress, only check it
             return self._verify_plain(path, entry)

@@ -168,3 +168,27 @@ def test_a_reply_nobody_reads_blocks_the_delete_with_a_reason(service):
         service.delete_session(first.session_id, wait_s=0.2)
     *_, last = stream
     assert last.status == "stopped" and rows(service, first.session_id)[-1][2] == "stopped"
+
+
+@pytest.mark.parametrize("index, liked, words", [
+    (1, -7, "liked is true (👍), false (👎) or null (neither), not -7"),
+    (1, 2, "not 2"),
+    (1, "yes", "not 'yes'"),
+    (1.7, True, "the index is a whole number, not 1.7"),
+    ("1", True, "not '1'"),
+    (True, True, "not True"),
+])
+def test_feedback_takes_a_true_false_or_null_on_a_whole_index(service, index, liked, words):
+    """QA: -7 and 2 were stored as 👍 (liked = -7 in the table), 1.7 read as 1."""
+    *_, reply = service.respond(None, "hello")
+    with pytest.raises(ValueError) as err:
+        service.give_feedback(reply.session_id, index, liked)
+    assert words in str(err.value)
+    assert service.memory.feedback(reply.session_id) == {}
+
+
+def test_feedback_on_a_chat_that_is_not_there_names_it(service):
+    with pytest.raises(ValueError, match="There is no chat 'nope' here: it was deleted, or the id is wrong"):
+        service.give_feedback("nope", 1, True)
+    with pytest.raises(ValueError, match=r"There is no chat 'x{40}…' here"):  # an id of any length is cut
+        service.give_feedback("x" * 100_000, 1, True)

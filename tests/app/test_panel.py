@@ -66,6 +66,9 @@ def test_the_path_says_what_you_chose_when_it_could_not_run_and_when_the_router_
     *_, same = service.respond(None, "Write a Python function that reverses a linked list.",
                                       override=asked.decision.router_choice)
     assert f"you chose {same.decision.route} · the router agreed" in panel.path_html(same.decision.to_dict(), "…")
+    table = panel.decisions_frame([asked.decision.to_dict(), same.decision.to_dict()])  # newest first
+    assert list(table["route"]) == [f"{same.decision.route} (you chose it; the router agreed)",
+                                    f"base (you chose automation: not available; router: {asked.decision.router_choice})"]
 
 
 def test_the_path_of_an_unrouted_chat_says_so():

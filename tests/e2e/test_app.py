@@ -70,9 +70,30 @@ def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app):
     url, db_path = app
     db = sqlite3.connect(db_path)
     before = db.execute("select count(*) from sessions").fetchone()[0]
+    client = Client(url, verbose=False)
     with pytest.raises(Exception, match="no session 'typo-session'.*/new_session"):
-        Client(url, verbose=False).predict("my name is Zorblax", "typo-session", api_name="/chat")
+        client.predict("my name is Zorblax", "typo-session", api_name="/chat")
     assert db.execute("select count(*) from sessions").fetchone()[0] == before
+    # QA: /panel answered an empty panel, /feedback "no reply at position 1"; an id was echoed whole
+    for call in ({"api_name": "/panel"}, {"index": 1, "liked": True, "api_name": "/feedback"}):
+        with pytest.raises(Exception, match="There is no chat 'typo-session' here"):
+            client.predict("typo-session", **call)
+    with pytest.raises(Exception, match=r"There is no session 's{40}…' here"):
+        client.predict("hello", "s" * 100_000, api_name="/chat")
+    with pytest.raises(Exception, match=r"Unknown route 'a{40}…'"):
+        client.predict("hello", "", "a" * 100_000, api_name="/chat")
+
+
+@pytest.mark.parametrize("args, words", [
+    ((12345,), "message is text, not int"),
+    ((["a", "b"],), "message is text, not list"),
+    (("hello", 12345), "session_id is text, not int"),
+    (("hello", "", 5), "override is text, not int"),
+])
+def test_api_arguments_of_the_wrong_type_are_named(app, args, words):
+    """They got Gradio's "The upstream Gradio app has raised an exception" and nothing else."""
+    with pytest.raises(Exception, match=words):
+        Client(app[0], verbose=False).predict(*args, api_name="/chat")
 
 
 def test_the_page_says_these_are_demo_weights(app):

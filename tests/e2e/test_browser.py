@@ -456,6 +456,65 @@ def test_two_tabs_each_reopen_their_own_chat_and_route_on_reload(app, page):
     assert routed[0] == routed[-1] == ("code", 1) and routed[1][1] == 0  # the second tab's went to the router
 
 
+def test_a_chat_deleted_in_another_tab_is_neither_opened_nor_deleted_twice(app, page):
+    """QA, 2026-12-02 night: in a tab whose list still showed a chat deleted in another tab, a click on it
+    marked it chosen but left the other chat on screen, and Delete then deleted the chat on screen; deleting
+    a chat another tab had deleted put "Error" over the page."""
+    url, db_path = app
+    db = sqlite3.connect(db_path)
+    keep, _ = send(page, "keep me", db_path, turn=1)
+    page.click("#new-chat")
+    gone, _ = send(page, "delete me elsewhere", db_path, turn=1)
+    page.locator(f'#sessions input[value="{keep["session_id"]}"]').check()
+    expect(page.locator("#chat .message-row.user-row")).to_have_text(["keep me"])
+    other = page.context.new_page()
+    other.on("dialog", lambda dialog: dialog.accept())
+    other.goto(url)
+    other.wait_for_selector("#message textarea")
+    other.locator(f'#sessions input[value="{gone["session_id"]}"]').check()
+    expect(other.locator("#chat .message-row.user-row")).to_have_text(["delete me elsewhere"])
+    other.click("#delete-chat")
+    expect(other.locator(f'#sessions input[value="{gone["session_id"]}"]')).to_have_count(0)
+
+    page.locator(f'#sessions input[value="{gone["session_id"]}"]').check()  # still in this tab's list
+    expect(page.get_by_text("That chat is not there any more")).to_be_visible()
+    expect(page.locator(f'#sessions input[value="{gone["session_id"]}"]')).to_have_count(0)
+    expect(page.locator(f'#sessions input[value="{keep["session_id"]}"]')).to_be_checked()
+    expect(page.locator("#chat .message-row.user-row")).to_have_text(["keep me"])
+
+    other.locator(f'#sessions input[value="{keep["session_id"]}"]').check()
+    expect(other.locator("#chat .message-row.user-row")).to_have_text(["keep me"])
+    other.click("#delete-chat")
+    expect(other.locator(f'#sessions input[value="{keep["session_id"]}"]')).to_have_count(0)
+    page.answer = True
+    page.click("#delete-chat")  # the chat on screen here was deleted there
+    expect(page.get_by_text("This chat was already deleted")).to_be_visible()
+    expect(page.locator("#chat .message-row")).to_have_count(0)
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert db.execute("select count(*) from sessions").fetchone()[0] == 0
+
+
+def test_a_message_into_a_chat_deleted_in_another_tab_starts_a_new_chat_and_says_so(app, page):
+    """It went into a new chat without a word: the conversation on screen vanished."""
+    url, db_path = app
+    first, _ = send(page, "the chat deleted elsewhere", db_path, turn=1)
+    other = page.context.new_page()
+    other.on("dialog", lambda dialog: dialog.accept())
+    other.goto(url)
+    other.wait_for_selector("#message textarea")
+    expect(other.locator("#chat .message-row.user-row")).to_have_text(["the chat deleted elsewhere"])
+    other.click("#delete-chat")
+    expect(other.locator("#chat .message-row")).to_have_count(0)
+    page.fill("#message textarea", "still there?")  # (the page still shows the deleted chat's panel)
+    page.press("#message textarea", "Enter")
+    expect(page.locator("#chat .message-row.bot-row")).to_have_count(1)
+    expect(page.locator("#notice")).to_contain_text("The chat on screen was deleted, in another tab or window: "
+                                                    "this message starts a new chat.")
+    expect(page.locator("#chat .message-row.user-row")).to_have_text(["still there?"])
+    (session,) = sqlite3.connect(db_path).execute("select id from sessions").fetchone()
+    assert session != first["session_id"]
+
+
 def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     """Only the 50 most recent chats were listed, and nothing reached the others."""
     from app.memory import Memory
@@ -480,7 +539,9 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
 
     page.fill("#search-chats textarea", "durian")  # it showed an empty list, and nothing said why
     expect(page.locator("#sessions input")).to_have_count(0)
-    expect(page.locator("#sessions")).to_contain_text('Past chats (none holds "durian")')
+    expect(page.locator("#sessions")).to_contain_text("Past chats (no chat holds “durian”)")
+    page.fill("#search-chats textarea", "durian " * 500)  # the label ran out of its column
+    expect(page.locator("#sessions")).to_contain_text("Past chats (no chat holds “durian durian durian durian durian duria…”)")
     page.fill("#search-chats textarea", "KUMQUAT")
     expect(page.locator("#sessions input")).to_have_count(1)
     page.locator(f'#sessions input[value="{oldest}"]').check()
