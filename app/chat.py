@@ -56,6 +56,7 @@ class ChatService:
     # session id → the Stop signal of the reply streaming in it (stop()); replies never overlap, but a
     # Space's visitors each have a session
     _stopping: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
+    _deleting: set[str] = field(default_factory=set, init=False, repr=False)  # stopped by delete_session
 
     def modifier_status(self) -> dict[str, str | None]:
         """Each modifier route → None when ready, else the reason it is not available."""
@@ -68,7 +69,7 @@ class ChatService:
     # machine) sees them all. A session of another owner is treated as one that does not exist.
     def owns(self, session_id: str | None, owner: str | None = None) -> bool:
         """True when session_id names a stored session that `owner` may read and write."""
-        if not session_id or _lone_surrogate(session_id) is not None:
+        if not isinstance(session_id, str) or not session_id or _lone_surrogate(session_id) is not None:
             return False
         row = self.memory.session(session_id)
         return row is not None and (owner is None or row["owner"] == owner)
@@ -88,13 +89,17 @@ class ChatService:
         if not self.owns(session_id, owner):
             raise ValueError("There is no chat to delete here: open one from the list first.")
         deadline = time.monotonic() + wait_s
-        while (replying := self._stopping.get(session_id)) is not None:
-            replying.set()
-            if time.monotonic() > deadline:
-                raise ValueError(f"This chat's reply did not stop within {wait_s:g} s, so the chat was not deleted: "
-                                 f"press Stop, then delete it again.")
-            time.sleep(0.02)
-        self.memory.delete_session(session_id)
+        self._deleting.add(session_id)  # the reply says so as it ends
+        try:
+            while (replying := self._stopping.get(session_id)) is not None:
+                replying.set()
+                if time.monotonic() > deadline:
+                    raise ValueError(f"This chat's reply did not stop within {wait_s:g} s, so the chat was not "
+                                     f"deleted: press Stop, then delete it again.")
+                time.sleep(0.02)
+            self.memory.delete_session(session_id)
+        finally:
+            self._deleting.discard(session_id)
 
     def transcript(self, session_id: str, owner: str | None = None) -> list[dict]:
         """The stored conversation as {id, role, content, status, liked} dicts, oldest first; `liked` is a
@@ -199,6 +204,8 @@ class ChatService:
                 unsaved = f"This reply could not be saved. {exc}"
                 update.notice = f"{update.notice} {unsaved}" if update.notice else unsaved
             finally:  # last: until it is saved, the reply writes to the chat (delete_session waits for this)
+                if session_id in self._deleting:  # (the page that shows this reply may not be the one deleting)
+                    update.notice = "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
                 if self._stopping.get(session_id) is stopping:
                     del self._stopping[session_id]
         if self.router and update.status == "complete":

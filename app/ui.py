@@ -56,6 +56,13 @@ def explained(callback):
     return wrapper
 
 
+def require_text(**values) -> None:
+    """API arguments that must be text (or None): else Gradio's "raised an exception" was all a caller saw."""
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise gr.Error(f"{name} is text, not {type(value).__name__}")
+
+
 def panel_views(service: ChatService, session_id: str | None, owner: str | None = None) -> tuple:
     """The four router panel views of a session, drawn from sessions.db."""
     data = service.panel(session_id, owner)
@@ -87,7 +94,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         found = service.sessions(owner_of(visitor), matching, limit=LISTED_CHATS + 1)
         more = f" (the {LISTED_CHATS} most recent{' matches' if matching else ''}: search to narrow)"
         sought = matching if matching is None or len(matching) <= 40 else matching[:40] + "…"  # it ran out of the column
-        none = f" (no chat holds “{sought}”)" if matching and not found else ""
+        none = f" (no chat holds: {sought})" if matching and not found else ""
         return gr.update(choices=[(s["title"], s["id"]) for s in found[:LISTED_CHATS]],
                          value=current if any(s["id"] == current for s in found) else None,
                          label="Past chats" + (more if len(found) > LISTED_CHATS else none))
@@ -206,8 +213,6 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 # person sends, not under their pointer as the reply ends (a click then opened another)
                 listed, path_drawn = session_choices(visitor, session_id, matching), True
             said = " ".join(filter(None, [moved, update.notice]))
-            if update.done and not service.owns(session_id, visitor):
-                said = "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
             yield chat, gr.skip(), update.session_id, said, stats_line(update), drawing, visitor, listed
 
     @explained
@@ -230,6 +235,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def on_like(session_id, visitor, like: gr.LikeData):
         liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
         owner = owner_of(visitor)
+        if not service.owns(session_id, owner):
+            raise gr.Error("This chat was deleted, in another tab or window: its 👍/👎 cannot be kept.")
         service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
         return panel.decisions_frame(service.panel(session_id, owner)["decisions"])  # only the table shows it
 
@@ -237,9 +244,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
         continue a conversation; without one each call starts a new session. `override` picks
         the route by hand (base, code, reasoning, automation); empty or "auto" lets the router choose."""
-        for name, value in (("message", message), ("session_id", session_id), ("override", override)):
-            if value is not None and not isinstance(value, str):  # else Gradio's "raised an exception" alone
-                raise gr.Error(f"{name} is text, not {type(value).__name__}")
+        require_text(message=message, session_id=session_id, override=override)
         owner = api_owner(request)
         if session_id and not service.owns(session_id, owner):  # else a new session each call, its id never told
             raise gr.Error(f"There is no session {shown_value(session_id)} here: pass an id from /new_session, or "
@@ -260,6 +265,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def panel_api(session_id: str, request: gr.Request = None) -> dict:
         """The data the router panel draws for a session, as stored in sessions.db: its decisions
         (oldest first, each with its message and 👍/👎) and route counts for the session and for all sessions."""
+        require_text(session_id=session_id)
         if session_id and not service.owns(session_id, api_owner(request)):  # "" still gives all chats' counts
             raise ValueError(no_such_chat(session_id))
         return service.panel(session_id, api_owner(request))
@@ -268,6 +274,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def feedback_api(session_id: str, index: int, liked: bool | None, request: gr.Request = None) -> int:
         """👍 (true), 👎 (false) or neither (null) on the reply at `index` of the session's messages
         (0-based, user and assistant messages counted); returns the message id."""
+        require_text(session_id=session_id)
         return service.give_feedback(session_id, index, liked, api_owner(request))
 
     with gr.Blocks(title="Cogumi Chat") as demo:

@@ -158,6 +158,8 @@ def test_deleting_a_replying_chat_stops_its_reply_first(service):
     reader.join(5)
     assert not reader.is_alive() and shown[-1].done and shown[-1].status == "stopped"
     assert service.sessions() == [] and rows(service, first.session_id) == []
+    # said by the reply itself: a check of the chat once its last update came ran before the delete did
+    assert shown[-1].notice == "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
 
 
 def test_a_reply_nobody_reads_blocks_the_delete_with_a_reason(service):

@@ -96,6 +96,16 @@ def test_api_arguments_of_the_wrong_type_are_named(app, args, words):
         Client(app[0], verbose=False).predict(*args, api_name="/chat")
 
 
+@pytest.mark.parametrize("session_id", [5, 0, False, ["a"], 1.5])
+def test_a_session_id_that_is_not_text_is_named_by_panel_and_feedback(app, session_id):
+    client = Client(app[0], verbose=False)
+    words = f"session_id is text, not {type(session_id).__name__}"
+    with pytest.raises(Exception, match=words):
+        client.predict(session_id, api_name="/panel")
+    with pytest.raises(Exception, match=words):
+        client.predict(session_id, 1, True, api_name="/feedback")
+
+
 def test_the_page_says_these_are_demo_weights(app):
     url, _ = app
     config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
