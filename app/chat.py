@@ -14,7 +14,7 @@ from typing import Iterator
 from app.memory import Memory, SessionStoreError
 from models.engine import Engine, GenerationStats
 from models.errors import ContextOverflowError
-from router.decision import ROUTES, Decision
+from router.decision import NOT_AVAILABLE, ROUTES, Decision
 from router.router import Router
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class ChatService:
             if missing:
                 update.notice = f"The {route} modifier is not available ({missing.rstrip('.')}); this reply uses the plain base."
                 if decision:
-                    decision.reason += f"; the {route} modifier is not available → base"
+                    decision.reason += "; " + NOT_AVAILABLE.format(route)
                     decision.route = "base"
                 route = "base"
             if decision:

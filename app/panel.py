@@ -14,12 +14,13 @@ import re
 import altair as alt
 import pandas as pd
 
+from router.decision import NOT_AVAILABLE
+
 ROUTE_COLOURS = {"base": "#6b7280", "code": "#2563eb", "reasoning": "#9333ea", "automation": "#ea580c"}
 DOMAIN_ORDER = ("code", "reasoning", "automation", "general")
 EXCERPT_CHARS = 160  # the message shown at the head of the path
 TABLE_ROWS = 12      # recent decisions listed, newest first
-# What ChatService.respond adds to the reason where the route's modifier is not loaded and base ran instead.
-NOT_AVAILABLE = re.compile(r"the (\w+) modifier is not available → base")
+_NOT_AVAILABLE = re.compile(re.escape(NOT_AVAILABLE).replace(re.escape("{}"), r"(\w+)"))
 
 _CSS = """<style>
 .route-path{font:13px/1.35 system-ui,sans-serif;display:flex;flex-direction:column;gap:2px}
@@ -63,15 +64,14 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     bars = "".join(_bar(name, d["domain_probs"].get(name, 0.0), d["tau_d"]) for name in DOMAIN_ORDER)
     steps.append(_step("domain classifier", bars, fired=rule in ("domain", "fallback")))
     colour = ROUTE_COLOURS.get(d["route"], "#111827")
-    missing = NOT_AVAILABLE.search(d["reason"])
-    fell_back = f" → base: not available" if missing else ""
-    if d["overridden"] and missing is None and d["router_choice"] == d["route"]:
+    asked, fell_back = _asked(d)
+    asked_shown = html.escape(asked) + (" → base: not available" if fell_back else "")
+    if d["overridden"] and not fell_back and d["router_choice"] == d["route"]:
         chosen = f"you chose {html.escape(d['route'])} · the router agreed"
     elif d["overridden"]:
-        asked = missing[1] if missing else d["route"]
-        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {html.escape(asked)}{fell_back}"
+        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {asked_shown}"
     else:
-        chosen = f"route: {html.escape(missing[1]) + fell_back if missing else html.escape(d['route'])}"
+        chosen = f"route: {asked_shown}"
     steps.append(f'<div class="step route" id="route-chosen" style="background:{colour}">{chosen}</div>')
     steps.append(f'<div class="reason" style="color:#4b5563;font-size:12px">{html.escape(d["reason"])}</div>')
     arrow = '<div class="arrow">↓</div>'
@@ -156,13 +156,20 @@ def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+def _asked(d: dict) -> tuple[str, bool]:
+    """The route asked for (by you or by the router), and whether the plain base ran instead: its
+    modifier was not available."""
+    missing = _NOT_AVAILABLE.search(d["reason"])
+    return (missing[1], True) if missing else (d["route"], False)
+
+
 def route_label(d: dict) -> str:
     """The route a reply ran on, and whose choice it was, for the table."""
-    missing = NOT_AVAILABLE.search(d["reason"])
-    if missing and d["overridden"]:
-        return f"base (you chose {missing[1]}: not available; router: {d['router_choice']})"
-    if missing:
-        return f"base ({missing[1]}: not available)"
+    asked, fell_back = _asked(d)
+    if fell_back and d["overridden"]:
+        return f"base (you chose {asked}: not available; router: {d['router_choice']})"
+    if fell_back:
+        return f"base ({asked}: not available)"
     if d["overridden"] and d["router_choice"] == d["route"]:
         return f"{d['route']} (you chose it; the router agreed)"
     return f"{d['route']} (router: {d['router_choice']})" if d["overridden"] else d["route"]

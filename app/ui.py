@@ -12,9 +12,10 @@ from pathlib import Path
 import gradio as gr
 
 from app import panel
-from app.chat import ChatService, no_such_chat, shown_value
+from app.chat import AUTO, ChatService, no_such_chat, shown_value
 from app.display import shown, stats_line
 from app.memory import SessionStoreError
+from router.decision import ROUTES
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
@@ -36,7 +37,7 @@ CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CH
 TAB_CHAT_KEY, TAB_ROUTE_KEY = "cogumi-tab-chat", "cogumi-tab-route"  # the Route picked is kept the same way
 PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}"); '
              f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}");</script>')
-ROUTE_CHOICES = ["auto", "base", "code", "reasoning", "automation"]
+ROUTE_CHOICES = [AUTO, *ROUTES]
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
@@ -170,9 +171,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
             yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
             return
-        deleted = session_id not in (None, NO_CHAT) and not service.owns(session_id, visitor)
         try:
-            if not service.owns(session_id, visitor):  # so that Stop, even before the reply starts, finds it
+            known = service.owns(session_id, visitor)
+            deleted = not known and session_id not in (None, NO_CHAT)  # on screen, then deleted elsewhere
+            if not known:  # so that Stop, even before the reply starts, finds it
                 session_id = service.new_session(visitor)
         except SessionStoreError as exc:
             yield (gr.skip(), gr.skip(), session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,

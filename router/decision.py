@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 ROUTES = ("base", "code", "reasoning", "automation")   # the plain base, then the LoRA modifiers
 DOMAINS = ("code", "reasoning", "automation", "general")
 FALLBACK_TAU_P = 12.4  # only where no calibration exists for the model set (router.calibrate)
+# Added to a Decision's reason where its route's modifier is not loaded and the plain base ran instead
+# (ChatService.respond); the panel reads the route asked for back out of it.
+NOT_AVAILABLE = "the {} modifier is not available → base"
 
 
 @dataclass
