@@ -65,13 +65,13 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     steps.append(_step("domain classifier", bars, fired=rule in ("domain", "fallback")))
     colour = ROUTE_COLOURS.get(d["route"], "#111827")
     asked, fell_back = _asked(d)
-    asked_shown = html.escape(asked) + (" → base: not available" if fell_back else "")
-    if d["overridden"] and not fell_back and d["router_choice"] == d["route"]:
-        chosen = f"you chose {html.escape(d['route'])} · the router agreed"
+    instead = " → base: not available" if fell_back else ""
+    if d["overridden"] and d["router_choice"] == asked:
+        chosen = f"you chose {html.escape(asked)} · the router agreed{instead}"
     elif d["overridden"]:
-        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {asked_shown}"
+        chosen = f"router chose {html.escape(d['router_choice'])} · you chose {html.escape(asked)}{instead}"
     else:
-        chosen = f"route: {asked_shown}"
+        chosen = f"route: {html.escape(asked)}{instead}"
     steps.append(f'<div class="step route" id="route-chosen" style="background:{colour}">{chosen}</div>')
     steps.append(f'<div class="reason" style="color:#4b5563;font-size:12px">{html.escape(d["reason"])}</div>')
     arrow = '<div class="arrow">↓</div>'
@@ -167,6 +167,8 @@ def route_label(d: dict) -> str:
     """The route a reply ran on, and whose choice it was, for the table."""
     asked, fell_back = _asked(d)
     if fell_back and d["overridden"]:
+        if d["router_choice"] == asked:
+            return f"base (you and the router chose {asked}: not available)"
         return f"base (you chose {asked}: not available; router: {d['router_choice']})"
     if fell_back:
         return f"base ({asked}: not available)"

@@ -175,3 +175,15 @@ def test_the_timeline_draws_no_empty_layer_and_carries_its_own_title(chat):
     assert ("point", "perplexity") in layers(decisions)  # the escalation's ring
     assert layers(calm) == [("line", "τp"), ("line", "perplexity"), ("circle", "perplexity")]
     assert layers(unmeasured) == [("line", "τp")]
+
+
+def test_a_pick_the_router_made_too_whose_modifier_is_not_available_reads_as_agreed(routed_service, demo_set):
+    """It read "router chose automation · you chose automation → base: not available"."""
+    engine = Engine(demo_set["base"], n_ctx=512, modifiers={"code": (demo_set["code"], 1.0)})
+    service = ChatService(engine, routed_service.memory, routed_service.settings, router=routed_service.router,
+                          unavailable={"automation": "automation.gguf: not a number."})
+    *_, asked = service.respond(None, "Every Monday, email me the week's sales totals from the CRM.",
+                                override="automation")
+    d = asked.decision.to_dict() | {"router_choice": "automation"}  # as the router would pick it too
+    assert "you chose automation · the router agreed → base: not available" in panel.path_html(d, "…")
+    assert list(panel.decisions_frame([d])["route"]) == ["base (you and the router chose automation: not available)"]
