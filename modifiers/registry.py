@@ -38,8 +38,10 @@ def check_adapter(path: Path, base_arch: str | None, base_shapes: dict[str, tupl
             raise AdapterError(f"{path}: not a GGUF file.")
     try:
         lora = gguf.GGUFReader(path)
-    except Exception as exc:  # truncated or malformed: the reader cannot map the tensors
-        raise AdapterError(f"{path}: cannot read this GGUF ({exc}); the file is corrupt or truncated.") from exc
+    except Exception as exc:  # truncated or malformed: the reader cannot map the tensors (its own words,
+        # numpy's "cannot reshape array of size…", say nothing to a person)
+        raise AdapterError(f"{path}: cannot read this GGUF ({path.stat().st_size:,} bytes): the file is corrupt or "
+                           f"truncated. Copy or download it again.") from exc
 
     def text(key: str) -> str | None:
         f = lora.fields.get(key)

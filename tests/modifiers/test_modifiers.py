@@ -136,3 +136,12 @@ def test_a_bad_adapter_is_refused_by_name_and_the_rest_still_work(f32_set, tmp_p
     assert greedy(engine, [SYSTEM, {"role": "user", "content": "hi"}], "reasoning", n=4)[1].tokens == 4
     with pytest.raises(ValueError, match="no modifier 'code'"):
         greedy(engine, [SYSTEM, {"role": "user", "content": "hi"}], "code", n=4)
+
+
+def test_a_truncated_adapter_says_so_without_the_readers_own_words(f32_set, tmp_path):
+    """Its reason quoted numpy ("cannot reshape array of size …") before saying what was wrong."""
+    bad = tmp_path / "code.gguf"
+    BAD_ADAPTERS["truncated"][0](f32_set / "code.gguf", bad)
+    reason = Engine(f32_set / "base.gguf", modifiers={"code": (bad, 1.0)}).modifiers.failed["code"]
+    assert "reshape" not in reason and "array" not in reason
+    assert f"{bad.stat().st_size:,} bytes" in reason and "again" in reason
