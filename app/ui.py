@@ -69,9 +69,10 @@ def panel_views(service: ChatService, session_id: str | None, owner: str | None 
     data = service.panel(session_id, owner)
     decisions = data["decisions"]
     latest = decisions[-1] if decisions else None
+    shares = panel.distribution_frame(data["routes"]["session"], data["routes"]["all"])
     return (panel.path_html(latest, latest["message"] if latest else None),
             panel.timeline_chart(decisions),
-            panel.distribution_frame(data["routes"]["session"], data["routes"]["all"]),
+            gr.update(value=shares, visible=not shares.empty),  # empty, its axis titles overlapped
             panel.decisions_frame(decisions))
 
 

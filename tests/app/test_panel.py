@@ -118,7 +118,9 @@ def test_a_chat_of_22_real_replies_draws_every_panel_view(routed_service):
     path, timeline, distribution, table = panel_views(routed_service, sid)
     assert "question 21: what is 21 squared?" in path
     assert len(next(iter(timeline.to_dict()["datasets"].values()))) == 22
-    assert distribution[distribution["scope"] == "this chat"]["replies"].sum() == 22
+    assert distribution["visible"] is True
+    shares = distribution["value"]
+    assert shares[shares["scope"] == "this chat"]["replies"].sum() == 22
     assert len(table) == panel.TABLE_ROWS and table["turn"].tolist()[0] == 22
 
 
@@ -187,3 +189,14 @@ def test_a_pick_the_router_made_too_whose_modifier_is_not_available_reads_as_agr
     d = asked.decision.to_dict() | {"router_choice": "automation"}  # as the router would pick it too
     assert "you chose automation · the router agreed → base: not available" in panel.path_html(d, "…")
     assert list(panel.decisions_frame([d])["route"]) == ["base (you and the router chose automation: not available)"]
+
+
+def test_the_route_distribution_is_hidden_until_there_is_a_reply_to_count(routed_service):
+    """Empty, Gradio's bar chart drew its two axis titles over each other."""
+    from app.ui import panel_views
+
+    _, _, distribution, _ = panel_views(routed_service, None)
+    assert distribution["visible"] is False and distribution["value"].empty
+    *_, reply = routed_service.respond(None, "hello")
+    _, _, distribution, _ = panel_views(routed_service, None)  # no chat open: all chats still count
+    assert distribution["visible"] is True and distribution["value"]["replies"].sum() == 1
