@@ -135,6 +135,8 @@ class ChatService:
         messages = self.memory.messages(session_id)
         if not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
             raise ValueError(f"there is no reply at position {index} of this chat")
+        if messages[index]["status"] == "error" and liked is not None:  # its turn is not in the conversation
+            raise ValueError("This reply failed, so it takes no 👍/👎: send the message again for one that can.")
         self.memory.set_feedback(messages[index]["id"], liked)
         return messages[index]["id"]
 

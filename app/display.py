@@ -11,7 +11,7 @@ from app.chat import ReplyUpdate
 STATUS_NOTES = {
     "stopped": "*(stopped)*",
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
-    "error": "*(failed)*",
+    "error": '<em class="reply-failed">(failed)</em>',  # the class hides the reply's 👍/👎 (page.css)
 }
 
 # Code a message holds: fenced blocks (a fence of 3+ backticks or tildes after at most 3 spaces, to a

@@ -194,3 +194,14 @@ def test_feedback_on_a_chat_that_is_not_there_names_it(service):
         service.give_feedback("nope", 1, True)
     with pytest.raises(ValueError, match=r"There is no chat 'x{40}…' here"):  # an id of any length is cut
         service.give_feedback("x" * 100_000, 1, True)
+
+
+def test_a_failed_reply_takes_no_feedback(service):
+    """A failed turn is not in what the model reads next (_conversation), and has no answer to rate: its
+    👍/👎 was stored and counted in the panel all the same."""
+    *_, failed = service.respond(None, "the model " * 20_000)
+    assert failed.status == "error"
+    with pytest.raises(ValueError, match="This reply failed, so it takes no 👍/👎"):
+        service.give_feedback(failed.session_id, 1, False)
+    assert service.memory.feedback(failed.session_id) == {}
+    service.give_feedback(failed.session_id, 1, None)  # taking nothing back is no error

@@ -346,6 +346,25 @@ def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(
     assert page.locator("#chat b").count() == 0 and page.dialogs == []
 
 
+def test_a_failed_reply_offers_no_thumbs(app, page):
+    """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation."""
+    box, bot_rows = page.locator("#message textarea"), page.locator("#chat .message-row.bot-row")
+    box.fill("hello")
+    box.press("Enter")
+    expect(table_rows(page)).to_have_count(2, timeout=60_000)
+    thumbs = page.locator("#chat button[title=Like]:visible, #chat button[title=Dislike]:visible")
+    expect(thumbs).to_have_count(2)
+    box.fill("the model " * 20_000)  # more than the context holds
+    box.press("Enter")
+    expect(bot_rows.last).to_contain_text("(failed)", timeout=60_000)
+    expect(bot_rows).to_have_count(2)
+    expect(thumbs).to_have_count(2)  # the first reply's still
+    from app.display import shown  # and Copy gives its mark as before, not the HTML that carries the class
+
+    failed = shown("assistant", "half a reply", "error")["content"]
+    assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "half a reply\n\n*(failed)*"
+
+
 def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     """Each chat is where the person left it: a reply still streaming in one chat once pulled the page
     back to it (and took the next message with it) when they opened another; 👍/👎 were gone from a
