@@ -307,8 +307,23 @@ class Engine:
                 f"context window holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the "
                 f"reply). Shorten it or split it into parts."
             )
+        roles = [m["role"] for m in turns]
         oversized = max((i for i, e in enumerate(encoded) if e is None), default=-1)
-        dropped, encoded = oversized + 1, encoded[oversized + 1:]
+        dropped, encoded, roles = oversized + 1, encoded[oversized + 1:], roles[oversized + 1:]
+
+        def drop_oldest() -> int:
+            """Drop the oldest message, and the answers it leaves first: the model read an answer with
+            no question before it. Returns the tokens dropped."""
+            nonlocal dropped
+            gone = 0
+            while len(encoded) > 1 and (not gone or roles[0] == "assistant"):
+                gone += len(encoded.pop(0))
+                roles.pop(0)
+                dropped += 1
+            return gone
+
+        if len(encoded) > 1 and roles[0] == "assistant":  # an oversized question's answer
+            drop_oldest()
         # Past the budget, drop the oldest turns half the budget at a time (the smallest multiple
         # of it that fits; llama.cpp's own context shift also discards half): the cut then stays
         # where it is for the next turns, until another half is needed, so their prompts begin as
@@ -318,8 +333,7 @@ class Engine:
         step = max(1, budget // 2)
         target, removed = -(-excess // step) * step, 0
         while removed < target and len(encoded) > 1:
-            removed += len(encoded.pop(0))
-            dropped += 1
+            removed += drop_oldest()
         while len(head) + sum(map(len, encoded)) + len(tail) > budget:
             if len(encoded) <= 1:
                 need = len(head) + sum(map(len, encoded)) + len(tail)
@@ -328,8 +342,7 @@ class Engine:
                     f"tokens, and the context window holds {self.n_ctx:,} ({budget:,} for the prompt, "
                     f"the rest for the reply). Shorten it or split it into parts."
                 )
-            encoded.pop(0)
-            dropped += 1
+            drop_oldest()
         return head + [t for e in encoded for t in e] + tail, dropped
 
     def _encode_within(self, role: str, text: str, budget: int) -> list[int] | None:

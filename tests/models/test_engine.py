@@ -80,6 +80,21 @@ def test_long_conversation_drops_oldest_turns_and_keeps_system_and_newest(small_
     assert stats.dropped_turns == dropped
 
 
+def test_a_long_conversation_is_cut_at_whole_turns(small_engine):
+    """QA: the cut fell between a question and its answer, so the model read an answer with no question
+    before it ("dropped 7 of 8": an assistant message first after the system prompt)."""
+    system, user = small_engine.chat.message("system", SYSTEM["content"]), small_engine.chat.message("user", "")
+    header = user[:len(user) - 2 - len(small_engine.tokenize("", special=False))]  # "<|im_start|>user\n"
+    cuts = set()
+    for words in range(3, 9):  # turns of many lengths, so the cut falls after a question too
+        turns = [f"{'question' if i % 2 == 0 else 'answer'} {i}: " + "the model " * words for i in range(8)]
+        prompt, dropped = small_engine.fit(chat(*turns, "newest question"), 32)
+        assert dropped > 0 and dropped % 2 == 0, (words, dropped)
+        assert prompt[len(system):len(system) + len(header)] == header
+        cuts.add(dropped)
+    assert len(cuts) > 1
+
+
 def test_message_larger_than_the_context_is_refused_clearly(small_engine):
     with pytest.raises(ContextOverflowError, match="too long.*context window holds 256"):
         list(small_engine.generate(chat("word " * 2000), max_tokens=32))
