@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import ipaddress
 import logging
 import math
@@ -106,15 +107,31 @@ def _conversations(text: str) -> int:
     return value
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """True when something already listens on host:port (checked before the models load, not after)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why the app could not listen on host:port, or None (checked before the models load, not after).
+    Each reason its own: every failure once read "port … is in use"."""
+    if ":" in host:  # Gradio builds its URL as host:port, which an IPv6 address breaks (after the models load)
+        return (f"--host {host}: an IPv6 address, which Gradio cannot serve on; use 127.0.0.1 (this machine "
+                f"only) or 0.0.0.0 (every network).")
+    try:
+        address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    except socket.gaierror:
+        return f"--host {host}: no such host; use 127.0.0.1 (this machine only) or 0.0.0.0 (every network)."
+    with socket.socket(socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
         try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} is in use on {host}: another program (or another Cogumi Chat) listens there; "
+                        f"start with --port OTHER.")
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return (f"--host {host}: not an address of this machine; use 127.0.0.1 (this machine only) or "
+                        f"0.0.0.0 (every network).")
+            if exc.errno == errno.EACCES:
+                return f"port {port}: ports below 1024 need administrator rights; start with --port 7860 or above."
+            return f"cannot listen on {host}:{port} ({exc.strerror or exc})."
+    return None
 
 
 def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
@@ -253,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if space:
         log.info("HuggingFace Space %s: binding %s:%d, data in %s", os.environ["SPACE_ID"], args.host, args.port,
                  data_dir())
-    if port_in_use(args.host, args.port):
-        print(f"error: port {args.port} is in use on {args.host}: another program (or another Cogumi Chat) listens "
-              f"there; start with --port OTHER.", file=sys.stderr)
+    unavailable = cannot_listen(args.host, args.port)
+    if unavailable:
+        print(f"error: {unavailable}", file=sys.stderr)
         return 2
     try:
         profile = choose_profile(args, space)

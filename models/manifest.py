@@ -57,17 +57,25 @@ class Profile:
 
 
 def load_profiles(path: Path = MANIFEST_PATH) -> dict[str, Profile]:
-    raw = json.loads(path.read_text())
-    return {
-        name: Profile(
-            name=name,
-            description=p.get("description", ""),
-            files=tuple(ModelFile(**f) for f in p["files"]),
-            demo=p.get("demo", False),
-            settings=p.get("settings", {}),
-        )
-        for name, p in raw["profiles"].items()
-    }
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:  # a raw traceback before (QA)
+        raise ModelFileError(f"{path}: profiles file (--manifest) is not valid JSON (line {exc.lineno} column "
+                             f"{exc.colno}: {exc.msg}).") from exc
+    try:
+        return {
+            name: Profile(
+                name=name,
+                description=p.get("description", ""),
+                files=tuple(ModelFile(**f) for f in p["files"]),
+                demo=p.get("demo", False),
+                settings=p.get("settings", {}),
+            )
+            for name, p in raw["profiles"].items()
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: profiles file (--manifest) is not laid out as models/manifest.json is "
+                             f"({type(exc).__name__}: {exc}).") from exc
 
 
 def get_profile(name: str, path: Path = MANIFEST_PATH) -> Profile:

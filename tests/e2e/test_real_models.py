@@ -97,6 +97,8 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
+    not_json = tmp_path / "not_json.json"
+    not_json.write_text('{"profiles": {}\n"x": 1}')
     cases = (
         (("--model", str(tmp_path / "nope.gguf")), "nope.gguf: model file not found"),
         (("--model", str(tmp_path), ), "is a directory"),
@@ -124,6 +126,13 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--tau-p", "inf"), "--tau-p: a perplexity is more than 1, not inf"),
         (("--threads", "two"), "--threads: must be at least 1, not two"),
         (("--n-ctx", "1e9"), "--n-ctx: must be at least 1, not 1e9"),
+        # QA, the fourth pass: every address that could not be bound was "port … is in use"; ::1 loaded the
+        # models, then failed in Gradio with a traceback; a manifest that is not JSON was a traceback
+        (("--host", "nosuchhost.invalid"), "--host nosuchhost.invalid: no such host"),
+        (("--host", "256.1.1.1"), "--host 256.1.1.1: no such host"),
+        (("--host", "10.255.255.1"), "--host 10.255.255.1: not an address of this machine"),
+        (("--host", "::1"), "--host ::1: an IPv6 address"),
+        (("--manifest", str(not_json)), "not_json.json: profiles file (--manifest) is not valid JSON (line 2"),
     )
     try:
         for args, message in cases:
