@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -218,7 +219,8 @@ class ChatService:
     def refusal(message: str, override: str | None = None) -> str | None:
         """Why respond() would not send this message (the notice it gives), or None: nothing is stored
         for an empty message, one that is not valid Unicode, or an unknown route."""
-        if not message or not message.strip():
+        if not message or all(c.isspace() or unicodedata.category(c) == "Cf" for c in message):
+            # spaces, or characters that show as nothing (a zero-width space, a byte-order mark: QA)
             return "Type a message first: empty messages are not sent."
         broken = _lone_surrogate(message)
         if broken is not None:  # JSON can carry "\ud800" (half an emoji); SQLite and llama.cpp take UTF-8 only

@@ -330,6 +330,11 @@ class Memory:
         ).fetchone()[0]
 
 
+# Bidirectional controls (embeddings, overrides, isolates, marks): in a title they turn the list's text
+# around ("a\u202eRTL" showed as "aLTR"), which could disguise a chat's name. The message keeps them.
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _title(text: str) -> str:
-    line = " ".join(text.split())
+    line = " ".join(_BIDI_CONTROLS.sub("", text).split())
     return line[:60] + ("…" if len(line) > 60 else "") or "New chat"

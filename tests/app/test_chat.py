@@ -76,10 +76,19 @@ def test_stop_by_session_ends_the_reply_where_the_browser_cannot_close_it(servic
     assert after.status == "complete" and after.stats.stop_reason in ("eos", "length")
 
 
-def test_an_empty_message_is_ignored_with_a_hint(service):
-    (update,) = list(service.respond(None, "   \n "))
+@pytest.mark.parametrize("text", ["   \n ", "\u200b", "\ufeff", " \u200b\u2060 \u00a0\u3000"])
+def test_an_empty_message_is_ignored_with_a_hint(service, text):
+    """QA: a zero-width space or a byte-order mark alone was sent, answered, and titled a blank chat."""
+    (update,) = list(service.respond(None, text))
     assert update.status == "ignored" and "empty" in update.notice
     assert service.sessions() == []
+
+
+def test_a_title_cannot_turn_its_text_around(service):
+    """QA: a right-to-left override in a first message showed its chat as "atxt edirrevo LTR" in Past chats."""
+    *_, last = service.respond(None, "a\u202eRTL override txt \u2067isolate\u2069 \u200fmark")
+    assert service.sessions()[0]["title"] == "aRTL override txt isolate mark"
+    assert rows(service, last.session_id)[0][1] == "a\u202eRTL override txt \u2067isolate\u2069 \u200fmark"
 
 
 def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):
