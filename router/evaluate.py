@@ -21,34 +21,71 @@ from router.decision import DOMAINS
 
 
 def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow_empty: bool = False) -> list[dict]:
-    """Rows of a JSON Lines file, each checked for `keys`; blank lines are skipped. A file that mixes
-    formats (router.history's export) marks each row with "kind"; rows of another kind are skipped."""
+    """Rows of a JSON Lines file, each checked for `keys` and their values' types (and a label's value, by
+    the format `keys` name); blank lines are skipped. A file that mixes formats (router.history's
+    export) marks each row with "kind"; with `kind`, rows of another kind are skipped, and a row with no
+    "kind" is of the kind its keys say (previous_answer: escalation; previous: followups), so a plain file
+    is read as one."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if kind and row.get("kind", kind) != kind:
-                continue
-            missing = [k for k in keys if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
-            rows.append(row)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start + 1:,})") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: not a JSON object, as {{{', '.join(map(json.dumps, keys))}}}")
+        if kind and row.get("kind", _kind_of(row)) != kind:
+            continue
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
+        problem = _value_problem(row, keys)
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
+        rows.append(row)
     if not rows and not allow_empty:
         raise ValueError(f"{path}: no examples" + (f" of kind {kind!r}" if kind else ""))
     return rows
 
 
+def _kind_of(row: dict) -> str:
+    return "escalation" if "previous_answer" in row else "followups" if "previous" in row else "domain"
+
+
+def _value_problem(row: dict, keys: tuple[str, ...]) -> str | None:
+    """What is wrong with a row's values, or None: texts are text (an escalation row's previous answer may
+    be null: no answer yet); a label is 0 or 1 in an escalation row, a domain elsewhere."""
+    for key in keys:
+        value = row[key]
+        if key != "label" and not isinstance(value, str) and not (key == "previous_answer" and value is None):
+            return f"{key} is text, not {json.dumps(value)[:40]}"
+    if "label" not in keys:
+        return None
+    label = row["label"]
+    if "previous_answer" in keys:
+        if isinstance(label, bool) or label not in (0, 1):
+            return f"label is 0 or 1 (1: the user is unhappy), not {json.dumps(label)[:40]}"
+    elif label not in DOMAINS:
+        return f"label is {', '.join(DOMAINS[:-1])} or {DOMAINS[-1]}, not {json.dumps(label)[:40]}"
+    return None
+
+
 def domain_report(truth: list[str], predicted: list[str]) -> dict:
-    per_label = f1_score(truth, predicted, labels=list(DOMAINS), average=None, zero_division=0)
+    """Macro-F1 over the labels the file holds or the heads guessed: one neither holds has no F1 (null),
+    where it counted as 0 (three right answers over three labels scored 0.75)."""
+    present = [d for d in DOMAINS if d in set(truth) | set(predicted)]
+    per_label = dict(zip(present, f1_score(truth, predicted, labels=present, average=None, zero_division=0)))
     return {
         "accuracy": round(float(accuracy_score(truth, predicted)), 4),
-        "macro_f1": round(float(f1_score(truth, predicted, labels=list(DOMAINS), average="macro", zero_division=0)), 4),
-        "per_label": {d: round(float(f), 4) for d, f in zip(DOMAINS, per_label)},
+        "macro_f1": round(float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)), 4),
+        "per_label": {d: round(float(per_label[d]), 4) if d in per_label else None for d in DOMAINS},
         # {true label: {predicted label: count}}
         "confusion": {t: {p: int(n) for p, n in zip(DOMAINS, row)}
                       for t, row in zip(DOMAINS, confusion_matrix(truth, predicted, labels=list(DOMAINS)))},

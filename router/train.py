@@ -166,6 +166,25 @@ def no_huge_pages() -> None:
     _set_madvise_hugepage(False)
 
 
+def read_data(data: Path, extras: list[Path]) -> tuple[list[dict], list[dict], list[dict]]:
+    """The domain, follow-up and escalation rows of the data folder, its blind writers' sets, and the
+    --extra files: a history export mixes both formats, each row saying its kind; a file as
+    router.evaluate reads one has no kinds, and its rows are of the kind their keys say."""
+    domain = read_jsonl(data / "domain.jsonl", ("text", "label"))
+    followups = read_jsonl(data / "followups.jsonl", ("previous", "text", "label"))
+    escalation = read_jsonl(data / "escalation.jsonl", ("previous_answer", "text", "label"))
+    for path in sorted((data / BLIND_WRITERS).glob("*.jsonl")):
+        escalation += read_jsonl(path, ("previous_answer", "text", "label"))
+    for extra in extras:
+        more_domain = read_jsonl(extra, ("text", "label"), "domain", allow_empty=True)
+        more_escalation = read_jsonl(extra, ("previous_answer", "text", "label"), "escalation", allow_empty=True)
+        if not more_domain and not more_escalation:
+            raise ValueError(f"{extra}: no examples: rows are {{text, label}} (domain) or "
+                             f"{{previous_answer, text, label}} (escalation)")
+        domain, escalation = domain + more_domain, escalation + more_escalation
+    return domain, followups, escalation
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA_DIR)
@@ -178,14 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     no_huge_pages()
     torch.set_num_threads(FIT_THREADS)  # the escalation fit: 24.3 s on one thread, 16.4 s on two
-    domain = read_jsonl(args.data / "domain.jsonl", ("text", "label"))
-    followups = read_jsonl(args.data / "followups.jsonl", ("previous", "text", "label"))
-    escalation = read_jsonl(args.data / "escalation.jsonl", ("previous_answer", "text", "label"))
-    for path in sorted((args.data / BLIND_WRITERS).glob("*.jsonl")):
-        escalation += read_jsonl(path, ("previous_answer", "text", "label"))
-    for extra in args.extra:  # a history export mixes both formats; each row says its kind
-        domain += read_jsonl(extra, ("text", "label"), "domain", allow_empty=True)
-        escalation += read_jsonl(extra, ("previous_answer", "text", "label"), "escalation", allow_empty=True)
+    try:  # every file read and checked before the encode, which takes a minute and more
+        domain, followups, escalation = read_data(args.data, args.extra)
+    except (OSError, ValueError) as exc:
+        print(f"error: {f'{exc.filename}: {exc.strerror}' if getattr(exc, 'filename', None) else exc}", file=sys.stderr)
+        return 2
     domain_train, domain_held = split(domain, args.holdout, args.seed)
     follow_train, follow_held = split(followups, args.holdout, args.seed)
     esc_train, esc_held = split(escalation, args.holdout, args.seed)

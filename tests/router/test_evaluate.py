@@ -111,14 +111,39 @@ def test_follow_ups_are_scored_in_the_context_of_the_previous_message(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ('{"text": "hi", "label": "general"}\nnot json\n', "bad.jsonl:2: not valid JSON"),
     ('{"text": "hi"}\n', "bad.jsonl:1: missing label"),
-    ('{"text": "hi", "label": "poetry"}\n', "unknown domain label(s) ['poetry']"),
+    ('{"text": "hi", "label": "poetry"}\n', "bad.jsonl:1: label is code, reasoning, automation or general, not \"poetry\""),
     ("", "bad.jsonl: no examples"),
+    # QA, the fourth pass: tracebacks, a scikit-learn message, or no file and line
+    ('["hi", "code"]\n', "bad.jsonl:1: not a JSON object"),
+    ('"hi"\n', "bad.jsonl:1: not a JSON object"),
+    ('{"text": null, "label": "code"}\n', "bad.jsonl:1: text is text, not null"),
+    (b'{"text": "caf\xe9", "label": "code"}\n', "bad.jsonl: not UTF-8 text"),
 ])
 def test_bad_files_get_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text(content)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     done = evaluate("--domain", str(path))
     assert done.returncode == 2 and message in done.stderr and not done.stdout
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("label", ['"yes"', "2", "-1", "0.5", "null"])
+def test_an_escalation_label_is_0_or_1(tmp_path, label):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"previous_answer": "Done.", "text": "thanks", "label": 0}\n'
+                    f'{{"previous_answer": "Done.", "text": "wrong again", "label": {label}}}\n')
+    done = evaluate("--escalation", str(path))
+    assert done.returncode == 2 and not done.stdout and "Traceback" not in done.stderr
+    assert f"bad.jsonl:2: label is 0 or 1 (1: the user is unhappy), not {json.dumps(json.loads(label))}" in done.stderr
+
+
+def test_macro_f1_is_over_the_labels_a_file_holds():
+    """QA: three right answers over three labels scored a macro-F1 of 0.75, the fourth label's F1 taken as 0."""
+    r = domain_report(["code", "reasoning", "general"], ["code", "reasoning", "general"])
+    assert r["macro_f1"] == 1.0 and r["accuracy"] == 1.0
+    assert r["per_label"] == {"code": 1.0, "reasoning": 1.0, "automation": None, "general": 1.0}
+    wrong = domain_report(["code", "code"], ["code", "automation"])  # a label guessed but not in the file counts
+    assert wrong["per_label"]["automation"] == 0.0 and wrong["macro_f1"] == round((2 / 3 + 0) / 2, 4)
 
 
 def test_a_missing_file_and_no_arguments(tmp_path):

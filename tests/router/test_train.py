@@ -45,6 +45,10 @@ def trained(small_data, tmp_path_factory):
     write_jsonl(extra, [
         {"kind": "domain", "text": "turn this into a create_ticket call", "label": "automation", "source": "override"},
         {"kind": "escalation", "previous_answer": "2 + 2 = 5.", "text": "no, that's wrong", "label": 1, "source": "feedback"},
+        # rows as router.evaluate reads them, with no "kind" (QA: a plain domain row was refused for want of
+        # a previous_answer, and a plain escalation row trained the domain head on the label 1)
+        {"text": "every Monday email me the sales totals", "label": "automation"},
+        {"previous_answer": "Canberra is the capital.", "text": "thanks!", "label": 0},
     ])
     outs = [tmp_path_factory.mktemp(f"weights{i}") for i in range(3)]
     assert train.main(["--data", str(small_data), "--out", str(outs[0])]) == 0
@@ -54,11 +58,32 @@ def trained(small_data, tmp_path_factory):
 
 
 def test_the_heads_it_writes_load_in_the_app_and_record_their_data(trained):
-    for out, extra in ((trained[0], 0), (trained[2], 1)):
+    for out, extra in ((trained[0], 0), (trained[2], 2)):
         domain, escalation = DomainClassifier(out / "domain.pt"), EscalationDetector(out / "escalation.pt")
         assert domain.meta["examples"] == {"domain": len(DOMAINS) * PER_DOMAIN + extra, "followups": FOLLOWUPS,
                                            "escalation": 2 * PER_ESCALATION_LABEL + extra}
         assert escalation.meta == domain.meta and domain.meta["seed"] == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "hi", "label": "poetry"}\n', "bad.jsonl:1: label is code, reasoning, automation or general"),
+    ('{"previous_answer": "Done.", "text": "wrong", "label": "yes"}\n', "bad.jsonl:1: label is 0 or 1"),
+    ("[1, 2]\n", "bad.jsonl:1: not a JSON object"),
+    ("not json\n", "bad.jsonl:1: not valid JSON"),
+    ('{"previous": "hi", "text": "and in Rust?", "label": "code"}\n', "bad.jsonl: no examples"),
+    (None, "bad.jsonl: No such file"),
+    ("dir", "bad.jsonl: Is a directory"),
+])
+def test_a_bad_extra_file_is_named_before_anything_is_encoded(small_data, tmp_path, capsys, content, message):
+    """QA: each of these was a traceback, the labels' after more than a minute of encoding."""
+    bad = tmp_path / "bad.jsonl"
+    if content == "dir":
+        bad.mkdir()
+    elif content is not None:
+        bad.write_text(content)
+    assert train.main(["--data", str(small_data), "--out", str(tmp_path / "w"), "--extra", str(bad)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_it_trains_on_the_blind_writers_sets_too(small_data, tmp_path):
