@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _bounded(kind, ok, says: str):
+def bounded(kind, ok, says: str):
     """An argparse type: the text read as `kind`, refused with `says` and the text unless ok(value) (argparse's
     own refusal of a text that is not a number names this function: "invalid _port value")."""
     def parse(text: str):
@@ -84,10 +84,10 @@ def _bounded(kind, ok, says: str):
     return parse
 
 
-_positive_int = _bounded(int, lambda v: v >= 1, "must be at least 1")
-_port = _bounded(int, lambda v: 1 <= v <= 65_535, "a port is 1 to 65,535")
+_positive_int = bounded(int, lambda v: v >= 1, "must be at least 1")
+_port = bounded(int, lambda v: 1 <= v <= 65_535, "a port is 1 to 65,535")
 # exp(a mean negative log-likelihood): above 1, and finite (NaN fails the test too)
-_perplexity = _bounded(float, lambda v: 1 < v < math.inf, "a perplexity is more than 1")
+_perplexity = bounded(float, lambda v: 1 < v < math.inf, "a perplexity is more than 1")
 
 
 def _thread_count(text: str) -> int:

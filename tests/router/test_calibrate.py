@@ -66,3 +66,19 @@ def test_your_own_base_is_calibrated_and_started_with_its_tau_p(tmp_path, demo_s
         Client(url, verbose=False).predict("Write a Python function that reverses a string.", api_name="/chat")
     assert sqlite3.connect(db).execute("select tau_p, tau_p_calibrated from decisions").fetchall() == [(tau, 1)]
     assert "no calibrated perplexity threshold" not in (tmp_path / "data" / "launch.log").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--share", "1.5"), "argument --share: a share is more than 0 and less than 1, not 1.5"),
+    (("--share", "0"), "argument --share: a share is more than 0 and less than 1, not 0"),
+    (("--share", "half"), "argument --share: a share is more than 0 and less than 1, not half"),
+    (("--limit", "0"), "argument --limit: must be at least 1, not 0"),
+    (("--limit", "-3"), "argument --limit: must be at least 1, not -3"),
+])
+def test_its_numbers_are_checked_before_anything_is_scored(tmp_path, args, message):
+    """QA: --share 1.5 was refused with a traceback after every prompt was scored (hours on a 7B);
+    --limit 0 scored them all and --limit -3 all but three."""
+    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(tmp_path), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not any(tmp_path.iterdir())  # nothing built, nothing scored
