@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -304,7 +305,12 @@ def main() -> None:
     from models.manifest import MANIFEST_PATH, demo_dir
 
     out = args.out or demo_dir(None)
-    built = build_demo_set(out)
+    try:
+        built = build_demo_set(out)
+    except OSError as exc:  # a file where the folder goes, a read-only or full disk: a traceback before
+        print(f"error: {exc.filename or out}: could not write the demo model set ({exc.strerror or exc}); "
+              f"choose another folder with --out.", file=sys.stderr)
+        sys.exit(2)
     for role, info in built.items():
         print(f"{role:11s} {info['size']:>11,d} B  sha256 {info['sha256']}  {out / info['file']}")
     if args.update_manifest:

@@ -87,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.Error as exc:
         print(f"error: {path}: cannot read routing history ({exc})", file=sys.stderr)
         return 2
-    args.export.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.export, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    try:
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.export, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    except OSError as exc:  # a directory, a path under a file, a read-only or full disk: a traceback before
+        print(f"error: {args.export}: cannot write the export ({exc.strerror or exc}); pass a file path "
+              f"to --export", file=sys.stderr)
+        return 2
     counts = {}
     for row in rows:
         counts[f"{row['kind']}/{row['source']}"] = counts.get(f"{row['kind']}/{row['source']}", 0) + 1

@@ -9,6 +9,10 @@ import llama_cpp
 import numpy as np
 import pytest
 
+import subprocess
+import sys
+from pathlib import Path
+
 from models.demo import build_demo_set
 from models.manifest import get_profile
 
@@ -21,6 +25,17 @@ def test_two_builds_are_byte_identical_and_match_the_manifest(tmp_path):
         assert (tmp_path / "a" / entry.file).read_bytes() == (tmp_path / "b" / entry.file).read_bytes()
         assert first[entry.name]["sha256"] == entry.sha256, f"{entry.name}: run python -m models.demo --update-manifest"
         assert first[entry.name]["size"] == entry.size
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_python_m_models_demo_names_a_folder_it_cannot_write(tmp_path, where):
+    """QA: --out onto a file, or under one, was a traceback (FileExistsError, NotADirectoryError)."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" if where == "a file" else tmp_path / "afile" / "sub"
+    done = subprocess.run([sys.executable, "-m", "models.demo", "--out", str(out)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "error: " in done.stderr and "could not write the demo model set" in done.stderr
 
 
 @pytest.mark.parametrize("text", [

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,3 +55,14 @@ def test_a_missing_database_is_named(tmp_path):
     result = run("router.history", "--export", str(tmp_path / "out.jsonl"), "--db", str(tmp_path / "nope.db"))
     assert result.returncode == 2 and "nope.db: no such sessions database" in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_an_export_path_that_cannot_be_written_is_named(routed_service, tmp_path, where):
+    """QA: --export onto a directory was a traceback (IsADirectoryError)."""
+    *_, reply = routed_service.respond(None, "Write a SQL query for the top customers.", override="code")
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path if where == "a directory" else tmp_path / "afile" / "out.jsonl"
+    result = run("router.history", "--export", str(out), "--db", str(routed_service.memory.path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {out}: cannot write the export (" in result.stderr
