@@ -33,6 +33,7 @@ import html
 import os
 import re
 import sqlite3
+import unicodedata
 
 import llama_cpp
 import pytest
@@ -142,8 +143,8 @@ def check_reply(service, text: str) -> None:
     assert last.status in ("complete", "error", "ignored")
     if last.status != "complete":
         assert last.notice
-    if not text.strip():
-        assert last.status == "ignored"
+    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):  # shows as nothing: not sent
+        assert last.status == "ignored" and "empty" in last.notice
         return
     rows = stored(service, last.session_id)
     assert rows[0] == ("user", text, "complete")
