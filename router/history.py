@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         print(f"error: {path}: no such sessions database; pass --db or set COGUMI_DATA_DIR", file=sys.stderr)
         return 2
+    if args.export.exists() and args.export.resolve() == path.resolve():  # the rows were written over every chat
+        print(f"error: {args.export} is the sessions database itself; pass another file to --export", file=sys.stderr)
+        return 2
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             rows = export_rows(db)

@@ -66,3 +66,14 @@ def test_an_export_path_that_cannot_be_written_is_named(routed_service, tmp_path
     result = run("router.history", "--export", str(out), "--db", str(routed_service.memory.path))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"error: {out}: cannot write the export (" in result.stderr
+
+
+def test_an_export_onto_the_database_itself_is_refused(routed_service, tmp_path):
+    """QA: --export given the sessions.db's own path wrote the rows over it, and every chat was lost."""
+    *_, reply = routed_service.respond(None, "Write a SQL query for the top customers.", override="code")
+    db = routed_service.memory.path
+    before = Path(db).read_bytes()
+    for export in (str(db), str(Path(db).parent / "." / Path(db).name)):
+        result = run("router.history", "--export", export, "--db", str(db))
+        assert result.returncode == 2 and "is the sessions database itself" in result.stderr, result.stderr
+    assert Path(db).read_bytes() == before
