@@ -136,11 +136,14 @@ def evaluate_escalation(rows: list[dict], embedder, detector, tau_e: float) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
+    from launch import bounded  # launch.py's argparse types, as its own flags check numbers
+
     parser = argparse.ArgumentParser(prog="python -m router.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", type=Path, help="JSON Lines of {text, label}")
     parser.add_argument("--escalation", type=Path, help="JSON Lines of {previous_answer, text, label}")
     parser.add_argument("--followups", type=Path, help="JSON Lines of {previous, text, label}")
-    parser.add_argument("--tau-e", type=float, default=None, help="escalation threshold (default: the demo profile's)")
+    parser.add_argument("--tau-e", type=bounded(float, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
+                        default=None, help="escalation threshold (default: the demo profile's)")
     args = parser.parse_args(argv)
     if not (args.domain or args.escalation or args.followups):
         parser.error("give --domain FILE, --escalation FILE, --followups FILE, or more than one")

@@ -150,3 +150,12 @@ def test_a_missing_file_and_no_arguments(tmp_path):
     done = evaluate("--domain", str(tmp_path / "nope.jsonl"))
     assert done.returncode == 2 and "nope.jsonl" in done.stderr
     assert evaluate().returncode == 2
+
+
+@pytest.mark.parametrize("tau", ["1.5", "-0.1", "nan"])
+def test_tau_e_is_a_probability(tmp_path, tau):
+    """QA: --tau-e 1.5 and nan ran, and reported F1 0 as if the heads had found nothing."""
+    path = write_jsonl(tmp_path / "e.jsonl", [{"previous_answer": "Done.", "text": "wrong again", "label": 1}])
+    done = evaluate("--escalation", str(path), "--tau-e", tau)
+    assert done.returncode == 2 and f"argument --tau-e: a probability from 0 to 1, not {tau}" in done.stderr
+    assert not done.stdout

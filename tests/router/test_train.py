@@ -183,3 +183,13 @@ def test_the_escalation_fit_holds_the_character_ngrams_harder_and_the_word_ngram
     assert word_k > word_1 and dense_k > 0.5 * dense_1  # the others take up what the characters carried
     word_looser, char_looser, _ = norms(1000.0, word_l2=0.5)
     assert word_looser > word_k and char_looser < 0.05 * char_1
+
+
+@pytest.mark.parametrize("share", ["-0.5", "1.0", "nan", "a fifth"])
+def test_a_holdout_share_is_checked_before_anything_is_read(tmp_path, capsys, share):
+    """QA: --holdout -0.5 trained and wrote the heads (into router/weights without --out), though a held-out
+    run writes nothing; 1.0 and nan were tracebacks after the encode."""
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--out", str(tmp_path / "w"), "--holdout", share])
+    assert stopped.value.code == 2 and f"argument --holdout: a share from 0 to 0.9, not {share}" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
