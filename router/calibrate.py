@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.chat import ChatSettings
     from launch import prepare_models
     from models.engine import Engine
-    from models.errors import ModelFileError
+    from models.errors import ContextOverflowError, ModelFileError
     from models.manifest import MANIFEST_PATH, get_profile, models_dir, user_profile
     from models.store import Store
 
@@ -68,14 +68,36 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    numbered = list(enumerate(rows, 1))
     if args.limit:
-        rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:args.limit]]
+        numbered = [numbered[i] for i in np.random.default_rng(0).permutation(len(rows))[:args.limit]]
     settings = ChatSettings()
     signal = Perplexity(engine.score, max_tokens=settings.max_tokens)
     started = time.perf_counter()
-    values = [signal.score(r["text"], [], settings.system_prompt) for r in tqdm(rows, desc="scoring", unit="prompt")]
+    # A prompt that cannot be scored is left out and counted: one longer than the context ended the run
+    # after every prompt before it was scored (hours on a 7B); an empty one scored perplexity 1.
+    values, scored, too_long, empty = [], [], [], []
+    for number, row in tqdm(numbered, desc="scoring", unit="prompt"):
+        if not row["text"].strip():
+            empty.append(number)
+            continue
+        try:
+            values.append(signal.score(row["text"], [], settings.system_prompt))
+        except ContextOverflowError:
+            too_long.append(number)
+            continue
+        scored.append(row)
+    rows = scored
+    if not values:
+        print(f"error: {args.data}: no prompt could be scored", file=sys.stderr)
+        return 2
     tau = tau_for_share(values, args.share)
     print(f"{len(values)} prompts in {time.perf_counter() - started:.1f} s on {paths['base'].name}")
+    left_out = [f"{len(numbers)} {why} ({'prompt' if len(numbers) == 1 else 'prompts'} "  # as numbered in the file
+                f"{', '.join(map(str, numbers[:5]))}{', …' if len(numbers) > 5 else ''})"
+                for numbers, why in ((too_long, "longer than the context"), (empty, "empty")) if numbers]
+    if left_out:
+        print("left out: " + ", ".join(left_out))
     print(f"{'label':<12}{'n':>6}{'p25':>10}{'median':>10}{'p75':>10}{'≤ τp':>8}")
     for label in (*DOMAINS, "all"):
         v = np.array([x for x, r in zip(values, rows) if label in ("all", r.get("label"))])

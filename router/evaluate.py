@@ -66,6 +66,9 @@ def _value_problem(row: dict, keys: tuple[str, ...]) -> str | None:
         value = row[key]
         if key != "label" and not isinstance(value, str) and not (key == "previous_answer" and value is None):
             return f"{key} is text, not {json.dumps(value)[:40]}"
+        half = next((i for i, c in enumerate(value or "") if "\ud800" <= c <= "\udfff"), None) if key != "label" else None
+        if half is not None:  # JSON's "\ud800" escape: no UTF-8 for the tokenizer
+            return f"{key} holds half of a UTF-16 pair (character {half + 1}): not text a person could type"
     if "label" not in keys:
         return None
     label = row["label"]

@@ -82,3 +82,17 @@ def test_its_numbers_are_checked_before_anything_is_scored(tmp_path, args, messa
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not any(tmp_path.iterdir())  # nothing built, nothing scored
+
+
+def test_prompts_it_cannot_score_are_left_out_and_counted(tmp_path, demo_models_dir):
+    """QA: a prompt longer than the context ended the run with a traceback, after every prompt before it
+    was scored (hours on a 7B); an empty one was scored as perplexity 1."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                            ["Write a Python function that reverses a string.", "word " * 6000, "   ",
+                             "What is 17 times 23?"]))
+    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(demo_models_dir), "--dry-run",
+                           "--data", str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "2 prompts in" in done.stdout
+    assert "left out: 1 longer than the context (prompt 2), 1 empty (prompt 3)" in done.stdout

@@ -159,3 +159,12 @@ def test_tau_e_is_a_probability(tmp_path, tau):
     done = evaluate("--escalation", str(path), "--tau-e", tau)
     assert done.returncode == 2 and f"argument --tau-e: a probability from 0 to 1, not {tau}" in done.stderr
     assert not done.stdout
+
+
+def test_half_an_emoji_in_a_file_is_named_with_its_line(tmp_path):
+    """QA: a JSON escape of half a UTF-16 pair ("\\ud800") was a tokenizer's TypeError, no file or line."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "a", "label": "code"}\n{"text": "b\\ud800", "label": "general"}\n')
+    done = evaluate("--domain", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "bad.jsonl:2: text holds half of a UTF-16 pair (character 2)" in done.stderr
