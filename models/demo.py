@@ -297,9 +297,15 @@ def build_demo_set(out_dir: Path, spec: DemoSpec = DemoSpec()) -> dict[str, dict
     return built
 
 
+def _folder(text: str) -> Path:
+    if not text.strip():  # Path("") is the current folder, where the set was written
+        raise argparse.ArgumentTypeError(f"a folder, not {text!r}")
+    return Path(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None, help="folder for the .gguf.zst files")
+    parser.add_argument("--out", type=_folder, default=None, help="folder for the .gguf.zst files")
     parser.add_argument("--update-manifest", action="store_true", help="write the digests into models/manifest.json")
     args = parser.parse_args()
     from models.manifest import MANIFEST_PATH, demo_dir

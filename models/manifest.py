@@ -39,6 +39,19 @@ class ModelFile:
     source: dict | None = None  # {"repo", "filename", "revision"} on the HuggingFace Hub, if it can be fetched
     scale: float = 1.0     # LoRA scale, modifiers only
 
+    def __post_init__(self):  # a profiles file of the wrong shape failed far from it (load_profiles says where)
+        _expect(self.name, str, "name is text")
+        _expect(self.file, str, "file is text")
+        _expect(self.sha256, (str, type(None)), "sha256 is text or null")
+        _expect(self.size, (int, type(None)), "size is a whole number of bytes or null")
+        _expect(self.source, (dict, type(None)), "source is an object or null")
+        _expect(self.scale, (int, float), "scale is a number")
+
+
+def _expect(value, kinds, says: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{says}, not {value!r}"[:120])
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -58,21 +71,21 @@ class Profile:
 
 def load_profiles(path: Path = MANIFEST_PATH) -> dict[str, Profile]:
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:  # a raw traceback before (QA)
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # raw tracebacks before (QA)
+        raise ModelFileError(f"{path}: profiles file (--manifest) is not UTF-8 text (byte {exc.start + 1:,}).") from exc
+    except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: profiles file (--manifest) is not valid JSON (line {exc.lineno} column "
                              f"{exc.colno}: {exc.msg}).") from exc
     try:
-        return {
-            name: Profile(
-                name=name,
-                description=p.get("description", ""),
-                files=tuple(ModelFile(**f) for f in p["files"]),
-                demo=p.get("demo", False),
-                settings=p.get("settings", {}),
-            )
-            for name, p in raw["profiles"].items()
-        }
+        profiles = {}
+        for name, p in raw["profiles"].items():
+            _expect(p.get("files"), list, "files is a list")
+            _expect(p.get("settings", {}), dict, "settings is an object")
+            profiles[name] = Profile(name=name, description=p.get("description", ""),
+                                     files=tuple(ModelFile(**f) for f in p["files"]), demo=p.get("demo", False),
+                                     settings=p.get("settings", {}))
+        return profiles
     except (KeyError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"{path}: profiles file (--manifest) is not laid out as models/manifest.json is "
                              f"({type(exc).__name__}: {exc}).") from exc

@@ -9,6 +9,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,15 +28,18 @@ def test_two_builds_are_byte_identical_and_match_the_manifest(tmp_path):
         assert first[entry.name]["size"] == entry.size
 
 
-@pytest.mark.parametrize("where", ["a file", "under a file"])
+@pytest.mark.parametrize("where", ["a file", "under a file", "empty"])
 def test_python_m_models_demo_names_a_folder_it_cannot_write(tmp_path, where):
-    """QA: --out onto a file, or under one, was a traceback (FileExistsError, NotADirectoryError)."""
+    """QA: --out onto a file, or under one, was a traceback (FileExistsError, NotADirectoryError); an empty
+    --out wrote the set into the current folder."""
     (tmp_path / "afile").write_text("x")
-    out = tmp_path / "afile" if where == "a file" else tmp_path / "afile" / "sub"
-    done = subprocess.run([sys.executable, "-m", "models.demo", "--out", str(out)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    out = {"a file": str(tmp_path / "afile"), "under a file": str(tmp_path / "afile" / "sub"), "empty": ""}[where]
+    done = subprocess.run([sys.executable, "-m", "models.demo", "--out", out], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                          timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "error: " in done.stderr and "could not write the demo model set" in done.stderr
+    assert ("could not write the demo model set" if out else "argument --out: a folder, not ''") in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 @pytest.mark.parametrize("text", [
