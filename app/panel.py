@@ -98,16 +98,18 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     frame = pd.DataFrame([{
         "turn": i, "perplexity": None if d["perplexity"] is None else round(d["perplexity"], 2),
         "τp": round(d["tau_p"], 2), "route": d["route"],
-        "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"],
+        "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"], "from": i - 0.5, "to": i + 0.5,
     } for i, d in enumerate(decisions, 1)])
     turns = len(frame)
     # every turn labelled up to 20; past that, Vega-Lite's own ticks (Altair takes Undefined, not None)
     ticks = list(range(1, turns + 1)) if turns <= 20 else alt.Undefined
-    x = alt.X("turn:Q", title="turn", scale=alt.Scale(domain=[0.5, turns + 0.5], nice=False),
-              axis=alt.Axis(values=ticks, format="d"))
+    scale, axis = alt.Scale(domain=[0.5, turns + 0.5], nice=False), alt.Axis(values=ticks, format="d")
+    x = alt.X("turn:Q", title="turn", scale=scale, axis=axis)
     colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
     # Only layers with something to draw: an empty one makes Vega warn "Infinite extent" in the console.
-    layers = [alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#111827").encode(x=x, y=alt.Y("τp:Q", title="perplexity"))]
+    # τp as a dashed segment across each turn's width: a line through the turns drew nothing for one turn
+    layers = [alt.Chart(frame).mark_rule(strokeDash=[6, 4], color="#111827").encode(
+        x=alt.X("from:Q", scale=scale, axis=axis, title="turn"), x2="to:Q", y=alt.Y("τp:Q", title="perplexity"))]
     measured = frame[frame["perplexity"].notna()]
     if len(measured):
         layers += [

@@ -175,8 +175,8 @@ def test_the_timeline_draws_no_empty_layer_and_carries_its_own_title(chat):
         return [(layer["mark"]["type"], layer["encoding"]["y"]["field"]) for layer in spec["layer"]]
 
     assert ("point", "perplexity") in layers(decisions)  # the escalation's ring
-    assert layers(calm) == [("line", "τp"), ("line", "perplexity"), ("circle", "perplexity")]
-    assert layers(unmeasured) == [("line", "τp")]
+    assert layers(calm) == [("rule", "τp"), ("line", "perplexity"), ("circle", "perplexity")]
+    assert layers(unmeasured) == [("rule", "τp")]
 
 
 def test_a_pick_the_router_made_too_whose_modifier_is_not_available_reads_as_agreed(routed_service, demo_set):
@@ -200,3 +200,16 @@ def test_the_route_distribution_is_hidden_until_there_is_a_reply_to_count(routed
     *_, reply = routed_service.respond(None, "hello")
     _, _, distribution, _ = panel_views(routed_service, None)  # no chat open: all chats still count
     assert distribution["visible"] is True and distribution["value"]["replies"].sum() == 1
+
+
+def test_the_tau_p_line_is_drawn_from_the_first_turn(chat):
+    """QA: with one turn the dashed τp line was missing (a line through one point draws nothing), while the
+    axis had stretched to reach it. It is a dashed segment across each turn's width now."""
+    service, sid, _ = chat
+    first = service.panel(sid)["decisions"][:1]
+    spec = panel.timeline_chart(first).to_dict()
+    (tau_layer,) = [layer for layer in spec["layer"] if layer["encoding"]["y"]["field"] == "τp"]
+    assert tau_layer["mark"]["type"] == "rule" and tau_layer["mark"]["strokeDash"] == [6, 4]
+    assert {tau_layer["encoding"]["x"]["field"], tau_layer["encoding"]["x2"]["field"]} == {"from", "to"}
+    (row,) = next(iter(spec["datasets"].values()))
+    assert (row["from"], row["to"], row["τp"]) == (0.5, 1.5, round(first[0]["tau_p"], 2))
