@@ -5,9 +5,9 @@ writes the turn, its Decision and its GenerationStats back to memory."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-import unicodedata
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -219,8 +219,7 @@ class ChatService:
     def refusal(message: str, override: str | None = None) -> str | None:
         """Why respond() would not send this message (the notice it gives), or None: nothing is stored
         for an empty message, one that is not valid Unicode, or an unknown route."""
-        if not message or all(c.isspace() or unicodedata.category(c) == "Cf" for c in message):
-            # spaces, or characters that show as nothing (a zero-width space, a byte-order mark: QA)
+        if shows_nothing(message):
             return "Type a message first: empty messages are not sent."
         broken = _lone_surrogate(message)
         if broken is not None:  # JSON can carry "\ud800" (half an emoji); SQLite and llama.cpp take UTF-8 only
@@ -293,6 +292,19 @@ def _conversation(stored: list[dict]) -> list[dict]:
         if m["content"] and not failed:
             kept.append({"role": m["role"], "content": m["content"]})
     return kept
+
+
+# Spaces, Unicode's default-ignorable characters (DerivedCoreProperties.txt: zero-width spaces and joiners,
+# byte-order marks, bidirectional controls, variation selectors, Hangul fillers, tags) and the braille blank:
+# a message of nothing else shows as nothing, and was sent, answered and titled blank (QA). Not every
+# format character: the Arabic number sign shows a mark.
+_SHOWS_NOTHING = re.compile("[\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+                            "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+                            "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*")
+
+
+def shows_nothing(text: str) -> bool:
+    return _SHOWS_NOTHING.fullmatch(text) is not None
 
 
 def no_such_chat(session_id) -> str:

@@ -76,12 +76,20 @@ def test_stop_by_session_ends_the_reply_where_the_browser_cannot_close_it(servic
     assert after.status == "complete" and after.stats.stop_reason in ("eos", "length")
 
 
-@pytest.mark.parametrize("text", ["   \n ", "\u200b", "\ufeff", " \u200b\u2060 \u00a0\u3000"])
+@pytest.mark.parametrize("text", ["   \n ", "\u200b", "\ufeff", " \u200b\u2060 \u00a0\u3000", "\u3164", "\uffa0",
+                                  "\u2800", "\ufe0f", "\u034f", "\U000e0041"])
 def test_an_empty_message_is_ignored_with_a_hint(service, text):
     """QA: a zero-width space or a byte-order mark alone was sent, answered, and titled a blank chat."""
     (update,) = list(service.respond(None, text))
     assert update.status == "ignored" and "empty" in update.notice
     assert service.sessions() == []
+
+
+@pytest.mark.parametrize("text", ["\u0600", "\u06dd", "a\u200bb", "👨\u200d👩\u200d👧"])
+def test_a_message_with_a_visible_mark_is_sent(service, text):
+    """QA: the Arabic number sign and end of ayah (format characters, but visible) were refused as empty."""
+    *_, last = service.respond(None, text)
+    assert last.status == "complete" and rows(service, last.session_id)[0] == ("user", text, "complete")
 
 
 def test_a_title_cannot_turn_its_text_around(service):

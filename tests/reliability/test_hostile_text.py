@@ -33,7 +33,6 @@ import html
 import os
 import re
 import sqlite3
-import unicodedata
 
 import llama_cpp
 import pytest
@@ -42,6 +41,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from app import panel
+from app.chat import shows_nothing
 from app.display import COPY_CODE, shown
 
 # CI (.ci/run sets CI=true) draws the same examples every run, so a red CI is never a roll of the
@@ -143,7 +143,7 @@ def check_reply(service, text: str) -> None:
     assert last.status in ("complete", "error", "ignored")
     if last.status != "complete":
         assert last.notice
-    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):  # shows as nothing: not sent
+    if shows_nothing(text):  # spaces and invisible characters: not sent
         assert last.status == "ignored" and "empty" in last.notice
         return
     rows = stored(service, last.session_id)
