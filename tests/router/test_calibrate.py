@@ -78,10 +78,13 @@ def test_your_own_base_is_calibrated_and_started_with_its_tau_p(tmp_path, demo_s
 def test_its_numbers_are_checked_before_anything_is_scored(tmp_path, args, message):
     """QA: --share 1.5 was refused with a traceback after every prompt was scored (hours on a 7B);
     --limit 0 scored them all and --limit -3 all but three."""
-    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(tmp_path), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    manifest = tmp_path / "manifest.json"  # a copy, and --dry-run: the code before wrote models/manifest.json
+    shutil.copy(MANIFEST_PATH, manifest)
+    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(tmp_path / "models"),
+                           "--manifest", str(manifest), "--dry-run", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
-    assert not any(tmp_path.iterdir())  # nothing built, nothing scored
+    assert not (tmp_path / "models").exists()  # nothing built, nothing scored
 
 
 def test_prompts_it_cannot_score_are_left_out_and_counted(tmp_path, demo_models_dir):
