@@ -186,11 +186,11 @@ def read_data(data: Path, extras: list[Path]) -> tuple[list[dict], list[dict], l
 
 
 def main(argv: list[str] | None = None) -> int:
+    from launch import bounded  # launch.py's argparse types, as its own flags check numbers
+
     parser = argparse.ArgumentParser(prog="python -m router.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    from launch import bounded  # launch.py's argparse types, as its own flags check numbers
-
     # checked here: a share out of range trained and wrote the heads, or failed after the encode
     parser.add_argument("--holdout", type=bounded(float, lambda v: 0 <= v <= 0.9, "a share from 0 to 0.9"), default=0.0,
                         help="share held out and scored; nothing is written")
