@@ -9,18 +9,16 @@ into HTML."""
 from __future__ import annotations
 
 import html
-import re
 
 import altair as alt
 import pandas as pd
 
-from router.decision import NOT_AVAILABLE
+from router.decision import route_asked
 
 ROUTE_COLOURS = {"base": "#6b7280", "code": "#2563eb", "reasoning": "#9333ea", "automation": "#ea580c"}
 DOMAIN_ORDER = ("code", "reasoning", "automation", "general")
 EXCERPT_CHARS = 160  # the message shown at the head of the path
 TABLE_ROWS = 12      # recent decisions listed, newest first
-_NOT_AVAILABLE = re.compile(re.escape(NOT_AVAILABLE).replace(re.escape("{}"), r"(\w+)"))
 
 _CSS = """<style>
 .route-path{font:13px/1.35 system-ui,sans-serif;display:flex;flex-direction:column;gap:2px}
@@ -64,7 +62,7 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     bars = "".join(_bar(name, d["domain_probs"].get(name, 0.0), d["tau_d"]) for name in DOMAIN_ORDER)
     steps.append(_step("domain classifier", bars, fired=rule in ("domain", "fallback")))
     colour = ROUTE_COLOURS.get(d["route"], "#111827")
-    asked, fell_back = _asked(d)
+    asked, fell_back = route_asked(d["route"], d["reason"])
     instead = " → base: not available" if fell_back else ""
     if d["overridden"] and d["router_choice"] == asked:
         chosen = f"you chose {html.escape(asked)} · the router agreed{instead}"
@@ -158,16 +156,9 @@ def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def _asked(d: dict) -> tuple[str, bool]:
-    """The route asked for (by you or by the router), and whether the plain base ran instead: its
-    modifier was not available."""
-    missing = _NOT_AVAILABLE.search(d["reason"])
-    return (missing[1], True) if missing else (d["route"], False)
-
-
 def route_label(d: dict) -> str:
     """The route a reply ran on, and whose choice it was, for the table."""
-    asked, fell_back = _asked(d)
+    asked, fell_back = route_asked(d["route"], d["reason"])
     if fell_back and d["overridden"]:
         if d["router_choice"] == asked:
             return f"base (you and the router chose {asked}: not available)"

@@ -3,14 +3,16 @@ that the panel draws and memory stores (nothing recomputes it later)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 ROUTES = ("base", "code", "reasoning", "automation")   # the plain base, then the LoRA modifiers
 DOMAINS = ("code", "reasoning", "automation", "general")
 FALLBACK_TAU_P = 12.4  # only where no calibration exists for the model set (router.calibrate)
 # Added to a Decision's reason where its route's modifier is not loaded and the plain base ran instead
-# (ChatService.respond); the panel reads the route asked for back out of it.
+# (ChatService.respond); route_asked reads the route asked for back out of it.
 NOT_AVAILABLE = "the {} modifier is not available → base"
+_NOT_AVAILABLE = re.compile(re.escape(NOT_AVAILABLE).replace(re.escape("{}"), r"(\w+)"))
 
 
 @dataclass
@@ -64,3 +66,11 @@ class Decision:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def route_asked(route: str, reason: str) -> tuple[str, bool]:
+    """The route asked for (by the person or by the router) of a stored decision, and whether the plain
+    base ran instead because that modifier was not available: the panel draws it, and an override's
+    export labels the message with it."""
+    missing = _NOT_AVAILABLE.search(reason)
+    return (missing[1], True) if missing else (route, False)

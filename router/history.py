@@ -7,7 +7,8 @@ router's training formats, each row marked with its "kind" so router.train (--ex
 router.evaluate (--domain FILE --escalation FILE) each read the rows of their kind:
 
 - domain rows {"text", "label"} from overrides: the route the user picked by hand is the label
-  (base → general), whatever the router chose;
+  (base → general), whatever the router chose, and even where its modifier was not loaded and
+  the plain base ran;
 - escalation rows {"previous_answer", "text", "label"}: the message that followed a 👎 answer
   (label 1) or a 👍 answer (label 0), and messages the router itself took for an escalation
   (label 1, source "router": the router's opinion, not the user's; feedback on the same pair wins).
@@ -25,6 +26,8 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+from router.decision import route_asked
+
 # sessions.db's schema is app/memory.py's; this reads it with plain SQL so the router needs no app import.
 DOMAIN_OF_ROUTE = {"base": "general", "code": "code", "reasoning": "reasoning", "automation": "automation"}
 
@@ -35,7 +38,7 @@ def default_db() -> Path:
 
 # Each decision with the user message it routed and the answer before that message (if any).
 ROUTED = """
-select d.session_id, d.route, d.router_choice, d.overridden, d.escalation_p >= d.tau_e as escalated,
+select d.session_id, d.route, d.reason, d.router_choice, d.overridden, d.escalation_p >= d.tau_e as escalated,
        u.id as message_id, u.content as text, a.content as previous_answer
 from decisions d
 join messages u on u.id = (select max(id) from messages
@@ -52,7 +55,8 @@ def export_rows(db: sqlite3.Connection) -> list[dict]:
     pairs: dict[int, dict] = {}  # user message id → escalation row; feedback overrides the router's guess
     for r in db.execute(ROUTED):
         if r["overridden"]:
-            rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[r["route"]],
+            asked, _ = route_asked(r["route"], r["reason"])  # not the base that ran where it was not available
+            rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[asked],
                          "source": "override", "router_choice": r["router_choice"], "session_id": r["session_id"],
                          "message_id": r["message_id"]})
         if r["escalated"] and r["previous_answer"] is not None:

@@ -51,6 +51,29 @@ def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_pat
     assert set(parsed["escalation"]) == {"f1", "precision", "recall", "fpr"}
 
 
+def test_an_override_to_a_modifier_not_available_is_labelled_as_picked(routed_service, demo_set, tmp_path):
+    """QA: picking reasoning or automation where that modifier was not loaded stored route base, and the
+    export labelled the message "general", the opposite of what the person said."""
+    from app.chat import ChatService
+    from models.engine import Engine
+
+    engine = Engine(demo_set["base"], n_ctx=512, modifiers={"code": (demo_set["code"], 1.0)})
+    service = ChatService(engine, routed_service.memory, routed_service.settings, router=routed_service.router,
+                          unavailable={"reasoning": "reasoning.gguf: missing.", "automation": "automation.gguf: missing."})
+    *_, proof = service.respond(None, "prove that 17 is prime step by step", override="reasoning")
+    *_, cron = service.respond(proof.session_id, "schedule a cron job every Monday", override="automation")
+    *_, plain = service.respond(proof.session_id, "hello there", override="base")
+    assert proof.decision.route == cron.decision.route == "base"
+
+    out = tmp_path / "history.jsonl"
+    result = run("router.history", "--export", str(out), "--db", service.memory.path)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["text"], r["label"]) for r in rows if r["kind"] == "domain"] == [
+        ("prove that 17 is prime step by step", "reasoning"), ("schedule a cron job every Monday", "automation"),
+        ("hello there", "general")]
+
+
 def test_a_missing_database_is_named(tmp_path):
     result = run("router.history", "--export", str(tmp_path / "out.jsonl"), "--db", str(tmp_path / "nope.db"))
     assert result.returncode == 2 and "nope.db: no such sessions database" in result.stderr
