@@ -231,7 +231,8 @@ class Engine:
         self._uses = 0
         self._draft_length = DraftLength()
         self._pieces: dict[int, bytes] = {}
-        self._fresh: tuple[int, int] | None = None  # see _decode
+        # (sequence, length, tokens its KV cache held before): whose are the context's last logits (see _decode)
+        self._fresh: tuple[int, int, int] | None = None
         # Each message's prompt tokens (shared lists: never modified), by (role, text): routing and
         # the reply fit the same conversation, and every turn re-fits the history before it.
         self._message_tokens = functools.lru_cache(maxsize=ENCODED_MESSAGES)(self.chat.message)
@@ -373,7 +374,7 @@ class Engine:
             b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, start + i, 1, i in outputs
             b.seq_id[i][0] = seq
         b.logits[len(tokens) - 1] = True
-        self._fresh = None  # which (sequence, length) the context's last logits row belongs to
+        self._fresh = None  # the context's last logits row is this batch's, in no fresh prompt
         self.ctx.decode(self.batch)
 
     def _use_batch_threads(self, n: int) -> None:
@@ -414,15 +415,17 @@ class Engine:
         seq = self._sequence(route, tokens)
         self.modifiers.activate(self.ctx.ctx, route)
         cached = self._kv[seq]
-        if cached == list(tokens) and self._fresh == (seq, len(tokens)):
-            return seq, len(tokens)  # just decoded (by score()): its last logits are still in the context
+        if cached == list(tokens) and self._fresh and self._fresh[:2] == (seq, len(tokens)):
+            # just decoded (by score()): its last logits are still in the context. Reused: what the cache
+            # held before that prefill, as a reply without routing would count it (not the whole prompt)
+            return seq, self._fresh[2]
         keep = self._keep_prefix(seq, tokens[:-1])  # else re-evaluate >= 1 token to get fresh logits
         self._use_batch_threads(self.batch_threads)  # nothing else runs now: the router is done
         for start in range(keep, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
             self._decode(chunk, start, seq)
             cached.extend(chunk)
-        self._fresh = (seq, len(tokens))
+        self._fresh = (seq, len(tokens), len(tokens))
         return seq, keep
 
     def next_token_logits(self, tokens: Sequence[int], modifier: str | None = None) -> np.ndarray:
@@ -481,7 +484,7 @@ class Engine:
             # rows start - 1 .. end - 2 predict the message's tokens
             nll = prefill_scoring(decode_at, logits, self._nll, prompt, keep, len(prompt), range(start - 1, end - 1),
                                   chunk, self.n_batch)
-            self._fresh = (seq, len(prompt))
+            self._fresh = (seq, len(prompt), keep)
         if not math.isfinite(nll):
             raise self._not_a_number(None)
         return nll / (end - start), end - start

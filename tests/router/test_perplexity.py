@@ -57,17 +57,24 @@ def test_chunking_does_not_change_the_score(engine):
         assert engine.score(messages, chunk=chunk)[0] == pytest.approx(whole, rel=1e-4)
 
 
-def test_base_reply_reuses_the_scoring_prefill(engine):
-    """Scoring prefills the whole reply prompt; the reply samples from its last logits at once,
-    and its text is the same as without scoring first."""
+def test_base_reply_reuses_the_scoring_prefill(engine, monkeypatch):
+    """Scoring prefills the whole reply prompt; the reply samples from its last logits at once (it
+    decodes only the tokens it generates), and its text is the same as without scoring first. Its
+    reused tokens are those the KV cache held before this message, as without scoring: QA read
+    "prompt 810 tokens (810 reused)" on a reply whose prompt had changed from the first token."""
     messages = conversation("a message scored for routing, then answered on the base route")
     engine.score(conversation("something else, to move the cache away"), max_tokens=32)
     unscored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
     engine.score(conversation("something else, to move the cache away"), max_tokens=32)
     engine.score(messages, max_tokens=32)
+    batches = []
+    decode = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda tokens, *a, **k: batches.append(list(tokens)) or decode(tokens, *a, **k))
     scored = list(engine.generate(messages, max_tokens=32, modifier=None, use_draft=False))
-    assert scored[-1].reused_tokens == scored[-1].prompt_tokens
-    assert unscored[-1].reused_tokens < unscored[-1].prompt_tokens
+    assert batches and all(len(b) == 1 for b in batches)  # no prompt batch: one generated token each
+    # (scoring decodes again the cached token before the message: its logits predict the message's first)
+    assert 0 < unscored[-1].reused_tokens - 1 <= scored[-1].reused_tokens <= unscored[-1].reused_tokens
+    assert scored[-1].reused_tokens < scored[-1].prompt_tokens
     assert "".join(scored[:-1]) == "".join(unscored[:-1])
 
 

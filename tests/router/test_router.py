@@ -148,9 +148,17 @@ def test_a_base_route_reply_reuses_the_routing_prefill(engine, router_parts, tmp
     settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt=SYSTEM)
     router = make_router(engine, router_parts, Thresholds(tau_p=1e9, calibrated=True))
     service = ChatService(engine, Memory(tmp_path / "s.db"), settings, router=router)
+    replying, batches = [], []  # the batches decoded once the reply began
+    decode, generate = engine._decode, engine.generate
+    monkeypatch.setattr(engine, "_decode", lambda tokens, *a, **k: (replying and batches.append(len(tokens)))
+                        or decode(tokens, *a, **k))
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: replying.append(True) or generate(*a, **k))
     *_, gated = service.respond(None, "Write a SQL query that counts orders per customer.")
     assert gated.decision.route == "base" and gated.decision.rule == "perplexity"
-    assert gated.stats.reused_tokens == gated.stats.prompt_tokens  # the scoring prefill was the reply's
+    assert set(batches) == {1}  # the scoring prefill was the reply's: it decoded its own tokens only
+    assert gated.stats.reused_tokens < gated.stats.prompt_tokens  # the KV cache held only what came before
+    monkeypatch.setattr(engine, "_decode", decode)
+    monkeypatch.setattr(engine, "generate", generate)
     message = "tell me something about mushrooms that grow in forests"
     monkeypatch.setattr(engine_module, "ASK_ABOVE_MACS", 0)  # as a large vocabulary: asked, and not needed
     *_, general = service.respond(None, message)
