@@ -5,21 +5,21 @@
   // those buttons: a code block's own copy button copies its shown text, which is right already.
   const COPIES = '#chat button[aria-label="Copy message"], #chat button[aria-label="Copy conversation"]';
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
-  const OURS = /( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed\)<\/em>|&(?:lt|gt|amp|#33);/g;
+  const OURS = /( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#33);/g;
   const unescape = text => text.replace(/&(?:lt|gt|amp|#33);/g, e => ENTITIES[e]);
   const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));
   const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
   const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
-  const asTyped = text => text.replace(OURS, (entity, indent, language, block, end, span) => {
+  const asTyped = text => text.replace(OURS, (entity, indent, language, block, end, span, why) => {
     if (block !== undefined) {  // at its indent (in a list item), which as_markdown took off its first line;
-      const code = unescape(block), f = blockFence(code);  // `end`: the chat drops a message's last "\n"
+      const code = unescape(block), f = blockFence(code);  // `end`: the closing fence's line end, if it had one
       return `${indent}${f}${language || ""}\n${indent}${code}${code && !code.endsWith("\n") ? "\n" : ""}${indent}${f}${end}`;
     }
     if (span !== undefined) {
       const code = unescape(span), f = spanFence(code);  // the shortest run that can close it, as one writes
       return f + code + f;
     }
-    return ENTITIES[entity] ?? "*(failed)*";  // a failed reply's mark, in HTML for its class (display.py)
+    return ENTITIES[entity] ?? `*(failed${unescape(why ?? "")})*`;  // a failed reply's mark, in HTML for its class (display.py)
   });
   let fromChat = false;  // the click that leads to this copy was on one of COPIES
   document.addEventListener("click", e => { fromChat = !!e.target.closest(COPIES); }, true);

@@ -11,7 +11,7 @@ from app.chat import ReplyUpdate
 STATUS_NOTES = {
     "stopped": "*(stopped)*",
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
-    "error": '<em class="reply-failed">(failed)</em>',  # the class hides the reply's 👍/👎 (page.css)
+    "error": '<em class="reply-failed">(failed{})</em>',  # the class hides the reply's 👍/👎 (page.css)
 }
 
 # Code a message holds: fenced blocks (a fence of 3+ backticks or tildes after at most 3 spaces, to a
@@ -27,10 +27,16 @@ COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-te
              '<span class="check"></span></button>')
 
 
-def shown(role: str, content: str, status: str = "complete") -> dict:
+def shown(role: str, content: str, status: str = "complete", error: str | None = None) -> dict:
+    """A message as the Chatbot takes it; a failed reply says why (`error`, as stored), on reopening too.
+    Its text goes as a text part, not a string: the Chatbot passes a string through inspect.cleandoc,
+    which took the indent off code pasted as prose and turned its tabs into spaces, on the page and in
+    what Copy gives."""
     text = as_markdown(content)
     note = STATUS_NOTES.get(status) if role == "assistant" else None
-    return {"role": role, "content": f"{text}\n\n{note}" if note else text}
+    if status == "error" and note:
+        note = note.format(f": {_escaped(' '.join(error.split()))}" if error else "")
+    return {"role": role, "content": {"type": "text", "text": f"{text}\n\n{note}" if note else text}}
 
 
 def as_markdown(text: str) -> str:
@@ -50,8 +56,9 @@ def as_markdown(text: str) -> str:
         code = text[inside:inside_end]
         code = code[min(len(indent), len(code) - len(code.lstrip(" "))):]
         closing = indent if code.endswith("\n") else ""
+        after = "\n" if text[:end].endswith("\n") else ""  # the closing fence's line end, if it had one
         parts += [_escape_prose(text[at:opening]),
-                  f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>\n"]
+                  f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>{after}"]
         at = end
     return "".join(parts + [_escape_prose(text[at:])])
 

@@ -44,6 +44,13 @@ WATCH_QUEUE = """() => {
 }"""
 
 
+COPY_LAST_USER_MESSAGE = """() => {  // the Copy button that follows the last user message
+    const row = [...document.querySelectorAll('#chat .message-row.user-row')].pop();
+    [...document.querySelectorAll('#chat button[aria-label="Copy message"]')]
+        .find(b => row.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING).click();
+}"""
+
+
 def chromium_path() -> str:
     path = os.environ.get("COGUMI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
@@ -346,8 +353,9 @@ def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(
     assert page.locator("#chat b").count() == 0 and page.dialogs == []
 
 
-def test_a_failed_reply_offers_no_thumbs(app, page):
-    """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation."""
+def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
+    """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
+    QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone."""
     box, bot_rows = page.locator("#message textarea"), page.locator("#chat .message-row.bot-row")
     box.fill("hello")
     box.press("Enter")
@@ -356,12 +364,19 @@ def test_a_failed_reply_offers_no_thumbs(app, page):
     expect(thumbs).to_have_count(2)
     box.fill("the model " * 20_000)  # more than the context holds
     box.press("Enter")
-    expect(bot_rows.last).to_contain_text("(failed)", timeout=60_000)
+    reason = "(failed: This message is too long for the model"
+    expect(bot_rows.last).to_contain_text(reason, timeout=60_000)
     expect(bot_rows).to_have_count(2)
     expect(thumbs).to_have_count(2)  # the first reply's still
-    from app.display import shown  # and Copy gives its mark as before, not the HTML that carries the class
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    expect(bot_rows.last).to_contain_text(reason)
+    expect(thumbs).to_have_count(2)
+    from app.display import shown  # and Copy gives its mark as markdown, not the HTML that carries the class
 
-    failed = shown("assistant", "half a reply", "error")["content"]
+    failed = shown("assistant", "half a reply", "error", "too long: <10 tokens> & more")["content"]["text"]
+    assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "half a reply\n\n*(failed: too long: <10 tokens> & more)*"
+    failed = shown("assistant", "half a reply", "error")["content"]["text"]
     assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "half a reply\n\n*(failed)*"
 
 
@@ -600,13 +615,16 @@ def test_copy_gives_a_message_as_typed(app, page):
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == typed
     send(page, ends_in_code, db_path)
-    page.evaluate("""() => {  // the Copy button that follows the last user message
-        const row = [...document.querySelectorAll('#chat .message-row.user-row')].pop();
-        [...document.querySelectorAll('#chat button[aria-label="Copy message"]')]
-            .find(b => row.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING).click();
-    }""")
+    page.evaluate(COPY_LAST_USER_MESSAGE)
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == ends_in_code
+    # QA: Gradio's Chatbot passes each text message through inspect.cleandoc, which took the first line's
+    # indent and the others' shared indent, and turned tabs into spaces: pasted code lost its indentation.
+    indented = "    indented code line\n\tTabbed\n      six\nend  "
+    send(page, indented, db_path)
+    page.evaluate(COPY_LAST_USER_MESSAGE)
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == indented
     user.locator("pre").hover()
     user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
     page.wait_for_timeout(300)
@@ -629,7 +647,7 @@ def test_copy_gives_a_message_as_typed(app, page):
         texts.append(text)
 
     collect()
-    contents = [shown("user", t)["content"] for t in texts]
+    contents = [shown("user", t)["content"]["text"] for t in texts]
     assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts
 
 

@@ -159,7 +159,7 @@ def tags(rendered: str) -> set[str]:
 def check_shown(text: str) -> None:
     """The chat bubble and the router panel's path show the text, and nothing else: no tag."""
     for role in ("user", "assistant"):
-        content = shown(role, text)["content"]
+        content = shown(role, text)["content"]["text"]
         assert tags(MARKDOWN.render(content)) <= MARKDOWN_TAGS
         if "`" not in text and "~" not in text:  # no code: every character as typed, "<" by its entity
             assert "<" not in content and ">" not in content
@@ -181,7 +181,7 @@ def check_shown(text: str) -> None:
 def test_code_is_shown_with_its_own_characters(text, code):
     """Inside code markdown shows characters verbatim: an entity there would show as "&lt;"."""
     for role in ("user", "assistant"):
-        rendered = MARKDOWN.render(shown(role, text)["content"])
+        rendered = MARKDOWN.render(shown(role, text)["content"]["text"])
         (inside,) = re.findall(r"<code[^>]*>(.*?)</code>", rendered, re.S)
         assert html.unescape(inside) == code
         assert tags(rendered) <= MARKDOWN_TAGS
@@ -192,7 +192,7 @@ def test_code_in_a_list_item_is_shown_in_it(bullet):
     """A fence indented under "1." rendered as a code block after the list, which it broke in two."""
     pad = " " * (len(bullet) + 1)
     text = f"Steps:\n\n{bullet} first do this:\n{pad}```python\n{pad}if a < b:\n{pad}    pass\n{pad}```\n{bullet} then that\n"
-    rendered = MARKDOWN.render(shown("assistant", text)["content"])
+    rendered = MARKDOWN.render(shown("assistant", text)["content"]["text"])
     assert rendered.count("<li>") == 2 and rendered.count("<ol>") + rendered.count("<ul>") == 1
     (item,) = re.findall(r"<li>first do this:(.*?)</li>", rendered, re.S)
     (code,) = re.findall(r"<code[^>]*>(.*?)</code>", item, re.S)
