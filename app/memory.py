@@ -330,11 +330,13 @@ class Memory:
         ).fetchone()[0]
 
 
-# Bidirectional controls (embeddings, overrides, isolates, marks): in a title they turn the list's text
-# around ("a\u202eRTL" showed as "aLTR"), which could disguise a chat's name. The message keeps them.
-_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Left out of a title, kept in the message. Bidirectional controls (embeddings, overrides, isolates,
+# marks) turn the list's text around ("a\u202eRTL" showed as "aLTR"), which could disguise a chat's name;
+# control characters that are not white space (NUL, ESC, DEL, C1) showed as missing-character boxes.
+_HIDDEN_IN_TITLE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                              "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
 
 
 def _title(text: str) -> str:
-    line = " ".join(_BIDI_CONTROLS.sub("", text).split())
+    line = " ".join(_HIDDEN_IN_TITLE.sub("", text).split())
     return line[:60] + ("…" if len(line) > 60 else "") or "New chat"

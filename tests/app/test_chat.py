@@ -99,6 +99,14 @@ def test_a_title_cannot_turn_its_text_around(service):
     assert rows(service, last.session_id)[0][1] == "a\u202eRTL override txt \u2067isolate\u2069 \u200fmark"
 
 
+def test_a_title_shows_no_control_characters(service):
+    """QA: a NUL in a first message was drawn as a missing-character box in Past chats (the chat itself
+    shows nothing for it). Control characters leave the title; the message keeps them."""
+    *_, last = service.respond(None, "before\x00after \x07bell\x1b[31m red\x7f\x85 end")
+    assert service.sessions()[0]["title"] == "beforeafter bell[31m red end"
+    assert rows(service, last.session_id)[0][1] == "before\x00after \x07bell\x1b[31m red\x7f\x85 end"
+
+
 def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):
     """The refused message stays in the chat, marked failed, but not in what the model reads next: it
     once took the turns before it out of every later prompt ("the oldest 3 messages were left out")."""

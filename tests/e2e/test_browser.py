@@ -560,9 +560,12 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     memory.add_message(oldest, "assistant", "in a cool place")
     for i in range(55):
         memory.add_message(memory.new_session(), "user", f"chat number {i}")
+    memory.add_message(memory.new_session(), "user", "https://example.org/" + "a" * 300)  # one long word
     page.reload()
     page.wait_for_selector("#message textarea")
     expect(page.locator("#sessions input")).to_have_count(50)
+    # QA: a title of one long word ran out of the list's box, sideways
+    assert page.locator("#sessions .wrap:has(input)").evaluate("box => box.scrollWidth <= box.clientWidth")
     expect(page.locator(f'#sessions input[value="{oldest}"]')).to_have_count(0)
     expect(page.locator("#sessions")).to_contain_text("Past chats (the 50 most recent: search to narrow)")
     page.fill("#search-chats textarea", "chat number")
