@@ -84,7 +84,7 @@ def bounded(kind, ok, says: str):
     return parse
 
 
-_positive_int = bounded(int, lambda v: v >= 1, "must be at least 1")
+_positive_int = bounded(int, lambda v: v >= 1, "a whole number, at least 1")
 _port = bounded(int, lambda v: 1 <= v <= 65_535, "a port is 1 to 65,535")
 # exp(a mean negative log-likelihood): above 1, and finite (NaN fails the test too)
 _perplexity = bounded(float, lambda v: 1 < v < math.inf, "a perplexity is more than 1")

@@ -116,7 +116,8 @@ def stats_line(update: ReplyUpdate) -> str:
     # base route its prefill is routing's, and the engine's part alone read "0 ms")
     first = f"first token {d.routing_ms + s.ttft_ms:.0f} ms (routing {d.routing_ms:.0f})" if d else \
         f"first token {s.ttft_ms:.0f} ms"
-    return route + (f"{s.adapter or 'base'} · {s.tokens} tokens · {s.tokens_per_s:.1f} tok/s · {first} · "
+    speed = f" · {s.tokens_per_s:.1f} tok/s" if s.tokens_per_s is not None else ""  # one token: nothing to time
+    return route + (f"{s.adapter or 'base'} · {s.tokens} token{'s' * (s.tokens != 1)}{speed} · {first} · "
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
             + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
                if s.draft_proposed else ""))

@@ -77,7 +77,8 @@ class GenerationStats:
     tokens: int = 0               # tokens generated, each counted once
     ttft_ms: float = 0.0          # from the call to the first generated token
     total_ms: float = 0.0
-    tokens_per_s: float = 0.0     # generated tokens over the decode phase (after the first token)
+    tokens_per_s: float | None = None  # generated tokens over the decode phase (after the first token); None:
+                                       # a reply of one token (or none) has no decode phase to time
     dropped_turns: int = 0        # oldest turns left out so the conversation fits the context
     stop_reason: str = ""         # "eos" | "length" | "context" | "stopped"
     adapter: str | None = None    # the LoRA modifier active for this reply (None: plain base)
@@ -552,7 +553,7 @@ class Engine:
             if first_token_at is not None:
                 stats.ttft_ms = (first_token_at - start) * 1000
                 decode_s = end - first_token_at
-                stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else 0.0
+                stats.tokens_per_s = (stats.tokens - 1) / decode_s if stats.tokens > 1 and decode_s > 0 else None
             yield stats
 
     def _remember_reply(self, text: str, tokens: list[int]) -> None:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=0.5, help="share of prompts sent to the plain base (default 0.5)")
     parser.add_argument("--data", type=Path, default=DATA, help="JSON Lines with a text field")
     parser.add_argument("--models-dir", type=Path, default=None)
-    parser.add_argument("--limit", type=bounded(int, lambda v: v >= 1, "must be at least 1"), default=None,
+    parser.add_argument("--limit", type=bounded(int, lambda v: v >= 1, "a whole number, at least 1"), default=None,
                         help="score only this many prompts (a big model on CPU)")
     parser.add_argument("--manifest", type=Path, default=None, help="manifest to read and update (default models/manifest.json)")
     parser.add_argument("--dry-run", action="store_true", help="print τp; do not write the manifest")

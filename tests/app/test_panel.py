@@ -152,6 +152,23 @@ def test_the_line_under_the_chat_counts_routing_in_the_wait_for_the_first_token(
         assert waited > reply.decision.routing_ms > 0
 
 
+def test_a_reply_of_one_token_has_no_speed(routed_service):
+    """QA (--max-tokens 1): "1 tokens · 0.0 tok/s", and a speed of 0 stored: one token has no decode phase
+    to time, so there is no speed to give."""
+    from dataclasses import replace
+
+    from app.display import stats_line
+
+    service = routed_service
+    service.settings = replace(service.settings, max_tokens=1)
+    *_, reply = service.respond(None, "Write a Python function that reverses a list.")
+    assert reply.stats.tokens == 1 and reply.stats.tokens_per_s is None
+    line = stats_line(reply)
+    assert " · 1 token · " in line and "tok/s" not in line
+    (row,) = service.panel(reply.session_id)["decisions"]
+    assert row["tokens_per_s"] is None and panel.decisions_frame([row]).iloc[0]["tok/s"] == "—"
+
+
 def test_feedback_only_on_replies(chat):
     service, sid, _ = chat
     with pytest.raises(ValueError, match="no reply at position 0"):

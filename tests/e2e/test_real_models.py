@@ -111,9 +111,9 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--manifest", str(tmp_path / "nope.json")), "nope.json: profiles file (--manifest) not found"),
         (("--port", str(taken.getsockname()[1])), f"port {taken.getsockname()[1]} is in use"),
         (("--conversations", "70"), "--conversations: at most 64"),
-        (("--threads", "0"), "--threads: must be at least 1"),
+        (("--threads", "0"), "--threads: a whole number, at least 1, not 0"),
         (("--threads", str(10 * (os.cpu_count() or 1))), f"--threads: at most {os.cpu_count()}"),
-        (("--n-ctx", "-1"), "--n-ctx: must be at least 1"),
+        (("--n-ctx", "-1"), "--n-ctx: a whole number, at least 1, not -1"),
         (("--models-dir", str(demo_models_dir), "--n-ctx", "40"), "--n-ctx 40 is too small"),
         (("--model", str(demo_set["base"]), "--n-ctx", "90"), "or leave --n-ctx out (then 4,096 tokens, or fewer"),
         # QA, 2026-12-02 night
@@ -124,8 +124,11 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--port", "abc"), "--port: a port is 1 to 65,535, not abc"),
         (("--tau-p", "abc"), "--tau-p: a perplexity is more than 1, not abc"),
         (("--tau-p", "inf"), "--tau-p: a perplexity is more than 1, not inf"),
-        (("--threads", "two"), "--threads: must be at least 1, not two"),
-        (("--n-ctx", "1e9"), "--n-ctx: must be at least 1, not 1e9"),
+        (("--threads", "two"), "--threads: a whole number, at least 1, not two"),
+        (("--n-ctx", "1e9"), "--n-ctx: a whole number, at least 1, not 1e9"),
+        # QA, the sixth pass: "must be at least 1, not abc" for a text that is no number at all
+        (("--max-tokens", "abc"), "--max-tokens: a whole number, at least 1, not abc"),
+        (("--max-tokens", "1.5"), "--max-tokens: a whole number, at least 1, not 1.5"),
         # QA, the fourth pass: every address that could not be bound was "port … is in use"; ::1 loaded the
         # models, then failed in Gradio with a traceback; a manifest that is not JSON was a traceback
         (("--host", "nosuchhost.invalid"), "--host nosuchhost.invalid: no such host"),

@@ -72,8 +72,8 @@ def test_your_own_base_is_calibrated_and_started_with_its_tau_p(tmp_path, demo_s
     (("--share", "1.5"), "argument --share: a share is more than 0 and less than 1, not 1.5"),
     (("--share", "0"), "argument --share: a share is more than 0 and less than 1, not 0"),
     (("--share", "half"), "argument --share: a share is more than 0 and less than 1, not half"),
-    (("--limit", "0"), "argument --limit: must be at least 1, not 0"),
-    (("--limit", "-3"), "argument --limit: must be at least 1, not -3"),
+    (("--limit", "0"), "argument --limit: a whole number, at least 1, not 0"),
+    (("--limit", "-3"), "argument --limit: a whole number, at least 1, not -3"),
 ])
 def test_its_numbers_are_checked_before_anything_is_scored(tmp_path, args, message):
     """QA: --share 1.5 was refused with a traceback after every prompt was scored (hours on a 7B);
