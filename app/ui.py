@@ -298,7 +298,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         with gr.Row():
             with gr.Column(scale=1, min_width=200):
                 new_button = gr.Button("New chat", elem_id="new-chat")
-                route = gr.Radio(ROUTE_CHOICES, value="auto", label="Route",
+                route = gr.Radio([(f"{r} (not available: base)" if status.get(r) else r, r) for r in ROUTE_CHOICES],
+                                 value="auto", label="Route",
                                  info="auto: the router picks per message; pick one to overrule it until you "
                                       "change it back (the router's own choice is still shown)",
                                  elem_id="route")

@@ -150,6 +150,10 @@ def test_a_corrupt_modifier_leaves_only_that_modifier_out(tmp_path, demo_models_
     with launch_app(tmp_path, models) as (url, _):
         config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
         assert "Modifiers not available" in config and "code.gguf.zst" in config
+        # QA: the Route control offered it as the others, and only the notice after sending said it was not there
+        (route,) = [c for c in json.loads(config)["components"] if c.get("props", {}).get("elem_id") == "route"]
+        assert route["props"]["choices"] == [["auto", "auto"], ["base", "base"], ["code (not available: base)", "code"],
+                                             ["reasoning", "reasoning"], ["automation", "automation"]]
         client = Client(url, verbose=False)
         assert client.predict("hi", "", "code", api_name="/chat")
         assert client.predict("hi", "", "reasoning", api_name="/chat")
