@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -344,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(warning)
     if startup:
         startup.close()  # the chat takes over its address; the page reloads into it
+    # SIGTERM (a Space restarting, docker stop, systemd) as Ctrl-C: Gradio closes its server, and a reply
+    # still streaming ends and is saved whole. Python's default ended the app at once, as kill -9 does,
+    # and the reply lost what it wrote since its last save.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
         css=PAGE_CSS, js=PAGE_JS, head=PAGE_HEAD,

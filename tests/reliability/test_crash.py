@@ -136,6 +136,35 @@ def test_a_reply_cut_off_by_kill_9_is_kept_and_marked_interrupted(tmp_path, demo
           f"{len(partial)} characters, marked interrupted; cache untouched ({len(cache)} files)")
 
 
+def test_a_reply_streaming_when_the_app_is_told_to_stop_is_saved_whole(tmp_path, demo_models_dir):
+    """QA: SIGTERM (what a Space, docker stop or systemd sends) ended the app at once, as kill -9 does: a
+    reply streaming then lost what it had written since its last save (up to 0.5 s). Ctrl-C let it end."""
+    data = tmp_path / "data"
+    for attempt in range(3):  # a reply that ends between the look and the signal: again, in a new session
+        app = start_app(data, demo_models_dir, "--max-tokens", "2000", "--no-draft", log_name=f"run-{attempt}.log")
+        app.wait_for_chat()
+        session, sent, stop = Client(app.url, verbose=False).predict(api_name="/new_session"), [], threading.Event()
+        chatter = threading.Thread(target=keep_chatting, args=(app.url, session, sent, stop), daemon=True)
+        chatter.start()
+        db = sqlite3.connect(app.db_path)
+        seen = None
+        while chatter.is_alive() and seen is None and len(sent) < 100:
+            seen = db.execute("select id, content from messages where role = 'assistant' and status = 'streaming' "
+                              "and length(content) > 0").fetchone()
+            time.sleep(0.005)
+        stop.set()
+        app.proc.terminate()
+        assert app.proc.wait(timeout=60) == 0, app.log()[-3000:]
+        chatter.join(timeout=60)
+        if seen:
+            break
+    assert seen, "no reply was caught streaming"
+    reply_id, partial = seen
+    content, status = db.execute("select content, status from messages where id = ?", [reply_id]).fetchone()
+    assert status == "complete" and content.startswith(partial) and len(content) > len(partial), (status, app.log()[-2000:])
+    assert db.execute("select count(*) from messages where status = 'streaming'").fetchone()[0] == 0
+
+
 def cache_files() -> set[str]:
     """What a finished demo model cache holds: each .gguf.zst, its .gguf and the .gguf's digest."""
     names = [f.file.removesuffix(".zst") for f in get_profile("demo").files]
