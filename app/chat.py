@@ -278,6 +278,10 @@ class ChatService:
             dropped = (f"This conversation is longer than the model's context window: "
                        f"{'the oldest message was' if n == 1 else f'the oldest {n} messages were'} left out of this reply.")
             update.notice = f"{update.notice} {dropped}" if update.notice else dropped
+        if update.stats and update.stats.stop_reason == "context":  # it ended mid-sentence: say why
+            full = (f"This reply stopped where the model's context window ({self.engine.n_ctx:,} tokens) is full. "
+                    f"Start a new chat to go on, or start the app with a larger --n-ctx.")
+            update.notice = f"{update.notice} {full}" if update.notice else full
 
 
 def _conversation(stored: list[dict]) -> list[dict]:

@@ -79,7 +79,8 @@ class GenerationStats:
     total_ms: float = 0.0
     tokens_per_s: float | None = None  # generated tokens over the decode phase (after the first token); None:
                                        # a reply of one token (or none) has no decode phase to time
-    dropped_turns: int = 0        # oldest turns left out so the conversation fits the context
+    dropped_turns: int = 0        # oldest messages left out so the conversation fits the context (whole
+                                  # turns: a question and its answer count two)
     stop_reason: str = ""         # "eos" | "length" | "context" | "stopped"
     adapter: str | None = None    # the LoRA modifier active for this reply (None: plain base)
     draft_proposed: int = 0       # speculative decoding: draft tokens proposed ...

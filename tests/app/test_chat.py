@@ -107,6 +107,16 @@ def test_a_title_shows_no_control_characters(service):
     assert rows(service, last.session_id)[0][1] == "before\x00after \x07bell\x1b[31m red\x7f\x85 end"
 
 
+def test_a_reply_that_fills_the_context_window_says_so(small_engine, tmp_path):
+    """QA (--n-ctx 512): replies ended mid-sentence where the context was full, and only "stop: context"
+    in the line of figures said why."""
+    service = ChatService(small_engine, Memory(tmp_path / "s.db"), ChatSettings(temperature=0, max_tokens=4000, seed=0))
+    *_, last = service.respond(None, "Tell me a long story about a lighthouse keeper.")
+    assert last.status == "complete" and last.stats.stop_reason == "context"
+    assert last.notice == ("This reply stopped where the model's context window (256 tokens) is full. Start a new "
+                           "chat to go on, or start the app with a larger --n-ctx.")
+
+
 def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):
     """The refused message stays in the chat, marked failed, but not in what the model reads next: it
     once took the turns before it out of every later prompt ("the oldest 3 messages were left out")."""
