@@ -345,15 +345,40 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(warning)
     if startup:
         startup.close()  # the chat takes over its address; the page reloads into it
-    # SIGTERM (a Space restarting, docker stop, systemd) as Ctrl-C: Gradio closes its server, and a reply
-    # still streaming ends and is saved whole. Python's default ended the app at once, as kill -9 does,
-    # and the reply lost what it wrote since its last save.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_gracefully(service)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
         css=PAGE_CSS, js=PAGE_JS, head=PAGE_HEAD,
     )
     return 0
+
+
+STOP_GRACE_S = 8.0  # within the 10 s docker and a Space give between SIGTERM and SIGKILL
+
+
+def stop_gracefully(service) -> None:
+    """SIGTERM (a Space restarting, docker stop, systemd) and Ctrl-C: a reply still streaming gets up to
+    STOP_GRACE_S to end and be saved whole, then the process leaves at once (a second signal: at once).
+    Python's default SIGTERM ended it as kill -9 does, and the reply lost what it wrote since its last
+    save; its Ctrl-C closed Gradio and tore the interpreter down, seconds spent waiting on connections
+    still open and freeing the models."""
+    stopping = []
+
+    def stop(signum, frame) -> None:
+        if not stopping:
+            stopping.append(signum)
+            if service.wait_for_replies(0):
+                log.info("stopping: letting the reply in progress end (up to %.0f s)", STOP_GRACE_S)
+            left = service.wait_for_replies(STOP_GRACE_S)
+            if left:
+                log.warning("stopping with %d reply(ies) unfinished: kept as far as saved, marked interrupted at "
+                            "the next start", left)
+        logging.shutdown()
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)  # the replies are saved (SQLite commits each write): nothing else needs tearing down
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def context_too_small(engine, settings, default_n_ctx: int) -> str | None:

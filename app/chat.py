@@ -238,6 +238,14 @@ class ChatService:
                                   override=None if override == AUTO else override,
                                   system_prompt=self.settings.system_prompt)
 
+    def wait_for_replies(self, wait_s: float) -> int:
+        """Wait (up to wait_s) until no reply is streaming, each saved as it ends; returns how many still
+        are (the app is stopping: launch.py)."""
+        deadline = time.monotonic() + wait_s
+        while self._stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self._stopping)
+
     def stop(self, session_id: str | None, owner: str | None = None) -> bool:
         """Stop the reply streaming in this session (the page's Stop, beside closing the stream): it ends
         at its next token, kept as "stopped". False when none is streaming there."""
