@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no phoning home
@@ -365,14 +366,14 @@ def stop_gracefully(service) -> None:
     stopping = []
 
     def stop(signum, frame) -> None:
-        if not stopping:
+        if not stopping and service.wait_for_replies(0):
             stopping.append(signum)
-            if service.wait_for_replies(0):
-                log.info("stopping: letting the reply in progress end (up to %.0f s)", STOP_GRACE_S)
+            log.info("stopping: letting the reply in progress end (up to %.0f s)", STOP_GRACE_S)
             left = service.wait_for_replies(STOP_GRACE_S)
             if left:
                 log.warning("stopping with %d reply(ies) unfinished: kept as far as saved, marked interrupted at "
                             "the next start", left)
+            time.sleep(0.5)  # for the page: the reply's last update, its end and figures (QA: it never came)
         logging.shutdown()
         sys.stdout.flush(), sys.stderr.flush()
         os._exit(0)  # the replies are saved (SQLite commits each write): nothing else needs tearing down

@@ -19,7 +19,8 @@
       const code = unescape(span), f = spanFence(code);  // the shortest run that can close it, as one writes
       return f + code + f;
     }
-    return ENTITIES[entity] ?? `*(failed${unescape(why ?? "")})*`;  // a failed reply's mark, in HTML for its class (display.py)
+    // a failed reply's mark, in HTML for its class, its reason's markdown escaped (display.py)
+    return ENTITIES[entity] ?? `*(failed${unescape(why ?? "").replace(/\\([\\`*_[\]~|])/g, "$1")})*`;
   });
   let fromChat = false;  // the click that leads to this copy was on one of COPIES
   document.addEventListener("click", e => { fromChat = !!e.target.closest(COPIES); }, true);

@@ -21,6 +21,9 @@ _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _BACKTICKS = re.compile(r"`+")
 _HTML_READS = re.compile(r"[&<>]|!\[")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
+# Backslash-escaped in a failed reply's reason (which follows "(failed: ", never at a line's start): no
+# emphasis, code or link can form. "![" can no longer either, once "[" is escaped.
+_MARKDOWN_INLINE = re.compile(r"[\\`*_\[\]~|]")
 # A code block's copy button, as Gradio's markdown gives its own code blocks: its click handler copies
 # the text of the button's parent. Icons by CSS (app/page.css): they are not text, so not copied.
 COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-text"></span>'
@@ -29,14 +32,16 @@ COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-te
 
 def shown(role: str, content: str, status: str = "complete", error: str | None = None) -> dict:
     """A message as the Chatbot takes it; a failed reply says why (`error`, as stored), on reopening too.
-    Its text goes as a text part, not a string: the Chatbot passes a string through inspect.cleandoc,
-    which took the indent off code pasted as prose and turned its tabs into spaces, on the page and in
-    what Copy gives."""
+    (The Chatbot passes the text through inspect.cleandoc, which takes off the indent prose shares. As a
+    text part it is left alone, but then markdown reads an indented paragraph as an indented code block,
+    which shows our entities as "&lt;": that waits for as_markdown to handle those blocks as it does
+    fenced ones.)"""
     text = as_markdown(content)
     note = STATUS_NOTES.get(status) if role == "assistant" else None
-    if status == "error" and note:
-        note = note.format(f": {_escaped(' '.join(error.split()))}" if error else "")
-    return {"role": role, "content": {"type": "text", "text": f"{text}\n\n{note}" if note else text}}
+    if status == "error" and note:  # the reason as text: no tag, and no markdown (a __call__ read as bold)
+        reason = _escaped(_MARKDOWN_INLINE.sub(r"\\\g<0>", " ".join(error.split()))) if error else ""
+        note = note.format(f": {reason}" if reason else "")
+    return {"role": role, "content": "\n\n".join(part for part in (text, note) if part)}
 
 
 def as_markdown(text: str) -> str:

@@ -159,7 +159,7 @@ def tags(rendered: str) -> set[str]:
 def check_shown(text: str) -> None:
     """The chat bubble and the router panel's path show the text, and nothing else: no tag."""
     for role in ("user", "assistant"):
-        content = shown(role, text)["content"]["text"]
+        content = shown(role, text)["content"]
         assert tags(MARKDOWN.render(content)) <= MARKDOWN_TAGS
         if "`" not in text and "~" not in text:  # no code: every character as typed, "<" by its entity
             assert "<" not in content and ">" not in content
@@ -181,7 +181,7 @@ def check_shown(text: str) -> None:
 def test_code_is_shown_with_its_own_characters(text, code):
     """Inside code markdown shows characters verbatim: an entity there would show as "&lt;"."""
     for role in ("user", "assistant"):
-        rendered = MARKDOWN.render(shown(role, text)["content"]["text"])
+        rendered = MARKDOWN.render(shown(role, text)["content"])
         (inside,) = re.findall(r"<code[^>]*>(.*?)</code>", rendered, re.S)
         assert html.unescape(inside) == code
         assert tags(rendered) <= MARKDOWN_TAGS
@@ -192,7 +192,7 @@ def test_code_in_a_list_item_is_shown_in_it(bullet):
     """A fence indented under "1." rendered as a code block after the list, which it broke in two."""
     pad = " " * (len(bullet) + 1)
     text = f"Steps:\n\n{bullet} first do this:\n{pad}```python\n{pad}if a < b:\n{pad}    pass\n{pad}```\n{bullet} then that\n"
-    rendered = MARKDOWN.render(shown("assistant", text)["content"]["text"])
+    rendered = MARKDOWN.render(shown("assistant", text)["content"])
     assert rendered.count("<li>") == 2 and rendered.count("<ol>") + rendered.count("<ul>") == 1
     (item,) = re.findall(r"<li>first do this:(.*?)</li>", rendered, re.S)
     (code,) = re.findall(r"<code[^>]*>(.*?)</code>", item, re.S)
@@ -286,3 +286,11 @@ def test_a_hostile_session_id_or_route_is_not_an_error(service):
     for route in ["<script>", "\x00", "\ud800", "code'; --"]:
         (last,) = list(service.respond(None, "hello", override=route))
         assert last.status == "ignored" and "Unknown route" in last.notice
+
+
+def test_a_failed_replys_reason_shows_as_text():
+    """QA: a reason holding markdown rendered it: __call__ as a bold "call", `n_batch` as code, a link."""
+    reason = "RuntimeError in __call__ with `n_batch` *too small* [see](http://x) ![i](y) <b>bold</b> & ~~x~~"
+    rendered = MARKDOWN.render(shown("assistant", "", "error", reason)["content"])
+    assert not re.search(r"<(strong|code|a|img|s|b|del)\b", rendered), rendered
+    assert html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip() == f"(failed: {reason})"
