@@ -42,6 +42,10 @@ class ReplyUpdate:
     message_id: int | None = None  # the assistant row in sessions.db
     decision: Decision | None = None  # how this reply was routed (None: no router configured)
 
+    def tell(self, text: str) -> None:
+        """Add `text` to the notice, after what it says already."""
+        self.notice = f"{self.notice} {text}" if self.notice else text
+
 
 AUTO = "auto"           # the override value that leaves the choice to the router
 RECENT_TURNS = 5        # how many of the session's last turns the router reads
@@ -205,7 +209,7 @@ class ChatService:
             except SessionStoreError as exc:  # shown, but not kept: say so (earlier rows are untouched)
                 log.warning("reply %s not saved: %s", reply_id, exc)
                 unsaved = f"This reply could not be saved. {exc}"
-                update.notice = f"{update.notice} {unsaved}" if update.notice else unsaved
+                update.tell(unsaved)
             finally:  # last: until it is saved, the reply writes to the chat (delete_session waits for this)
                 if session_id in self._deleting:  # (the page that shows this reply may not be the one deleting)
                     update.notice = "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
@@ -285,11 +289,11 @@ class ChatService:
             n = update.stats.dropped_turns
             dropped = (f"This conversation is longer than the model's context window: "
                        f"{'the oldest message was' if n == 1 else f'the oldest {n} messages were'} left out of this reply.")
-            update.notice = f"{update.notice} {dropped}" if update.notice else dropped
+            update.tell(dropped)
         if update.stats and update.stats.stop_reason == "context":  # it ended mid-sentence: say why
             full = (f"This reply stopped where the model's context window ({self.engine.n_ctx:,} tokens) is full. "
                     f"Start a new chat to go on, or start the app with a larger --n-ctx.")
-            update.notice = f"{update.notice} {full}" if update.notice else full
+            update.tell(full)
 
 
 def _conversation(stored: list[dict]) -> list[dict]:
