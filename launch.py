@@ -53,8 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument("--n-ctx", type=_positive_int, default=None, help="context window in tokens (default: the profile's)")
-    p.add_argument("--gpu-layers", type=int, default=None,
-                   help="layers to offload to the GPU (default: all on Apple Silicon, 0 elsewhere; 0 turns Metal off)")
+    p.add_argument("--gpu-layers", type=_gpu_layers, default=None,
+                   help="layers to offload to the GPU, -1 for all (default: all on Apple Silicon, 0 elsewhere; 0 turns "
+                        "Metal off)")
     p.add_argument("--threads", type=_thread_count, default=None, help="CPU threads for llama.cpp (default: half the cores)")
     p.add_argument("--batch-threads", type=_thread_count, default=None, metavar="N",
                    help="CPU threads for prompt batches, the router's cores included (default: twice --threads, at "
@@ -87,6 +88,7 @@ def bounded(kind, ok, says: str):
 
 
 _positive_int = bounded(int, lambda v: v >= 1, "a whole number, at least 1")
+_gpu_layers = bounded(int, lambda v: v >= -1, "a whole number of layers, or -1 for all of them")  # llama.cpp's -1
 _port = bounded(int, lambda v: 1 <= v <= 65_535, "a port is 1 to 65,535")
 # exp(a mean negative log-likelihood): above 1, and finite (NaN fails the test too)
 _perplexity = bounded(float, lambda v: 1 < v < math.inf, "a perplexity is more than 1")
@@ -265,6 +267,10 @@ def exposure_warnings(host: str, port: int, share: bool, space: bool = False) ->
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Until the chat is up (stop_gracefully), SIGTERM stops it as Ctrl-C does: the exception unwinds the
+    # start, and a model file half decompressed or downloaded is removed on the way (Python's default
+    # SIGTERM left it, and exited 143).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = parse_args(argv)
     space = on_space()
     args.host = args.host or ("0.0.0.0" if space else "127.0.0.1")
@@ -409,4 +415,8 @@ def startup_page(args: argparse.Namespace, profile: Profile, store: Store):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the chat was up: nothing to save yet
+        print("stopped while starting: no chat was open, nothing to save", file=sys.stderr)
+        sys.exit(0)

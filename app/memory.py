@@ -332,8 +332,11 @@ class Memory:
 
 # Left out of a title, kept in the message. Bidirectional controls (embeddings, overrides, isolates,
 # marks) turn the list's text around ("a\u202eRTL" showed as "aLTR"), which could disguise a chat's name;
-# control characters that are not white space (NUL, ESC, DEL, C1) showed as missing-character boxes.
-_HIDDEN_IN_TITLE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+# control characters that are not white space (NUL, ESC, DEL, C1) showed as missing-character boxes;
+# a terminal escape sequence goes whole (ECMA-48: CSI parameters and final byte, an OSC string to its
+# BEL or ST, or ESC and one byte), as a pasted colour code left "[31m".
+_HIDDEN_IN_TITLE = re.compile("(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\\\|\x9c)"
+                              "|\x1b[ -~]?|[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
                               "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
 
 

@@ -109,10 +109,12 @@ def test_a_title_cannot_turn_its_text_around(service):
 
 def test_a_title_shows_no_control_characters(service):
     """QA: a NUL in a first message was drawn as a missing-character box in Past chats (the chat itself
-    shows nothing for it). Control characters leave the title; the message keeps them."""
-    *_, last = service.respond(None, "before\x00after \x07bell\x1b[31m red\x7f\x85 end")
-    assert service.sessions()[0]["title"] == "beforeafter bell[31m red end"
-    assert rows(service, last.session_id)[0][1] == "before\x00after \x07bell\x1b[31m red\x7f\x85 end"
+    shows nothing for it). Control characters leave the title, and so do the terminal escape sequences
+    they begin (QA: a pasted colour code left "[31m"); the message keeps them."""
+    typed = "before\x00after \x07bell\x1b[31m red\x1b[0m\x7f\x85 end\x1b]0;tab title\x07\x9b1m."
+    *_, last = service.respond(None, typed)
+    assert service.sessions()[0]["title"] == "beforeafter bell red end."
+    assert rows(service, last.session_id)[0][1] == typed
 
 
 def test_a_reply_that_fills_the_context_window_says_so(small_engine, tmp_path):

@@ -129,6 +129,9 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         # QA, the sixth pass: "must be at least 1, not abc" for a text that is no number at all
         (("--max-tokens", "abc"), "--max-tokens: a whole number, at least 1, not abc"),
         (("--max-tokens", "1.5"), "--max-tokens: a whole number, at least 1, not 1.5"),
+        # QA, the seventh pass: argparse's own "invalid int value: 'abc'"
+        (("--gpu-layers", "abc"), "--gpu-layers: a whole number of layers, or -1 for all of them, not abc"),
+        (("--gpu-layers", "-2"), "--gpu-layers: a whole number of layers, or -1 for all of them, not -2"),
         # QA, the fourth pass: every address that could not be bound was "port … is in use"; ::1 loaded the
         # models, then failed in Gradio with a traceback; a manifest that is not JSON was a traceback
         (("--host", "nosuchhost.invalid"), "--host nosuchhost.invalid: no such host"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -163,6 +164,21 @@ def test_a_reply_streaming_when_the_app_is_told_to_stop_is_saved_whole(tmp_path,
     content, status = db.execute("select content, status from messages where id = ?", [reply_id]).fetchone()
     assert status == "complete" and content.startswith(partial) and len(content) > len(partial), (status, app.log()[-2000:])
     assert db.execute("select count(*) from messages where status = 'streaming'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_app_told_to_stop_while_it_starts_leaves_quietly_and_cleanly(tmp_path, demo_models_dir, signum):
+    """QA: SIGTERM while the app started (decompressing, loading) ended it with exit code 143, and Ctrl-C
+    printed a traceback. Now either one says it stopped, exits 0, and leaves no half-written model file."""
+    models = compressed_copy(demo_models_dir, tmp_path / "models")
+    app = start_app(tmp_path / "data", models)
+    deadline = time.monotonic() + 120
+    while app.proc.poll() is None and time.monotonic() < deadline and not list((models / "demo").glob("*.partial")):
+        time.sleep(0.0005)  # the first start decompressing a model file
+    app.proc.send_signal(signum)
+    assert app.proc.wait(timeout=60) == 0, app.log()[-3000:]
+    assert "stopped while starting" in app.log() and "Traceback" not in app.log(), app.log()[-3000:]
+    assert not list((models / "demo").glob("*.partial"))
 
 
 def cache_files() -> set[str]:
