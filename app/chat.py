@@ -107,13 +107,16 @@ class ChatService:
             self._deleting.discard(session_id)
 
     def transcript(self, session_id: str, owner: str | None = None) -> list[dict]:
-        """The stored conversation as {id, role, content, status, error, liked} dicts, oldest first; `error`
-        is why a reply failed; `liked` is a reply's 👍 (True) or 👎 (False), else None."""
+        """The stored conversation as {id, role, content, status, error, stop_reason, liked} dicts, oldest
+        first; `error` is why a reply failed; `stop_reason` why a reply ended (GenerationStats: "eos",
+        "length", "context", "stopped"; None while it streams); `liked` is a reply's 👍 (True) or 👎 (False),
+        else None."""
         if not self.owns(session_id, owner):
             return []
         liked = self.memory.feedback(session_id)
         return [{"id": m["id"], "role": m["role"], "content": m["content"], "status": m["status"],
-                 "error": m["error"], "liked": liked.get(m["id"])} for m in self.memory.messages(session_id)]
+                 "error": m["error"], "stop_reason": (m["stats"] or {}).get("stop_reason"), "liked": liked.get(m["id"])}
+                for m in self.memory.messages(session_id)]
 
     # -- the router panel and feedback --------------------------------------------------------
     def panel(self, session_id: str | None, owner: str | None = None) -> dict:

@@ -13,6 +13,8 @@ STATUS_NOTES = {
     "interrupted": "*(interrupted: the app stopped before this reply finished)*",
     "error": '<em class="reply-failed">(failed{})</em>',  # the class hides the reply's 👍/👎 (page.css)
 }
+# A reply that ended because the context window was full: it stops mid-sentence, so the mark says why.
+FULL_CONTEXT_NOTE = "*(cut short: the model's context window was full)*"
 
 # Code a message holds: fenced blocks (a fence of 3+ backticks or tildes after at most 3 spaces, to a
 # closing fence of the same kind or the end of the text) and code spans (a run of backticks to the next
@@ -30,14 +32,18 @@ COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-te
              '<span class="check"></span></button>')
 
 
-def shown(role: str, content: str, status: str = "complete", error: str | None = None) -> dict:
-    """A message as the Chatbot takes it; a failed reply says why (`error`, as stored), on reopening too.
+def shown(role: str, content: str, status: str = "complete", error: str | None = None,
+          stop_reason: str | None = None) -> dict:
+    """A message as the Chatbot takes it; a failed reply says why (`error`, as stored), on reopening too,
+    and so does one cut short by a full context (`stop_reason` "context").
     (The Chatbot passes the text through inspect.cleandoc, which takes off the indent prose shares. As a
     text part it is left alone, but then markdown reads an indented paragraph as an indented code block,
     which shows our entities as "&lt;": that waits for as_markdown to handle those blocks as it does
     fenced ones.)"""
     text = as_markdown(content)
     note = STATUS_NOTES.get(status) if role == "assistant" else None
+    if role == "assistant" and status == "complete" and stop_reason == "context":
+        note = FULL_CONTEXT_NOTE
     if status == "error" and note:  # the reason as text: no tag, and no markdown (a __call__ read as bold)
         reason = _escaped(_MARKDOWN_INLINE.sub(r"\\\g<0>", " ".join(error.split()))) if error else ""
         note = note.format(f": {reason}" if reason else "")

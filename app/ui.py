@@ -104,7 +104,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def chat_view(session_id, visitor) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""
         stored = service.transcript(session_id, owner_of(visitor)) if session_id else []
-        return gr.update(value=[shown(m["role"], m["content"], m["status"], m["error"]) for m in stored],
+        return gr.update(value=[shown(m["role"], m["content"], m["status"], m["error"], m["stop_reason"])
+                                for m in stored],
                          feedback_value=[FEEDBACK.get(m["liked"]) for m in stored if m["role"] == "assistant"])
 
     @explained
@@ -208,7 +209,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 continue
             shown_at = time.monotonic()
             status = update.status if update.done else "complete"
-            chat = before + [shown("user", message), shown("assistant", update.text, status, update.notice)]
+            stop_reason = update.stats.stop_reason if update.done and update.stats else None
+            chat = before + [shown("user", message), shown("assistant", update.text, status, update.notice, stop_reason)]
             drawing, listed = gr.skip(), gr.skip()
             if not path_drawn:  # the route is known before the first token: draw it once
                 drawing = panel.path_html(update.decision.to_dict(), message) if update.decision else gr.skip()

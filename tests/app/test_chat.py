@@ -10,6 +10,7 @@ from contextlib import closing
 import pytest
 
 from app.chat import ChatService, ChatSettings
+from app.display import shown
 from app.memory import Memory
 
 
@@ -125,6 +126,15 @@ def test_a_reply_that_fills_the_context_window_says_so(small_engine, tmp_path):
     assert last.status == "complete" and last.stats.stop_reason == "context"
     assert last.notice == ("This reply stopped where the model's context window (256 tokens) is full. Start a new "
                            "chat to go on, or start the app with a larger --n-ctx.")
+    # QA, the seventh pass: reopened, nothing said why the reply ends mid-sentence. Its mark shows, live and
+    # reopened, as the stopped and interrupted marks do.
+    reopened = service.transcript(last.session_id)[-1]
+    assert reopened["stop_reason"] == "context"
+    live = shown("assistant", last.text, last.status, last.notice, last.stats.stop_reason)["content"]
+    assert live == shown("assistant", reopened["content"], reopened["status"], reopened["error"],
+                         reopened["stop_reason"])["content"]
+    assert live.endswith("\n\n*(cut short: the model's context window was full)*")
+    assert not shown("assistant", last.text, "complete", None, "length")["content"].endswith(")*")
 
 
 def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):
