@@ -130,11 +130,11 @@ def test_a_reply_that_fills_the_context_window_says_so(small_engine, tmp_path):
     # reopened, as the stopped and interrupted marks do.
     reopened = service.transcript(last.session_id)[-1]
     assert reopened["stop_reason"] == "context"
-    live = shown("assistant", last.text, last.status, last.notice, last.stats.stop_reason)["content"]
+    live = shown("assistant", last.text, last.status, last.notice, last.stats.stop_reason)["content"]["text"]
     assert live == shown("assistant", reopened["content"], reopened["status"], reopened["error"],
-                         reopened["stop_reason"])["content"]
+                         reopened["stop_reason"])["content"]["text"]
     assert live.endswith("\n\n*(cut short: the model's context window was full)*")
-    assert not shown("assistant", last.text, "complete", None, "length")["content"].endswith(")*")
+    assert not shown("assistant", last.text, "complete", None, "length")["content"]["text"].endswith(")*")
 
 
 def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):

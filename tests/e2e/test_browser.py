@@ -375,11 +375,11 @@ def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     from app.display import shown  # and Copy gives its mark as markdown, not the HTML that carries the class
 
     reason = "too long: <10 tokens> & more, in __call__ with `n_batch` *small* [see](x) ![i](y) a\\b"
-    failed = shown("assistant", "half a reply", "error", reason)["content"]
+    failed = shown("assistant", "half a reply", "error", reason)["content"]["text"]
     assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == f"half a reply\n\n*(failed: {reason})*"
-    failed = shown("assistant", "half a reply", "error")["content"]
+    failed = shown("assistant", "half a reply", "error")["content"]["text"]
     assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "half a reply\n\n*(failed)*"
-    failed = shown("assistant", "", "error", "too long")["content"]  # QA: it began with two blank lines
+    failed = shown("assistant", "", "error", "too long")["content"]["text"]  # QA: it began with two blank lines
     assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "*(failed: too long)*"
 
 
@@ -624,6 +624,16 @@ def test_copy_gives_a_message_as_typed(app, page):
     page.evaluate(COPY_LAST_USER_MESSAGE)
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == ends_in_code
+    # QA: Gradio's Chatbot passes a string message through inspect.cleandoc, which took the first line's
+    # indent and the others' shared indent, and turned tabs into spaces: pasted code lost its indentation.
+    indented = "    indented code line, a < b\n\tTabbed\n      six\nend  "
+    send(page, indented, db_path)
+    page.evaluate(COPY_LAST_USER_MESSAGE)
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == indented
+    last_user = page.locator("#chat .message-row.user-row").last  # shown as typed, indent and "<" too (the
+    shown = last_user.locator("pre code").inner_text()  # page's markdown turns a leading tab into 4 spaces)
+    assert shown.replace("\t", "    ") == "    indented code line, a < b\n    Tabbed\n      six"
     user.locator("pre").hover()
     user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
     page.wait_for_timeout(300)
@@ -638,7 +648,8 @@ def test_copy_gives_a_message_as_typed(app, page):
 
     texts = [t for t in PICKED if "`" not in t and "~~~" not in t] + [  # and code written as one writes it
         "Steps:\n\n1. first do this:\n   ```python\n   if a < b:\n       pass\n   ```\n2. then that\n",
-        "- x\n  ```\n  a < b\n  ```\n- y", "```\n&lt; <\n```\n", "a ``x`<`` b", "`<` and ``` `` ```"]
+        "- x\n  ```\n  a < b\n  ```\n- y", "```\n&lt; <\n```\n", "a ``x`<`` b", "`<` and ``` `` ```",
+        "See:\n\n    x = a < b\n\n\tz & y\nok", "1. step\n\n       if a < b:\n  \n           pass\n2. next\n"]
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))
@@ -646,7 +657,7 @@ def test_copy_gives_a_message_as_typed(app, page):
         texts.append(text)
 
     collect()
-    contents = [shown("user", t)["content"] for t in texts]
+    contents = [shown("user", t)["content"]["text"] for t in texts]
     assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts
 
 
