@@ -276,11 +276,13 @@ class Memory:
                             [stats.get(k) for k in STATS_COLUMNS] + [message_id])
 
     def decisions(self, session_id: str, last: int | None = None) -> list[dict]:
-        """The session's decisions, oldest first, each with the user message it routed (`message`)
-        and the user's 👍/👎 on the reply (`liked`: True, False or None); `last` keeps only the most
-        recent ones."""
+        """The session's decisions, oldest first, each with the user message it routed (`message`), its
+        `turn` as the chat shows it (a message refused before routing has a turn, and no decision) and
+        the user's 👍/👎 on the reply (`liked`: True, False or None); `last` keeps only the most recent."""
         sql = ("select d.*, (select u.content from messages u where u.session_id = d.session_id and u.role = 'user' "
                "and u.id < d.message_id order by u.id desc limit 1) as message, "
+               "(select count(*) from messages a where a.session_id = d.session_id and a.role = 'assistant' "
+               "and a.id <= d.message_id) as turn, "
                "(select f.liked from feedback f where f.message_id = d.message_id) as liked "
                "from decisions d where d.session_id = ? order by d.id desc" + (" limit ?" if last else ""))
         with self._guard():

@@ -94,11 +94,11 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     if not decisions:
         return None
     frame = pd.DataFrame([{
-        "turn": i, "perplexity": None if d["perplexity"] is None else round(d["perplexity"], 2),
-        "τp": round(d["tau_p"], 2), "route": d["route"],
-        "escalation": d["escalation_p"] >= d["tau_e"], "reason": d["reason"], "from": i - 0.5, "to": i + 0.5,
-    } for i, d in enumerate(decisions, 1)])
-    turns = len(frame)
+        "turn": d["turn"], "perplexity": None if d["perplexity"] is None else round(d["perplexity"], 2),
+        "τp": round(d["tau_p"], 2), "route": d["route"], "escalation": d["escalation_p"] >= d["tau_e"],
+        "reason": d["reason"], "from": d["turn"] - 0.5, "to": d["turn"] + 0.5,
+    } for d in decisions])
+    turns = int(frame["turn"].max())  # as the chat numbers them: a refused message is a turn with no point
     # every turn labelled up to 20; past that, Vega-Lite's own ticks (Altair takes Undefined, not None)
     ticks = list(range(1, turns + 1)) if turns <= 20 else alt.Undefined
     scale, axis = alt.Scale(domain=[0.5, turns + 0.5], nice=False), alt.Axis(values=ticks, format="d")
@@ -142,11 +142,11 @@ TABLE_COLUMNS = ["turn", "route", "reason", "routing ms", "first token ms after 
 def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
     """The recent decisions, newest first, with the reply's speed figures and the user's 👍/👎."""
     rows = []
-    for turn, d in reversed(list(enumerate(decisions, 1))):
+    for d in reversed(decisions):
         route = route_label(d)
         liked = d.get("liked")
         rows.append([
-            turn, route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 1),
+            d["turn"], route, d["reason"], _num(d["routing_ms"], 1), _num(d.get("ttft_ms"), 1),
             _num(d.get("tokens_per_s"), 1),
             f"{d['draft_accepted']}/{d['draft_proposed']}" if d.get("draft_proposed") else "—",
             "" if liked is None else ("👍 up" if liked else "👎 down"),

@@ -66,7 +66,7 @@ def test_the_path_says_what_you_chose_when_it_could_not_run_and_when_the_router_
     *_, same = service.respond(None, "Write a Python function that reverses a linked list.",
                                       override=asked.decision.router_choice)
     assert f"you chose {same.decision.route} · the router agreed" in panel.path_html(same.decision.to_dict(), "…")
-    table = panel.decisions_frame([asked.decision.to_dict(), same.decision.to_dict()])  # newest first
+    table = panel.decisions_frame([asked.decision.to_dict() | {"turn": 1}, same.decision.to_dict() | {"turn": 1}])
     assert list(table["route"]) == [f"{same.decision.route} (you chose it; the router agreed)",
                                     f"base (you chose automation: not available; router: {asked.decision.router_choice})"]
 
@@ -97,7 +97,7 @@ def test_a_long_chat_draws_its_timeline_with_fewer_ticks(chat):
     """Past 20 turns the turn axis stops labelling every turn. That was written as values=None, which
     Altair rejects, so opening a chat of 21 turns or more showed "Error" in the chat and the panel."""
     service, sid, _ = chat
-    decisions = service.panel(sid)["decisions"] * 8  # 24 turns
+    decisions = [dict(d, turn=turn) for turn, d in enumerate(service.panel(sid)["decisions"] * 8, 1)]  # 24 turns
     spec = panel.timeline_chart(decisions).to_dict()
     assert len(next(iter(spec["datasets"].values()))) == 24
     axis = spec["layer"][0]["encoding"]["x"]["axis"]
@@ -122,6 +122,21 @@ def test_a_chat_of_22_real_replies_draws_every_panel_view(routed_service):
     shares = distribution["value"]
     assert shares[shares["scope"] == "this chat"]["replies"].sum() == 22
     assert len(table) == panel.TABLE_ROWS and table["turn"].tolist()[0] == 22
+
+
+def test_turns_are_numbered_as_the_chat_shows_them_when_a_message_failed(routed_service):
+    """QA: a message refused as too long has no decision, and the turn after it was numbered 2 in the
+    table and the timeline, where the chat shows it third."""
+    *_, one = routed_service.respond(None, "Alpha: a first question")
+    *_, refused = routed_service.respond(one.session_id, "long " * 4000)
+    assert refused.status == "error"
+    *_, three = routed_service.respond(one.session_id, "Gamma: a third question")
+    decisions = routed_service.panel(one.session_id)["decisions"]
+    assert [d["turn"] for d in decisions] == [1, 3]
+    assert list(panel.decisions_frame(decisions)["turn"]) == [3, 1]
+    spec = panel.timeline_chart(decisions).to_dict()
+    assert [p["turn"] for p in next(iter(spec["datasets"].values()))] == [1, 3]
+    assert spec["layer"][0]["encoding"]["x"]["axis"]["values"] == [1, 2, 3]
 
 
 def test_distribution_and_table(chat):
@@ -203,7 +218,7 @@ def test_a_pick_the_router_made_too_whose_modifier_is_not_available_reads_as_agr
                           unavailable={"automation": "automation.gguf: not a number."})
     *_, asked = service.respond(None, "Every Monday, email me the week's sales totals from the CRM.",
                                 override="automation")
-    d = asked.decision.to_dict() | {"router_choice": "automation"}  # as the router would pick it too
+    d = asked.decision.to_dict() | {"router_choice": "automation", "turn": 1}  # as the router would pick it too
     assert "you chose automation · the router agreed → base: not available" in panel.path_html(d, "…")
     assert list(panel.decisions_frame([d])["route"]) == ["base (you and the router chose automation: not available)"]
 
