@@ -93,8 +93,11 @@ class GenerationStats:
         return asdict(self)
 
 
+# QA: a cached copy damaged in place, its date kept, is found only by a rehash: --verify then decompresses it
+# again, where "copy or download it again" named nothing to copy.
 NOT_A_NUMBER = ("its output on a short text is not a number (NaN): its weights are damaged, though its format "
-                "is whole. Copy or download it again.")
+                "is whole. If it is a copy in the model cache, start with --verify, which checks each copy and "
+                "makes a damaged one again; else copy or download it again.")
 
 
 def check_gguf_file(path: Path) -> None:

@@ -26,6 +26,11 @@ from models.manifest import ModelFile
 CHUNK = 1 << 22         # 4 MiB: large enough that zstd and SHA-256 run at full speed per call
 MAX_IN_FLIGHT = 8       # chunks decompressed ahead of the hash and the write: 32 MiB of memory
 SYNC_EVERY = 1 << 24    # flush to disk every 16 MiB, overlapped with decompression (0.59x -> ~0.9x of the zstd CLI)
+# What to do about a model file that is damaged, cut short or not the one named: right for a profile's
+# file (downloaded again), the demo set's (rebuilt) and your own (QA: "copy or download it again" named
+# nothing that could be done for the demo set).
+REDO = ("Delete it and start again: a profile's file is downloaded again, and the demo set's is rebuilt; a file of "
+        "your own, copy it again.")
 
 
 class Store:
@@ -172,11 +177,11 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
         actual = digest.hexdigest()
         if promised is not None and written != promised:  # zstd stops without a word where the data does
             raise ModelFileError(f"{source}: truncated: it decompresses to {written:,} of the {promised:,} bytes its "
-                                 f"header promises. Copy or download it again.")
+                                 f"header promises. {REDO}")
         if size is not None and written != size:
             raise ModelFileError(
                 f"{source}: decompressed to {written:,} bytes, expected {size:,} (truncated or wrong file); "
-                f"expected sha256 {sha256}, actual {actual}. Delete it and fetch or rebuild it."
+                f"expected sha256 {sha256}, actual {actual}. {REDO}"
             )
         if sha256 is not None and actual != sha256:
             raise ModelFileError(_mismatch(source, sha256, actual))
@@ -191,8 +196,7 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
                              f"or choose another folder with --models-dir.") from exc
     except zstandard.ZstdError as exc:
         raise ModelFileError(
-            f"{source}: not a valid zstd stream after {written:,} bytes ({exc}); the file is corrupt or "
-            f"truncated. Delete it and fetch or rebuild it."
+            f"{source}: its zstd data is damaged ({exc}): the file is corrupt or truncated. {REDO}"
         ) from exc
     finally:
         if tmp is not None:
@@ -222,7 +226,7 @@ def _content_size(source: Path) -> int | None:
                 if at == 0:
                     return None  # not zstd at all: the decompression says so, by name
                 raise ModelFileError(f"{source}: {end - at:,} bytes after its zstd data are not zstd data: a "
-                                     f"damaged or wrong file. Copy or download it again.")
+                                     f"damaged or wrong file. {REDO}")
             try:
                 frame = zstandard.get_frame_parameters(head)
                 at += zstandard.frame_header_size(head)
@@ -237,7 +241,7 @@ def _content_size(source: Path) -> int | None:
             at += 4 * frame.has_checksum
             if not last or at > end:
                 raise ModelFileError(f"{source}: truncated: its zstd data runs past the end of the file "
-                                     f"({end:,} bytes). Copy or download it again.")
+                                     f"({end:,} bytes). {REDO}")
             known = frame.content_size != zstandard.CONTENTSIZE_UNKNOWN and total is not None
             total = total + frame.content_size if known else None
     return total
@@ -263,7 +267,7 @@ def hash_file(path: Path, progress: bool = False) -> str:
 
 def _mismatch(path: Path, expected: str, actual: str) -> str:
     return (f"{path}: SHA-256 mismatch: expected {expected}, actual {actual}. The file is corrupt or "
-            f"not the one the manifest names; delete it and fetch or rebuild it.")
+            f"not the one the manifest names. {REDO}")
 
 
 def _digest_path(path: Path) -> Path:

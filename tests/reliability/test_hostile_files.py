@@ -198,7 +198,7 @@ MODEL_FILES = {  # how to make it → what the error line says besides the file'
     "0 layers": (with_values(block_count=0), ["llama.block_count is 0"]),
     "a 2^32-1 token context": (with_values(context_length=2**32 - 1), ["llama.context_length is 4,294,967,295"]),
     "NaN in its weights": (lambda d, g: with_nan(g, d / "model.gguf", "blk.0.attn_q.weight"),
-                           ["not a number", "download it again"]),
+                           ["not a number", "start with --verify"]),  # QA: it said only "download it again"
 }
 
 
