@@ -4,6 +4,7 @@ writes the turn, its Decision and its GenerationStats back to memory."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
@@ -252,6 +253,14 @@ class ChatService:
         while self._stopping and time.monotonic() < deadline:
             time.sleep(0.05)
         return len(self._stopping)
+
+    @staticmethod
+    def carry_on(replies: Iterator[ReplyUpdate]) -> None:
+        """A reply whose page stopped reading it goes on to its end on a thread, saved as it grows and at
+        its end with its figures, as when the page opens another chat. A page that is reloaded or closed
+        stops reading (QA: the reply ended there, marked "stopped"); so does Stop, which has told the
+        reply to end at its next token (the stream's close had ended it first, without its figures)."""
+        threading.Thread(target=collections.deque, args=(replies, 0), name="reply-carried-on", daemon=True).start()
 
     def stop(self, session_id: str | None, owner: str | None = None) -> bool:
         """Stop the reply streaming in this session (the page's Stop, beside closing the stream): it ends

@@ -192,33 +192,39 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
                session_id, moved, "", gr.skip(), visitor, gr.skip())
         shown_at, path_drawn, left = 0.0, False, False
-        for update in service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor):
-            away = on_screen["chat"] != session_id
-            if update.status == "ignored":  # not saved: the message goes back to the box
-                yield (gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(), visitor,
-                       gr.skip())
-                return
-            if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
-                if not left:
-                    left = True
-                    yield (*(gr.skip(),) * 6, visitor, gr.skip())
-                continue
-            # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
-            # not held back by the page.
-            if not update.done and time.monotonic() - shown_at < UI_FRAME_S:
-                continue
-            shown_at = time.monotonic()
-            status = update.status if update.done else "complete"
-            stop_reason = update.stats.stop_reason if update.done and update.stats else None
-            chat = before + [shown("user", message), shown("assistant", update.text, status, update.notice, stop_reason)]
-            drawing, listed = gr.skip(), gr.skip()
-            if not path_drawn:  # the route is known before the first token: draw it once
-                drawing = panel.path_html(update.decision.to_dict(), message) if update.decision else gr.skip()
-                # and the list, now that the message is stored: this chat moves to the top here, as the
-                # person sends, not under their pointer as the reply ends (a click then opened another)
-                listed, path_drawn = session_choices(visitor, session_id, matching), True
-            said = " ".join(filter(None, [moved, update.notice]))
-            yield chat, gr.skip(), update.session_id, said, stats_line(update), drawing, visitor, listed
+        replies = service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor)
+        try:
+            for update in replies:
+                away = on_screen["chat"] != session_id
+                if update.status == "ignored":  # not saved: the message goes back to the box
+                    yield (gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(),
+                           visitor, gr.skip())
+                    return
+                if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
+                    if not left:
+                        left = True
+                        yield (*(gr.skip(),) * 6, visitor, gr.skip())
+                    continue
+                # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
+                # not held back by the page.
+                if not update.done and time.monotonic() - shown_at < UI_FRAME_S:
+                    continue
+                shown_at = time.monotonic()
+                status = update.status if update.done else "complete"
+                stop_reason = update.stats.stop_reason if update.done and update.stats else None
+                chat = before + [shown("user", message),
+                                 shown("assistant", update.text, status, update.notice, stop_reason)]
+                drawing, listed = gr.skip(), gr.skip()
+                if not path_drawn:  # the route is known before the first token: draw it once
+                    drawing = panel.path_html(update.decision.to_dict(), message) if update.decision else gr.skip()
+                    # and the list, now that the message is stored: this chat moves to the top here, as the
+                    # person sends, not under their pointer as the reply ends (a click then opened another)
+                    listed, path_drawn = session_choices(visitor, session_id, matching), True
+                said = " ".join(filter(None, [moved, update.notice]))
+                yield chat, gr.skip(), update.session_id, said, stats_line(update), drawing, visitor, listed
+        except GeneratorExit:  # the page went away (a reload, a closed tab) or Stop cancelled this stream
+            service.carry_on(replies)
+            raise
 
     @explained
     def stop_reply(session_id, visitor):
@@ -237,13 +243,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 *panel_views(service, session_id, owner))
 
     @explained
-    def on_like(session_id, visitor, like: gr.LikeData):
+    def on_like(session_id, visitor, on_screen, matching, like: gr.LikeData):
         liked = like.liked if isinstance(like.liked, bool) else None  # "" or None: the click was taken back
         owner = owner_of(visitor)
-        if not service.owns(session_id, owner):
-            raise gr.Error("This chat was deleted, in another tab or window: its 👍/👎 cannot be kept.")
+        if not service.owns(session_id, owner):  # the page moves on, as a Delete of it does (QA: the thumb
+            gr.Warning("This chat was deleted, in another tab or window: its 👍/👎 cannot be kept.")  # stayed lit)
+            return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
         service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
-        return panel.decisions_frame(service.panel(session_id, owner)["decisions"])  # only the table shows it
+        return (*(gr.skip(),) * 8, panel.decisions_frame(service.panel(session_id, owner)["decisions"]))  # the table
 
     def chat_api(message: str, session_id: str = "", override: str = "", request: gr.Request = None) -> str:
         """Send one message and return the whole reply. Pass a session id (from /new_session) to
@@ -354,7 +361,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen, search],
                        [session_id, chatbot, notice, stats, *views, sessions], api_visibility="private")
-        chatbot.like(on_like, [session_id, visitor], table, api_visibility="private")
+        chatbot.like(on_like, [session_id, visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions,
+                                                                       *views], api_visibility="private")
         demo.load(on_load, [visitor, session_id, on_screen, route], [visitor, sessions, session_id, chatbot, route, *views],
                   api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor, window.cogumiTabChat ?? "
                                                "chat, on_screen, window.cogumiTabRoute ?? route]")

@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from router.decision import ROUTES
+from tests.launcher import running_app
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -80,7 +81,8 @@ def browser_page(url: str):
         page.wait_for_selector("#message textarea")
         yield page
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
+        if not page.is_closed():
+            page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
         browser.close()
 
 
@@ -325,6 +327,9 @@ def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(
         statuses.append(status)
     assert statuses[-1] == "stopped" and set(statuses) <= {"stopped", "complete"}, statuses
     expect(bot_rows.last).to_contain_text("(stopped)")
+    # QA: Stop cancels the page's stream too, which ended the reply before the engine could: its figures
+    # were lost, and its row in the table read "—" throughout.
+    assert decisions(db_path)[-1]["stop_reason"] == "stopped"
     turns = len(statuses) + 1
 
     page.evaluate("""() => {
@@ -351,6 +356,41 @@ def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(
     expect(user_rows.last).to_contain_text("and <b>this</b> and")
     expect(table_rows(page)).to_have_count(turns + 3, timeout=60_000)
     assert page.locator("#chat b").count() == 0 and page.dialogs == []
+
+
+@pytest.mark.parametrize("leave", ["reload", "close"])
+def test_a_reply_goes_on_when_its_page_is_reloaded_or_closed(tmp_path, demo_models_dir, leave):
+    """QA: reloading the page, or closing its tab, while a reply streamed ended the reply there, marked
+    "(stopped)" as if Stop was pressed, without its figures. Now it goes on to its end and is saved whole,
+    as it does when the page opens another chat; the reloaded page shows it as it is."""
+    with running_app(tmp_path, demo_models_dir, "--max-tokens", "2000", "--no-draft") as (url, db_path), \
+            browser_page(url) as page:
+        db, seen = sqlite3.connect(db_path), None
+        for attempt in range(60):  # a demo reply often ends within 0.1 s (an end of text among its random
+            page.fill("#message textarea", f"Tell me a very long story about mushrooms, take {attempt}.")  # words)
+            page.press("#message textarea", "Enter")
+            deadline = time.monotonic() + 60
+            while seen is None and time.monotonic() < deadline:
+                seen = db.execute("select id, content from messages where role = 'assistant' and status = "
+                                  "'streaming' and length(content) > 0").fetchone()
+                time.sleep(0.005)
+                if db.execute("select count(*) from decisions where stop_reason is not null").fetchone()[0] > attempt:
+                    break
+            if seen:
+                break
+            newest_turn = table_rows(page).nth(1).locator("[role=gridcell]").first  # (the table keeps 12 rows)
+            expect(newest_turn).to_have_text(str(attempt + 1), timeout=60_000)  # the page is ready for the next
+        assert seen, "no reply was seen streaming"
+        page.reload() if leave == "reload" else page.close()
+        while db.execute("select status from messages where id = ?", [seen[0]]).fetchone()[0] == "streaming" \
+                and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        content, status = db.execute("select content, status from messages where id = ?", [seen[0]]).fetchone()
+        assert status == "complete" and content.startswith(seen[1]) and len(content) > len(seen[1])
+        assert decisions(db_path)[-1]["stop_reason"] in ("length", "eos", "context")
+        if leave == "reload":  # the page that came back shows the whole reply
+            page.reload()
+            expect(page.locator("#chat .message-row.bot-row").last).to_contain_text(content[-30:].strip())
 
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
@@ -523,6 +563,19 @@ def test_a_chat_deleted_in_another_tab_is_neither_opened_nor_deleted_twice(app, 
     expect(other.locator("#chat .message-row.user-row")).to_have_text(["keep me"])
     other.click("#delete-chat")
     expect(other.locator(f'#sessions input[value="{keep["session_id"]}"]')).to_have_count(0)
+    # QA: a 👍 on the chat on screen here, deleted there, stayed lit as if kept. The page moves on, as a
+    # Delete of it does.
+    page.locator('#chat button[aria-label="Like"]').first.click()
+    expect(page.get_by_text("its 👍/👎 cannot be kept")).to_be_visible()
+    expect(page.locator("#chat .message-row")).to_have_count(0)
+    assert db.execute("select count(*) from feedback").fetchone()[0] == 0
+
+    third, _ = send(page, "delete me there, then here", db_path, turn=1)
+    other.reload()
+    other.locator(f'#sessions input[value="{third["session_id"]}"]').check()
+    expect(other.locator("#chat .message-row.user-row")).to_have_text(["delete me there, then here"])
+    other.click("#delete-chat")
+    expect(other.locator(f'#sessions input[value="{third["session_id"]}"]')).to_have_count(0)
     page.answer = True
     page.click("#delete-chat")  # the chat on screen here was deleted there
     expect(page.get_by_text("This chat was already deleted")).to_be_visible()
