@@ -36,16 +36,17 @@ def tau_for_share(perplexities: list[float], share: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     from launch import bounded  # launch.py's argparse types, as its own flags check numbers
 
-    parser = argparse.ArgumentParser(prog="python -m router.calibrate", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m router.calibrate", description=__doc__.split(":\n\n")[0] + ".",
                                      allow_abbrev=False)  # "--model" is not short for --models-dir
-    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--profile", default="demo", help="model set from the manifest whose base is scored (default demo)")
     parser.add_argument("--model", type=Path, help="your own base model (.gguf or .gguf.zst) instead of a profile: "
                                                    "prints τp for launch.py --model BASE --tau-p; writes nothing")
     # Numbers checked here, before minutes (hours on a 7B) of scoring, not after it
     parser.add_argument("--share", type=bounded(float, lambda v: 0 < v < 1, "a share is more than 0 and less than 1"),
                         default=0.5, help="share of prompts sent to the plain base (default 0.5)")
     parser.add_argument("--data", type=Path, default=DATA, help="JSON Lines with a text field")
-    parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="model cache (default: $COGUMI_DATA_DIR/model-cache, as launch.py's)")
     parser.add_argument("--limit", type=bounded(int, lambda v: v >= 1, "a whole number, at least 1"), default=None,
                         help="score only this many prompts (a big model on CPU)")
     parser.add_argument("--manifest", type=Path, default=None, help="manifest to read and update (default models/manifest.json)")

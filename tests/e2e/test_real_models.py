@@ -169,10 +169,13 @@ def test_a_data_folder_that_does_not_exist_yet_is_made(tmp_path, demo_models_dir
 def test_a_context_larger_than_the_model_was_trained_for_is_cut_and_said(tmp_path, demo_models_dir):
     """--n-ctx 100000000 started in silence on a 2,048-token model, and messages were then refused
     against a window the person had not asked for."""
-    with running_app(tmp_path / "data", demo_models_dir, "--n-ctx", "100000000") as (url, _):
+    with running_app(tmp_path / "data", demo_models_dir, "--n-ctx", "100000000", "--max-tokens", "100000") as (url, _):
         assert Client(url, verbose=False).predict("hello", api_name="/chat")
     log = (tmp_path / "data" / "launch.log").read_text()
     assert re.search(r"--n-ctx 100,000,000 is more than base\.gguf was trained for: using [0-9,]+ tokens", log), log[-2000:]
+    # QA, the eighth pass: a reply's cap past what the context holds was cut without a word
+    assert re.search(r"--max-tokens 100,000 is more than the context window \([0-9,]+ tokens\) holds: a reply ends "
+                     r"where the window is full", log), log[-2000:]
 
 
 def listening_on(port: int) -> set[str]:
