@@ -82,31 +82,74 @@ def as_markdown(text: str) -> str:
 
 
 def _prose(text: str) -> str:
-    """Text outside fenced code: its indented code blocks (as markdown reads them: lines indented 4 columns
-    past their list item's text, after a blank line) as ours, holding the lines as typed, indent and tabs
-    too; the rest escaped (_escape_prose). Markdown shows an indented block verbatim, so its entities
-    showed ("&lt;"). Our <pre> goes at the list item's indent, so that the block stays in the item; a
-    newline after it is not shown (HTML), and lets markdown take that indent off every line of the code
-    but the first, which has it taken off here, and put back by Copy (copy_as_typed.js)."""
+    """Text outside the fenced code _fenced_code finds: its other code blocks, as markdown reads them (lines
+    indented 4 columns past their list item's text after a blank line; a fence indented past 3 spaces in
+    a list item), as ours, holding their lines as typed; the rest escaped (_escape_prose). Markdown shows
+    code verbatim, so our entities showed there ("&lt;"). Our <pre> goes at the list item's indent, so the
+    block stays in the item; a newline after it is not shown (HTML) and lets markdown take that indent off
+    every line of the code but the first, which has it taken off here, and put back by Copy, with a
+    fence's own lines, kept in attributes (copy_as_typed.js)."""
     if not _INDENTED.search(text):
         return _escape_prose(text)
     lines = _LINES.findall(text)
-    parts, at = [], 0
+    parts, at, items = [], 0, []  # items: the open list items' text indents, innermost last (None: a quote)
     for block in _BLOCKS.parse(text):
-        if block.type != "code_block" or block.map[0] < at:
-            continue
-        start, stop = block.map
-        first = lines[start]
-        columns = len(first.expandtabs(4)) - len(first.expandtabs(4).lstrip(" \t"))
-        item = columns - 4 - (len(block.content) - len(block.content.lstrip(" ")))  # the list item's indent
-        if item < 0 or not first.startswith(" " * item):  # a tab in the item's indent: left as prose
-            continue
-        code = "".join(lines[start:stop])
-        end = code[len(code.rstrip("\r\n")):]  # the last line's end, after the block
-        parts += [_escape_prose("".join(lines[at:start])), f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code class="
-                  f'"indented">{_escaped(code[item:len(code) - len(end)])}</code></pre>{end}']
-        at = stop
+        if block.type == "list_item_open":
+            items.append(_item_indent(lines[block.map[0]], block))
+        elif block.type == "blockquote_open":
+            items.append(None)
+        elif block.type in ("list_item_close", "blockquote_close"):
+            items.pop()
+        elif block.type in ("code_block", "fence") and block.map[0] >= at:
+            html_block = _code_html(lines, block, items[-1] if items else 0)
+            if html_block is not None:
+                parts += [_escape_prose("".join(lines[at:block.map[0]])), html_block]
+                at = block.map[1]
     return "".join(parts + [_escape_prose("".join(lines[at:]))])
+
+
+def _item_indent(line: str, item) -> int:
+    """Where a list item's text starts: after its marker ("-", "1.") and 1 to 4 spaces (more: the text is
+    indented code, which starts one space after the marker)."""
+    marker = len(line) - len(line.lstrip(" ")) + len(item.info) + len(item.markup)
+    spaces = len(line[marker:]) - len(line[marker:].lstrip(" "))
+    return marker + (spaces if 1 <= spaces <= 4 and line[marker:].strip() else 1)
+
+
+def _code_html(lines: list[str], block, item: int | None) -> str | None:
+    """A code block of lines[block.map[0]:block.map[1]] as our <pre>, in a list item indented `item`; None
+    (left as prose) in a quote, or where a tab stands in the item's indent."""
+    start, stop = block.map
+    if item is None:
+        return None
+    opening = closing = ""
+    if block.type == "fence":
+        opening, start = lines[start], start + 1
+        fence = block.markup
+        last = lines[stop - 1].strip() if stop > start else ""
+        if last.startswith(fence) and not last.lstrip(fence[0]):  # closed (else it runs to the item's end)
+            closing, stop = lines[stop - 1], stop - 1
+    code = "".join(lines[start:stop])
+    if code and not code.startswith(" " * item):
+        return None
+    if closing:  # its line end goes after the block, as the code's last line end does for one not closed
+        end = closing[len(closing.rstrip("\r\n")):]
+        closing = closing[:len(closing) - len(end)]
+    else:
+        end = code[len(code.rstrip("\r\n")):]
+        code = code[:len(code) - len(end)]
+    attributes = ""
+    if block.type == "fence":
+        info = block.info.strip()
+        language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""
+        attributes = f'{language} data-open="{_attribute(opening)}" data-close="{_attribute(closing)}"'
+    closing_at = " " * item if code.endswith("\n") else ""  # a line that starts at column 0 would end the item
+    return (f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code data-typed{attributes}>{_escaped(code[item:])}"
+            f"{closing_at}</code></pre>{end}")
+
+
+def _attribute(text: str) -> str:
+    return html.escape(text, quote=True).replace("\r", "&#13;").replace("\n", "&#10;")
 
 
 def _fenced_code(text: str) -> list[tuple[int, int, int, int]]:

@@ -702,7 +702,10 @@ def test_copy_gives_a_message_as_typed(app, page):
     texts = [t for t in PICKED if "`" not in t and "~~~" not in t] + [  # and code written as one writes it
         "Steps:\n\n1. first do this:\n   ```python\n   if a < b:\n       pass\n   ```\n2. then that\n",
         "- x\n  ```\n  a < b\n  ```\n- y", "```\n&lt; <\n```\n", "a ``x`<`` b", "`<` and ``` `` ```",
-        "See:\n\n    x = a < b\n\n\tz & y\nok", "1. step\n\n       if a < b:\n  \n           pass\n2. next\n"]
+        "See:\n\n    x = a < b\n\n\tz & y\nok", "1. step\n\n       if a < b:\n  \n           pass\n2. next\n",
+        "- Step\n  - Sub:\n    ```python\n    if a < b:\n        pass\n    ```\n  - next\n",  # fences in nested items
+        "1. a\n\n     ~~~~ sh\n     z < 1 && \"q\" 'r'\n     ~~~~\n", "- x\r\n  - y\r\n    ```\r\n    a < b\r\n    ```\r\n",
+        "- x\n  - y\n    ```\n    left open < here"]
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))

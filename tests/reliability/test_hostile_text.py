@@ -194,18 +194,24 @@ def test_code_is_shown_with_its_own_characters(text, code):
 
 
 @pytest.mark.parametrize("bullet", ["1.", "-"])
-@pytest.mark.parametrize("fenced", [True, False], ids=["fenced", "indented"])
-def test_code_in_a_list_item_is_shown_in_it(bullet, fenced):
+@pytest.mark.parametrize("kind", ["fenced", "indented", "nested fence"])
+def test_code_in_a_list_item_is_shown_in_it(bullet, kind):
     """A fence indented under "1." rendered as a code block after the list, which it broke in two. An
-    indented block there (4 columns past the item's text) is ours too, with its lines as typed."""
+    indented block there (4 columns past the item's text) is ours too, with its lines as typed; and so is
+    a fence in a nested item, 4 spaces in or more (it showed as a code span: "python if a &lt; b")."""
     pad = " " * (len(bullet) + 1)
-    text = f"Steps:\n\n{bullet} first do this:\n{pad}```python\n{pad}if a < b:\n{pad}    pass\n{pad}```\n{bullet} then that\n" \
-        if fenced else f"{bullet} first do this:\n\n{pad}    if a < b:\n{pad}        pass\n\n{bullet} then that\n"
+    text = {"fenced": f"Steps:\n\n{bullet} first do this:\n{pad}```python\n{pad}if a < b:\n{pad}    pass\n{pad}```\n"
+                      f"{bullet} then that\n",
+            "indented": f"{bullet} first do this:\n\n{pad}    if a < b:\n{pad}        pass\n\n{bullet} then that\n",
+            "nested fence": f"{bullet} first do this:\n{pad}- inner:\n{pad}  ```python\n{pad}  if a < b:\n{pad}      pass\n"
+                            f"{pad}  ```\n{bullet} then that\n"}[kind]
     rendered = MARKDOWN.render(shown("assistant", text)["content"]["text"])
-    assert rendered.count("<li>") == 2 and rendered.count("<ol>") + rendered.count("<ul>") == 1, rendered
-    (item,) = re.findall(r"<li>(?:\s*<p>)?first do this:(.*?)</li>", rendered, re.S)
+    assert rendered.count("<li>") == 2 + (kind == "nested fence"), rendered
+    assert rendered.count("<ol>") + rendered.count("<ul>") == 1 + (kind == "nested fence"), rendered
+    (item,) = re.findall(r"<li>(?:\s*<p>)?first do this:(.*?)</li>\s*<li>", rendered, re.S)
     (code,) = re.findall(r"<code[^>]*>(.*?)</code>", item, re.S)
-    assert html.unescape(code).rstrip(" ") == ("if a < b:\n    pass\n" if fenced else "    if a < b:\n        pass")
+    assert html.unescape(code).rstrip(" ") == ("    if a < b:\n        pass" if kind == "indented" else "if a < b:\n    pass\n")
+    assert "```" not in re.sub(r"<[^>]*>", "", rendered)  # the fence's own lines are not shown
 
 
 def _decision() -> dict:
