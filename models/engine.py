@@ -95,9 +95,10 @@ class GenerationStats:
 
 # QA: a cached copy damaged in place, its date kept, is found only by a rehash: --verify then decompresses it
 # again, where "copy or download it again" named nothing to copy.
+IN_THE_CACHE = ("If it is a copy in the model cache, start with --verify, which checks each copy and makes a damaged "
+                "one again")
 NOT_A_NUMBER = ("its output on a short text is not a number (NaN): its weights are damaged, though its format "
-                "is whole. If it is a copy in the model cache, start with --verify, which checks each copy and "
-                "makes a damaged one again; else copy or download it again.")
+                f"is whole. {IN_THE_CACHE}; else copy or download it again.")
 
 
 def check_gguf_file(path: Path) -> None:
@@ -110,7 +111,7 @@ def check_gguf_file(path: Path) -> None:
         magic = f.read(4)
     if magic != b"GGUF":
         what = "is empty" if not magic else f"starts with {magic!r}, not b'GGUF'"
-        raise ModelFileError(f"{path}: not a GGUF model file (it {what}).")
+        raise ModelFileError(f"{path}: not a GGUF model file (it {what}). {IN_THE_CACHE}.")  # QA: no advice
     check_hyperparameters(path)  # values llama.cpp would abort the process on, and a LoRA adapter
 
 

@@ -298,3 +298,15 @@ def test_a_model_shape_for_timing_loads_with_every_layer_in_q8_0(tmp_path):
     assert {t.tensor_type for t in reader.tensors if len(t.shape) == 2} == {gguf.GGMLQuantizationType.Q8_0}
     engine = Engine(path, n_ctx=512)
     assert engine.score([{"role": "user", "content": "hello there, how are you"}])[1] > 0
+
+
+def test_a_file_that_is_not_gguf_says_how_a_damaged_cached_copy_is_made_again(tmp_path, demo_set):
+    """QA: a cached base.gguf whose first bytes were overwritten, its size and date kept, stopped the app
+    with "not a GGUF model file" alone; --verify makes it again."""
+    from models.engine import check_gguf_file
+
+    damaged = tmp_path / "base.gguf"
+    damaged.write_bytes(b"XXXX" + demo_set["base"].read_bytes()[4:])
+    with pytest.raises(ModelFileError) as err:
+        check_gguf_file(damaged)
+    assert "not a GGUF model file (it starts with b'XXXX'" in str(err.value) and "--verify" in str(err.value)
