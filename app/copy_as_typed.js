@@ -5,17 +5,19 @@
   // those buttons: a code block's own copy button copies its shown text, which is right already.
   const COPIES = '#chat button[aria-label="Copy message"], #chat button[aria-label="Copy conversation"]';
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
-  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#33);/g;
+  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#33);/g;
   const unescape = text => text.replace(/&(?:lt|gt|amp|#33);/g, e => ENTITIES[e]);
   const ATTRIBUTE = {...ENTITIES, "&quot;": '"', "&#x27;": "'", "&#10;": "\n", "&#13;": "\r"};
   const unattribute = text => text.replace(/&(?:lt|gt|amp|quot|#x27|#10|#13);/g, e => ATTRIBUTE[e]);
   const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));
   const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
   const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
-  const asTyped = text => text.replace(OURS, (entity, item, open, close, typed, indent, language, block, end, span, why) => {
+  const asTyped = text => text.replace(OURS, (entity, item, open, close, first, typed, indent, language, block, end, span,
+                                              why) => {
     if (typed !== undefined) {  // its lines as typed, but the list item's indent on the first (display.py _code_html),
       const body = item && typed.endsWith("\n" + item) ? typed.slice(0, -item.length) : typed;  // (that indent
-      const code = body && item + unescape(body);  // again before </code>, on a line of its own) and a fence's lines
+      const code = body && (first === undefined ? item + unescape(body)  // again before </code>, on a line of its
+        : unattribute(first) + unescape(body).replace(/^ */, ""));  // own), a first line's indent, a fence's lines
       return open === undefined ? code : unattribute(open) + code + unattribute(close);
     }
     if (block !== undefined) {  // at its indent (in a list item), which as_markdown took off its first line;

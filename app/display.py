@@ -64,9 +64,10 @@ def as_markdown(text: str) -> str:
     entity there showed as "&lt;"). Text with &, < or > is never handed to markdown as code: where
     markdown ends a fence or pairs backticks otherwise than this does (list items, indents, blank
     lines), such text left verbatim rendered as HTML (found by fuzzing through markdown-it)."""
+    code_blocks = _markdown_code(text)
     parts, at = [], 0
     for opening, inside, inside_end, end in _fenced_code(text):
-        parts.append(_prose(text[at:opening]))
+        parts.append(_prose(text, at, opening, code_blocks))
         info = text[opening:inside].strip().lstrip("`~").strip()
         language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""  # for Copy (copy_as_typed.js)
         # At the fence's own indent, so that a block in a list item stays in it. Markdown takes the item's
@@ -78,21 +79,17 @@ def as_markdown(text: str) -> str:
         after = "\n" if text[:end].endswith("\n") else ""  # the closing fence's line end, if it had one
         parts.append(f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>{after}")
         at = end
-    return "".join(parts + [_prose(text[at:])])
+    return "".join(parts + [_prose(text, at, len(text), code_blocks)])
 
 
-def _prose(text: str) -> str:
-    """Text outside the fenced code _fenced_code finds: its other code blocks, as markdown reads them (lines
-    indented 4 columns past their list item's text after a blank line; a fence indented past 3 spaces in
-    a list item), as ours, holding their lines as typed; the rest escaped (_escape_prose). Markdown shows
-    code verbatim, so our entities showed there ("&lt;"). Our <pre> goes at the list item's indent, so the
-    block stays in the item; a newline after it is not shown (HTML) and lets markdown take that indent off
-    every line of the code but the first, which has it taken off here, and put back by Copy, with a
-    fence's own lines, kept in attributes (copy_as_typed.js)."""
+def _markdown_code(text: str) -> list[tuple[int, int, object, int]]:
+    """The code blocks markdown reads in text that has a line indented 4 columns (which an indented block,
+    and a fence _fenced_code leaves, need): (first line, line after, block token, the list item's text
+    indent) of each indented block and fence, but those in a quote. Read from the whole text, so that a
+    block after a fenced one keeps its list item."""
     if not _INDENTED.search(text):
-        return _escape_prose(text)
-    lines = _LINES.findall(text)
-    parts, at, items = [], 0, []  # items: the open list items' text indents, innermost last (None: a quote)
+        return []
+    lines, found, items = _LINES.findall(text), [], []  # items: the open list items' indents (None: a quote)
     for block in _BLOCKS.parse(text):
         if block.type == "list_item_open":
             items.append(_item_indent(lines[block.map[0]], block))
@@ -100,11 +97,27 @@ def _prose(text: str) -> str:
             items.append(None)
         elif block.type in ("list_item_close", "blockquote_close"):
             items.pop()
-        elif block.type in ("code_block", "fence") and block.map[0] >= at:
-            html_block = _code_html(lines, block, items[-1] if items else 0)
-            if html_block is not None:
-                parts += [_escape_prose("".join(lines[at:block.map[0]])), html_block]
-                at = block.map[1]
+        elif block.type in ("code_block", "fence") and (not items or items[-1] is not None):
+            found.append((*block.map, block, items[-1] if items else 0))
+    return found
+
+
+def _prose(text: str, start: int, stop: int, code_blocks: list) -> str:
+    """text[start:stop], outside the fenced code _fenced_code finds: the code blocks markdown reads in it
+    (_markdown_code: lines indented 4 columns past their list item's text after a blank line; a fence 4
+    spaces in or more, in a nested list item) as ours, holding their lines as typed; the rest escaped
+    (_escape_prose). Markdown shows code verbatim, so our entities showed there ("&lt;")."""
+    prose = text[start:stop]
+    if not code_blocks:
+        return _escape_prose(prose)
+    first = len(_LINES.findall(text[:start]))  # the line prose starts on (start is at a line's start)
+    lines = _LINES.findall(prose)
+    parts, at = [], 0
+    for begin, end, block, item in code_blocks:
+        begin, end = begin - first, end - first
+        if begin >= at and end <= len(lines):
+            parts += [_escape_prose("".join(lines[at:begin])), _code_html(lines[begin:end], block, item)]
+            at = end
     return "".join(parts + [_escape_prose("".join(lines[at:]))])
 
 
@@ -116,22 +129,19 @@ def _item_indent(line: str, item) -> int:
     return marker + (spaces if 1 <= spaces <= 4 and line[marker:].strip() else 1)
 
 
-def _code_html(lines: list[str], block, item: int | None) -> str | None:
-    """A code block of lines[block.map[0]:block.map[1]] as our <pre>, in a list item indented `item`; None
-    (left as prose) in a quote, or where a tab stands in the item's indent."""
-    start, stop = block.map
-    if item is None:
-        return None
+def _code_html(lines: list[str], block, item: int) -> str:
+    """A code block's lines as our <pre>, in a list item whose text is indented `item`. The <pre> goes at
+    that indent, so that the block stays in the item; a newline after it is not shown (HTML), and lets
+    markdown take that indent off every line of the code but the first, which has it taken off here, and
+    put back by Copy, with a fence's own lines, kept in attributes (copy_as_typed.js). A first line
+    indented by tabs shows them as spaces, as markdown does the others' (its indent rides along, typed)."""
     opening = closing = ""
     if block.type == "fence":
-        opening, start = lines[start], start + 1
-        fence = block.markup
-        last = lines[stop - 1].strip() if stop > start else ""
-        if last.startswith(fence) and not last.lstrip(fence[0]):  # closed (else it runs to the item's end)
-            closing, stop = lines[stop - 1], stop - 1
-    code = "".join(lines[start:stop])
-    if code and not code.startswith(" " * item):
-        return None
+        opening, lines = lines[0], lines[1:]
+        last = lines[-1].strip() if lines else ""
+        if last.startswith(block.markup) and not last.lstrip(block.markup[0]):  # else it runs to the item's end
+            closing, lines = lines[-1], lines[:-1]
+    code = "".join(lines)
     if closing:  # its line end goes after the block, as the code's last line end does for one not closed
         end = closing[len(closing.rstrip("\r\n")):]
         closing = closing[:len(closing) - len(end)]
@@ -143,8 +153,16 @@ def _code_html(lines: list[str], block, item: int | None) -> str | None:
         info = block.info.strip()
         language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""
         attributes = f'{language} data-open="{_attribute(opening)}" data-close="{_attribute(closing)}"'
+    indent = re.match(r"[ \t]*", code)[0]
+    if code and indent.startswith(" " * item) and "\t" not in indent:
+        shown = code[item:]
+    elif code:  # QA: a tab there, and markdown read the block as code, but it was left as prose ("&lt;")
+        shown = indent.expandtabs(4)[item:] + code[len(indent):]
+        attributes += f' data-first="{_attribute(indent)}"'
+    else:
+        shown = code
     closing_at = " " * item if code.endswith("\n") else ""  # a line that starts at column 0 would end the item
-    return (f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code data-typed{attributes}>{_escaped(code[item:])}"
+    return (f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code data-typed{attributes}>{_escaped(shown)}"
             f"{closing_at}</code></pre>{end}")
 
 

@@ -705,7 +705,10 @@ def test_copy_gives_a_message_as_typed(app, page):
         "See:\n\n    x = a < b\n\n\tz & y\nok", "1. step\n\n       if a < b:\n  \n           pass\n2. next\n",
         "- Step\n  - Sub:\n    ```python\n    if a < b:\n        pass\n    ```\n  - next\n",  # fences in nested items
         "1. a\n\n     ~~~~ sh\n     z < 1 && \"q\" 'r'\n     ~~~~\n", "- x\r\n  - y\r\n    ```\r\n    a < b\r\n    ```\r\n",
-        "- x\n  - y\n    ```\n    left open < here"]
+        "- x\n  - y\n    ```\n    left open < here",
+        # QA 9: tabs in the indent (they were left as prose), and an indented block after a fenced one in an item
+        "para\n\n\t\tif a < b: x", "- a\n\n\t    x<1\n- b", "x\n\n\tA <1>\n\tB <2>\n\t\tC",
+        "- a\n\n  ```\n  x\n  ```\n\n      code <after>\n- b", "- z\n  - y\n    ```\n\t\n    ```\n"]
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))

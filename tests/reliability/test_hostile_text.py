@@ -183,6 +183,8 @@ def check_shown(text: str) -> None:
     ("See:\n\n    x = a < b\n\nok", "    x = a < b"),
     ("    def f(a, b):\n\treturn a < b & c\n", "    def f(a, b):\n\treturn a < b & c"),  # pasted code alone, a tab
     ("# Title\n    <img src=x>\n\n      \n    two", "    <img src=x>\n\n      \n    two"),
+    ("para\n\n\t\tif a < b: x", "        if a < b: x"),  # QA 9: left as prose (a tab in the indent), "&lt;"
+    ("- a\n\n\t    x<1\n- b", "      x<1"),  # the tab in a list item's indent: shown as its columns
 ])
 def test_code_is_shown_with_its_own_characters(text, code):
     """Inside code markdown shows characters verbatim: an entity there would show as "&lt;"."""
@@ -309,3 +311,12 @@ def test_a_failed_replys_reason_shows_as_text():
     rendered = MARKDOWN.render(shown("assistant", "", "error", reason)["content"]["text"])
     assert not re.search(r"<(strong|code|a|img|s|b|del)\b", rendered), rendered
     assert html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip() == f"(failed: {reason})"
+
+
+def test_indented_code_after_a_fenced_block_stays_in_its_list_item():
+    """QA 9: the text after a fence was read on its own, out of its list item: the list broke in two around
+    a block at column 0."""
+    rendered = MARKDOWN.render(shown("user", "- a\n\n  ```\n  x\n  ```\n\n      code <after>\n- b")["content"]["text"])
+    assert rendered.count("<ul>") == 1 and rendered.count("<li>") == 2, rendered
+    (item,) = re.findall(r"<li>(.*?)</li>\s*<li>", rendered, re.S)
+    assert [html.unescape(c) for c in re.findall(r"<code[^>]*>(.*?)</code>", item, re.S)] == ["x\n", "    code <after>"]
