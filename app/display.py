@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from types import SimpleNamespace
 
 from markdown_it import MarkdownIt
 
@@ -215,7 +216,20 @@ def _escaped(text: str) -> str:
 
 
 def stats_line(update: ReplyUpdate) -> str:
-    s, d = update.stats, update.decision
+    return _figures(update.decision, update.stats)
+
+
+def stored_stats_line(decision: dict | None) -> str:
+    """The line for a reply as sessions.db keeps it (a decision row holds its reply's figures), for a chat
+    opened or reloaded, and for a reply Stop ended (QA 9: the line kept only the route)."""
+    if not decision:
+        return ""
+    row = SimpleNamespace(**decision)
+    return _figures(row, row if decision.get("tokens") is not None else None)
+
+
+def _figures(d, s) -> str:
+    """d: the Decision (route, reason, routing_ms), s: the GenerationStats, each None when there is none."""
     route = f"**→ {d.route}** — {html.escape(d.reason)}  \n" if d else ""
     if not s:
         return route

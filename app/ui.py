@@ -13,7 +13,7 @@ import gradio as gr
 
 from app import panel
 from app.chat import AUTO, ChatService, no_such_chat, shown_value
-from app.display import shown, stats_line
+from app.display import shown, stats_line, stored_stats_line
 from app.memory import SessionStoreError
 from router.decision import ROUTES
 
@@ -116,7 +116,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             session_id = None
         on_screen["chat"] = session_id
         return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
-                route if route in ROUTE_CHOICES else "auto", *panel_views(service, session_id, visitor))
+                route if route in ROUTE_CHOICES else "auto", last_line(session_id, visitor),
+                *panel_views(service, session_id, visitor))
 
     @explained
     def open_session(session_id, visitor, on_screen, matching):
@@ -128,8 +129,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching))
         on_screen["chat"] = session_id
-        return (session_id, chat_view(session_id, owner), "", "", *panel_views(service, session_id, owner),
-                gr.skip())
+        return (session_id, chat_view(session_id, owner), "", last_line(session_id, owner),
+                *panel_views(service, session_id, owner), gr.skip())
+
+    def last_line(session_id, visitor) -> str:
+        """The line of figures of the chat's last reply (the line shows the latest reply's)."""
+        decisions = service.panel(session_id, owner_of(visitor))["decisions"] if session_id else []
+        return stored_stats_line(decisions[-1] if decisions else None)
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -240,7 +246,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 break
             time.sleep(0.05)
         return (chat_view(session_id, visitor), session_choices(visitor, session_id, matching),
-                *panel_views(service, session_id, owner))
+                last_line(session_id, visitor), *panel_views(service, session_id, owner))
 
     @explained
     def on_like(session_id, visitor, on_screen, matching, like: gr.LikeData):
@@ -351,7 +357,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
         stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
                           api_visibility="private").then(
-            after_stop, [session_id, visitor, search], [chatbot, sessions, *views], api_visibility="private")
+            after_stop, [session_id, visitor, search], [chatbot, sessions, stats, *views], api_visibility="private")
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button: a new chat too
             starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
                           api_visibility="private")
@@ -363,7 +369,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                        [session_id, chatbot, notice, stats, *views, sessions], api_visibility="private")
         chatbot.like(on_like, [session_id, visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions,
                                                                        *views], api_visibility="private")
-        demo.load(on_load, [visitor, session_id, on_screen, route], [visitor, sessions, session_id, chatbot, route, *views],
+        demo.load(on_load, [visitor, session_id, on_screen, route],
+                  [visitor, sessions, session_id, chatbot, route, stats, *views],
                   api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor, window.cogumiTabChat ?? "
                                                "chat, on_screen, window.cogumiTabRoute ?? route]")
         session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")

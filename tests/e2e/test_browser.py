@@ -330,6 +330,7 @@ def test_the_box_is_the_persons_while_a_reply_streams_and_stop_marks_it_stopped(
     # QA: Stop cancels the page's stream too, which ended the reply before the engine could: its figures
     # were lost, and its row in the table read "—" throughout.
     assert decisions(db_path)[-1]["stop_reason"] == "stopped"
+    expect(page.locator("#stats")).to_contain_text("stop: stopped")  # QA 9: the line kept only the route
     turns = len(statuses) + 1
 
     page.evaluate("""() => {
@@ -464,7 +465,11 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     chat_b = sessions[-1]
     page.locator(f'#sessions input[value="{chat_a}"]').check()
     expect(user_rows).to_have_count(2 + attempt)
-    expect(page.locator("#stats")).to_have_text("")  # it was the other chat's reply's line
+    # the line of figures is this chat's last reply's (it was the other chat's; then, QA 8, empty)
+    tokens, stop = db.execute("select tokens, stop_reason from decisions where session_id = ? order by id desc limit 1",
+                              [chat_a]).fetchone()
+    expect(page.locator("#stats")).to_contain_text(f"{tokens} token")
+    expect(page.locator("#stats")).to_contain_text(f"stop: {stop}")
     expect(page.locator('#chat button[aria-label="Liked"]')).to_have_count(1)
     page.locator('#chat button[aria-label="Dislike"]').last.click()
     expect(table_rows(page).nth(1)).to_contain_text("down")
@@ -476,6 +481,7 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     expect(page.locator('#chat button[aria-label="Liked"]')).to_have_count(1)
     expect(page.locator('#chat button[aria-label="Disliked"]')).to_have_count(1)
     expect(table_rows(page)).to_have_count(3 + attempt)
+    expect(page.locator("#stats")).to_contain_text(f"stop: {stop}")
     page.locator(f'#sessions input[value="{chat_b}"]').check()
     expect(user_rows).to_have_count(1)
     expect(page.locator('#chat button[aria-label="Liked"], #chat button[aria-label="Disliked"]')).to_have_count(0)
