@@ -116,8 +116,8 @@ class ChatService:
             return []
         liked = self.memory.feedback(session_id)
         return [{"id": m["id"], "role": m["role"], "content": m["content"], "status": m["status"],
-                 "error": m["error"], "stop_reason": (m["stats"] or {}).get("stop_reason"), "liked": liked.get(m["id"])}
-                for m in self.memory.messages(session_id)]
+                 "error": m["error"], "stop_reason": (m["stats"] or {}).get("stop_reason"),
+                 "liked": liked.get(m["id"])} for m in self.memory.messages(session_id)]
 
     # -- the router panel and feedback --------------------------------------------------------
     def panel(self, session_id: str | None, owner: str | None = None) -> dict:
