@@ -66,11 +66,16 @@ def require_text(**values) -> None:
 
 def panel_views(service: ChatService, session_id: str | None, owner: str | None = None) -> tuple:
     """The four router panel views of a session, drawn from sessions.db."""
+    return figures_and_panel(service, session_id, owner)[1:]
+
+
+def figures_and_panel(service: ChatService, session_id: str | None, owner: str | None = None) -> tuple:
+    """The line of figures of the session's last reply, then the four panel views: one read of sessions.db."""
     data = service.panel(session_id, owner)
     decisions = data["decisions"]
     latest = decisions[-1] if decisions else None
     shares = panel.distribution_frame(data["routes"]["session"], data["routes"]["all"])
-    return (panel.path_html(latest, latest["message"] if latest else None),
+    return (stored_stats_line(latest), panel.path_html(latest, latest["message"] if latest else None),
             panel.timeline_chart(decisions),
             gr.update(value=shares, visible=not shares.empty),  # empty, its axis titles overlapped
             panel.decisions_frame(decisions))
@@ -116,8 +121,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             session_id = None
         on_screen["chat"] = session_id
         return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
-                route if route in ROUTE_CHOICES else "auto", last_line(session_id, visitor),
-                *panel_views(service, session_id, visitor))
+                route if route in ROUTE_CHOICES else "auto", *figures_and_panel(service, session_id, visitor))
 
     @explained
     def open_session(session_id, visitor, on_screen, matching):
@@ -129,13 +133,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching))
         on_screen["chat"] = session_id
-        return (session_id, chat_view(session_id, owner), "", last_line(session_id, owner),
-                *panel_views(service, session_id, owner), gr.skip())
-
-    def last_line(session_id, visitor) -> str:
-        """The line of figures of the chat's last reply (the line shows the latest reply's)."""
-        decisions = service.panel(session_id, owner_of(visitor))["decisions"] if session_id else []
-        return stored_stats_line(decisions[-1] if decisions else None)
+        return (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
+                gr.skip())
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -246,7 +245,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 break
             time.sleep(0.05)
         return (chat_view(session_id, visitor), session_choices(visitor, session_id, matching),
-                last_line(session_id, visitor), *panel_views(service, session_id, owner))
+                *figures_and_panel(service, session_id, owner))
 
     @explained
     def on_like(session_id, visitor, on_screen, matching, like: gr.LikeData):
