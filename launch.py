@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat import ChatService, ChatSettings
     from app.memory import Memory, SessionStoreError
-    from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_HEAD, PAGE_JS, build_ui
+    from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_JS, build_ui, page_head
 
     settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
     if settings.max_tokens > engine.n_ctx:
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_gracefully(service)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
-        css=PAGE_CSS, js=PAGE_JS, head=PAGE_HEAD,
+        css=PAGE_CSS, js=PAGE_JS, head=page_head(space),
     )
     return 0
 

@@ -37,6 +37,25 @@ CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CH
 TAB_CHAT_KEY, TAB_ROUTE_KEY = "cogumi-tab-chat", "cogumi-tab-route"  # the Route picked is kept the same way
 PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}"); '
              f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}");</script>')
+# On a Space, the browser's id: read, or made and kept, before the page sends anything. Made on the server
+# (the load event's), it raced the first message's: a message sent before the load came back was made
+# under one id and the load's, later, took its place (the chat was nobody's from then on); and
+# gr.BrowserState may restore its value after the load event has read it. A browser that kept no
+# localStorage gets an id for the page's life.
+VISITOR_KEY = "cogumi-visitor-id"
+VISITOR_HEAD = f"""<script>try {{ window.cogumiVisitor = localStorage.getItem("{VISITOR_KEY}"); }} catch (e) {{}}
+if (!window.cogumiVisitor) {{
+  window.cogumiVisitor = Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                                    b => b.toString(16).padStart(2, "0")).join("");
+  try {{ localStorage.setItem("{VISITOR_KEY}", window.cogumiVisitor); }} catch (e) {{}}
+}}</script>"""
+
+
+def page_head(per_visitor: bool) -> str:
+    """Passed to launch(head=...)."""
+    return PAGE_HEAD + (VISITOR_HEAD if per_visitor else "")
+
+
 ROUTE_CHOICES = [AUTO, *ROUTES]
 # Passed to launch(js=...): run in the page once it loads.
 PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
@@ -116,7 +135,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     @explained
     def on_load(visitor, session_id, on_screen, route):
         """A page opens (or reloads) on the chat it showed last and the Route picked in it, kept in the browser."""
-        visitor = owner_of(visitor)  # on a Space, a new browser's id from now on
+        visitor = owner_of(visitor)  # on a Space, the browser's id (VISITOR_HEAD), kept in gr.BrowserState from now on
+        if on_screen["chat"] is not None:  # a message was sent before the load came back: the page is that chat's
+            return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 8)
         if not service.owns(session_id, visitor):  # gone, or from another database
             session_id = None
         on_screen["chat"] = session_id
@@ -349,8 +370,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         inputs = [box, session_id, route, use_draft, visitor, on_screen, search]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
-        submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
-        clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE)
+        # The browser's id, if the load has not yet set it (a message sent at once on a busy Space)
+        sent_as = "(message, chat, route, draft, visitor, ...rest) => [message, chat, route, draft, " \
+                  "visitor ?? window.cogumiVisitor ?? null, ...rest]"
+        submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
+                               js=sent_as)
+        clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
+                                    js=sent_as)
         for event in (submitted, clicked):
             event.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
         # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
@@ -370,10 +396,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                                                        *views], api_visibility="private")
         demo.load(on_load, [visitor, session_id, on_screen, route],
                   [visitor, sessions, session_id, chatbot, route, stats, *views],
-                  api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor, window.cogumiTabChat ?? "
-                                               "chat, on_screen, window.cogumiTabRoute ?? route]")
+                  api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor ?? window.cogumiVisitor "
+                                               "?? null, window.cogumiTabChat ?? chat, on_screen, "
+                                               "window.cogumiTabRoute ?? route]")
         session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
         route.change(None, route, None, js=f"(route) => {{ sessionStorage.setItem('{TAB_ROUTE_KEY}', route); return []; }}")
+        if per_visitor:  # the id the page goes by, where the next page reads it (a browser's from before VISITOR_HEAD)
+            visitor.change(None, visitor, None, js=f"(visitor) => {{ if (visitor) {{ window.cogumiVisitor = visitor; "
+                                                   f"try {{ localStorage.setItem('{VISITOR_KEY}', visitor); }} "
+                                                   f"catch (e) {{}} }} return []; }}")
         gr.api(chat_api, api_name="chat", concurrency_id=ENGINE_QUEUE)
         gr.api(new_session_api, api_name="new_session")
         gr.api(panel_api, api_name="panel")

@@ -5,10 +5,12 @@ sessions.db. A full-page screenshot is saved to test-artifacts/browser.png."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -237,6 +239,59 @@ def test_on_a_space_each_browser_sees_only_its_own_chats(space):
         alice.reload()  # the same browser keeps its id, so its chat is still listed
         expect(alice.locator("#sessions label")).to_have_count(1, timeout=30_000)
         expect(alice.locator("#sessions")).to_contain_text("alice's private question")
+        browser.close()
+
+
+def load_callback_index(url: str) -> int:
+    """The fn_index of the page's load callback (ui.on_load), from the app's config."""
+    with urllib.request.urlopen(url + "config", timeout=10) as response:
+        config = json.load(response)
+    loads = [d["id"] for d in config["dependencies"] if d.get("backend_fn") and
+             any(event == "load" for _, event in d["targets"])]
+    assert len(loads) == 1, loads
+    return loads[0]
+
+
+def test_on_a_space_a_chat_sent_before_the_page_loaded_stays_the_browsers(space):
+    """On a busy Space the page's load callback can come back after the visitor has sent a message.
+    It gave the browser a second id there, over the one the message was sent under: the chat was
+    listed for nobody from then on, and the page went back to no chat while the reply streamed."""
+    load = load_callback_index(space.url)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_context().new_page()
+        held = []
+
+        def hold_the_load(route):
+            if not held and (route.request.post_data_json or {}).get("fn_index") == load:
+                held.append(route)  # answered below, once the message is sent
+            else:
+                route.continue_()
+
+        page.route("**/queue/join*", hold_the_load)
+        page.goto(space.url)
+        page.wait_for_selector("#message textarea")
+        for _ in range(100):
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the page sent no load event"
+        page.fill("#message textarea", "sent before the page loaded")
+        page.press("#message textarea", "Enter")
+        expect(page.locator("#sessions label")).to_have_count(1, timeout=60_000)
+        db = sqlite3.connect(space.volume / "cogumi" / "sessions.db")
+        for _ in range(300):  # the reply ends first: each of its updates gave the page its id again
+            if db.execute("select count(*) from messages where role = 'assistant' and status = 'complete'").fetchone()[0]:
+                break
+            page.wait_for_timeout(100)
+        held[0].continue_()
+        page.wait_for_timeout(2000)  # the load callback's answer reaches the page
+        expect(page.locator("#chat")).to_contain_text("sent before the page loaded")
+        expect(page.locator("#sessions label")).to_have_count(1)
+        page.unroute("**/queue/join*")
+        page.reload()
+        expect(page.locator("#sessions label")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#sessions")).to_contain_text("sent before the page loaded")
         browser.close()
 
 
