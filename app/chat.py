@@ -165,13 +165,21 @@ class ChatService:
         try:
             if not self.owns(session_id, owner):  # none yet, or not this visitor's: a new one
                 session_id = self.memory.new_session(owner=owner)
+            # A reply still going on in this chat (a reloaded page's, carried on; another tab's): this message
+            # comes after it whole. Its reply would wait for the engine anyway; its conversation held the
+            # reply as far as it was saved (often nothing yet).
+            while session_id in self._stopping:
+                time.sleep(0.02)
             self._stopping[session_id] = stopping  # first: a Stop pressed as the message shows finds this reply
             history = _conversation(self.memory.messages(session_id))
             self.memory.add_message(session_id, "user", message)  # committed before anything can fail
             reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
-        except SessionStoreError as exc:  # locked, read-only, full: nothing is answered that is not kept
+        except BaseException as exc:  # registered, this reply must not stay so: the chat's next message waits for it
             if session_id and self._stopping.get(session_id) is stopping:
                 del self._stopping[session_id]
+            if not isinstance(exc, SessionStoreError):
+                raise
+            # locked, read-only, full: nothing is answered that is not kept
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice=f"Your message was not sent, because it could not be saved. {exc}")
             return

@@ -19,6 +19,7 @@ from router.decision import ROUTES
 
 DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
 UI_FRAME_S = 0.04
+FOLLOW_S = 0.5  # how often a page redraws a reply it is not streaming itself: the rate a reply is saved at
 ENGINE_QUEUE = "engine"  # the Gradio queue every reply waits in (one engine, one reply at a time)
 # The open chat when there is none: gr.BrowserState keeps only a value that is true in JavaScript (a None
 # was not kept, and a reload reopened the chat open before). No session has this id.
@@ -125,24 +126,47 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                          value=current if any(s["id"] == current for s in found) else None,
                          label="Past chats" + (more if len(found) > LISTED_CHATS else none))
 
-    def chat_view(session_id, visitor) -> dict:
+    def chat_view(session_id, visitor, stored: list[dict] | None = None) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""
-        stored = service.transcript(session_id, owner_of(visitor)) if session_id else []
+        if stored is None:
+            stored = service.transcript(session_id, owner_of(visitor)) if session_id else []
         return gr.update(value=[shown(m["role"], m["content"], m["status"], m["error"], m["stop_reason"])
                                 for m in stored],
                          feedback_value=[FEEDBACK.get(m["liked"]) for m in stored if m["role"] == "assistant"])
+
+    def following(session_id, visitor, on_screen) -> gr.Timer:
+        """The timer that redraws the chat on screen, on while it has a reply streaming that this page is not
+        streaming itself: the reply of a page reloaded or closed goes on (ChatService.carry_on), and so does
+        another tab's. (QA 9: the reloaded page showed such a reply as it was when the page loaded.)"""
+        going = bool(session_id) and on_screen.get("sending") != session_id and any(
+            m["status"] == "streaming" for m in service.transcript(session_id, owner_of(visitor)))
+        return gr.Timer(active=going)
+
+    @explained
+    def follow_reply(visitor, on_screen, matching):
+        """A tick of that timer: the chat as saved; once its reply has ended, its figures, the list and the
+        panel too, and the timer stops."""
+        chat, owner = on_screen["chat"], owner_of(visitor)
+        stored = service.transcript(chat, owner) if chat and on_screen.get("sending") != chat else []
+        if not stored:  # another chat, none, deleted meanwhile, or this page's own reply now
+            return (*(gr.skip(),) * 7, gr.Timer(active=False))
+        if any(m["status"] == "streaming" for m in stored):
+            return (chat_view(chat, visitor, stored), *(gr.skip(),) * 7)
+        return (chat_view(chat, visitor, stored), *figures_and_panel(service, chat, owner),
+                session_choices(visitor, chat, matching), gr.Timer(active=False))
 
     @explained
     def on_load(visitor, session_id, on_screen, route):
         """A page opens (or reloads) on the chat it showed last and the Route picked in it, kept in the browser."""
         visitor = owner_of(visitor)  # on a Space, the browser's id (VISITOR_HEAD), kept in gr.BrowserState from now on
         if on_screen["chat"] is not None:  # a message was sent before the load came back: the page is that chat's
-            return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 8)
+            return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 9)
         if not service.owns(session_id, visitor):  # gone, or from another database
             session_id = None
         on_screen["chat"] = session_id
         return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
-                route if route in ROUTE_CHOICES else "auto", *figures_and_panel(service, session_id, visitor))
+                route if route in ROUTE_CHOICES else "auto", *figures_and_panel(service, session_id, visitor),
+                following(session_id, visitor, on_screen))
 
     @explained
     def open_session(session_id, visitor, on_screen, matching):
@@ -152,10 +176,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         owner = owner_of(visitor)
         if not service.owns(session_id, owner):
             gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
-            return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching))
+            return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching), gr.skip())
         on_screen["chat"] = session_id
         return (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
-                gr.skip())
+                gr.skip(), following(session_id, visitor, on_screen))
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -212,7 +236,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         before = stored["value"]
         # The message shows and the box empties at once; from then on the box is the person's to type
         # the next message in while the reply streams (every later yield leaves it as it is).
-        on_screen["chat"] = session_id
+        on_screen["chat"] = on_screen["sending"] = session_id  # (following() leaves this reply to this page)
         moved = ("The chat on screen was deleted, in another tab or window: this message starts a new chat."
                  if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
@@ -242,6 +266,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                  shown("assistant", update.text, status, update.notice, stop_reason)]
                 drawing, listed = gr.skip(), gr.skip()
                 if not path_drawn:  # the route is known before the first token: draw it once
+                    # The chat before this turn, as saved now: a reply that still went on in it when this
+                    # message was sent (a reloaded page's, another tab's) has ended (respond waits for it).
+                    before = chat_view(session_id, visitor)["value"][:-2]
                     drawing = panel.path_html(update.decision.to_dict(), message) if update.decision else gr.skip()
                     # and the list, now that the message is stored: this chat moves to the top here, as the
                     # person sends, not under their pointer as the reply ends (a click then opened another)
@@ -251,6 +278,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         except GeneratorExit:  # the page went away (a reload, a closed tab) or Stop cancelled this stream
             service.carry_on(replies)
             raise
+        finally:
+            if on_screen.get("sending") == session_id:
+                on_screen["sending"] = None
 
     @explained
     def stop_reply(session_id, visitor):
@@ -365,6 +395,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                              wrap=True, column_widths=["50px", "150px", "470px", "90px", "90px", "70px", "90px", "90px"],
                              elem_id="decisions")
 
+        follow = gr.Timer(FOLLOW_S, active=False)  # on while the chat on screen has a reply this page is not streaming
         views = [path, timeline, distribution, table]
         outputs = [chatbot, box, session_id, notice, stats, path, visitor, sessions]
         inputs = [box, session_id, route, use_draft, visitor, on_screen, search]
@@ -391,11 +422,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                             js=CONFIRM_DELETE)
         search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen, search],
-                       [session_id, chatbot, notice, stats, *views, sessions], api_visibility="private")
+                       [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private")
+        follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow],
+                    api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second
         chatbot.like(on_like, [session_id, visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions,
                                                                        *views], api_visibility="private")
         demo.load(on_load, [visitor, session_id, on_screen, route],
-                  [visitor, sessions, session_id, chatbot, route, stats, *views],
+                  [visitor, sessions, session_id, chatbot, route, stats, *views, follow],
                   api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor ?? window.cogumiVisitor "
                                                "?? null, window.cogumiTabChat ?? chat, on_screen, "
                                                "window.cogumiTabRoute ?? route]")

@@ -217,6 +217,35 @@ def test_deleting_a_replying_chat_stops_its_reply_first(service):
     assert shown[-1].notice == "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
 
 
+def test_a_message_sent_while_the_chats_reply_goes_on_follows_that_reply_whole(service, monkeypatch):
+    """A reloaded page, or another tab, can send into a chat whose reply still goes on (carry_on). The new
+    message's conversation held that reply as far as it was saved (every half second: often nothing yet);
+    it now waits for the reply's end, as its own reply waits for the engine anyway."""
+    *_, first = service.respond(None, "first")
+    going = service.respond(first.session_id, "a long answer please")
+    updates = [next(going)]
+
+    def read_as_the_page_does():  # a frame at a time: the reply lasts a second or two
+        for update in going:
+            updates.append(update)
+            time.sleep(0.04)
+    reader = threading.Thread(target=read_as_the_page_does)
+    reader.start()
+    prompts, generate = [], service.engine.generate
+
+    def generate_and_record(messages, **kwargs):
+        prompts.append(messages)
+        return generate(messages, **kwargs)
+    monkeypatch.setattr(service.engine, "generate", generate_and_record)
+    *_, after = service.respond(first.session_id, "and then?")
+    reader.join(10)
+    whole = updates[-1]
+    assert whole.done and whole.status == "complete" and len(updates) > 5
+    assert prompts[-1][-2:] == [{"role": "assistant", "content": whole.text}, {"role": "user", "content": "and then?"}]
+    assert [r[1] for r in rows(service, first.session_id)] == [
+        "first", first.text, "a long answer please", whole.text, "and then?", after.text]
+
+
 def test_a_reply_nobody_reads_blocks_the_delete_with_a_reason(service):
     *_, first = service.respond(None, "first")
     with closing(service.respond(first.session_id, "a long answer please")) as stream:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from router.decision import ROUTES
-from tests.launcher import running_app
+from tests.launcher import running_app, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -447,6 +449,97 @@ def test_a_reply_goes_on_when_its_page_is_reloaded_or_closed(tmp_path, demo_mode
         if leave == "reload":  # the page that came back shows the whole reply
             page.reload()
             expect(page.locator("#chat .message-row.bot-row").last).to_contain_text(content[-30:].strip())
+
+
+@contextmanager
+def slowed(pid: int, running_s: float = 0.02, every_s: float = 0.1):
+    """The process runs running_s of every every_s (SIGSTOP, SIGCONT): a slow machine, on which a demo
+    reply (~1,400 tokens a second here) lasts long enough for its page to reload while it streams."""
+    done = threading.Event()
+
+    def cycle():
+        while not done.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(every_s - running_s)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(running_s)
+
+    thread = threading.Thread(target=cycle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        os.kill(pid, signal.SIGCONT)
+
+
+def reload_while_a_reply_streams(page: Page, db: sqlite3.Connection, pid: int, then=lambda: None) -> int:
+    """Send until the page has reloaded (the app's process slowed) with its reply still streaming, and do
+    then() there, still slowed. Returns the reply's message id. One chat: its turn is its replies' count."""
+    replies = "select count(*) from messages where role = 'assistant'"
+    for attempt in range(60):  # a demo reply often ends within 0.1 s (an end of text among its random words)
+        before = db.execute(replies).fetchone()[0]
+        page.fill("#message textarea", f"Tell me a very long story about mushrooms, take {attempt}.")
+        page.press("#message textarea", "Enter")
+        deadline, reply = time.monotonic() + 60, None
+        while reply is None and time.monotonic() < deadline:  # saved after 0.5 s: a long reply
+            reply = db.execute("select id from messages where role = 'assistant' and status = 'streaming' "
+                               "and length(content) > 0").fetchone()
+            if db.execute("select count(*) from decisions where stop_reason is not null").fetchone()[0] > before:
+                break
+            time.sleep(0.005)
+        if reply:
+            with slowed(pid):
+                page.reload()
+                expect(page.locator("#chat .message-row.bot-row")).to_have_count(before + 1, timeout=60_000)
+                if db.execute("select status from messages where id = ?", reply).fetchone()[0] == "streaming":
+                    then()
+                    return reply[0]
+        newest_turn = table_rows(page).nth(1).locator("[role=gridcell]").first  # (the table keeps 12 rows)
+        expect(newest_turn).to_have_text(str(before + 1), timeout=60_000)  # the page is ready for the next
+    pytest.fail("no page reloaded while its reply streamed")
+
+
+def wait_until_saved(db: sqlite3.Connection, message_id: int) -> tuple[str, int]:
+    """The reply's text and its token count, once it has ended and its figures are saved."""
+    for _ in range(600):
+        saved = db.execute("select content, tokens from messages join decisions on message_id = messages.id "
+                           "where messages.id = ? and status != 'streaming' and tokens is not null",
+                           [message_id]).fetchone()
+        if saved:
+            return saved
+        time.sleep(0.1)
+    pytest.fail(f"reply {message_id} was not saved within a minute")
+
+
+def test_a_page_reloaded_while_its_reply_goes_on_follows_it_to_its_end(tmp_path, demo_models_dir):
+    """QA 9: the reloaded page showed the reply as it was when the page loaded, and kept it so, though the
+    reply went on and was saved whole. The page now follows it, and then shows its figures. A message sent
+    from there before that reply ends comes after it: the reply is then shown, and read by the model, whole
+    (it was shown as it was when the message was sent, and given to the model as far as it was saved)."""
+    app = start_app(tmp_path, demo_models_dir, "--max-tokens", "2000", "--no-draft")
+    try:
+        app.wait_for_chat()
+        with browser_page(app.url) as page:
+            db, bot_rows = sqlite3.connect(app.db_path), page.locator("#chat .message-row.bot-row")
+            followed = reload_while_a_reply_streams(page, db, app.proc.pid)
+            content, tokens = wait_until_saved(db, followed)
+            expect(page.locator("#stats")).to_contain_text(f"{tokens} token", timeout=10_000)
+            expect(bot_rows.last).to_contain_text(content[-30:].strip())
+
+            def send_next():
+                page.fill("#message textarea", "and then?")
+                page.press("#message textarea", "Enter")
+                expect(page.locator("#chat .message-row.user-row").last).to_have_text("and then?", timeout=30_000)
+            followed = reload_while_a_reply_streams(page, db, app.proc.pid, then=send_next)
+            content, _ = wait_until_saved(db, followed)
+            last, tokens = wait_until_saved(db, followed + 2)  # the reply to "and then?"
+            expect(page.locator("#stats")).to_contain_text(f"{tokens} token", timeout=10_000)
+            expect(bot_rows.nth(-2)).to_contain_text(content[-30:].strip())
+            expect(bot_rows.last).to_contain_text(last[-30:].strip())
+    finally:
+        app.stop()
 
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
