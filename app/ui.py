@@ -35,9 +35,11 @@ CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CH
 # tab opened the chat another tab opened last. Each tab also keeps its own in sessionStorage, which a
 # reload keeps and a new tab starts without. Read in the page's <head> (launch(head=...)): by the load
 # event, restoring the BrowserState has already fired its change, which writes the key.
-TAB_CHAT_KEY, TAB_ROUTE_KEY = "cogumi-tab-chat", "cogumi-tab-route"  # the Route picked is kept the same way
+# The Route picked, and Speculative decoding on or off, are kept the same way.
+TAB_CHAT_KEY, TAB_ROUTE_KEY, TAB_DRAFT_KEY = "cogumi-tab-chat", "cogumi-tab-route", "cogumi-tab-draft"
 PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}"); '
-             f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}");</script>')
+             f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}"); '
+             f'window.cogumiTabDraft = sessionStorage.getItem("{TAB_DRAFT_KEY}");</script>')
 # On a Space, the browser's id: read, or made and kept, before the page sends anything. Made on the server
 # (the load event's), it raced the first message's: a message sent before the load came back was made
 # under one id and the load's, later, took its place (the chat was nobody's from then on); and
@@ -156,17 +158,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 session_choices(visitor, chat, matching), gr.Timer(active=False))
 
     @explained
-    def on_load(visitor, session_id, on_screen, route):
-        """A page opens (or reloads) on the chat it showed last and the Route picked in it, kept in the browser."""
+    def on_load(visitor, session_id, on_screen, route, use_draft):
+        """A page opens (or reloads) on the chat it showed last, and the Route and Speculative decoding as set in
+        it, kept in the browser."""
         visitor = owner_of(visitor)  # on a Space, the browser's id (VISITOR_HEAD), kept in gr.BrowserState from now on
         if on_screen["chat"] is not None:  # a message was sent before the load came back: the page is that chat's
-            return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 9)
+            return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 10)
         if not service.owns(session_id, visitor):  # gone, or from another database
             session_id = None
         on_screen["chat"] = session_id
         return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
-                route if route in ROUTE_CHOICES else "auto", *figures_and_panel(service, session_id, visitor),
-                following(session_id, visitor, on_screen))
+                route if route in ROUTE_CHOICES else "auto", use_draft is not False and service.engine.draft is not None,
+                *figures_and_panel(service, session_id, visitor), following(session_id, visitor, on_screen))
 
     @explained
     def open_session(session_id, visitor, on_screen, matching):
@@ -427,13 +430,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second
         chatbot.like(on_like, [session_id, visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions,
                                                                        *views], api_visibility="private")
-        demo.load(on_load, [visitor, session_id, on_screen, route],
-                  [visitor, sessions, session_id, chatbot, route, stats, *views, follow],
-                  api_visibility="private", js="(visitor, chat, on_screen, route) => [visitor ?? window.cogumiVisitor "
-                                               "?? null, window.cogumiTabChat ?? chat, on_screen, "
-                                               "window.cogumiTabRoute ?? route]")
+        demo.load(on_load, [visitor, session_id, on_screen, route, use_draft],
+                  [visitor, sessions, session_id, chatbot, route, use_draft, stats, *views, follow],
+                  api_visibility="private", js="(visitor, chat, on_screen, route, draft) => [visitor ?? "
+                                               "window.cogumiVisitor ?? null, window.cogumiTabChat ?? chat, on_screen, "
+                                               "window.cogumiTabRoute ?? route, window.cogumiTabDraft == null ? "
+                                               "draft : window.cogumiTabDraft === 'true']")
         session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
         route.change(None, route, None, js=f"(route) => {{ sessionStorage.setItem('{TAB_ROUTE_KEY}', route); return []; }}")
+        use_draft.input(None, use_draft, None, js=f"(on) => {{ sessionStorage.setItem('{TAB_DRAFT_KEY}', on); return []; }}")
         if per_visitor:  # the id the page goes by, where the next page reads it (a browser's from before VISITOR_HEAD)
             visitor.change(None, visitor, None, js=f"(visitor) => {{ if (visitor) {{ window.cogumiVisitor = visitor; "
                                                    f"try {{ localStorage.setItem('{VISITOR_KEY}', visitor); }} "

@@ -656,9 +656,10 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
 def test_two_tabs_each_reopen_their_own_chat_and_route_on_reload(app, page):
     """The open chat was kept for the whole browser: a reload of one tab opened the chat another tab
     had opened last. A new tab still opens the browser's last chat. The Route picked by hand went back
-    to auto on a reload, and the next message to the router."""
+    to auto on a reload, and the next message to the router; so did Speculative decoding, to on (QA 8)."""
     url, db_path = app
     page.locator('#route [data-testid="code-radio-label"]').click()
+    page.locator("#use-draft input").uncheck()
     send(page, "the first tab's chat", db_path, turn=1)
     other = page.context.new_page()
     other.goto(url)
@@ -682,6 +683,8 @@ def test_two_tabs_each_reopen_their_own_chat_and_route_on_reload(app, page):
     expect(mine).to_have_text(["the first tab's chat"])
     expect(page.locator('#route input[value="code"]')).to_be_checked()
     expect(other.locator('#route input[value="auto"]')).to_be_checked()
+    expect(page.locator("#use-draft input")).not_to_be_checked()
+    expect(other.locator("#use-draft input")).to_be_checked()
     send(page, "after the reload", db_path, turn=2)
     routed = sqlite3.connect(db_path).execute("select route, overridden from decisions order by id").fetchall()
     assert routed[0] == routed[-1] == ("code", 1) and routed[1][1] == 0  # the second tab's went to the router
