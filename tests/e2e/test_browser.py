@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -458,11 +458,12 @@ def slowed(pid: int, running_s: float = 0.02, every_s: float = 0.1):
     done = threading.Event()
 
     def cycle():
-        while not done.is_set():
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(every_s - running_s)
-            os.kill(pid, signal.SIGCONT)
-            time.sleep(running_s)
+        with suppress(ProcessLookupError):  # (the app ended: its own failure is the one to see)
+            while not done.is_set():
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(every_s - running_s)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(running_s)
 
     thread = threading.Thread(target=cycle, daemon=True)
     thread.start()
@@ -471,7 +472,8 @@ def slowed(pid: int, running_s: float = 0.02, every_s: float = 0.1):
     finally:
         done.set()
         thread.join()
-        os.kill(pid, signal.SIGCONT)
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def reload_while_a_reply_streams(page: Page, db: sqlite3.Connection, pid: int, then=lambda: None) -> int:
