@@ -153,9 +153,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if not stored:  # another chat, none, deleted meanwhile, or this page's own reply now
             return (*(gr.skip(),) * 7, gr.Timer(active=False))
         if any(m["status"] == "streaming" for m in stored):
-            return (chat_view(chat, visitor, stored), *(gr.skip(),) * 7)
-        return (chat_view(chat, visitor, stored), *figures_and_panel(service, chat, owner),
-                session_choices(visitor, chat, matching), gr.Timer(active=False))
+            drawn = (chat_view(chat, visitor, stored), *(gr.skip(),) * 7)
+        else:
+            drawn = (chat_view(chat, visitor, stored), *figures_and_panel(service, chat, owner),
+                     session_choices(visitor, chat, matching), gr.Timer(active=False))
+        # Asked again last (QA 10): New chat, Delete or another chat may have been clicked while this was drawn
+        # (the panel takes a while), and their answer is on the page before this one; an answer started after
+        # this check comes after it. The timer is then the one they leave, which the next tick stops.
+        return drawn if on_screen["chat"] == chat and on_screen.get("sending") != chat else (gr.skip(),) * 8
 
     @explained
     def on_load(visitor, session_id, on_screen, route, use_draft):

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +21,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from router.decision import ROUTES
-from tests.launcher import running_app, start_app
+from tests.launcher import free_port, running_app, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -542,6 +543,48 @@ def test_a_page_reloaded_while_its_reply_goes_on_follows_it_to_its_end(tmp_path,
             expect(bot_rows.last).to_contain_text(last[-30:].strip())
     finally:
         app.stop()
+
+
+def test_the_last_follow_update_leaves_a_chat_the_page_has_moved_to(engine, tmp_path, monkeypatch):
+    """QA 10: a page following a reply drew its chat once more at the reply's end (its figures, the list,
+    the panel: the slow update). Started before New chat, Delete or another chat was clicked, it came back
+    after, and put the chat left back on screen, while the next message went elsewhere. In-process, so that
+    this one update can be made slow (2 s), and the reply held, streaming, until the page follows it."""
+    import app.ui
+    from app.chat import ChatService, ChatSettings
+    from app.memory import Memory
+
+    service = ChatService(engine, Memory(tmp_path / "sessions.db"), ChatSettings(temperature=0, max_tokens=48, seed=0))
+    going = service.respond(None, "a long answer please")
+    first = next(going)  # streaming, and held: nothing more is read of it until the page follows it
+    drawn = app.ui.figures_and_panel
+
+    def slow_when_following(*args):
+        if sys._getframe(1).f_code.co_name == "follow_reply":
+            time.sleep(2)
+        return drawn(*args)
+    monkeypatch.setattr(app.ui, "figures_and_panel", slow_when_following)
+    demo, port = app.ui.build_ui(service), free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                   head=app.ui.page_head(False), js=app.ui.PAGE_JS, css=app.ui.PAGE_CSS)
+    try:
+        with browser_page(f"http://127.0.0.1:{port}/") as page:
+            page.locator("#sessions label").first.click()  # the chat of the held reply: the page follows it
+            expect(page.locator("#chat .message-row.user-row")).to_have_text(["a long answer please"], timeout=30_000)
+            page.wait_for_timeout(1500)  # the timer ticks
+            for _ in going:  # the reply ends: the next tick draws its figures, slowly
+                pass
+            page.wait_for_timeout(1000)
+            page.click("#new-chat")
+            page.wait_for_timeout(4000)  # that tick's answer comes back
+            expect(page.locator("#chat .message-row")).to_have_count(0)
+            page.fill("#message textarea", "into the new chat")
+            page.press("#message textarea", "Enter")
+            expect(page.locator("#chat .message-row.user-row")).to_have_text(["into the new chat"], timeout=30_000)
+        assert len(service.sessions()) == 2 and service.transcript(first.session_id)[-1]["status"] == "complete"
+    finally:
+        going.close()
+        demo.close()
 
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
