@@ -70,7 +70,7 @@ def as_markdown(text: str) -> str:
     for opening, inside, inside_end, end in _fenced_code(text):
         parts.append(_prose(text, at, opening, code_blocks))
         info = text[opening:inside].strip().lstrip("`~").strip()
-        language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""  # for Copy (copy_as_typed.js)
+        language = _language_class(info)  # for Copy (copy_as_typed.js)
         # At the fence's own indent, so that a block in a list item stays in it. Markdown takes the item's
         # indent off each line of it, but for the first: that one follows <code> on the <pre> line.
         indent = " " * (len(text[opening:inside]) - len(text[opening:inside].lstrip(" ")))
@@ -151,9 +151,8 @@ def _code_html(lines: list[str], block, item: int) -> str:
         code = code[:len(code) - len(end)]
     attributes = ""
     if block.type == "fence":
-        info = block.info.strip()
-        language = f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""
-        attributes = f'{language} data-open="{_attribute(opening)}" data-close="{_attribute(closing)}"'
+        attributes = (f'{_language_class(block.info.strip())} data-open="{_attribute(opening)}" '
+                      f'data-close="{_attribute(closing)}"')
     indent = re.match(r"[ \t]*", code)[0]
     if code and indent.startswith(" " * item) and "\t" not in indent:
         shown = code[item:]
@@ -165,6 +164,11 @@ def _code_html(lines: list[str], block, item: int) -> str:
     closing_at = " " * item if code.endswith("\n") else ""  # a line that starts at column 0 would end the item
     return (f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code data-typed{attributes}>{_escaped(shown)}"
             f"{closing_at}</code></pre>{end}")
+
+
+def _language_class(info: str) -> str:
+    """A fence's info string as the <code> class markdown gives it, when it names a language."""
+    return f' class="language-{info}"' if _LANGUAGE.fullmatch(info) else ""
 
 
 def _attribute(text: str) -> str:

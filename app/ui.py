@@ -86,6 +86,11 @@ def require_text(**values) -> None:
             raise gr.Error(f"{name} is text, not {type(value).__name__}")
 
 
+def streaming(stored: list[dict]) -> bool:
+    """Whether a chat's stored messages hold a reply still being written."""
+    return any(m["status"] == "streaming" for m in stored)
+
+
 def panel_views(service: ChatService, session_id: str | None, owner: str | None = None) -> tuple:
     """The four router panel views of a session, drawn from sessions.db."""
     return figures_and_panel(service, session_id, owner)[1:]
@@ -136,26 +141,28 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                 for m in stored],
                          feedback_value=[FEEDBACK.get(m["liked"]) for m in stored if m["role"] == "assistant"])
 
+    def watched(chat, visitor, on_screen) -> list[dict]:
+        """The stored messages of a chat the page shows and is not streaming a reply into itself; else []."""
+        return service.transcript(chat, owner_of(visitor)) if chat and on_screen.get("sending") != chat else []
+
     def following(session_id, visitor, on_screen) -> gr.Timer:
         """The timer that redraws the chat on screen, on while it has a reply streaming that this page is not
         streaming itself: the reply of a page reloaded or closed goes on (ChatService.carry_on), and so does
         another tab's. (QA 9: the reloaded page showed such a reply as it was when the page loaded.)"""
-        going = bool(session_id) and on_screen.get("sending") != session_id and any(
-            m["status"] == "streaming" for m in service.transcript(session_id, owner_of(visitor)))
-        return gr.Timer(active=going)
+        return gr.Timer(active=streaming(watched(session_id, visitor, on_screen)))
 
     @explained
     def follow_reply(visitor, on_screen, matching):
         """A tick of that timer: the chat as saved; once its reply has ended, its figures, the list and the
         panel too, and the timer stops."""
-        chat, owner = on_screen["chat"], owner_of(visitor)
-        stored = service.transcript(chat, owner) if chat and on_screen.get("sending") != chat else []
+        chat = on_screen["chat"]
+        stored = watched(chat, visitor, on_screen)
         if not stored:  # another chat, none, deleted meanwhile, or this page's own reply now
             return (*(gr.skip(),) * 7, gr.Timer(active=False))
-        if any(m["status"] == "streaming" for m in stored):
+        if streaming(stored):
             drawn = (chat_view(chat, visitor, stored), *(gr.skip(),) * 7)
         else:
-            drawn = (chat_view(chat, visitor, stored), *figures_and_panel(service, chat, owner),
+            drawn = (chat_view(chat, visitor, stored), *figures_and_panel(service, chat, owner_of(visitor)),
                      session_choices(visitor, chat, matching), gr.Timer(active=False))
         # Asked again last (QA 10): New chat, Delete or another chat may have been clicked while this was drawn
         # (the panel takes a while), and their answer is on the page before this one; an answer started after
@@ -300,7 +307,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         owner = owner_of(visitor)
         for _ in range(100):  # the reply's generator is closed on its thread, a moment after the cancel
             transcript = service.transcript(session_id, owner)
-            if not any(m["status"] == "streaming" for m in transcript):
+            if not streaming(transcript):
                 break
             time.sleep(0.05)
         return (chat_view(session_id, visitor), session_choices(visitor, session_id, matching),

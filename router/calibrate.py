@@ -34,7 +34,7 @@ def tau_for_share(perplexities: list[float], share: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch import bounded  # launch.py's argparse types, as its own flags check numbers
+    from launch import _positive_int, bounded  # launch.py's argparse types, as its own flags check numbers
 
     parser = argparse.ArgumentParser(prog="python -m router.calibrate", description=__doc__.split(":\n\n")[0] + ".",
                                      allow_abbrev=False)  # "--model" is not short for --models-dir
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="JSON Lines with a text field")
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="model cache (default: $COGUMI_DATA_DIR/model-cache, as launch.py's)")
-    parser.add_argument("--limit", type=bounded(int, lambda v: v >= 1, "a whole number, at least 1"), default=None,
+    parser.add_argument("--limit", type=_positive_int, default=None,
                         help="score only this many prompts (a big model on CPU)")
     parser.add_argument("--manifest", type=Path, default=None, help="manifest to read and update (default models/manifest.json)")
     parser.add_argument("--dry-run", action="store_true", help="print τp; do not write the manifest")
