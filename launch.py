@@ -282,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     if unavailable:
         print(f"error: {unavailable}", file=sys.stderr)
         return 2
+    # Before any model is read: a data folder or sessions.db that cannot be used is said at once, not
+    # after a download and a load of minutes.
+    from app.memory import SessionStoreError
+
+    try:
+        memory = open_memory(args.db)
+    except SessionStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         profile = choose_profile(args, space)
         if args.no_draft:
@@ -313,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from app.chat import ChatService, ChatSettings
-    from app.memory import Memory, SessionStoreError
     from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_JS, build_ui, page_head
 
     settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
@@ -324,20 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     if too_small:
         print(f"error: {too_small}", file=sys.stderr)
         return 2
-    try:
-        if args.db is None:
-            data_dir().mkdir(parents=True, exist_ok=True)
-        memory = Memory(args.db or data_dir() / "sessions.db")
-    except OSError as exc:
-        print(f"error: {data_dir()}: could not make the data folder ({exc.strerror or exc}); set COGUMI_DATA_DIR "
-              f"to a folder you can write, or start with --db FILE.", file=sys.stderr)
-        return 2
-    except SessionStoreError as exc:  # read-only, locked by another program, not a database
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if memory.interrupted:
-        log.info("%d %s cut off by an earlier stop %s kept and marked interrupted", memory.interrupted,
-                 *(("reply", "is") if memory.interrupted == 1 else ("replies", "are")))
     failed.update(engine.modifiers.failed)
     for name, reason in failed.items():
         log.warning("modifier %s is not available: %s", name, reason)
@@ -361,6 +355,24 @@ def main(argv: list[str] | None = None) -> int:
         css=PAGE_CSS, js=PAGE_JS, head=page_head(space),
     )
     return 0
+
+
+def open_memory(db: Path | None):
+    """The session store: --db, else sessions.db in the data folder, made if missing. SessionStoreError
+    says what is wrong: read-only, locked by another program, not a database, a folder that cannot be made."""
+    from app.memory import Memory, SessionStoreError
+
+    if db is None:
+        try:
+            data_dir().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SessionStoreError(f"{data_dir()}: could not make the data folder ({exc.strerror or exc}); set "
+                                    f"COGUMI_DATA_DIR to a folder you can write, or start with --db FILE.") from exc
+    memory = Memory(db or data_dir() / "sessions.db")
+    if memory.interrupted:
+        log.info("%d %s cut off by an earlier stop %s kept and marked interrupted", memory.interrupted,
+                 *(("reply", "is") if memory.interrupted == 1 else ("replies", "are")))
+    return memory
 
 
 STOP_GRACE_S = 8.0  # within the 10 s docker and a Space give between SIGTERM and SIGKILL

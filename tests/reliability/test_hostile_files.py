@@ -210,9 +210,9 @@ def test_a_hostile_model_file_stops_launch_with_the_file_named(tmp_path, small_g
     models = tmp_path / "model-cache"
     result = launch(tmp_path / "data", models, "--model", str(path))
     assert_refused(result, path, *words)
-    # nothing half-made is left in the cache, and no sessions.db was started
+    # nothing half-made is left in the cache; sessions.db, opened first, holds no chat
     assert not [p for p in models.rglob("*") if p.is_file()]
-    assert not (tmp_path / "data" / "sessions.db").exists()
+    assert rows(tmp_path / "data" / "sessions.db") == []
 
 
 MODIFIER_FILES = {  # a --modifier file of your own that cannot be used → what the error line says
@@ -239,7 +239,7 @@ def test_a_modifier_file_of_your_own_that_cannot_be_used_stops_launch(tmp_path, 
                     "--modifier", f"code={lora}", "--modifier", f"reasoning={demo_set['reasoning']}")
     line = assert_refused(result, lora, "--modifier code", *words)
     assert "leave out --modifier code" in line
-    assert not (tmp_path / "data" / "sessions.db").exists()
+    assert rows(tmp_path / "data" / "sessions.db") == []
 
 
 def test_one_modifier_name_twice_is_refused(tmp_path, demo_set):
@@ -516,6 +516,28 @@ def test_a_reply_that_cannot_be_saved_says_so_and_nothing_stored_is_lost(chat, t
 
 
 # -- sessions.db at launch ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["--db a folder", "a data folder inside a file"])
+def test_a_session_store_that_cannot_be_used_is_said_before_any_model_is_read(tmp_path, where):
+    """The data folder and sessions.db are opened first: their error came after the models were
+    downloaded and loaded (minutes, for a real profile), or never, when a model failed first. The
+    model here is not a model at all, so the error proves which was read first."""
+    not_a_model = tmp_path / "model.gguf"
+    not_a_model.write_text("not a model\n")
+    data, args = tmp_path / "data", []
+    if where == "--db a folder":
+        args = ["--db", str(tmp_path)]
+        data.mkdir()
+    else:
+        (tmp_path / "file").write_text("a file, not a folder\n")
+        data = tmp_path / "file" / "data"
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model), *args],
+        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(data)}, capture_output=True, text=True, timeout=120)
+    line = assert_refused(result, tmp_path / ("" if args else "file/data"), "--db")
+    assert "model.gguf" not in line
+    assert not_a_model.read_text() == "not a model\n"
 
 
 @pytest.mark.slow
