@@ -44,14 +44,20 @@ PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_
 # (the load event's), it raced the first message's: a message sent before the load came back was made
 # under one id and the load's, later, took its place (the chat was nobody's from then on); and
 # gr.BrowserState may restore its value after the load event has read it. A browser that kept no
-# localStorage gets an id for the page's life.
+# localStorage gets an id for the page's life. The load and send events read the stored id again
+# (cogumiStoredVisitor): two tabs of a new browser opened at once can each make one, and the last written
+# wins, so the tab whose id lost goes by the winner's before it makes anything (QA 10).
 VISITOR_KEY = "cogumi-visitor-id"
 VISITOR_HEAD = f"""<script>try {{ window.cogumiVisitor = localStorage.getItem("{VISITOR_KEY}"); }} catch (e) {{}}
 if (!window.cogumiVisitor) {{
   window.cogumiVisitor = Array.from(crypto.getRandomValues(new Uint8Array(16)),
                                     b => b.toString(16).padStart(2, "0")).join("");
   try {{ localStorage.setItem("{VISITOR_KEY}", window.cogumiVisitor); }} catch (e) {{}}
-}}</script>"""
+}}
+window.cogumiStoredVisitor = () => {{
+  try {{ window.cogumiVisitor = localStorage.getItem("{VISITOR_KEY}") || window.cogumiVisitor; }} catch (e) {{}}
+  return window.cogumiVisitor;
+}};</script>"""
 
 
 def page_head(per_visitor: bool) -> str:
@@ -418,7 +424,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # place counts everyone ahead of them.
         # The browser's id, if the load has not yet set it (a message sent at once on a busy Space)
         sent_as = "(message, chat, route, draft, visitor, ...rest) => [message, chat, route, draft, " \
-                  "visitor ?? window.cogumiVisitor ?? null, ...rest]"
+                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, ...rest]"
         submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
                                js=sent_as)
         clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
@@ -445,7 +451,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         demo.load(on_load, [visitor, session_id, on_screen, route, use_draft],
                   [visitor, sessions, session_id, chatbot, route, use_draft, stats, *views, follow],
                   api_visibility="private", js="(visitor, chat, on_screen, route, draft) => [visitor ?? "
-                                               "window.cogumiVisitor ?? null, window.cogumiTabChat ?? chat, on_screen, "
+                                               "window.cogumiStoredVisitor?.() ?? null, window.cogumiTabChat ?? chat, on_screen, "
                                                "window.cogumiTabRoute ?? route, window.cogumiTabDraft == null ? "
                                                "draft : window.cogumiTabDraft === 'true']")
         session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from app.ui import VISITOR_KEY
 from router.decision import ROUTES
 from tests.launcher import free_port, running_app, start_app
 
@@ -255,30 +256,40 @@ def load_callback_index(url: str) -> int:
     return loads[0]
 
 
+def hold_the_load(page: Page, url: str) -> list:
+    """Keeps the page's load event (ui.on_load) from reaching the app: returns the list its request
+    lands in, to be answered with .continue_(). Call before the page is opened."""
+    load, held = load_callback_index(url), []
+
+    def hold(route):
+        if not held and (route.request.post_data_json or {}).get("fn_index") == load:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/queue/join*", hold)
+    return held
+
+
+def wait_until_held(page: Page, held: list) -> None:
+    for _ in range(100):
+        if held:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError("the page sent no load event")
+
+
 def test_on_a_space_a_chat_sent_before_the_page_loaded_stays_the_browsers(space):
     """On a busy Space the page's load callback can come back after the visitor has sent a message.
     It gave the browser a second id there, over the one the message was sent under: the chat was
     listed for nobody from then on, and the page went back to no chat while the reply streamed."""
-    load = load_callback_index(space.url)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_context().new_page()
-        held = []
-
-        def hold_the_load(route):
-            if not held and (route.request.post_data_json or {}).get("fn_index") == load:
-                held.append(route)  # answered below, once the message is sent
-            else:
-                route.continue_()
-
-        page.route("**/queue/join*", hold_the_load)
+        held = hold_the_load(page, space.url)  # answered below, once the message is sent
         page.goto(space.url)
         page.wait_for_selector("#message textarea")
-        for _ in range(100):
-            if held:
-                break
-            page.wait_for_timeout(100)
-        assert held, "the page sent no load event"
+        wait_until_held(page, held)
         page.fill("#message textarea", "sent before the page loaded")
         page.press("#message textarea", "Enter")
         expect(page.locator("#sessions label")).to_have_count(1, timeout=60_000)
@@ -295,6 +306,50 @@ def test_on_a_space_a_chat_sent_before_the_page_loaded_stays_the_browsers(space)
         page.reload()
         expect(page.locator("#sessions label")).to_have_count(1, timeout=30_000)
         expect(page.locator("#sessions")).to_contain_text("sent before the page loaded")
+        browser.close()
+
+
+# Before the page's own scripts, once per tab (sessionStorage survives a reload): the browser is new to the
+# Space, and just after this tab's <head> stores the id it made, another tab's <head> stores its own (the
+# race of two tabs opened at the same instant, every time).
+OTHER_TAB = "0123456789abcdef" * 2
+ANOTHER_TAB_WRITES_LAST = f"""if (!sessionStorage.getItem("raced")) {{
+  sessionStorage.setItem("raced", "1");
+  localStorage.removeItem("{VISITOR_KEY}");
+  const setItem = Storage.prototype.setItem;
+  Storage.prototype.setItem = function (key, value) {{
+    setItem.call(this, key, value);
+    if (this === localStorage && key === "{VISITOR_KEY}") {{
+      Storage.prototype.setItem = setItem;
+      window.madeInHead = value;
+      setItem.call(this, key, "{OTHER_TAB}");
+    }}
+  }};
+}}"""
+
+
+def test_on_a_space_two_tabs_opened_at_once_keep_one_id(space):
+    """Two tabs of a browser new to the Space, opened at the same instant: each <head> found no id and
+    made one, and the last written won. The tab whose id lost kept it while open, and the chats it
+    made were nobody's once the other tab's id was the browser's (QA 10: 1 of 92 pairs). A tab must go
+    by the id stored when it loads and sends, whoever made it."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        context.add_init_script(ANOTHER_TAB_WRITES_LAST)
+        page = context.new_page()
+        page.goto(space.url)
+        page.wait_for_selector("#message textarea")
+        page.wait_for_timeout(1500)  # the load event's answer
+        assert page.evaluate("window.madeInHead") not in (None, OTHER_TAB)  # this tab's <head> made its own
+        page.fill("#message textarea", "asked in the tab whose id lost")
+        page.press("#message textarea", "Enter")
+        expect(page.locator("#sessions label")).to_have_count(1, timeout=60_000)
+        db = sqlite3.connect(space.volume / "cogumi" / "sessions.db")
+        assert db.execute("select owner from sessions").fetchall() == [(OTHER_TAB,)]
+        other = context.new_page()  # the tab that won, reloaded: the chat is the browser's
+        other.goto(space.url)
+        expect(other.locator("#sessions")).to_contain_text("asked in the tab whose id lost", timeout=30_000)
         browser.close()
 
 
