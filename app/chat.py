@@ -75,10 +75,14 @@ class ChatService:
     # machine) sees them all. A session of another owner is treated as one that does not exist.
     def owns(self, session_id: str | None, owner: str | None = None) -> bool:
         """True when session_id names a stored session that `owner` may read and write."""
+        return self.session(session_id, owner) is not None
+
+    def session(self, session_id: str | None, owner: str | None = None) -> dict | None:
+        """The stored session (id, title, ...) named session_id, if `owner` may read and write it."""
         if not isinstance(session_id, str) or not session_id or _lone_surrogate(session_id) is not None:
-            return False
+            return None
         row = self.memory.session(session_id)
-        return row is not None and (owner is None or row["owner"] == owner)
+        return row if row is not None and (owner is None or row["owner"] == owner) else None
 
     def new_session(self, owner: str | None = None) -> str:
         return self.memory.new_session(owner=owner)

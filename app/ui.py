@@ -129,15 +129,23 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return (visitor or uuid.uuid4().hex) if per_visitor else None
 
     def session_choices(visitor, current=None, matching=None):
-        """The past chats list: the most recent, or those that hold the searched text; it says when there
-        are more than it lists."""
-        found = service.sessions(owner_of(visitor), matching, limit=LISTED_CHATS + 1)
+        """The past chats list: the most recent, or those that hold the searched text, and then the chat on
+        screen first whether it holds it or not (a chat begun while a search held was not listed, and the
+        list showed none as open); it says when there are more than it lists."""
+        owner = owner_of(visitor)
+        found = service.sessions(owner, matching, limit=LISTED_CHATS + 1)
+        opened = service.session(current, owner) if matching and all(s["id"] != current for s in found) else None
         more = f" (the {LISTED_CHATS} most recent{' matches' if matching else ''}: search to narrow)"
         sought = matching if matching is None or len(matching) <= 40 else matching[:40] + "…"  # it ran out of the column
-        none = f" (no chat holds: {sought})" if matching and not found else ""
-        return gr.update(choices=[(s["title"], s["id"]) for s in found[:LISTED_CHATS]],
-                         value=current if any(s["id"] == current for s in found) else None,
-                         label="Past chats" + (more if len(found) > LISTED_CHATS else none))
+        label = more if len(found) > LISTED_CHATS else ""
+        if not label and opened:
+            label = f" (the open chat, and those that hold: {sought})" if found else \
+                f" (the open chat; no other holds: {sought})"
+        elif not label and matching and not found:
+            label = f" (no chat holds: {sought})"
+        listed = [opened] * (opened is not None) + found[:LISTED_CHATS]
+        return gr.update(choices=[(s["title"], s["id"]) for s in listed],
+                         value=current if any(s["id"] == current for s in listed) else None, label="Past chats" + label)
 
     def chat_view(session_id, visitor, stored: list[dict] | None = None) -> dict:
         """The chat as stored, with each reply's 👍/👎 (the Chatbot holds those apart, one per reply)."""

@@ -902,6 +902,21 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     page.fill("#search-chats textarea", "")
     expect(page.locator("#sessions input")).to_have_count(50)
     expect(page.locator("#sessions input").first).to_have_attribute("value", oldest)  # the latest used
+    # A chat begun while a search holds is listed, and chosen, though it does not hold the text: it was
+    # left out, and the list showed no chat as the one on screen.
+    page.fill("#search-chats textarea", "KUMQUAT")
+    expect(page.locator("#sessions input")).to_have_count(1)
+    page.click("#new-chat")
+    fresh, _ = send(page, "a fresh question", db_path, turn=1)
+    expect(page.locator("#sessions input")).to_have_count(2)
+    expect(page.locator(f'#sessions input[value="{fresh["session_id"]}"]')).to_be_checked()
+    expect(page.locator("#sessions label").first).to_contain_text("a fresh question")
+    expect(page.locator("#sessions")).to_contain_text("Past chats (the open chat, and those that hold: KUMQUAT)")
+    page.fill("#search-chats textarea", "durian")  # the open chat stays listed as the search changes
+    expect(page.locator("#sessions input")).to_have_count(1)
+    expect(page.locator("#sessions")).to_contain_text("Past chats (the open chat; no other holds: durian)")
+    page.fill("#search-chats textarea", "")
+    expect(page.locator("#sessions input")).to_have_count(50)
 
     # On a phone (400 px): the chat comes first, the page does not scroll sideways, the past chats
     # scroll within their own box, and the decisions table keeps readable columns (it scrolls instead).
