@@ -134,16 +134,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         list showed none as open); it says when there are more than it lists."""
         owner = owner_of(visitor)
         found = service.sessions(owner, matching, limit=LISTED_CHATS + 1)
+        more, found = len(found) > LISTED_CHATS, found[:LISTED_CHATS]
         opened = service.session(current, owner) if matching and all(s["id"] != current for s in found) else None
-        more = f" (the {LISTED_CHATS} most recent{' matches' if matching else ''}: search to narrow)"
         sought = matching if matching is None or len(matching) <= 40 else matching[:40] + "…"  # it ran out of the column
-        label = more if len(found) > LISTED_CHATS else ""
-        if not label and opened:
+        if more:
+            label = f" ({'the open chat, and ' if opened else ''}the {LISTED_CHATS} most recent" \
+                    f"{' matches' if matching else ''}: search to narrow)"
+        elif opened:
             label = f" (the open chat, and those that hold: {sought})" if found else \
                 f" (the open chat; no other holds: {sought})"
-        elif not label and matching and not found:
-            label = f" (no chat holds: {sought})"
-        listed = [opened] * (opened is not None) + found[:LISTED_CHATS]
+        else:
+            label = f" (no chat holds: {sought})" if matching and not found else ""
+        listed = [opened] * (opened is not None) + found
         return gr.update(choices=[(s["title"], s["id"]) for s in listed],
                          value=current if any(s["id"] == current for s in listed) else None, label="Past chats" + label)
 
@@ -208,7 +210,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching), gr.skip())
         on_screen["chat"] = session_id
         return (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
-                gr.skip(), following(session_id, visitor, on_screen))
+                session_choices(visitor, session_id, matching), following(session_id, visitor, on_screen))
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -216,8 +218,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return NO_CHAT, chat_view(None, visitor), "", "", listed, *panel_views(service, None, owner_of(visitor))
 
     @explained
-    def new_chat(visitor, on_screen):
-        return empty_chat(visitor, on_screen, gr.update(value=None))
+    def new_chat(visitor, on_screen, matching):
+        return empty_chat(visitor, on_screen, session_choices(visitor, None, matching) if matching else gr.update(value=None))
 
     @explained
     def delete_chat(session_id, visitor, on_screen, matching):
@@ -444,7 +446,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                           api_visibility="private").then(
             after_stop, [session_id, visitor, search], [chatbot, sessions, stats, *views], api_visibility="private")
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button: a new chat too
-            starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
+            starts_afresh(new_chat, [visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions, *views],
                           api_visibility="private")
         delete_button.click(delete_chat, [session_id, visitor, on_screen, search],
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",

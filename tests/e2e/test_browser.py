@@ -871,8 +871,9 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     oldest = memory.new_session()
     memory.add_message(oldest, "user", "how do I store kumquats?")
     memory.add_message(oldest, "assistant", "in a cool place")
-    for i in range(55):
-        memory.add_message(memory.new_session(), "user", f"chat number {i}")
+    numbered = [memory.new_session() for _ in range(55)]
+    for i, numbered_chat in enumerate(numbered):
+        memory.add_message(numbered_chat, "user", f"chat number {i}")
     memory.add_message(memory.new_session(), "user", "https://example.org/" + "a" * 300)  # one long word
     page.reload()
     page.wait_for_selector("#message textarea")
@@ -915,8 +916,31 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     page.fill("#search-chats textarea", "durian")  # the open chat stays listed as the search changes
     expect(page.locator("#sessions input")).to_have_count(1)
     expect(page.locator("#sessions")).to_contain_text("Past chats (the open chat; no other holds: durian)")
+    page.click("#new-chat")  # QA 11: the chat left stayed listed, as "the open chat"
+    expect(page.locator("#sessions input")).to_have_count(0)
+    expect(page.locator("#sessions")).to_contain_text("Past chats (no chat holds: durian)")
+    page.fill("#search-chats textarea", "KUMQUAT")
+    expect(page.locator("#sessions input")).to_have_count(1)
+    page.locator(f'#sessions input[value="{oldest}"]').check()
+    page.fill("#search-chats textarea", "a fresh question")
+    expect(page.locator("#sessions input")).to_have_count(2)  # the open chat, and the match
+    page.locator(f'#sessions input[value="{fresh["session_id"]}"]').check()  # QA 11: the chat left stayed listed
+    expect(page.locator("#sessions input")).to_have_count(1)
+    expect(page.locator("#sessions")).not_to_contain_text("the open chat")
+    # QA 11: open, the 51st most recent match of 55 was neither listed first nor among the 50 shown
+    page.fill("#search-chats textarea", "chat number 4")
+    page.locator(f'#sessions input[value="{numbered[4]}"]').check()
+    expect(page.locator("#chat .message-row.user-row")).to_have_text("chat number 4")
+    page.fill("#search-chats textarea", "chat number")
+    expect(page.locator("#sessions input")).to_have_count(51)
+    expect(page.locator("#sessions input").first).to_have_attribute("value", numbered[4])
+    expect(page.locator("#sessions input").first).to_be_checked()
+    expect(page.locator("#sessions")).to_contain_text(
+        "Past chats (the open chat, and the 50 most recent matches: search to narrow)")
     page.fill("#search-chats textarea", "")
     expect(page.locator("#sessions input")).to_have_count(50)
+    page.locator(f'#sessions input[value="{fresh["session_id"]}"]').check()  # a chat with a routed reply, for below
+    expect(table_rows(page)).to_have_count(2)
 
     # On a phone (400 px): the chat comes first, the page does not scroll sideways, the past chats
     # scroll within their own box, and the decisions table keeps readable columns (it scrolls instead).
