@@ -37,7 +37,8 @@ class ReplyUpdate:
     session_id: str
     text: str = ""                # the reply so far
     done: bool = False
-    status: str = "streaming"     # when done: complete | stopped | error | ignored
+    status: str = "streaming"     # when done: complete | stopped | error | ignored; "waiting": not sent yet,
+                                  # after the chat's reply still going on (another tab's, a reloaded page's)
     notice: str | None = None     # something the user should be told (a hint, a dropped turn, an error)
     stats: GenerationStats | None = None
     message_id: int | None = None  # the assistant row in sessions.db
@@ -172,7 +173,11 @@ class ChatService:
             # A reply still going on in this chat (a reloaded page's, carried on; another tab's): this message
             # comes after it whole. Its reply would wait for the engine anyway; its conversation held the
             # reply as far as it was saved (often nothing yet).
+            waited = time.monotonic()
             while session_id in self._stopping:
+                if time.monotonic() - waited >= self.settings.save_every_s:  # a page can draw that reply as it grows
+                    waited = time.monotonic()
+                    yield ReplyUpdate(session_id, status="waiting")
                 time.sleep(0.02)
             self._stopping[session_id] = stopping  # first: a Stop pressed as the message shows finds this reply
             history = _conversation(self.memory.messages(session_id))

@@ -286,6 +286,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                         left = True
                         yield (*(gr.skip(),) * 6, visitor, gr.skip())
                     continue
+                if update.status == "waiting":  # behind the chat's reply still going on: that reply, as it grows
+                    stored = chat_view(session_id, visitor)
+                    before = stored["value"]
+                    yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]),
+                           *(gr.skip(),) * 5, visitor, gr.skip())
+                    continue
                 # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
                 # not held back by the page.
                 if not update.done and time.monotonic() - shown_at < UI_FRAME_S:

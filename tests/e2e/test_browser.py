@@ -586,11 +586,45 @@ def test_a_page_reloaded_while_its_reply_goes_on_follows_it_to_its_end(tmp_path,
             expect(page.locator("#stats")).to_contain_text(f"{tokens} token", timeout=10_000)
             expect(bot_rows.last).to_contain_text(content[-30:].strip())
 
+            drawn_growing, sent_after = [], []
+
             def send_next():
+                earlier = bot_rows.nth(bot_rows.count() - 1)  # that row, whatever is drawn after it
+                streaming = db.execute("select id from messages where status = 'streaming'").fetchone()
+                if not streaming:  # it has just ended
+                    return
+                sent_after.append(streaming[0])
                 page.fill("#message textarea", "and then?")
                 page.press("#message textarea", "Enter")
                 expect(page.locator("#chat .message-row.user-row").last).to_have_text("and then?", timeout=30_000)
-            followed = reload_while_a_reply_streams(page, db, app.proc.pid, then=send_next)
+                # While the message waits, the reply before it is still drawn as it grows (it stood still). Twice:
+                # once could be a follow update already on its way when the message was sent.
+                lengths, sent = [len(earlier.inner_text())], time.monotonic()
+                while time.monotonic() - sent < 10:
+                    length = len(earlier.inner_text())  # then still streaming: it grew while the message waited
+                    if db.execute("select status from messages where id = ?", streaming).fetchone()[0] == "streaming":
+                        if length > lengths[-1]:
+                            lengths.append(length)
+                        if len(lengths) == 3:
+                            drawn_growing.append(True)
+                            return
+                    else:
+                        # ended within a few saves of the send: not enough to see, so send again
+                        assert time.monotonic() - sent < 2, "the reply before the waiting message stood still"
+                        return
+                    time.sleep(0.05)
+                pytest.fail("the reply before the waiting message stood still on the page")
+
+            for _ in range(5):  # a demo reply can end at any token (an end of text among its random words)
+                followed = reload_while_a_reply_streams(page, db, app.proc.pid, then=send_next)
+                if drawn_growing:
+                    break
+                if sent_after and sent_after[-1] == followed:  # "and then?" went: its reply ends before the next try
+                    wait_until_saved(db, followed + 2)
+                    replies = db.execute("select count(*) from messages where role = 'assistant'").fetchone()[0]
+                    expect(table_rows(page).nth(1).locator("[role=gridcell]").first).to_have_text(str(replies),
+                                                                                                 timeout=60_000)
+            assert drawn_growing, "no reply went on long enough after the message was sent to be seen growing"
             content, _ = wait_until_saved(db, followed)
             last, tokens = wait_until_saved(db, followed + 2)  # the reply to "and then?"
             expect(page.locator("#stats")).to_contain_text(f"{tokens} token", timeout=10_000)
