@@ -232,20 +232,26 @@ def on_space() -> bool:
         return False
     persistent = Path(os.environ.get("COGUMI_SPACES_PERSISTENT_DIR", "/data"))
     if "COGUMI_DATA_DIR" not in os.environ and persistent.is_dir() and os.access(persistent, os.W_OK):
-        os.environ["COGUMI_DATA_DIR"] = str(persistent / "cogumi")
-        (persistent / "cogumi").mkdir(exist_ok=True)
+        os.environ["COGUMI_DATA_DIR"] = str(persistent / "cogumi")  # made by open_memory, which says if it cannot be
     return True
 
 
 def browser_state_secret() -> str:
     """The key each visitor's id is encrypted with in their browser, kept in the data directory so
     visitors keep their sessions across restarts of the Space."""
+    from app.memory import SessionStoreError
+
     path = data_dir() / "browser-state.secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(16))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(16))
+            path.chmod(0o600)
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionStoreError(f"{path}: the key visitors' ids are kept under in their browsers cannot be read or "
+                                f"made ({getattr(exc, 'strerror', None) or exc}); remove it (a new one is made) or "
+                                f"make its folder writable, and start again.") from exc
 
 
 def exposure_warnings(host: str, port: int, share: bool, space: bool = False) -> list[str]:
@@ -282,12 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     if unavailable:
         print(f"error: {unavailable}", file=sys.stderr)
         return 2
-    # Before any model is read: a data folder or sessions.db that cannot be used is said at once, not
-    # after a download and a load of minutes.
+    # Before any model is read: a data folder, sessions.db or a Space's browser-state key that cannot be
+    # used is said at once, not after a download and a load of minutes.
     from app.memory import SessionStoreError
 
     try:
         memory = open_memory(args.db)
+        state_secret = browser_state_secret() if space else None
     except SessionStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -344,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     service = ChatService(engine, memory, settings, unavailable=failed, router=router)
     demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}",
-                    per_visitor=space, state_secret=browser_state_secret() if space else None)
+                    per_visitor=space, state_secret=state_secret)
     for warning in exposure_warnings(args.host, args.port, args.share, space):
         log.warning(warning)
     if startup:

@@ -540,6 +540,31 @@ def test_a_session_store_that_cannot_be_used_is_said_before_any_model_is_read(tm
     assert not_a_model.read_text() == "not a model\n"
 
 
+SPACE_DATA = {  # what is in the Space's volume → the path the error line names
+    "a file where the data folder goes": (lambda v: (v / "cogumi").write_text("a file\n"), "cogumi"),
+    "a folder where the browser-state secret goes": (lambda v: (v / "cogumi" / "browser-state.secret").mkdir(parents=True),
+                                                      "cogumi/browser-state.secret"),
+}
+
+
+@pytest.mark.parametrize("case", SPACE_DATA)
+def test_a_space_volume_that_cannot_be_used_is_said_before_any_model_is_read(tmp_path, case):
+    """QA 11: on a Space, a data folder that could not be made was a traceback (on_space made it), and a
+    browser-state secret that could not be read one too, after the models had loaded."""
+    make, named = SPACE_DATA[case]
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    make(volume)
+    not_a_model = tmp_path / "model.gguf"
+    not_a_model.write_text("not a model\n")
+    env = {k: v for k, v in os.environ.items() if k != "COGUMI_DATA_DIR"}
+    env.update(SPACE_ID="cogumi/chat", PORT=str(free_port()), COGUMI_SPACES_PERSISTENT_DIR=str(volume))
+    result = subprocess.run([sys.executable, "launch.py", "--no-browser", "--model", str(not_a_model)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    line = assert_refused(result, volume / named)
+    assert "model.gguf" not in line
+
+
 @pytest.mark.slow
 def test_a_read_only_sessions_db_stops_launch_with_the_file_named(tmp_path, demo_models_dir):
     data = tmp_path / "data"
