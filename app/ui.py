@@ -129,9 +129,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return (visitor or uuid.uuid4().hex) if per_visitor else None
 
     def session_choices(visitor, current=None, matching=None):
-        """The past chats list: the most recent, or those that hold the searched text, and then the chat on
-        screen first whether it holds it or not (a chat begun while a search held was not listed, and the
-        list showed none as open); it says when there are more than it lists."""
+        """The past chats list: the most recent; or those that hold the searched text, after the chat on
+        screen whether it holds it or not (a chat begun while a search held was not listed, and the list
+        showed none as open). It says when there are more than it lists."""
         owner = owner_of(visitor)
         found = service.sessions(owner, matching, limit=LISTED_CHATS + 1)
         more, found = len(found) > LISTED_CHATS, found[:LISTED_CHATS]
