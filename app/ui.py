@@ -210,7 +210,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching), gr.skip())
         on_screen["chat"] = session_id
         return (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
-                session_choices(visitor, session_id, matching), following(session_id, visitor, on_screen))
+                gr.skip(), following(session_id, visitor, on_screen))  # the list: find_chats, next
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -218,8 +218,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return NO_CHAT, chat_view(None, visitor), "", "", listed, *panel_views(service, None, owner_of(visitor))
 
     @explained
-    def new_chat(visitor, on_screen, matching):
-        return empty_chat(visitor, on_screen, session_choices(visitor, None, matching) if matching else gr.update(value=None))
+    def new_chat(visitor, on_screen):
+        return empty_chat(visitor, on_screen, gr.update(value=None))  # the list: find_chats, next
 
     @explained
     def delete_chat(session_id, visitor, on_screen, matching):
@@ -451,15 +451,20 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
                           api_visibility="private").then(
             after_stop, [session_id, visitor, search], [chatbot, sessions, stats, *views], api_visibility="private")
+        # The list for the search as it is now and the chat now open: after a chat is opened or a new one
+        # begun, it is drawn again (QA 11: the chat left stayed listed, as "the open chat"), with the search
+        # box read then, not at the click (typed meanwhile, the list drawn last was the older search's).
+        list_chats = (find_chats, [search, session_id, visitor], sessions)
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button: a new chat too
-            starts_afresh(new_chat, [visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions, *views],
-                          api_visibility="private")
+            starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
+                          api_visibility="private").then(*list_chats, api_visibility="private")
         delete_button.click(delete_chat, [session_id, visitor, on_screen, search],
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
                             js=CONFIRM_DELETE)
-        search.change(find_chats, [search, session_id, visitor], sessions, api_visibility="private")  # typed or pasted
+        search.change(*list_chats, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen, search],
-                       [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private")
+                       [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private").then(
+            *list_chats, api_visibility="private")
         follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow],
                     api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second
         chatbot.like(on_like, [session_id, visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions,

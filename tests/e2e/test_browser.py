@@ -500,7 +500,8 @@ def test_a_reply_goes_on_when_its_page_is_reloaded_or_closed(tmp_path, demo_mode
                 and time.monotonic() < deadline + 60:
             time.sleep(0.1)
         content, status = db.execute("select content, status from messages where id = ?", [seen[0]]).fetchone()
-        assert status == "complete" and content.startswith(seen[1]) and len(content) > len(seen[1])
+        # (Whole: at times no text follows the save seen, as a demo reply can end at any token: CI once.)
+        assert status == "complete" and content.startswith(seen[1])
         assert decisions(db_path)[-1]["stop_reason"] in ("length", "eos", "context")
         if leave == "reload":  # the page that came back shows the whole reply
             page.reload()
