@@ -256,40 +256,30 @@ def load_callback_index(url: str) -> int:
     return loads[0]
 
 
-def hold_the_load(page: Page, url: str) -> list:
-    """Keeps the page's load event (ui.on_load) from reaching the app: returns the list its request
-    lands in, to be answered with .continue_(). Call before the page is opened."""
-    load, held = load_callback_index(url), []
-
-    def hold(route):
-        if not held and (route.request.post_data_json or {}).get("fn_index") == load:
-            held.append(route)
-        else:
-            route.continue_()
-
-    page.route("**/queue/join*", hold)
-    return held
-
-
-def wait_until_held(page: Page, held: list) -> None:
-    for _ in range(100):
-        if held:
-            return
-        page.wait_for_timeout(100)
-    raise AssertionError("the page sent no load event")
-
-
 def test_on_a_space_a_chat_sent_before_the_page_loaded_stays_the_browsers(space):
     """On a busy Space the page's load callback can come back after the visitor has sent a message.
     It gave the browser a second id there, over the one the message was sent under: the chat was
     listed for nobody from then on, and the page went back to no chat while the reply streamed."""
+    load = load_callback_index(space.url)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_context().new_page()
-        held = hold_the_load(page, space.url)  # answered below, once the message is sent
+        held = []
+
+        def hold_the_load(route):
+            if not held and (route.request.post_data_json or {}).get("fn_index") == load:
+                held.append(route)  # answered below, once the message is sent
+            else:
+                route.continue_()
+
+        page.route("**/queue/join*", hold_the_load)
         page.goto(space.url)
         page.wait_for_selector("#message textarea")
-        wait_until_held(page, held)
+        for _ in range(100):
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the page sent no load event"
         page.fill("#message textarea", "sent before the page loaded")
         page.press("#message textarea", "Enter")
         expect(page.locator("#sessions label")).to_have_count(1, timeout=60_000)

@@ -518,13 +518,23 @@ def test_a_reply_that_cannot_be_saved_says_so_and_nothing_stored_is_lost(chat, t
 # -- sessions.db at launch ------------------------------------------------------------------------
 
 
+def launch_on_a_text_file(tmp_path: Path, env: dict[str, str | None], *args: str) -> subprocess.CompletedProcess:
+    """`python launch.py --model` naming a text file (tmp_path/model.gguf), with env's variables set (None:
+    unset): an error that names anything else shows that thing was read before the model."""
+    not_a_model = tmp_path / "model.gguf"
+    not_a_model.write_text("not a model\n")
+    environ = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model), *args],
+        cwd=ROOT, env={k: v for k, v in environ.items() if v is not None}, capture_output=True, text=True,
+        timeout=120)
+
+
 @pytest.mark.parametrize("where", ["--db a folder", "a data folder inside a file"])
 def test_a_session_store_that_cannot_be_used_is_said_before_any_model_is_read(tmp_path, where):
     """The data folder and sessions.db are opened first: their error came after the models were
     downloaded and loaded (minutes, for a real profile), or never, when a model failed first. The
     model here is not a model at all, so the error proves which was read first."""
-    not_a_model = tmp_path / "model.gguf"
-    not_a_model.write_text("not a model\n")
     data, args = tmp_path / "data", []
     if where == "--db a folder":
         args = ["--db", str(tmp_path)]
@@ -532,12 +542,10 @@ def test_a_session_store_that_cannot_be_used_is_said_before_any_model_is_read(tm
     else:
         (tmp_path / "file").write_text("a file, not a folder\n")
         data = tmp_path / "file" / "data"
-    result = subprocess.run(
-        [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model), *args],
-        cwd=ROOT, env={**os.environ, "COGUMI_DATA_DIR": str(data)}, capture_output=True, text=True, timeout=120)
+    result = launch_on_a_text_file(tmp_path, {"COGUMI_DATA_DIR": str(data)}, *args)
     line = assert_refused(result, tmp_path / ("" if args else "file/data"), "--db")
     assert "model.gguf" not in line
-    assert not_a_model.read_text() == "not a model\n"
+    assert (tmp_path / "model.gguf").read_text() == "not a model\n"
 
 
 SPACE_DATA = {  # what is in the Space's volume → the path the error line names
@@ -555,12 +563,8 @@ def test_a_space_volume_that_cannot_be_used_is_said_before_any_model_is_read(tmp
     volume = tmp_path / "volume"
     volume.mkdir()
     make(volume)
-    not_a_model = tmp_path / "model.gguf"
-    not_a_model.write_text("not a model\n")
-    env = {k: v for k, v in os.environ.items() if k != "COGUMI_DATA_DIR"}
-    env.update(SPACE_ID="cogumi/chat", PORT=str(free_port()), COGUMI_SPACES_PERSISTENT_DIR=str(volume))
-    result = subprocess.run([sys.executable, "launch.py", "--no-browser", "--model", str(not_a_model)], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = launch_on_a_text_file(tmp_path, {"COGUMI_DATA_DIR": None, "SPACE_ID": "cogumi/chat",
+                                              "COGUMI_SPACES_PERSISTENT_DIR": str(volume)})
     line = assert_refused(result, volume / named)
     assert "model.gguf" not in line
 
