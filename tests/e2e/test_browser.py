@@ -1008,6 +1008,16 @@ def test_copy_gives_a_message_as_typed(app, page):
     last_user = page.locator("#chat .message-row.user-row").last  # shown as typed, indent and "<" too (the
     shown = last_user.locator("pre code").inner_text()  # page's markdown turns a leading tab into 4 spaces)
     assert shown.replace("\t", "    ") == "    indented code line, a < b\n    Tabbed\n      six"
+    # A person's text shows as typed, markdown's syntax characters too (the page's renderer, not markdown-it)
+    plain = "__init__ runs before __call__, 2*3*4, ~~kept~~ # [x](y) a|b C:\\new\\_dir\nmy output\n---"
+    send(page, plain, db_path)
+    last_user = page.locator("#chat .message-row.user-row").last
+    assert last_user.locator("strong, em, del, s, h2, a, table").count() == 0
+    expect(last_user).to_contain_text("__init__ runs before __call__, 2*3*4, ~~kept~~ # [x](y) a|b C:\\new\\_dir")
+    expect(last_user).to_contain_text("---")
+    page.evaluate(COPY_LAST_USER_MESSAGE)
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == plain
     user.locator("pre").hover()
     user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
     page.wait_for_timeout(300)
@@ -1018,7 +1028,7 @@ def test_copy_gives_a_message_as_typed(app, page):
     from hypothesis import HealthCheck, given, settings
 
     from app.display import shown
-    from tests.reliability.test_hostile_text import PICKED, hostile
+    from tests.reliability.test_hostile_text import PICKED, TYPED_NOT_MARKDOWN, hostile
 
     texts = [t for t in PICKED if "`" not in t and "~~~" not in t] + [  # and code written as one writes it
         "Steps:\n\n1. first do this:\n   ```python\n   if a < b:\n       pass\n   ```\n2. then that\n",
@@ -1029,7 +1039,8 @@ def test_copy_gives_a_message_as_typed(app, page):
         "- x\n  - y\n    ```\n    left open < here",
         # QA 9: tabs in the indent (they were left as prose), and an indented block after a fenced one in an item
         "para\n\n\t\tif a < b: x", "- a\n\n\t    x<1\n- b", "x\n\n\tA <1>\n\tB <2>\n\t\tC",
-        "- a\n\n  ```\n  x\n  ```\n\n      code <after>\n- b", "- z\n  - y\n    ```\n\t\n    ```\n"]
+        "- a\n\n  ```\n  x\n  ```\n\n      code <after>\n- b", "- z\n  - y\n    ```\n\t\n    ```\n",
+        *TYPED_NOT_MARKDOWN, "* a *b*\n  * c_d_\n- e\n  ---\n1. `x_y` _z_ ``a*b``"]  # list markers kept
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))

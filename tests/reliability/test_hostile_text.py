@@ -313,6 +313,31 @@ def test_a_failed_replys_reason_shows_as_text():
     assert html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip() == f"(failed: {reason})"
 
 
+# What a person types outside code, and what markdown would make of it (a model's reply is markdown; a
+# person's message is text: Python's dunder names, arithmetic, paths and underlines are common in it).
+TYPED_NOT_MARKDOWN = [
+    "__init__ runs before __call__", "2*3*4 = 24, and 5 * 6 * 7", "**not bold**, _not italic_, ~~not struck~~, ~x~",
+    "# not a heading\n## nor this", "my output\n---\nand more", "a title\n===", "a | b\n--|--\n1 | 2",
+    "C:\\new\\_folder, \\*not escaped\\*, a line end\\\nnext", "[a link](http://x) and [ref]\n\n[ref]: http://y",
+    "\\`not code\\`", "***\n___", "[ ] not a box, [x] nor this", "a <b>tag</b> & ![img](y)", "1) first\n2) second",
+]
+# markdown-it with the GitHub additions the Chatbot's renderer (marked, GFM) has
+GFM = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+
+
+@pytest.mark.parametrize("typed", TYPED_NOT_MARKDOWN)
+def test_a_persons_message_shows_as_typed_not_as_markdown(typed):
+    """QA: a message's text rendered as markdown: "__init__" showed as a bold "init", "2*3*4" as "23"
+    with the 3 in italics, "---" under a line made it a heading, a backslash before "_" vanished."""
+    rendered = GFM.render(shown("user", typed)["content"]["text"])
+    assert tags(rendered) <= {"p", "br", "ol", "li"}, rendered  # "1)": a numbered list shows its numbers
+    shown_text = html.unescape(re.sub(r"<[^>]+>", "", rendered))
+    if "<ol>" in rendered:
+        shown_text = "\n".join(f"{n}) {line}" for n, line in enumerate(shown_text.strip().splitlines(), 1))
+    assert shown_text.strip() == typed.replace("\n\n", "\n")  # markdown's paragraphs: one blank line between
+    assert shown("assistant", "__init__")["content"]["text"] == "__init__"  # a reply stays markdown
+
+
 def test_indented_code_after_a_fenced_block_stays_in_its_list_item():
     """QA 9: the text after a fence was read on its own, out of its list item: the list broke in two around
     a block at column 0."""
