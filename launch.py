@@ -374,7 +374,8 @@ def open_memory(db: Path | None):
             data_dir().mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SessionStoreError(f"{data_dir()}: could not make the data folder ({exc.strerror or exc}); set "
-                                    f"COGUMI_DATA_DIR to a folder you can write, or start with --db FILE.") from exc
+                                    f"COGUMI_DATA_DIR to a folder you can write, or start with --db FILE and "
+                                    f"--models-dir FOLDER (the model cache is in the data folder too).") from exc
     memory = Memory(db or data_dir() / "sessions.db")
     if memory.interrupted:
         log.info("%d %s cut off by an earlier stop %s kept and marked interrupted", memory.interrupted,

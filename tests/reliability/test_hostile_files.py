@@ -545,6 +545,8 @@ def test_a_session_store_that_cannot_be_used_is_said_before_any_model_is_read(tm
     result = launch_on_a_text_file(tmp_path, {"COGUMI_DATA_DIR": str(data)}, *args)
     line = assert_refused(result, tmp_path / ("" if args else "file/data"), "--db")
     assert "model.gguf" not in line
+    if not args:  # QA 11: started with --db alone, the model cache, in the data folder too, failed next
+        assert "--models-dir" in line
     assert (tmp_path / "model.gguf").read_text() == "not a model\n"
 
 
