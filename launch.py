@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 def open_memory(db: Path | None):
     """The session store: --db, else sessions.db in the data folder, made if missing. SessionStoreError
     says what is wrong: read-only, locked by another program, not a database, a folder that cannot be made."""
-    from app.memory import Memory, SessionStoreError
+    from app.memory import LOCK_WAIT_S, Memory, SessionStoreError, held_elsewhere
 
     if db is None:
         try:
@@ -376,7 +376,11 @@ def open_memory(db: Path | None):
             raise SessionStoreError(f"{data_dir()}: could not make the data folder ({exc.strerror or exc}); set "
                                     f"COGUMI_DATA_DIR to a folder you can write, or start with --db FILE and "
                                     f"--models-dir FOLDER (the model cache is in the data folder too).") from exc
-    memory = Memory(db or data_dir() / "sessions.db")
+    path = db or data_dir() / "sessions.db"
+    if held_elsewhere(path):  # else the start stood silent for the lock's wait
+        log.warning("%s: another program holds a lock on it (a database tool in the middle of a transaction?); "
+                    "waiting up to %.0f s for it to let go", path, LOCK_WAIT_S)
+    memory = Memory(path)
     if memory.interrupted:
         log.info("%d %s cut off by an earlier stop %s kept and marked interrupted", memory.interrupted,
                  *(("reply", "is") if memory.interrupted == 1 else ("replies", "are")))

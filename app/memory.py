@@ -134,8 +134,31 @@ def _explain(path: str, exc: sqlite3.Error) -> str:
     return f"{path}: the session database failed ({text}); {hint}."
 
 
+LOCK_WAIT_S = 10.0  # how long a read or write waits for another program's lock before it fails
+
+
+def held_elsewhere(path: Path | str) -> bool:
+    """Whether another program holds a lock on the database at `path` right now, so that opening it
+    would wait (Memory's timeout). Asked without waiting; a file it cannot open is Memory's to explain."""
+    if not Path(path).is_file():
+        return False
+    try:
+        probe = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=rw", uri=True, timeout=0,
+                                isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        probe.execute("begin immediate")
+        probe.execute("rollback")
+        return False
+    except sqlite3.Error as exc:
+        return "locked" in str(exc) or "busy" in str(exc)
+    finally:
+        probe.close()
+
+
 class Memory:
-    def __init__(self, path: Path | str, timeout: float = 10.0):
+    def __init__(self, path: Path | str, timeout: float = LOCK_WAIT_S):
         """`timeout`: how long a read or write waits for another program's lock before it fails."""
         self.path = str(path)
         self._lock = threading.RLock()

@@ -550,6 +550,34 @@ def test_a_session_store_that_cannot_be_used_is_said_before_any_model_is_read(tm
     assert (tmp_path / "model.gguf").read_text() == "not a model\n"
 
 
+def test_a_locked_sessions_db_at_start_is_said_while_the_start_waits_for_it(tmp_path):
+    """QA 11: the start waited its 10 s for another program's lock on sessions.db in silence, then gave its
+    clear error. It says so as the wait begins; let go within the wait, the start goes on (here to the
+    "model", a text file, whose error shows it got past the store)."""
+    db_path = tmp_path / "sessions.db"
+    before = stored_chat(db_path)
+    not_a_model = tmp_path / "model.gguf"
+    not_a_model.write_text("not a model\n")
+    lines: list[str] = []
+    with locked(db_path):
+        start = subprocess.Popen(
+            [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model),
+             "--db", str(db_path)], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        reader = threading.Thread(target=lambda: lines.extend(start.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 8  # within the store's 10 s wait
+        while not any("waiting" in line for line in lines) and time.monotonic() < deadline and start.poll() is None:
+            time.sleep(0.05)
+        said = [line for line in lines if "waiting" in line]
+        assert said, "".join(lines)
+        assert str(db_path) in said[0] and "another program" in said[0] and "10 s" in said[0], said[0]
+    assert start.wait(timeout=60) == 2
+    reader.join(timeout=5)
+    error = [line for line in lines if line.startswith("error: ")]
+    assert error and str(not_a_model) in error[-1], "".join(lines)
+    assert rows(db_path) == before
+
+
 SPACE_DATA = {  # what is in the Space's volume → the path the error line names
     "a file where the data folder goes": (lambda v: (v / "cogumi").write_text("a file\n"), "cogumi"),
     "a folder where the browser-state secret goes": (lambda v: (v / "cogumi" / "browser-state.secret").mkdir(parents=True),
