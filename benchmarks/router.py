@@ -14,12 +14,15 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
             ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo base
             they cost less than asking, so it is scored as on the first path;
   unrouted: no Router, the reply on the base.
-  Messages are domain texts whose most likely domain is a modifier's. They go through every path,
-  in three passes that rotate which third of them each path gets, so no path finds another's
-  prefill in the KV cache. Then the same as a follow-up: the second message of a session, after a
-  first turn and its reply (so the escalation detector has an answer to read, and the KV cache
-  holds the conversation), after the background work a person's reading leaves time for: the
-  reply's embedding (Router.settle).
+  Messages are domain texts whose most likely domain is a modifier's. Each goes through the three
+  paths back to back (their order rotating from one message to the next), and before each the KV
+  cache is left as a new conversation finds it (the system prompt, nothing of the message), so the
+  paths are compared in pairs, seconds apart, on the same text: the ratio is the median of the
+  per-message ratios. (Medians over the paths' runs minutes apart, as this benchmark first took
+  them, put this VM's drift into the ratio: 1.05-1.35 on the 7B shape. They are printed too.) Then
+  the same as a follow-up: the second message of a session, after a first turn and its reply (so
+  the escalation detector has an answer to read, and the KV cache holds the conversation), after
+  the background work a person's reading leaves time for: the reply's embedding (Router.settle).
   On the demo base, a 768-wide one and a Qwen2.5-0.5B-shaped one (--large: also
   Qwen2.5-1.5B-shaped; --huge: also Qwen2.5-7B-shaped, the default profile's base).
   Every timed message is new to the embedding cache. The signals of the routed messages are timed
@@ -30,9 +33,10 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
     .venv/bin/python benchmarks/router.py [--n 300] [--ttft-n 60] [--shape-n N] [--large] [--huge] [--models NAME ...]
 
 The last line is JSON: signals_p50_ms, signals_p95_ms, perplexity_needed_share (of the signals'
-messages, under the default τe and τd), ttft_base_route_vs_unrouted (median needed TTFT / median
-unrouted TTFT on the demo base, where the perplexity decides), ttft_base_route_unneeded_vs_unrouted
-(where it cannot change the route), and the per-model figures.
+messages, under the default τe and τd), ttft_base_route_vs_unrouted (the median over
+messages of needed TTFT / unrouted TTFT on the demo base, where the perplexity decides),
+ttft_base_route_unneeded_vs_unrouted (where it cannot change the route), and the per-model figures
+(ttft_ratio_of_medians: median TTFT / median unrouted TTFT).
 """
 
 from __future__ import annotations
@@ -148,19 +152,27 @@ def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, 
     signals_ms: list[float] = []  # the signals as the app runs them: on the router's thread, after the base's own work
     for name in thresholds:
         paths[name].router.signals = _timed(paths[name].router.signals, signals_ms)
+    filler = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "§"}]
+
+    def as_new() -> None:
+        """The KV cache as a new conversation finds it: the system prompt, and none of the message the
+        path before just prefilled (which the next path would otherwise reuse)."""
+        engine.score(filler, max_tokens=settings.max_tokens)
+
     for m in messages[:4]:  # warm-up
         for name, service in paths.items():
             first_text_ms(service, f"{m} (warm-up {name})")
     signals_ms.clear()
-    third = len(messages) // 3
-    groups = [messages[k * third:(k + 1) * third] for k in range(3)]
+    names = list(paths)
     times = {f"{name}{kind}": [] for name in paths for kind in ("", "_follow_up")}
-    for rotation in range(3):  # each message through every path, never twice in a row
-        for i in range(third):
-            for k, (name, service) in enumerate(paths.items()):
-                group = groups[(k + rotation) % 3]
-                times[name].append(first_text_ms(service, group[i]))
-                times[f"{name}_follow_up"].append(follow_up_ms(service, group[i - 1], group[i]))
+    for i, message in enumerate(messages):  # each message through every path, back to back
+        order = names[i % 3:] + names[:i % 3]
+        for name in order:
+            as_new()
+            times[name].append(first_text_ms(paths[name], message))
+        for name in order:
+            as_new()
+            times[f"{name}_follow_up"].append(follow_up_ms(paths[name], messages[i - 1], message))
     scored = {}
     for name in thresholds:
         rows = paths[name].memory.db.execute("select route, perplexity from decisions").fetchall()
@@ -168,10 +180,17 @@ def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, 
         scored[name] = sum(p is not None for _, p in rows) / len(rows)
     assert scored["needed"] == 1.0
     med = {k: statistics.median(v) for k, v in times.items()}
+
+    def paired(name: str, kind: str = "") -> list[float]:  # each message's time on a path ÷ its unrouted time
+        return [a / b for a, b in zip(times[name + kind], times["unrouted" + kind])]
+
     return {"n": len(times["unrouted"]), "unrouted_ms": med["unrouted"], "unrouted_p95_ms": percentile(times["unrouted"], 95),
             **{f"{name}_{key}": value for name in thresholds for key, value in (
-                ("ms", med[name]), ("p95_ms", percentile(times[name], 95)), ("ratio", med[name] / med["unrouted"]),
-                ("follow_up_ratio", med[f"{name}_follow_up"] / med["unrouted_follow_up"]))},
+                ("ms", med[name]), ("p95_ms", percentile(times[name], 95)),
+                ("ratio", statistics.median(paired(name))),
+                ("ratio_iqr", (percentile(paired(name), 25), percentile(paired(name), 75))),
+                ("ratio_of_medians", med[name] / med["unrouted"]),
+                ("follow_up_ratio", statistics.median(paired(name, "_follow_up"))))},
             "follow_up_unrouted_ms": med["unrouted_follow_up"], "unneeded_scored_share": scored["unneeded"],
             "signals_p50_ms": percentile(signals_ms, 50), "signals_p95_ms": percentile(signals_ms, 95)}
 
@@ -223,7 +242,7 @@ def main() -> None:
           f"1 encoder thread: p50 {signals['p50_ms']:.2f} ms  p95 {signals['p95_ms']:.2f} ms  "
           f"max {signals['max_ms']:.2f} ms")
 
-    messages = modifier_domain_messages(signal_router, 3 * (args.ttft_n // 3), args.seed + 1)
+    messages = modifier_domain_messages(signal_router, args.ttft_n, args.seed + 1)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cogumi-bench-") as tmp:
         tmp = Path(tmp)
@@ -243,15 +262,18 @@ def main() -> None:
     print(f"  {100 * signals['needed_share']:.0f} % of them need the perplexity under τe {signal_router.thresholds.tau_e}, "
           f"τd {signal_router.thresholds.tau_d} (a sure modifier domain, no escalation)")
     batch_threads = default_batch_threads(llama_threads, 0)
-    print(f"\nTTFT on the base route, medians ({llama_threads} llama thread(s), prompt batches on {batch_threads}): "
-          f"first message of a new session, "
-          f"then a follow-up (second message, after a reply). needed: the perplexity decides the route; unneeded: "
-          f"it could not change it, so it is scored only where that costs less than asking (scored: share of those)")
-    print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'needed ms':>11}{'ratio':>8}{'unneeded ms':>13}{'ratio':>8}"
-          f"{'scored':>8}{'p95: unrouted':>15}{'needed':>9}{'unneeded':>10}{'follow-up ratios':>18}"
-          f"{'signals p50/p95':>17}")
+    print(f"\nTTFT on the base route ({llama_threads} llama thread(s), prompt batches on {batch_threads}): first message "
+          f"of a new session, then a follow-up (second message, after a reply). needed: the perplexity decides the "
+          f"route; unneeded: it could not change it, so it is scored only where that costs less than asking (scored: "
+          f"share of those). ratio: the median of each message's time ÷ its unrouted time, measured back to back "
+          f"(IQR: their middle half); of medians: median time ÷ median unrouted time")
+    print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'needed ms':>11}{'ratio':>8}{'IQR':>14}{'of medians':>12}"
+          f"{'unneeded ms':>13}{'ratio':>8}{'scored':>8}{'p95: unrouted':>15}{'needed':>9}{'unneeded':>10}"
+          f"{'follow-up ratios':>18}{'signals p50/p95':>17}")
     for name, r in results.items():
+        low, high = r["needed_ratio_iqr"]
         print(f"{name:<16}{r['n']:>4}{r['unrouted_ms']:>13.2f}{r['needed_ms']:>11.2f}{r['needed_ratio']:>8.3f}"
+              f"{f'{low:.3f}-{high:.3f}':>14}{r['needed_ratio_of_medians']:>12.3f}"
               f"{r['unneeded_ms']:>13.2f}{r['unneeded_ratio']:>8.3f}{r['unneeded_scored_share']:>8.0%}"
               f"{r['unrouted_p95_ms']:>15.2f}{r['needed_p95_ms']:>9.2f}{r['unneeded_p95_ms']:>10.2f}"
               f"{r['needed_follow_up_ratio']:>9.3f} / {r['unneeded_follow_up_ratio']:.3f}"
@@ -263,6 +285,9 @@ def main() -> None:
         "perplexity_needed_share": round(signals["needed_share"], 3),
         **{f"ttft_base_route_vs_unrouted{short[k]}": round(v["needed_ratio"], 3) for k, v in results.items()},
         **{f"ttft_base_route_unneeded_vs_unrouted{short[k]}": round(v["unneeded_ratio"], 3) for k, v in results.items()},
+        "ttft_base_route_vs_unrouted_iqr": {k: [round(x, 3) for x in v["needed_ratio_iqr"]] for k, v in results.items()},
+        "ttft_ratio_of_medians": {k: {"needed": round(v["needed_ratio_of_medians"], 3),
+                                      "unneeded": round(v["unneeded_ratio_of_medians"], 3)} for k, v in results.items()},
         "ttft_follow_up_vs_unrouted": {k: {"needed": round(v["needed_follow_up_ratio"], 3),
                                            "unneeded": round(v["unneeded_follow_up_ratio"], 3)} for k, v in results.items()},
         "signals_in_app_ms": {k: {"p50": round(v["signals_p50_ms"], 2), "p95": round(v["signals_p95_ms"], 2)}
