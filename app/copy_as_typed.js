@@ -46,5 +46,25 @@
     e.clipboardData.setData("text/plain", asTyped(box.value));
     e.preventDefault();
   }, true);
+  // Gradio labels each message by its text as the page was given it (aria-label "user's message: &#95;&#95;init…",
+  // "&lt;b&gt;", code as our HTML), and a screen reader reads that out: label it as typed. Svelte sets the label
+  // again as the message changes (a streaming reply); the label made here is kept to know it from those.
+  const LABEL = /^(?:user|bot)'s message: /;
+  const relabel = el => {
+    const label = el.getAttribute("aria-label") ?? "", head = LABEL.exec(label);
+    if (!head || label === el.dataset.typedLabel) return;
+    el.dataset.typedLabel = head[0] + asTyped(label.slice(head[0].length));
+    el.setAttribute("aria-label", el.dataset.typedLabel);
+  };
+  new MutationObserver(records => {
+    for (const record of records) {
+      if (record.type === "attributes") relabel(record.target);
+      for (const node of record.addedNodes) {
+        if (node.nodeType !== Node.ELEMENT_NODE) continue;
+        if (node.hasAttribute("aria-label")) relabel(node);
+        node.querySelectorAll("[aria-label]").forEach(relabel);
+      }
+    }
+  }).observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ["aria-label"]});
   window.cogumiAsTyped = asTyped;
 }

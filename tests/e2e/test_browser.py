@@ -1018,6 +1018,11 @@ def test_copy_gives_a_message_as_typed(app, page):
     page.evaluate(COPY_LAST_USER_MESSAGE)
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == plain
+    # and labelled as typed: Gradio labels a message by its text as given, which a screen reader read out
+    # ("user's message: &#95;&#95;init&#95;&#95;", "&lt;b&gt;")
+    for message, text in ((last_user, plain), (user, typed)):
+        expect(message.locator("[aria-label^=\"user's message: \"]")).to_have_attribute(
+            "aria-label", f"user's message: {text}")
     user.locator("pre").hover()
     user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
     page.wait_for_timeout(300)
