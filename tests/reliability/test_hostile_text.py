@@ -68,12 +68,18 @@ HTML_TEXTS = [
 MARKDOWN = MarkdownIt("commonmark", {"html": True})
 MARKDOWN_TAGS = {"p", "code", "pre", "em", "strong", "a", "ul", "ol", "li", "blockquote", "hr", "br",
                  "h1", "h2", "h3", "h4", "h5", "h6"}
+# markdown-it with the GitHub additions the Chatbot's renderer (marked, GFM) has
+GFM = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+PERSONS_TEXT_MAKES_NO = {"em", "strong", "s", "del", "a", "img", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr",
+                         "blockquote"}
 SQL_TEXTS = ["'); drop table messages; --", "\"; DELETE FROM sessions; --", "' OR '1'='1", "?", ":name", "%s"]
 ODD_TEXTS = [
     "\x00", "\x07", "\x1b[31m", "\r\n", "\u202e", "\u200f", "\u200e", "\u2066", "\ufeff", "\u200b",
     "\u2028", "\U0010ffff", "\ufffd", "🙂", "👩‍👩‍👧", "e\u0301", "{{ 7*7 }}", "{% raw %}", "{0}", "\\",
 ]
-FRAGMENTS = CONTROL_TEXTS + HTML_TEXTS + SQL_TEXTS + ODD_TEXTS
+MARKDOWN_TEXTS = ["**", "__", "_", "*", "~~", "# ", "\n---\n", "\n===", " | ", "\n--|--\n", "[x](y)", "\\*", "> ", "\n- ",
+                  "\n1. ", "***"]  # a person's text shows them as typed; a reply renders them
+FRAGMENTS = CONTROL_TEXTS + HTML_TEXTS + SQL_TEXTS + ODD_TEXTS + MARKDOWN_TEXTS
 
 # Any Unicode text (hypothesis' default alphabet: every code point but the surrogates), with the
 # fragments above spliced in.
@@ -165,6 +171,8 @@ def check_shown(text: str) -> None:
             # "<" by its entity
             assert "<" not in content and ">" not in content
             assert html.unescape(content) == text
+    # a person's text makes no markdown but lists (and the code it holds): no emphasis, link, heading, table
+    assert not tags(GFM.render(shown("user", text)["content"]["text"])) & PERSONS_TEXT_MAKES_NO
     drawn = panel.path_html(_decision(), text)
     (shown_message,) = re.findall(r'<div class="msg">(.*?)</div>', drawn, re.S)
     assert "<" not in shown_message and ">" not in shown_message
@@ -321,8 +329,6 @@ TYPED_NOT_MARKDOWN = [
     "C:\\new\\_folder, \\*not escaped\\*, a line end\\\nnext", "[a link](http://x) and [ref]\n\n[ref]: http://y",
     "\\`not code\\`", "***\n___", "[ ] not a box, [x] nor this", "a <b>tag</b> & ![img](y)", "1) first\n2) second",
 ]
-# markdown-it with the GitHub additions the Chatbot's renderer (marked, GFM) has
-GFM = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
 
 
 @pytest.mark.parametrize("typed", TYPED_NOT_MARKDOWN)
