@@ -6,9 +6,10 @@
   // those buttons: a code block's own copy button copies its shown text, which is right already.
   const COPIES = '#chat button[aria-label="Copy message"], #chat button[aria-label="Copy conversation"]';
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
-  for (const c of "#*-=[\\]_`|~") ENTITIES[`&#${c.charCodeAt(0)};`] = c;
-  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#(?:33|35|42|45|61|91|92|93|95|96|124|126));/g;
-  const unescape = text => text.replace(/&(?:lt|gt|amp|#33);/g, e => ENTITIES[e]);
+  for (const c of "#$*-=[\\]_`|~") ENTITIES[`&#${c.charCodeAt(0)};`] = c;
+  ENTITIES["<!-- -->"] = "";  // where a bare URL's link ends (display.py LINK_END)
+  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#(?:33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
+  const unescape = text => text.replace(/&(?:lt|gt|amp|#33|#36);/g, e => ENTITIES[e]);  // in code: ours
   const ATTRIBUTE = {...ENTITIES, "&quot;": '"', "&#x27;": "'", "&#10;": "\n", "&#13;": "\r"};
   const unattribute = text => text.replace(/&(?:lt|gt|amp|quot|#x27|#10|#13);/g, e => ATTRIBUTE[e]);
   const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));

@@ -33,13 +33,26 @@ _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]+")
 # emphasis, code or link can form. "![" can no longer either, once "[" is escaped.
 _MARKDOWN_INLINE = re.compile(r"[\\`*_\[\]~|]")
 # In a person's message, outside code: the characters markdown reads as syntax, as character references
-# (which markdown shows as the character and reads as nothing else; Copy turns them back, copy_as_typed.js).
-# Kept: "-" and "*" list markers and a numbered list's "1." (markdown places a code block in a list item by
-# them; a list shows as one anyway), spaces (indented code). A line of "-" or "=" alone loses its first:
-# under a line of text it made that line a heading.
-_TYPED_SYNTAX = re.compile(r"^(?P<line>[ \t]*)(?P<first>[-=])(?=[-= \t]*(?:\r|\n|$))|^(?P<marker>[ \t]*\*)(?=[ \t])"
-                           r"|[&<>\\`*_~\[\]|#]", re.M)
+# (which markdown shows as the character and reads as nothing else; Copy turns them back, copy_as_typed.js),
+# and "$", whose "$$" is the Chatbot's LaTeX delimiter. Kept: "-" and "*" list markers and a numbered list's
+# "1." (markdown places a code block in a list item by them; a list shows as one anyway), spaces (indented
+# code). A line of "-" or "=" alone loses its first: under a line of text it made that line a heading. Kept
+# as typed too: what the page's markdown (marked, GFM) makes a link of, a bare URL or an e-mail address, by
+# its own expressions (QA 12: a reference at a link's end lost its ";" to the link, and showed as "&#95").
+_SYNTAX_CHARS = r"[&<>\\`*_~\[\]|#$]"
+_TYPED_SYNTAX = re.compile(
+    r"(?P<url>(?:(?:ftp|https?)://|www\.)[a-zA-Z0-9-][^\s<]*)"
+    r"|(?P<email>(?<![A-Za-z0-9.!#$%&'*+/=?_`{|}~-])[A-Za-z0-9._+-]++@[a-zA-Z0-9_-]++"
+    r"(?:\.[a-zA-Z0-9_-]*+(?<=[a-zA-Z0-9]))++(?![-_]))"
+    r"|^(?P<line>[ \t]*)(?P<first>[-=])(?=[-= \t]*(?:\r|\n|$))|^(?P<marker>[ \t]*\*)(?=[ \t])"
+    r"|" + _SYNTAX_CHARS, re.M)
+_TYPED_CHARS = re.compile(_SYNTAX_CHARS)
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Where marked ends a bare URL's link (GFM's trailing punctuation, an unbalanced ")", an entity at the end) ...
+_LINK_BACKPEDAL = re.compile(r"""(?:[^?!.,:;*_'"~()&]+|\([^)]*\)|&(?![a-zA-Z0-9]+;\Z)|[?!.,:;*_'"~)]+(?!\Z))+""")
+# ... and what ends it here: else it runs to the next space, through the references that follow it, and the
+# end it cuts off is a reference's ";" (an HTML comment: nothing shows; Copy takes it out)
+LINK_END = "<!-- -->"
 # Markdown's block structure (CommonMark), read to find where it sees an indented code block: the block
 # rules alone (inline parsing was 3/4 of the time: 50,000 characters in 186 ms, 11 ms without), and only
 # for text with a line indented 4 columns, which such a block needs (a streaming reply is shown 25 times
@@ -89,7 +102,7 @@ def as_markdown(text: str, typed: bool = False) -> str:
         code = code[min(len(indent), len(code) - len(code.lstrip(" "))):]
         closing = indent if code.endswith("\n") else ""
         after = "\n" if text[:end].endswith("\n") else ""  # the closing fence's line end, if it had one
-        parts.append(f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code)}{closing}</code></pre>{after}")
+        parts.append(f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code, typed)}{closing}</code></pre>{after}")
         at = end
     return "".join(parts + [_prose(text, at, len(text), code_blocks, typed)])
 
@@ -128,7 +141,7 @@ def _prose(text: str, start: int, stop: int, code_blocks: list, typed: bool) -> 
     for begin, end, block, item in code_blocks:
         begin, end = begin - first, end - first
         if begin >= at and end <= len(lines):
-            parts += [_escape_prose("".join(lines[at:begin]), typed), _code_html(lines[begin:end], block, item)]
+            parts += [_escape_prose("".join(lines[at:begin]), typed), _code_html(lines[begin:end], block, item, typed)]
             at = end
     return "".join(parts + [_escape_prose("".join(lines[at:]), typed)])
 
@@ -141,7 +154,7 @@ def _item_indent(line: str, item) -> int:
     return marker + (spaces if 1 <= spaces <= 4 and line[marker:].strip() else 1)
 
 
-def _code_html(lines: list[str], block, item: int) -> str:
+def _code_html(lines: list[str], block, item: int, typed: bool) -> str:
     """A code block's lines as our <pre>, in a list item whose text is indented `item`. The <pre> goes at
     that indent, so that the block stays in the item; a newline after it is not shown (HTML), and lets
     markdown take that indent off every line of the code but the first, which has it taken off here, and
@@ -173,7 +186,7 @@ def _code_html(lines: list[str], block, item: int) -> str:
     else:
         shown = code
     closing_at = " " * item if code.endswith("\n") else ""  # a line that starts at column 0 would end the item
-    return (f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code data-typed{attributes}>{_escaped(shown)}"
+    return (f"{' ' * item}<pre>\n{' ' * item}{COPY_CODE}<code data-typed{attributes}>{_escaped(shown, typed)}"
             f"{closing_at}</code></pre>{end}")
 
 
@@ -223,24 +236,40 @@ def _escape_prose(text: str, typed: bool) -> str:
         span = text[opening.start():runs[closing].end()]
         inside = span[len(opening[0]):-len(opening[0])]
         parts += [escaped(text[at:opening.start()]),
-                  f"<code>{_escaped(inside)}</code>" if _HTML_READS.search(span) else span]
+                  f"<code>{_escaped(inside, typed)}</code>" if _HTML_READS.search(span) or typed and "$" in span else span]
         at, i = runs[closing].end(), closing + 1
     return "".join(parts + [escaped(text[at:])])
 
 
-def _escaped(text: str) -> str:
-    return html.escape(text, quote=False).replace("![", "&#33;[")
+def _escaped(text: str, typed: bool = False) -> str:
+    """HTML's special characters as entities, "![" too (no image is fetched); in a person's text "$" too (a "$$"
+    anywhere in a message, code included, has the Chatbot read the whole message's text for LaTeX)."""
+    escaped = html.escape(text, quote=False).replace("![", "&#33;[")
+    return escaped.replace("$", "&#36;") if typed else escaped
 
 
 def _typed(text: str) -> str:
     """A person's text outside code, as markdown that shows it as typed (_TYPED_SYNTAX)."""
     def reference(found: re.Match) -> str:
+        if found["email"]:
+            return _escaped(found[0])
+        if found["url"]:
+            link, cut = found[0], ""
+            while cut != link:
+                cut, link = link, (_LINK_BACKPEDAL.match(link) or [""])[0]
+            rest = found[0][len(link):] + text[found.end():found.end() + 1]  # and the "<" that may end it
+            return (_escaped(link[:-1], typed=True) + _escaped(link[-1:])  # "$" too, but at its end: a reference there
+                    + (LINK_END if rest.strip() else "") + _TYPED_CHARS.sub(_character, found[0][len(link):]))  # breaks it
         if found["first"]:
             return f"{found['line']}&#{ord(found['first'])};"
         if found["marker"]:
             return found[0]
-        return _ENTITIES.get(found[0]) or f"&#{ord(found[0])};"
+        return _character(found)
     return _TYPED_SYNTAX.sub(reference, text)
+
+
+def _character(found: re.Match) -> str:
+    return _ENTITIES.get(found[0]) or f"&#{ord(found[0])};"
 
 
 def stats_line(update: ReplyUpdate) -> str:

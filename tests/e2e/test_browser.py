@@ -1018,9 +1018,27 @@ def test_copy_gives_a_message_as_typed(app, page):
     page.evaluate(COPY_LAST_USER_MESSAGE)
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == plain
+    # QA 12: links the page makes of a bare URL took a character reference at its end into the link and cut its
+    # ";" ("…__init_&#95"), and "$$" in shell text made the text between math (the Chatbot's LaTeX delimiters)
+    # (a link ends before a URL's trailing punctuation, "_" and "*" too: GitHub's rule, marked's, the page's)
+    linked = ("docs: https://docs.python.org/3/reference/datamodel.html#object.__init__ and https://example.com/foo_, "
+              "(https://example.com/c_d_) https://example.com/x# www.example.com/files/* mail first_last@example.com\n"
+              "In bash, echo $$ prints the PID, and kill -9 $$ ends it; `echo $$` too")
+    send(page, linked, db_path)
+    last_user = page.locator("#chat .message-row.user-row").last
+    expect(last_user).to_contain_text(linked.replace("`", "").split("\n")[0])
+    expect(last_user).to_contain_text(linked.replace("`", "").split("\n")[1])
+    assert last_user.locator(".katex, strong, em").count() == 0
+    hrefs = last_user.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert hrefs == ["https://docs.python.org/3/reference/datamodel.html#object.__init", "https://example.com/foo",
+                     "https://example.com/c_d", "https://example.com/x#", "http://www.example.com/files/",
+                     "mailto:first_last@example.com"], hrefs
+    page.evaluate(COPY_LAST_USER_MESSAGE)
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == linked
     # and labelled as typed: Gradio labels a message by its text as given, which a screen reader read out
     # ("user's message: &#95;&#95;init&#95;&#95;", "&lt;b&gt;")
-    for message, text in ((last_user, plain), (user, typed)):
+    for message, text in ((page.locator("#chat .message-row.user-row").nth(-2), plain), (last_user, linked), (user, typed)):
         expect(message.locator("[aria-label^=\"user's message: \"]")).to_have_attribute(
             "aria-label", f"user's message: {text}")
     user.locator("pre").hover()
