@@ -1036,9 +1036,14 @@ def test_copy_gives_a_message_as_typed(app, page):
     page.evaluate(COPY_LAST_USER_MESSAGE)
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == linked
+    # QA 12: runs of spaces and tabs in a person's text showed as one space (columns lost their alignment)
+    spaced = "name    value\nfoo     1\tx"
+    send(page, spaced, db_path)
+    assert page.locator("#chat .message-row.user-row").last.inner_text().strip() == spaced
     # and labelled as typed: Gradio labels a message by its text as given, which a screen reader read out
     # ("user's message: &#95;&#95;init&#95;&#95;", "&lt;b&gt;")
-    for message, text in ((page.locator("#chat .message-row.user-row").nth(-2), plain), (last_user, linked), (user, typed)):
+    rows = page.locator("#chat .message-row.user-row")
+    for message, text in ((rows.nth(-3), plain), (rows.nth(-2), linked), (rows.last, spaced), (user, typed)):
         expect(message.locator("[aria-label^=\"user's message: \"]")).to_have_attribute(
             "aria-label", f"user's message: {text}")
     user.locator("pre").hover()
