@@ -11,7 +11,8 @@ control-token texts, HTML and SQL fragments; hand-picked cases add 1 MB messages
   with a done update and a status, and an error or a refusal carries a notice;
 - the user row in sessions.db, read through a second sqlite3 connection, equals the text sent;
 - the chat bubble (app/display.py `shown`) and the router panel's path (app/panel.py `path_html`)
-  escape it: no markup survives, and unescaping gives back the text.
+  escape it: no markup survives, and unescaping gives back the text; a person's own text makes no
+  markdown but lists and code (no emphasis, link, heading, table) and never holds "$$" (LaTeX).
 
 Covered elsewhere and not repeated: one ChatML injection string (tests/models/test_engine.py
 test_typed_control_tokens_reach_the_model_as_plain_text), a 1 MB message refused by the engine
