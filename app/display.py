@@ -47,7 +47,6 @@ _TYPED_SYNTAX = re.compile(
     r"|^(?P<line>[ \t]*)(?P<first>[-=])(?=[-= \t]*(?:\r|\n|$))|^(?P<marker>[ \t]*\*)(?=[ \t])"
     r"|" + _SYNTAX_CHARS, re.M)
 _TYPED_CHARS = re.compile(_SYNTAX_CHARS)
-_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 # Where marked ends a bare URL's link (GFM's trailing punctuation, an unbalanced ")", an entity at the end) ...
 _LINK_BACKPEDAL = re.compile(r"""(?:[^?!.,:;*_'"~()&]+|\([^)]*\)|&(?![a-zA-Z0-9]+;\Z)|[?!.,:;*_'"~)]+(?!\Z))+""")
 # ... and what ends it here: else it runs to the next space, through the references that follow it, and the
@@ -269,7 +268,7 @@ def _typed(text: str) -> str:
 
 
 def _character(found: re.Match) -> str:
-    return _ENTITIES.get(found[0]) or f"&#{ord(found[0])};"
+    return html.escape(found[0], quote=False) if found[0] in "&<>" else f"&#{ord(found[0])};"
 
 
 def stats_line(update: ReplyUpdate) -> str:

@@ -518,16 +518,19 @@ def test_a_reply_that_cannot_be_saved_says_so_and_nothing_stored_is_lost(chat, t
 # -- sessions.db at launch ------------------------------------------------------------------------
 
 
-def launch_on_a_text_file(tmp_path: Path, env: dict[str, str | None], *args: str) -> subprocess.CompletedProcess:
-    """`python launch.py --model` naming a text file (tmp_path/model.gguf), with env's variables set (None:
-    unset): an error that names anything else shows that thing was read before the model."""
+def on_a_text_file(tmp_path: Path, *args: str) -> list[str]:
+    """The command `python launch.py --model` naming a text file (tmp_path/model.gguf, written here): an error
+    that names anything else shows that thing was read before the model."""
     not_a_model = tmp_path / "model.gguf"
     not_a_model.write_text("not a model\n")
+    return [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model), *args]
+
+
+def launch_on_a_text_file(tmp_path: Path, env: dict[str, str | None], *args: str) -> subprocess.CompletedProcess:
+    """on_a_text_file run to its end, with env's variables set (None: unset)."""
     environ = {**os.environ, **env}
-    return subprocess.run(
-        [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model), *args],
-        cwd=ROOT, env={k: v for k, v in environ.items() if v is not None}, capture_output=True, text=True,
-        timeout=120)
+    return subprocess.run(on_a_text_file(tmp_path, *args), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in environ.items() if v is not None})
 
 
 @pytest.mark.parametrize("where", ["--db a folder", "a data folder inside a file"])
@@ -556,13 +559,10 @@ def test_a_locked_sessions_db_at_start_is_said_while_the_start_waits_for_it(tmp_
     "model", a text file, whose error shows it got past the store)."""
     db_path = tmp_path / "sessions.db"
     before = stored_chat(db_path)
-    not_a_model = tmp_path / "model.gguf"
-    not_a_model.write_text("not a model\n")
     lines: list[str] = []
     with locked(db_path):
-        start = subprocess.Popen(
-            [sys.executable, "launch.py", "--no-browser", "--port", str(free_port()), "--model", str(not_a_model),
-             "--db", str(db_path)], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        start = subprocess.Popen(on_a_text_file(tmp_path, "--db", str(db_path)), cwd=ROOT, stderr=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, text=True)
         reader = threading.Thread(target=lambda: lines.extend(start.stderr), daemon=True)
         reader.start()
         deadline = time.monotonic() + 8  # within the store's 10 s wait
@@ -574,7 +574,7 @@ def test_a_locked_sessions_db_at_start_is_said_while_the_start_waits_for_it(tmp_
     assert start.wait(timeout=60) == 2
     reader.join(timeout=5)
     error = [line for line in lines if line.startswith("error: ")]
-    assert error and str(not_a_model) in error[-1], "".join(lines)
+    assert error and str(tmp_path / "model.gguf") in error[-1], "".join(lines)
     assert rows(db_path) == before
 
 
