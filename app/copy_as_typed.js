@@ -1,14 +1,15 @@
 () => {
   // The chat's Copy buttons copy a message as the page was given it (app/display.py as_markdown): "<", ">"
   // and "&" as entities, "![" as "&#33;[", in a person's message markdown's syntax characters as character
-  // references ("_" as "&#95;": display.py _typed), code as <pre><code> and <code> elements of ours. Put the
-  // text back as it was typed, in one pass (so that a "&lt;" typed inside code stays "&lt;"). Only for
-  // those buttons: a code block's own copy button copies its shown text, which is right already.
+  // references ("_" as "&#95;": display.py _typed; a paragraph line's indent: _kept_indents), code as <pre><code>
+  // and <code> elements of ours. Put the text back as it was typed, in one pass (so that a "&lt;" typed inside
+  // code stays "&lt;"). Only for those buttons: a code block's own copy button copies its shown text, which is
+  // right already.
   const COPIES = '#chat button[aria-label="Copy message"], #chat button[aria-label="Copy conversation"]';
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
-  for (const c of "#$*-=[\\]_`|~") ENTITIES[`&#${c.charCodeAt(0)};`] = c;
+  for (const c of "\t #$*-=[\\]_`|~") ENTITIES[`&#${c.charCodeAt(0)};`] = c;  // a tab, a space: an indent
   ENTITIES["<!-- -->"] = "";  // where a bare URL's link ends (display.py LINK_END)
-  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#(?:33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
+  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#(?:9|32|33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
   const unescape = text => text.replace(/&(?:lt|gt|amp|#33|#36);/g, e => ENTITIES[e]);  // in code: ours
   const ATTRIBUTE = {...ENTITIES, "&quot;": '"', "&#x27;": "'", "&#10;": "\n", "&#13;": "\r"};
   const unattribute = text => text.replace(/&(?:lt|gt|amp|quot|#x27|#10|#13);/g, e => ATTRIBUTE[e]);

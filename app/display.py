@@ -58,6 +58,7 @@ LINK_END = "<!-- -->"
 # a second).
 _BLOCKS = MarkdownIt("commonmark").disable(["inline", "text_join"])
 _INDENTED = re.compile(r"^(?: {0,3}\t| {4})", re.M)
+_LINE_INDENT = re.compile(r"^[ \t]+", re.M)
 _LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # as markdown counts lines: \r\n, \r or \n ends one
 # A code block's copy button, as Gradio's markdown gives its own code blocks: its click handler copies
 # the text of the button's parent. Icons by CSS (app/page.css): they are not text, so not copied.
@@ -103,7 +104,22 @@ def as_markdown(text: str, typed: bool = False) -> str:
         after = "\n" if text[:end].endswith("\n") else ""  # the closing fence's line end, if it had one
         parts.append(f"{indent}<pre>{COPY_CODE}<code{language}>{_escaped(code, typed)}{closing}</code></pre>{after}")
         at = end
-    return "".join(parts + [_prose(text, at, len(text), code_blocks, typed)])
+    shown = "".join(parts + [_prose(text, at, len(text), code_blocks, typed)])
+    return _kept_indents(shown) if typed and _LINE_INDENT.search(shown) else shown
+
+
+def _kept_indents(markdown: str) -> str:
+    """A person's markdown with the indent of each line of its paragraphs as character references, which
+    markdown keeps (and page.css shows): code pasted without fences, a traceback, JSON kept its line breaks
+    but lost every indent, markdown taking it off a paragraph's lines. Paragraphs in lists and quotes keep
+    their markdown: there an indent places the line in its item."""
+    lines = _LINES.findall(markdown)
+    for block in _BLOCKS.parse(markdown):
+        if block.type == "paragraph_open" and block.level == 0:
+            for n in range(*block.map):
+                if indent := _LINE_INDENT.match(lines[n]):
+                    lines[n] = "".join(f"&#{ord(c)};" for c in indent[0]) + lines[n][indent.end():]
+    return "".join(lines)
 
 
 def _markdown_code(text: str) -> list[tuple[int, int, object, int]]:

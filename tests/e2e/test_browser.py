@@ -1040,10 +1040,18 @@ def test_copy_gives_a_message_as_typed(app, page):
     spaced = "name    value\nfoo     1\tx"
     send(page, spaced, db_path)
     assert page.locator("#chat .message-row.user-row").last.inner_text().strip() == spaced
+    # and code pasted without fences keeps its indent (markdown took it off every line of a paragraph but a first)
+    pasted = 'def area(r):\n    # pi r squared\n    return 3.14159 * r ** 2\n\nprint({\n  "r": 2,\n})'
+    send(page, pasted, db_path)
+    assert page.locator("#chat .message-row.user-row").last.inner_text().strip() == pasted
+    page.evaluate(COPY_LAST_USER_MESSAGE)
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == pasted
     # and labelled as typed: Gradio labels a message by its text as given, which a screen reader read out
     # ("user's message: &#95;&#95;init&#95;&#95;", "&lt;b&gt;")
     rows = page.locator("#chat .message-row.user-row")
-    for message, text in ((rows.nth(-3), plain), (rows.nth(-2), linked), (rows.last, spaced), (user, typed)):
+    for message, text in ((rows.nth(-4), plain), (rows.nth(-3), linked), (rows.nth(-2), spaced), (rows.last, pasted),
+                          (user, typed)):
         expect(message.locator("[aria-label^=\"user's message: \"]")).to_have_attribute(
             "aria-label", f"user's message: {text}")
     user.locator("pre").hover()
@@ -1056,7 +1064,7 @@ def test_copy_gives_a_message_as_typed(app, page):
     from hypothesis import HealthCheck, given, settings
 
     from app.display import shown
-    from tests.reliability.test_hostile_text import PICKED, TYPED_NOT_MARKDOWN, hostile
+    from tests.reliability.test_hostile_text import PASTED_WITHOUT_FENCES, PICKED, TYPED_NOT_MARKDOWN, hostile
 
     texts = [t for t in PICKED if "`" not in t and "~~~" not in t] + [  # and code written as one writes it
         "Steps:\n\n1. first do this:\n   ```python\n   if a < b:\n       pass\n   ```\n2. then that\n",
@@ -1068,7 +1076,7 @@ def test_copy_gives_a_message_as_typed(app, page):
         # QA 9: tabs in the indent (they were left as prose), and an indented block after a fenced one in an item
         "para\n\n\t\tif a < b: x", "- a\n\n\t    x<1\n- b", "x\n\n\tA <1>\n\tB <2>\n\t\tC",
         "- a\n\n  ```\n  x\n  ```\n\n      code <after>\n- b", "- z\n  - y\n    ```\n\t\n    ```\n",
-        *TYPED_NOT_MARKDOWN, "* a *b*\n  * c_d_\n- e\n  ---\n1. `x_y` _z_ ``a*b``"]  # list markers kept
+        *TYPED_NOT_MARKDOWN, *PASTED_WITHOUT_FENCES, "* a *b*\n  * c_d_\n- e\n  ---\n1. `x_y` _z_ ``a*b``"]  # list markers kept
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text=hostile.filter(lambda t: "`" not in t and "~~~" not in t))

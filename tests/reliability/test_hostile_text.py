@@ -349,6 +349,25 @@ def test_a_persons_message_shows_as_typed_not_as_markdown(typed):
     assert shown("assistant", "__init__")["content"]["text"] == "__init__"  # a reply stays markdown
 
 
+# Pasted without fences: markdown takes a paragraph line's indent off (every line but a first indented 4 columns
+# or more, which is code). QA 12: a continuation line's leading spaces were lost.
+PASTED_WITHOUT_FENCES = [
+    "def area(r):\n    # pi r squared\n    return 3.14159 * r ** 2",
+    '{\n  "name": "cogumi",\n  "tags": ["a", "b"],\n  "nested": {\n    "x": 1\n  }\n}',
+    'services:\n  web:\n    image: nginx\n    ports:\n      - "80:80"\n      - "443:443"',
+    'Traceback (most recent call last):\n  File "app.py", line 3, in <module>\n    main()\nKeyError: \'x\'',
+    "$ ls -la\n  total 8\n$ echo done", "   three spaces first\n\tthen a tab\n \t mixed",
+    "if x:\n\tpass\n\nafter a blank line:\n      1. not a list, under a line",
+]
+
+
+@pytest.mark.parametrize("typed", PASTED_WITHOUT_FENCES)
+def test_text_pasted_without_fences_keeps_its_indentation(typed):
+    rendered = GFM.render(shown("user", typed)["content"]["text"])
+    assert tags(rendered) <= {"p", "br"}, rendered
+    assert html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip("\n") == typed.replace("\n\n", "\n")
+
+
 def test_indented_code_after_a_fenced_block_stays_in_its_list_item():
     """QA 9: the text after a fence was read on its own, out of its list item: the list broke in two around
     a block at column 0."""
