@@ -40,6 +40,8 @@ class Signals:
     domain_probs: dict[str, float]        # P over DOMAINS, with the session's recent domain as context
     session_escalations: int = 0          # escalations among the session's recent decisions
     most_used_modifier: str | None = None  # the modifier routed to most in the session's recent turns
+    last_sure_domain: str | None = None   # the latest recent turn's domain, where it was a modifier's at or
+                                          # above τd: what an escalation that names none is about
 
     @property
     def domain(self) -> str:

@@ -37,9 +37,15 @@ def decide(signals: Signals, thresholds: Thresholds, override: str | None = None
 def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
     """(route, rule, reason) from the signals alone."""
     domain, p_domain = s.domain, s.domain_probs[s.domain]
+    unsure = f"domain general P={p_domain:.2f}" if domain == "general" else \
+        f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"  # why no modifier, when that is the case
     if s.escalation_p >= t.tau_e:
-        # Unhappy with the last answer: never the plain base again.
-        if domain != "general":
+        # Unhappy with the last answer: never the plain base again. A complaint ("no, try again") seldom
+        # names a domain: then the conversation's is the one it was last sure of.
+        sure = domain != "general" and p_domain >= t.tau_d
+        if not sure and s.last_sure_domain:
+            route, why = s.last_sure_domain, f"{unsure}; the conversation was last about {s.last_sure_domain}"
+        elif domain != "general":
             route, why = domain, f"the conversation is about {domain}"
         elif s.most_used_modifier:
             route, why = s.most_used_modifier, f"general conversation; {s.most_used_modifier} is this session's most used modifier"
@@ -48,8 +54,6 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
         repeat = f", escalation #{s.session_escalations + 1} in this session" if s.session_escalations else ""
         return route, "escalation", (f"escalation P={s.escalation_p:.2f} ≥ τe {t.tau_e:.2f}: the user is unhappy "
                                      f"with the last answer → {route} ({why}{repeat})")
-    unsure = f"domain general P={p_domain:.2f}" if domain == "general" else \
-        f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"  # why no modifier, when that is the case
     if s.perplexity is None:
         if needs_perplexity(s.escalation_p, s.domain_probs, t):
             raise ValueError(f"the route needs the perplexity: domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}")

@@ -11,9 +11,9 @@ from router.policy import decide, needs_perplexity
 T = Thresholds(tau_p=10.0, tau_e=0.5, tau_d=0.8, calibrated=True)
 
 
-def signals(perplexity=50.0, escalation_p=0.1, most_used=None, escalations=0, **probs) -> Signals:
+def signals(perplexity=50.0, escalation_p=0.1, most_used=None, escalations=0, last_sure=None, **probs) -> Signals:
     domain = {"code": 0.0, "reasoning": 0.0, "automation": 0.0, "general": 0.0, **probs}
-    return Signals(perplexity, escalation_p, domain, escalations, most_used)
+    return Signals(perplexity, escalation_p, domain, escalations, most_used, last_sure)
 
 
 def test_low_perplexity_goes_to_base_even_when_the_domain_is_sure():
@@ -58,6 +58,21 @@ def test_escalation_in_a_general_conversation_never_goes_to_base(most_used, expe
 def test_repeated_escalation_is_counted_in_the_reason():
     d = decide(signals(escalation_p=0.8, escalations=2, code=0.9, general=0.1), T)
     assert "escalation #3 in this session" in d.reason
+
+
+def test_an_escalation_that_names_no_domain_surely_keeps_the_conversations_last_sure_one():
+    """QA 13: "No, that's not what I asked. Try again." after a JavaScript answer read as reasoning (P=0.53),
+    and went there; "This doesn't work at all" after a bash one-liner as general, and went to the session's
+    most used modifier, reasoning. A complaint names no domain: the conversation's is the one it was last
+    sure of."""
+    d = decide(signals(escalation_p=0.9, last_sure="code", reasoning=0.53, general=0.37, code=0.1), T)
+    assert (d.route, d.rule) == ("code", "escalation")
+    assert "the conversation was last about code" in d.reason and "reasoning P=0.53 < τd 0.80" in d.reason
+    d = decide(signals(escalation_p=0.9, last_sure="code", most_used="reasoning", general=0.66, code=0.27), T)
+    assert d.route == "code" and "the conversation was last about code" in d.reason
+    # a complaint that does name a domain surely goes there
+    d = decide(signals(escalation_p=0.9, last_sure="code", automation=0.9, general=0.1), T)
+    assert d.route == "automation" and "the conversation is about automation" in d.reason
 
 
 @pytest.mark.parametrize("escalation_p, probs, needed", [

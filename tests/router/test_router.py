@@ -83,6 +83,23 @@ def test_an_unhappy_user_is_escalated_to_the_conversation_domain(engine, router_
     assert unhappy.escalation_p >= 0.5 and unhappy.rule == "escalation" and unhappy.route == "reasoning"
 
 
+@pytest.mark.parametrize("complaint", ["No, that's not what I asked. Try again.", "This doesn't work at all, try again.",
+                                       "still broken", "That didn't help, try again please."])
+def test_a_complaint_after_code_is_escalated_to_code(engine, router_parts, complaint):
+    """QA 13: content-free complaints after a code answer went to reasoning: the domain head read them
+    as reasoning, general or automation, the previous turn's code prior notwithstanding."""
+    router = make_router(engine, router_parts, Thresholds(tau_p=1e9, calibrated=True))
+    history = [{"role": "user", "content": "How do I remove duplicates from a JavaScript array?"},
+               {"role": "assistant", "content": "Use a Set: `const unique = [...new Set(items)];`."}]
+    first = router.decide(history[0]["content"], [], system_prompt=SYSTEM)
+    unhappy = router.decide(complaint, history, [first.to_dict()], system_prompt=SYSTEM)
+    assert first.domain == "code" and unhappy.rule == "escalation" and unhappy.route == "code", unhappy.reason
+    again = router.decide("wrong again", history + [{"role": "user", "content": complaint},
+                                                    {"role": "assistant", "content": "Try `items.unique()`."}],
+                          [first.to_dict(), unhappy.to_dict()], system_prompt=SYSTEM)
+    assert again.rule == "escalation" and again.route == "code", again.reason
+
+
 @pytest.mark.parametrize("question, statement, reply", [
     ("Sure, I can suggest a present. How old is your nephew?", "Most children start school at 9 years old.", "5"),
     ("Nice! Which year did you start at the company?", "Python 3 was first released in 2015.", "2008"),
