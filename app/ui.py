@@ -66,8 +66,9 @@ def page_head(per_visitor: bool) -> str:
 
 
 ROUTE_CHOICES = [AUTO, *ROUTES]
-# Passed to launch(js=...): run in the page once it loads.
-PAGE_JS = (Path(__file__).parent / "copy_as_typed.js").read_text()
+# Passed to launch(js=...): run in the page once it loads, each of these functions.
+PAGE_JS = "() => {\n" + "".join(f"({(Path(__file__).parent / name).read_text().strip()})();\n"
+                                for name in ("copy_as_typed.js", "chat_scroll.js")) + "}"
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
 # list scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
 PAGE_CSS = (Path(__file__).parent / "page.css").read_text()
@@ -412,7 +413,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
                 delete_button = gr.Button("Delete this chat", size="sm", variant="secondary", elem_id="delete-chat")
             with gr.Column(scale=5, elem_id="chat-column"):
-                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat")
+                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", autoscroll=False)  # chat_scroll.js
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Row():
                     box = gr.Textbox(placeholder="Message Cogumi…", show_label=False, scale=8,
