@@ -667,6 +667,72 @@ def test_the_last_follow_update_leaves_a_chat_the_page_has_moved_to(engine, tmp_
         demo.close()
 
 
+CHAT_SCROLL = """() => { const box = document.querySelector('#chat .bubble-wrap');
+  return {top: box.scrollTop, below: box.scrollHeight - box.scrollTop - box.clientHeight}; }"""
+
+
+@contextmanager
+def paced_app(engine, tmp_path: Path, monkeypatch, pace_s: float = 0.04):
+    """The app in-process on the demo engine, each streamed update of a reply held pace_s: a real model's
+    reply streams for many seconds, the demo's in a fraction of one. Yields its ChatService and a page."""
+    import app.ui
+    from app.chat import ChatService, ChatSettings
+    from app.memory import Memory
+
+    service = ChatService(engine, Memory(tmp_path / "sessions.db"), ChatSettings(temperature=0, max_tokens=200, seed=0))
+    respond = service.respond
+
+    def paced(*args, **kwargs):
+        for update in respond(*args, **kwargs):
+            time.sleep(pace_s)
+            yield update
+    monkeypatch.setattr(service, "respond", paced)
+    demo, port = app.ui.build_ui(service), free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                   head=app.ui.page_head(False), js=app.ui.PAGE_JS, css=app.ui.PAGE_CSS)
+    try:
+        with browser_page(f"http://127.0.0.1:{port}/") as page:
+            yield service, page
+    finally:
+        demo.close()
+
+
+def test_a_person_can_scroll_up_while_a_reply_streams(engine, tmp_path, monkeypatch):
+    """QA 13: scrolled up to read an earlier message while a reply streamed, the chat jumped back to the
+    bottom within half a second, every time. Gradio's autoscroll scrolls 300 ms after each update that
+    found the chat at the bottom, whether the person has scrolled away since or not: at 25 updates a
+    second, there always was one."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        chat = service.new_session()
+        for n in range(6):  # a chat taller than its box (unpaced)
+            for _ in type(service).respond(service, chat, f"message {n}: " + "tell me more about mushrooms. " * 12):
+                pass
+        page.reload()
+        page.locator("#sessions label").first.click()
+        expect(page.locator("#chat .message-row.user-row")).to_have_count(6, timeout=30_000)
+        page.fill("#message textarea", "and a long story about them, please")
+        page.press("#message textarea", "Enter")
+        expect(page.locator("#chat .message-row.user-row")).to_have_count(7, timeout=30_000)
+        page.wait_for_timeout(1500)  # streaming: the chat follows the reply
+        assert page.evaluate(CHAT_SCROLL)["below"] < 100
+        assert service.transcript(chat)[-1]["status"] == "streaming"
+        page.mouse.move(700, 400)
+        for _ in range(4):  # as a person does: the wheel, a few notches up
+            page.mouse.wheel(0, -250)
+            page.wait_for_timeout(50)
+        page.wait_for_timeout(300)
+        up = page.evaluate(CHAT_SCROLL)
+        page.wait_for_timeout(1500)
+        assert service.transcript(chat)[-1]["status"] == "streaming"  # still streaming, still up there
+        assert up["below"] > 500 and abs(page.evaluate(CHAT_SCROLL)["top"] - up["top"]) < 5
+        page.evaluate("() => document.querySelector('#chat .bubble-wrap').scrollTo(0, 0)")  # and at the top
+        page.wait_for_timeout(1000)
+        assert page.evaluate(CHAT_SCROLL)["top"] == 0
+        page.evaluate("() => document.querySelector('#chat .bubble-wrap').scrollTo(0, 1e9)")  # back down:
+        page.wait_for_timeout(1000)  # following again
+        assert page.evaluate(CHAT_SCROLL)["below"] < 100
+
+
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
     QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone."""
