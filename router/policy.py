@@ -10,11 +10,16 @@ from __future__ import annotations
 from router.decision import ROUTES, Decision, Signals, Thresholds
 
 
+def sure_domain(domain_probs: dict[str, float], tau_d: float) -> str | None:
+    """The most likely domain where it is a modifier's and at or above τd; else None."""
+    domain = max(domain_probs, key=domain_probs.get)
+    return domain if domain != "general" and domain_probs[domain] >= tau_d else None
+
+
 def needs_perplexity(escalation_p: float, domain_probs: dict[str, float], thresholds: Thresholds) -> bool:
     """Whether the perplexity gate can change the route: no escalation, and a modifier domain at or
     above τd (then low perplexity → base, high → that modifier). Else the route is fixed already."""
-    domain = max(domain_probs, key=domain_probs.get)
-    return escalation_p < thresholds.tau_e and domain != "general" and domain_probs[domain] >= thresholds.tau_d
+    return escalation_p < thresholds.tau_e and sure_domain(domain_probs, thresholds.tau_d) is not None
 
 
 def decide(signals: Signals, thresholds: Thresholds, override: str | None = None) -> Decision:
@@ -42,8 +47,7 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
     if s.escalation_p >= t.tau_e:
         # Unhappy with the last answer: never the plain base again. A complaint ("no, try again") seldom
         # names a domain: then the conversation's is the one it was last sure of.
-        sure = domain != "general" and p_domain >= t.tau_d
-        if not sure and s.last_sure_domain:
+        if sure_domain(s.domain_probs, t.tau_d) is None and s.last_sure_domain:
             route, why = s.last_sure_domain, f"{unsure}; the conversation was last about {s.last_sure_domain}"
         elif domain != "general":
             route, why = domain, f"the conversation is about {domain}"

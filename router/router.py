@@ -20,7 +20,7 @@ from router.domain import DomainClassifier
 from router.embeddings import Embedder
 from router.escalation import EscalationDetector
 from router.perplexity import Perplexity
-from router.policy import decide, needs_perplexity
+from router.policy import decide, needs_perplexity, sure_domain
 
 
 class Router:
@@ -53,7 +53,8 @@ class Router:
             perplexity=perplexity, escalation_p=escalation_p, domain_probs=domain_probs,
             session_escalations=sum(d["escalation_p"] >= d["tau_e"] for d in recent),
             most_used_modifier=Counter(routed).most_common(1)[0][0] if routed else None,
-            last_sure_domain=next(filter(None, map(sure_domain, reversed(recent))), None),
+            last_sure_domain=next(filter(None, (sure_domain(d["domain_probs"], d["tau_d"]) for d in reversed(recent))),
+                                  None),
         ), self.thresholds, override)
         decision.routing_ms = (time.perf_counter() - started) * 1000
         return decision
@@ -78,10 +79,3 @@ class Router:
     def settle(self) -> None:
         """Wait until background work (remember) is done: a person takes longer than that to type."""
         self._worker.submit(lambda: None).result()
-
-
-def sure_domain(decision: dict) -> str | None:
-    """A stored decision's domain where it was a modifier's, at or above that turn's τd."""
-    probs = decision["domain_probs"]
-    top = max(probs, key=probs.get)
-    return top if top != "general" and probs[top] >= decision["tau_d"] else None

@@ -625,6 +625,22 @@ def test_a_page_reloaded_while_its_reply_goes_on_follows_it_to_its_end(tmp_path,
         app.stop()
 
 
+@contextmanager
+def served(service):
+    """The page of build_ui(service), served in-process as launch.py serves it: a test can hold or pace
+    what the service does."""
+    import app.ui
+
+    demo, port = app.ui.build_ui(service), free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                   head=app.ui.page_head(False), js=app.ui.PAGE_JS, css=app.ui.PAGE_CSS)
+    try:
+        with browser_page(f"http://127.0.0.1:{port}/") as page:
+            yield page
+    finally:
+        demo.close()
+
+
 def test_the_last_follow_update_leaves_a_chat_the_page_has_moved_to(engine, tmp_path, monkeypatch):
     """QA 10: a page following a reply drew its chat once more at the reply's end (its figures, the list,
     the panel: the slow update). Started before New chat, Delete or another chat was clicked, it came back
@@ -644,11 +660,8 @@ def test_the_last_follow_update_leaves_a_chat_the_page_has_moved_to(engine, tmp_
             time.sleep(2)
         return drawn(*args)
     monkeypatch.setattr(app.ui, "figures_and_panel", slow_when_following)
-    demo, port = app.ui.build_ui(service), free_port()
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                   head=app.ui.page_head(False), js=app.ui.PAGE_JS, css=app.ui.PAGE_CSS)
     try:
-        with browser_page(f"http://127.0.0.1:{port}/") as page:
+        with served(service) as page:
             page.locator("#sessions label").first.click()  # the chat of the held reply: the page follows it
             expect(page.locator("#chat .message-row.user-row")).to_have_text(["a long answer please"], timeout=30_000)
             page.wait_for_timeout(1500)  # the timer ticks
@@ -664,7 +677,6 @@ def test_the_last_follow_update_leaves_a_chat_the_page_has_moved_to(engine, tmp_
         assert len(service.sessions()) == 2 and service.transcript(first.session_id)[-1]["status"] == "complete"
     finally:
         going.close()
-        demo.close()
 
 
 CHAT_SCROLL = """() => { const box = document.querySelector('#chat .bubble-wrap');
@@ -675,7 +687,6 @@ CHAT_SCROLL = """() => { const box = document.querySelector('#chat .bubble-wrap'
 def paced_app(engine, tmp_path: Path, monkeypatch, pace_s: float = 0.04):
     """The app in-process on the demo engine, each streamed update of a reply held pace_s: a real model's
     reply streams for many seconds, the demo's in a fraction of one. Yields its ChatService and a page."""
-    import app.ui
     from app.chat import ChatService, ChatSettings
     from app.memory import Memory
 
@@ -687,14 +698,8 @@ def paced_app(engine, tmp_path: Path, monkeypatch, pace_s: float = 0.04):
             time.sleep(pace_s)
             yield update
     monkeypatch.setattr(service, "respond", paced)
-    demo, port = app.ui.build_ui(service), free_port()
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                   head=app.ui.page_head(False), js=app.ui.PAGE_JS, css=app.ui.PAGE_CSS)
-    try:
-        with browser_page(f"http://127.0.0.1:{port}/") as page:
-            yield service, page
-    finally:
-        demo.close()
+    with served(service) as page:
+        yield service, page
 
 
 def test_a_person_can_scroll_up_while_a_reply_streams(engine, tmp_path, monkeypatch):
