@@ -68,7 +68,7 @@ def page_head(per_visitor: bool) -> str:
 ROUTE_CHOICES = [AUTO, *ROUTES]
 # Passed to launch(js=...): run in the page once it loads, each of these functions.
 PAGE_JS = "() => {\n" + "".join(f"({(Path(__file__).parent / name).read_text().strip()})();\n"
-                                for name in ("copy_as_typed.js", "chat_scroll.js")) + "}"
+                                for name in ("copy_as_typed.js", "chat_scroll.js", "send_after_stop.js")) + "}"
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
 # list scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
 PAGE_CSS = (Path(__file__).parent / "page.css").read_text()
@@ -439,9 +439,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         inputs = [box, session_id, route, use_draft, visitor, on_screen, search]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
-        # The browser's id, if the load has not yet set it (a message sent at once on a busy Space)
-        sent_as = "(message, chat, route, draft, visitor, ...rest) => [message, chat, route, draft, " \
-                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, ...rest]"
+        # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and a
+        # count of the sends Gradio took, for send_after_stop.js (this runs only for those).
+        sent_as = "(message, chat, route, draft, visitor, ...rest) => { window.cogumiSends = " \
+                  "(window.cogumiSends ?? 0) + 1; return [message, chat, route, draft, " \
+                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, ...rest]; }"
         submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
                                js=sent_as)
         clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,

@@ -738,6 +738,35 @@ def test_a_person_can_scroll_up_while_a_reply_streams(engine, tmp_path, monkeypa
         assert page.evaluate(CHAT_SCROLL)["below"] < 100
 
 
+def test_a_message_sent_right_after_stop_is_sent(engine, tmp_path, monkeypatch):
+    """QA 13: Stop, then Enter at once, and the message stayed in the box, unsent, 4 times in 5, while the
+    person believed it sent. Gradio ignores a send while the one before it is still open, and the stopped
+    reply's stays open until Stop's cancel has come back."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("tell me a long story about mushrooms")
+        box.press("Enter")
+        for n in range(2, 6):
+            expect(user_rows).to_have_count(n - 1, timeout=30_000)
+            (chat,) = service.sessions()
+            while service.transcript(chat["id"])[-1]["status"] != "streaming":
+                time.sleep(0.02)
+            page.wait_for_timeout(300)  # the reply streams
+            box.fill(f"message {n}, sent right after Stop")
+            page.click("#stop")
+            page.click("#send") if n % 2 else box.press("Enter")
+            expect(user_rows).to_have_count(n, timeout=10_000)
+            expect(user_rows.last).to_have_text(f"message {n}, sent right after Stop")
+            expect(box).to_have_value("")
+        while service.transcript(chat["id"])[-1]["status"] == "streaming":
+            time.sleep(0.05)
+        stored = service.transcript(chat["id"])
+        assert [m["content"] for m in stored if m["role"] == "user"] == [
+            "tell me a long story about mushrooms", *(f"message {n}, sent right after Stop" for n in range(2, 6))]
+        assert [m["status"] for m in stored if m["role"] == "assistant"] == ["stopped"] * 4 + ["complete"]
+        assert page.locator("#chat .message-row.bot-row").count() == 5
+
+
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
     QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone."""
