@@ -413,7 +413,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
                 delete_button = gr.Button("Delete this chat", size="sm", variant="secondary", elem_id="delete-chat")
             with gr.Column(scale=5, elem_id="chat-column"):
-                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", autoscroll=False)  # chat_scroll.js
+                # autoscroll: chat_scroll.js does it. No "share" button: it had no name, and on a Space it posts the
+                # chat to the Space's Discussions.
+                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", autoscroll=False,
+                                     buttons=["copy", "copy_all"])
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Row():
                     box = gr.Textbox(placeholder="Message Cogumi…", show_label=False, scale=8,

@@ -177,6 +177,14 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     liked = sqlite3.connect(db_path).execute("select message_id, liked from feedback").fetchall()
     assert liked == [(first["message_id"], 0)]
 
+    # Every button says what it is (QA 13: one in the chat's corner had no name, read out as "button"), and
+    # none posts the chat anywhere: that one was Gradio's "share", which on a Space posts to its Discussions.
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('button')]
+        .filter(b => !(b.getAttribute('aria-label') || b.innerText || b.title).trim()).map(b => b.outerHTML)""")
+    assert unnamed == []
+    corner = page.locator("#chat .top-panel button")
+    assert [corner.nth(i).get_attribute("aria-label") for i in range(corner.count())] == ["Clear", "Copy conversation"]
+
     # A new chat starts empty; after a reload the old one reopens with its whole history.
     page.click("#new-chat")
     expect(page.locator("#chat .message-row")).to_have_count(0)
