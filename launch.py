@@ -230,10 +230,32 @@ def on_space() -> bool:
     the persistent /data volume when the Space has one, and give each visitor their own sessions."""
     if not os.environ.get("SPACE_ID"):
         return False
-    persistent = Path(os.environ.get("COGUMI_SPACES_PERSISTENT_DIR", "/data"))
+    persistent = space_volume()
     if "COGUMI_DATA_DIR" not in os.environ and persistent.is_dir() and os.access(persistent, os.W_OK):
         os.environ["COGUMI_DATA_DIR"] = str(persistent / "cogumi")  # made by open_memory, which says if it cannot be
     return True
+
+
+def space_volume() -> Path:
+    """Where a Space mounts its persistent storage, when it has some: all else is wiped at a restart."""
+    return Path(os.environ.get("COGUMI_SPACES_PERSISTENT_DIR", "/data"))
+
+
+def space_storage_warning() -> str | None:
+    """On a Space, what its owner (in the log) and its visitors (on the page) are told when the chats
+    will not outlive a restart of the Space, or None when they are on its persistent storage."""
+    volume, data = space_volume(), data_dir()
+    if data.resolve().is_relative_to(volume.resolve()):
+        return None
+    if not volume.is_dir():
+        why, fix = "it has no persistent storage", "Its owner can add some in the Space's settings."
+    elif not os.access(volume, os.W_OK):
+        why, fix = (f"its persistent storage (`{volume}`) is not writable",
+                    "Its owner can check the storage in the Space's settings.")
+    else:
+        why, fix = (f"the data folder (`{data}`) is outside its persistent storage",
+                    f"Its owner can unset `COGUMI_DATA_DIR` or set it to a folder in `{volume}`.")
+    return f"Chats here are kept only until this Space restarts: {why}. {fix}"
 
 
 def browser_state_secret() -> str:
@@ -281,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     space = on_space()
     args.host = args.host or ("0.0.0.0" if space else "127.0.0.1")
     args.port = args.port or int(os.environ.get("PORT", 7860) if space else 7860)
+    storage_warning = space_storage_warning() if space else None
     if space:
         log.info("HuggingFace Space %s: binding %s:%d, data in %s", os.environ["SPACE_ID"], args.host, args.port,
                  data_dir())
+    if storage_warning:
+        log.warning(storage_warning)
     unavailable = cannot_listen(args.host, args.port)
     if unavailable:
         print(f"error: {unavailable}", file=sys.stderr)
@@ -350,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     service = ChatService(engine, memory, settings, unavailable=failed, router=router)
-    demo = build_ui(service, banner=DEMO_BANNER if profile.demo else None, model_label=f"· {profile.name}",
+    banner = "\n\n".join(filter(None, [DEMO_BANNER if profile.demo else None, storage_warning])) or None
+    demo = build_ui(service, banner=banner, model_label=f"· {profile.name}",
                     per_visitor=space, state_secret=state_secret)
     for warning in exposure_warnings(args.host, args.port, args.share, space):
         log.warning(warning)

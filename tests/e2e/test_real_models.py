@@ -12,14 +12,16 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from gradio_client import Client
 
 from models.manifest import get_profile
-from tests.launcher import ROOT, AppProcess, free_port, running_app
+from tests.launcher import ROOT, AppProcess, free_port, running_app, start_app
 from tests.models.hub_server import HubServer
+from tests.reliability.test_hostile_files import immutable
 
 REPO = "cogumi/demo-GGUF"
 
@@ -197,6 +199,38 @@ def test_spaces_mode_binds_all_interfaces_and_keeps_data_on_the_volume(space):
     data = space.volume / "cogumi"
     assert (data / "sessions.db").is_file() and (data / "model-cache" / "demo" / "base.gguf").is_file()
     assert sqlite3.connect(data / "sessions.db").execute("select count(*) from messages").fetchone()[0] == 2
+    assert "kept only until" not in page_config(space.url)
+
+
+def page_config(url: str) -> str:
+    with urllib.request.urlopen(url + "config", timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.mark.parametrize("volume_is", ["missing", "unwritable", "not where the data goes"])
+def test_a_space_whose_chats_would_not_outlive_a_restart_says_so(tmp_path, demo_models_dir, monkeypatch, volume_is):
+    """QA 11: on a Space without a persistent volume it can write to, chats were kept where a restart of the
+    Space wipes them, and nobody was told: not its owner in the log, not its visitors on the page."""
+    volume = tmp_path / "volume"
+    if volume_is != "missing":
+        volume.mkdir()
+    for name, value in {"SPACE_ID": "cogumi/chat", "COGUMI_SPACES_PERSISTENT_DIR": str(volume),
+                        "COGUMI_PROFILE": "demo"}.items():
+        monkeypatch.setenv(name, value)
+    with immutable(volume) if volume_is == "unwritable" else contextlib.nullcontext():
+        # start_app sets COGUMI_DATA_DIR: the data folder is outside the volume in each case
+        app = start_app(tmp_path / "data", demo_models_dir)
+        try:
+            app.wait_for_chat()
+            page = page_config(app.url)
+        finally:
+            app.stop()
+    why = {"missing": "it has no persistent storage",
+           "unwritable": f"its persistent storage (`{volume}`) is not writable",
+           "not where the data goes": f"the data folder (`{tmp_path / 'data'}`) is outside its persistent storage"}
+    said = f"Chats here are kept only until this Space restarts: {why[volume_is]}."
+    assert said in page
+    assert said in app.log()
 
 
 def test_on_a_space_one_visitor_cannot_list_or_open_another_visitors_sessions(space):
