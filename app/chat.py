@@ -227,6 +227,7 @@ class ChatService:
                                            stats=stats, error=update.notice if update.status == "error" else None)
                 if stats and update.decision:
                     self.memory.add_decision_stats(reply_id, stats)
+                self.memory.checkpoint()
             except SessionStoreError as exc:  # shown, but not kept: say so (earlier rows are untouched)
                 log.warning("reply %s not saved: %s", reply_id, exc)
                 unsaved = f"This reply could not be saved. {exc}"

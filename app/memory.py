@@ -13,6 +13,7 @@ rows still "streaming" at the next start are marked "interrupted".
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -24,6 +25,7 @@ from typing import Callable, Iterator
 
 import sqlite_utils
 
+log = logging.getLogger(__name__)
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
 
@@ -234,6 +236,20 @@ class Memory:
             for table in ("feedback", "decisions", "messages"):  # what points at a row before the row
                 self.db.execute(f"delete from {table} where session_id = ?", [session_id])
             self.db.execute("delete from sessions where id = ?", [session_id])
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write what sessions.db-wal holds into sessions.db, so that sessions.db copied alone (a backup, a
+        move to another machine) has it: SQLite does so only every 1,000 pages. Called once a reply has
+        ended and after a delete. PASSIVE: it never waits; what another program's reader holds is left
+        for the next one, and a failure too: what was written is in sessions.db-wal, kept."""
+        if self.path == ":memory:":
+            return
+        with self._lock:
+            try:
+                self.db.execute("pragma wal_checkpoint(passive)")
+            except sqlite3.Error as exc:
+                log.info("%s: checkpoint left for later (%s)", self.path, exc)
 
     def list_sessions(self, limit: int = 50, owner: str | None = None, matching: str | None = None) -> list[dict]:
         """The most recently used sessions: all of them, or only `owner`'s; with `matching`, only those

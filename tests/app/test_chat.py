@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +290,24 @@ def test_a_failed_reply_takes_no_feedback(service):
         service.give_feedback(failed.session_id, 1, False)
     assert service.memory.feedback(failed.session_id) == {}
     service.give_feedback(failed.session_id, 1, None)  # taking nothing back is no error
+
+
+def test_sessions_db_copied_alone_holds_every_ended_reply_and_no_deleted_chat(service, tmp_path):
+    """People back up or move sessions.db alone, while the app runs. In WAL mode the newest commits live
+    in sessions.db-wal until a checkpoint (SQLite's is every 1,000 pages, ~4 MB): the copy lacked the
+    recent chats, silently, and still held a chat deleted since."""
+    def copied() -> list[tuple]:
+        copy = tmp_path / "copy" / "sessions.db"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(Path(service.memory.path).read_bytes())
+        with closing(sqlite3.connect(copy)) as db:
+            return db.execute("select session_id, role, content, status from messages order by id").fetchall()
+
+    *_, kept = service.respond(None, "keep this chat")
+    *_, gone = service.respond(None, "delete this one")
+    assert copied() == [(kept.session_id, "user", "keep this chat", "complete"),
+                        (kept.session_id, "assistant", kept.text, "complete"),
+                        (gone.session_id, "user", "delete this one", "complete"),
+                        (gone.session_id, "assistant", gone.text, "complete")]
+    service.delete_session(gone.session_id)
+    assert [row[0] for row in copied()] == [kept.session_id] * 2
