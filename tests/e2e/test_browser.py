@@ -184,6 +184,14 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     assert unnamed == []
     corner = page.locator("#chat .top-panel button")
     assert [corner.nth(i).get_attribute("aria-label") for i in range(corner.count())] == ["Clear", "Copy conversation"]
+    # Reached by keyboard, a control shows it plainly (QA 13: Gradio's ring was faint, or none)
+    for selector in ("#message textarea", "#chat button[aria-label='Dislike']", "#new-chat"):
+        page.focus(selector)
+        page.keyboard.press("Tab")
+        page.wait_for_timeout(500)  # Gradio's buttons draw a change of look over a transition
+        ring = page.evaluate("() => { const s = getComputedStyle(document.activeElement); "
+                             "return [document.activeElement.outerHTML.slice(0, 80), s.outlineStyle, s.outlineWidth]; }")
+        assert ring[1] == "solid" and float(ring[2].removesuffix("px")) >= 2, ring
 
     # A new chat starts empty; after a reload the old one reopens with its whole history.
     page.click("#new-chat")
