@@ -68,7 +68,7 @@ def page_head(per_visitor: bool) -> str:
 ROUTE_CHOICES = [AUTO, *ROUTES]
 # Passed to launch(js=...): run in the page once it loads, each of these functions.
 PAGE_JS = "() => {\n" + "".join(f"({(Path(__file__).parent / name).read_text().strip()})();\n"
-                                for name in ("copy_as_typed.js", "chat_scroll.js", "send_after_stop.js")) + "}"
+                                for name in ("copy_as_typed.js", "chat_scroll.js", "send_after_reply.js")) + "}"
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
 # list scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
 PAGE_CSS = (Path(__file__).parent / "page.css").read_text()
@@ -443,18 +443,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
         # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and a
-        # count of the sends Gradio took, for send_after_stop.js (this runs only for those).
+        # count of the sends Gradio took, for send_after_reply.js (this runs only for those).
         sent_as = "(message, chat, route, draft, visitor, ...rest) => { window.cogumiSends = " \
                   "(window.cogumiSends ?? 0) + 1; return [message, chat, route, draft, " \
                   "visitor ?? window.cogumiStoredVisitor?.() ?? null, ...rest]; }"
-        submitted = box.submit(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
-                               js=sent_as)
-        clicked = send_button.click(send, inputs, outputs, api_visibility="private", concurrency_id=ENGINE_QUEUE,
-                                    js=sent_as)
-        for event in (submitted, clicked):
-            event.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
+        # Enter and Send are one event, so that while a reply is open Gradio takes neither (trigger_mode
+        # "once"): as two, Send during a reply begun by Enter was taken, and its reply's start emptied the box
+        # of what was typed after it. send_after_reply.js sends such a message once the reply has ended.
+        sent = gr.on([box.submit, send_button.click], send, inputs, outputs, api_visibility="private",
+                     concurrency_id=ENGINE_QUEUE, js=sent_as)
+        sent.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
         # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
-        stop_button.click(stop_reply, [session_id, visitor], None, cancels=[submitted, clicked],
+        stop_button.click(stop_reply, [session_id, visitor], None, cancels=[sent],
                           api_visibility="private").then(
             after_stop, [session_id, visitor, search], [chatbot, sessions, stats, *views], api_visibility="private")
         # The list for the search as it is now and the chat now open: after a chat is opened or a new one

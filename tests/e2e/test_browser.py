@@ -783,6 +783,49 @@ def test_a_message_sent_right_after_stop_is_sent(engine, tmp_path, monkeypatch):
         assert page.locator("#chat .message-row.bot-row").count() == 5
 
 
+def test_a_message_sent_while_a_reply_streams_goes_when_it_ends(engine, tmp_path, monkeypatch):
+    """QA 13: Enter while a reply streamed did nothing, and said nothing: Gradio ignores a send while the one
+    before it is open. It now waits for the reply's end, and the page says so; edited meanwhile, it waits
+    for Enter again."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        hint = page.locator("#send-hint")
+
+        def streaming() -> str:
+            while not service.sessions() or [m["status"] for m in service.transcript(service.sessions()[0]["id"])][-1:] != [
+                    "streaming"]:
+                time.sleep(0.02)
+            return service.sessions()[0]["id"]
+
+        box.fill("tell me a long story about mushrooms")
+        box.press("Enter")
+        expect(box).to_have_value("")  # the message's first update empties the box
+        chat = streaming()
+        box.fill("and then one about ferns")
+        box.press("Enter")
+        expect(hint).to_contain_text("Sends when this reply ends", timeout=5_000)
+        assert service.transcript(chat)[-1]["status"] == "streaming"
+        expect(box).to_have_value("and then one about ferns")
+        expect(user_rows).to_have_count(2, timeout=30_000)  # the first reply ended: this one went
+        expect(user_rows.last).to_have_text("and then one about ferns")
+        expect(box).to_have_value("")
+        expect(hint).to_be_hidden()
+
+        streaming()
+        box.fill("a third")
+        box.press("Enter")
+        expect(hint).to_be_visible(timeout=5_000)
+        box.fill("a third, edited")  # no longer what was sent: it waits for Enter again
+        expect(hint).to_be_hidden()
+        while service.transcript(chat)[-1]["status"] == "streaming":
+            time.sleep(0.05)
+        page.wait_for_timeout(1500)
+        expect(user_rows).to_have_count(2)
+        expect(box).to_have_value("a third, edited")
+        assert [m["content"] for m in service.transcript(chat) if m["role"] == "user"] == [
+            "tell me a long story about mushrooms", "and then one about ferns"]
+
+
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
     QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone."""
