@@ -813,7 +813,7 @@ def test_a_message_sent_while_a_reply_streams_goes_when_it_ends(engine, tmp_path
 
         streaming()
         box.fill("a third")
-        box.press("Enter")
+        box.press("Enter")  # Enter, in a reply begun by Send (the one above, pressed again): one event, held too
         expect(hint).to_be_visible(timeout=5_000)
         box.fill("a third, edited")  # no longer what was sent: it waits for Enter again
         expect(hint).to_be_hidden()
