@@ -392,7 +392,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                    else gr.State(None))
         gr.Markdown(f"## Cogumi Chat {model_label}")
         if banner:
-            gr.Markdown(banner, elem_id="demo-banner")
+            gr.Markdown(banner, elem_id="banner")  # the demo set's, a Space's storage that will not last
         status = service.modifier_status()
         missing = [f"**{name}**: {html.escape(reason)}" for name, reason in status.items() if reason]
         if missing:

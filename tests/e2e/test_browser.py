@@ -233,7 +233,7 @@ def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(t
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=ARTIFACTS / "startup.png")
             page.wait_for_selector("#message textarea", timeout=90_000)  # reloaded into the chat
-            expect(page.locator("#demo-banner")).to_have_count(0)
+            expect(page.locator("#banner")).to_have_count(0)
             browser.close()
     finally:
         app.stop()
