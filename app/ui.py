@@ -409,7 +409,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
                                         info="a small draft model proposes tokens; the reply is the same",
                                         interactive=service.engine.draft is not None, elem_id="use-draft")
-                search = gr.Textbox(placeholder="Search past chats", show_label=False, elem_id="search-chats")
+                search = gr.Textbox(label="Search past chats", placeholder="Search past chats", show_label=False,
+                                    elem_id="search-chats")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
                 delete_button = gr.Button("Delete this chat", size="sm", variant="secondary", elem_id="delete-chat")
             with gr.Column(scale=5, elem_id="chat-column"):
@@ -419,7 +420,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                      buttons=["copy", "copy_all"])
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Row():
-                    box = gr.Textbox(placeholder="Message Cogumi…", show_label=False, scale=8,
+                    box = gr.Textbox(label="Message", placeholder="Message Cogumi…", show_label=False, scale=8,
                                      autofocus=True, elem_id="message", max_lines=12)
                     send_button = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send")
                     stop_button = gr.Button("Stop", scale=1, min_width=70, elem_id="stop")

@@ -182,6 +182,9 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     unnamed = page.evaluate("""() => [...document.querySelectorAll('button')]
         .filter(b => !(b.getAttribute('aria-label') || b.innerText || b.title).trim()).map(b => b.outerHTML)""")
     assert unnamed == []
+    # and every text box (QA 14: both were read out as "Textbox")
+    assert page.get_by_role("textbox", name="Message", exact=True).count() == 1
+    assert page.get_by_role("textbox", name="Search past chats", exact=True).count() == 1
     corner = page.locator("#chat .top-panel button")
     assert [corner.nth(i).get_attribute("aria-label") for i in range(corner.count())] == ["Clear", "Copy conversation"]
     # Reached by keyboard, a control shows it plainly (QA 13: Gradio's ring was faint, or none)
