@@ -230,9 +230,9 @@ def on_space() -> bool:
     the persistent /data volume when the Space has one, and give each visitor their own sessions."""
     if not os.environ.get("SPACE_ID"):
         return False
-    persistent = space_volume()
-    if "COGUMI_DATA_DIR" not in os.environ and persistent.is_dir() and os.access(persistent, os.W_OK):
-        os.environ["COGUMI_DATA_DIR"] = str(persistent / "cogumi")  # made by open_memory, which says if it cannot be
+    if "COGUMI_DATA_DIR" not in os.environ and space_volume_unusable() is None:
+        # made by open_memory, which says if it cannot be
+        os.environ["COGUMI_DATA_DIR"] = str(space_volume() / "cogumi")
     return True
 
 
@@ -241,20 +241,26 @@ def space_volume() -> Path:
     return Path(os.environ.get("COGUMI_SPACES_PERSISTENT_DIR", "/data"))
 
 
+def space_volume_unusable() -> tuple[str, str] | None:
+    """Why the Space's persistent storage cannot hold the data, and what its owner can do; None if it can."""
+    volume = space_volume()
+    if not volume.is_dir():
+        return "it has no persistent storage", "Its owner can add some in the Space's settings."
+    if not os.access(volume, os.W_OK):
+        return (f"its persistent storage (`{volume}`) is not writable",
+                "Its owner can check the storage in the Space's settings.")
+    return None
+
+
 def space_storage_warning() -> str | None:
     """On a Space, what its owner (in the log) and its visitors (on the page) are told when the chats
     will not outlive a restart of the Space, or None when they are on its persistent storage."""
     volume, data = space_volume(), data_dir()
     if data.resolve().is_relative_to(volume.resolve()):
         return None
-    if not volume.is_dir():
-        why, fix = "it has no persistent storage", "Its owner can add some in the Space's settings."
-    elif not os.access(volume, os.W_OK):
-        why, fix = (f"its persistent storage (`{volume}`) is not writable",
-                    "Its owner can check the storage in the Space's settings.")
-    else:
-        why, fix = (f"the data folder (`{data}`) is outside its persistent storage",
-                    f"Its owner can unset `COGUMI_DATA_DIR` or set it to a folder in `{volume}`.")
+    why, fix = space_volume_unusable() or (
+        f"the data folder (`{data}`) is outside its persistent storage",
+        f"Its owner can unset `COGUMI_DATA_DIR` or set it to a folder in `{volume}`.")
     return f"Chats here are kept only until this Space restarts: {why}. {fix}"
 
 
