@@ -246,11 +246,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         chat = on_screen["chat"]
         return session_choices(visitor, chat, matching), *panel_views(service, chat, owner_of(visitor))
 
-    def send(message, session_id, route, use_draft, visitor, on_screen, matching):
+    def send(message, session_id, route, use_draft, visitor, on_screen, matching, press):
         """Streams the reply into the page while the page shows its chat. Opened elsewhere (another chat,
         a new one), the reply goes on and is saved, and the page is left alone: each update once drew
-        this chat back, and made it the one the next message went to."""
+        this chat back, and made it the one the next message went to. `press` numbers the page's sends:
+        a Stop pressed after this one ends its reply, or takes it back if it has waited in the queue."""
         visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
+        def stopped() -> bool:  # Stop was pressed after this send (stop_reply)
+            return (press or 0) <= on_screen.get("stopped_at", 0)
+        if stopped():
+            yield (gr.skip(), gr.skip(), session_id, "Stopped before it was sent: your message is still in the box.",
+                   gr.skip(), gr.skip(), visitor, gr.skip())
+            return
         refused = service.refusal(message, route)
         if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
             yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
@@ -273,10 +280,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                  if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
                session_id, moved, "", gr.skip(), visitor, gr.skip())
-        shown_at, path_drawn, left = 0.0, False, False
+        shown_at, path_drawn, left, ending = 0.0, False, False, False
         replies = service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor)
         try:
             for update in replies:
+                if not ending and stopped():  # pressed before respond() had this reply for service.stop to find
+                    ending = service.stop(session_id, visitor)
                 away = on_screen["chat"] != session_id
                 if update.status == "ignored":  # not saved: the message goes back to the box
                     yield (gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(),
@@ -321,8 +330,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 on_screen["sending"] = None
 
     @explained
-    def stop_reply(session_id, visitor):
-        service.stop(session_id, owner_of(visitor))
+    def stop_reply(session_id, visitor, on_screen, pressed):
+        """Ends the reply streaming here, and any send pressed before this Stop: one still waiting in the
+        queue is not sent (send() reads stopped_at), one only just begun ends as it begins."""
+        on_screen["stopped_at"] = max(pressed or 0, on_screen.get("stopped_at", 0))
+        for chat in {session_id, on_screen.get("sending")}:
+            service.stop(chat, owner_of(visitor))
 
     @explained
     def after_stop(session_id, visitor, matching):
@@ -437,26 +450,30 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                              wrap=True, column_widths=["50px", "150px", "470px", "90px", "90px", "70px", "90px", "90px"],
                              elem_id="decisions")
 
+        # How many sends the page has pressed, as Gradio takes each (sent_as) and as Stop is pressed.
+        press = gr.Number(0, visible=False, precision=0)
         follow = gr.Timer(FOLLOW_S, active=False)  # on while the chat on screen has a reply this page is not streaming
         views = [path, timeline, distribution, table]
         outputs = [chatbot, box, session_id, notice, stats, path, visitor, sessions]
-        inputs = [box, session_id, route, use_draft, visitor, on_screen, search]
+        inputs = [box, session_id, route, use_draft, visitor, on_screen, search, press]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
         # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and a
         # count of the sends Gradio took, for send_after_reply.js (this runs only for those).
-        sent_as = "(message, chat, route, draft, visitor, ...rest) => { window.cogumiSends = " \
+        sent_as = "(message, chat, route, draft, visitor, on_screen, search) => { window.cogumiSends = " \
                   "(window.cogumiSends ?? 0) + 1; return [message, chat, route, draft, " \
-                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, ...rest]; }"
+                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, on_screen, search, window.cogumiSends]; }"
         # Enter and Send are one event, so that while a reply is open Gradio takes neither (trigger_mode
         # "once"): as two, Send during a reply begun by Enter was taken, and its reply's start emptied the box
         # of what was typed after it. send_after_reply.js sends such a message once the reply has ended.
         sent = gr.on([box.submit, send_button.click], send, inputs, outputs, api_visibility="private",
                      concurrency_id=ENGINE_QUEUE, js=sent_as)
         sent.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
-        # Both: Gradio's cancel can miss a reply that has only just started (it then ran to its end)
-        stop_button.click(stop_reply, [session_id, visitor], None, cancels=[sent],
-                          api_visibility="private").then(
+        # Not Gradio's cancels=: the stopped reply ends its own stream. A cancel missed a reply that had only
+        # just begun (it ran on, out of sight), and its answer could reach the page before the stream's end,
+        # which the page could not read: a red "Error" stayed over the chat and the box (QA 14).
+        stop_button.click(stop_reply, [session_id, visitor, on_screen, press], None, api_visibility="private",
+                          js="(chat, visitor, on_screen) => [chat, visitor, on_screen, window.cogumiSends ?? 0]").then(
             after_stop, [session_id, visitor, search], [chatbot, sessions, stats, *views], api_visibility="private")
         # The list for the search as it is now and the chat now open: after a chat is opened or a new one
         # begun, it is drawn again (QA 11: the chat left stayed listed, as "the open chat"), with the search

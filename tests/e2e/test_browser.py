@@ -829,6 +829,84 @@ def test_a_message_sent_while_a_reply_streams_goes_when_it_ends(engine, tmp_path
             "tell me a long story about mushrooms", "and then one about ferns"]
 
 
+# The status badges Gradio shows over a component whose event failed ("Error", a red border).
+ERROR_BADGES = """() => [...document.querySelectorAll('.error')].filter(e => e.offsetParent !== null)
+    .map(e => e.closest('[id]')?.id ?? '?')"""
+
+
+def streaming_reply(service) -> str:
+    """The id of the chat whose reply is streaming now (waits for it)."""
+    while True:
+        for chat in service.sessions():
+            if service.transcript(chat["id"])[-1:] and service.transcript(chat["id"])[-1]["status"] == "streaming":
+                return chat["id"]
+        time.sleep(0.02)
+
+
+def test_stop_leaves_no_error_on_the_page(engine, tmp_path, monkeypatch):
+    """QA 14: after Stop, a red "Error" badge sometimes stayed over the chat, the box and the figures (3 Stops
+    in 14), and the box's caught clicks. Gradio's cancel answers the stopped send with an empty message that
+    its page cannot read, when that message comes before the send's own end."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box, bot_rows = page.locator("#message textarea"), page.locator("#chat .message-row.bot-row")
+        for n in range(1, 11):
+            box.fill(f"tell me a long story about mushrooms, number {n}")
+            box.press("Enter")
+            chat = streaming_reply(service)
+            page.wait_for_timeout(200)
+            page.click("#stop")
+            expect(bot_rows.last).to_contain_text("(stopped)", timeout=10_000)
+            expect(bot_rows).to_have_count(n)
+            page.wait_for_timeout(600)  # the cancel's message, had there been one, is read by now
+            assert page.evaluate(ERROR_BADGES) == [], f"after Stop {n}"
+        assert [m["status"] for m in service.transcript(chat) if m["role"] == "assistant"] == ["stopped"] * 10
+
+
+def test_stop_pressed_just_after_enter_stops_that_reply(engine, tmp_path, monkeypatch):
+    """QA 13: Stop pressed just after Enter could miss the reply, which then ran to its end (out of sight,
+    carried on). Pressed before the reply has begun, Stop now still ends it as it begins."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box, bot_rows = page.locator("#message textarea"), page.locator("#chat .message-row.bot-row")
+        for n in range(1, 5):
+            box.fill(f"a long story about ferns, number {n}")
+            box.press("Enter")
+            page.click("#stop")  # at once: the page has not yet heard of this chat, nor the engine of the reply
+            expect(bot_rows).to_have_count(n, timeout=10_000)
+            expect(bot_rows.last).to_contain_text("(stopped)", timeout=10_000)
+        (chat,) = service.sessions()
+        replies = [m for m in service.transcript(chat["id"]) if m["role"] == "assistant"]
+        assert [m["status"] for m in replies] == ["stopped"] * 4
+        assert all(len(m["content"].split()) < 20 for m in replies), [m["content"] for m in replies]
+        assert page.evaluate(ERROR_BADGES) == []
+
+
+def test_stop_while_a_message_waits_in_the_queue_keeps_it_unsent(engine, tmp_path, monkeypatch):
+    """A message waiting in the queue behind another visitor's reply: Stop takes it back. It stays in the box,
+    unsent, the page says so, and nothing shows an error (Gradio's cancel of a waiting send always did)."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, first):
+        second = first.context.browser.new_context().new_page()
+        second.goto(first.url)
+        first.fill("#message textarea", "the first visitor's long story")
+        first.press("#message textarea", "Enter")
+        streaming_reply(service)
+        second.evaluate(WATCH_QUEUE)
+        box = second.locator("#message textarea")
+        box.fill("the second visitor's question")
+        box.press("Enter")
+        second.wait_for_function("() => window.__queue.length > 0", timeout=10_000)  # it waits its turn
+        second.click("#stop")
+        first.click("#stop")  # the engine is free: the waiting send runs now
+        expect(second.locator("#notice")).to_contain_text("Stopped before it was sent", timeout=10_000)
+        expect(box).to_have_value("the second visitor's question")
+        second.wait_for_timeout(1000)
+        assert len(service.sessions()) == 1
+        assert second.locator("#chat .message-row").count() == 0
+        assert second.evaluate(ERROR_BADGES) == [] and first.evaluate(ERROR_BADGES) == []
+        box.press("Enter")  # and sent again, it goes
+        expect(second.locator("#chat .message-row.user-row")).to_have_text(["the second visitor's question"],
+                                                                           timeout=10_000)
+
+
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
     QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone."""
