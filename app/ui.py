@@ -254,13 +254,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
         def stopped() -> bool:  # Stop was pressed after this send (stop_reply)
             return (press or 0) <= on_screen.get("stopped_at", 0)
+        # The page emptied the box as Gradio took this send (sent_as); one not sent goes back to the box by its
+        # number (the page kept its text: half an emoji could not be sent back).
         if stopped():
-            yield (gr.skip(), gr.skip(), session_id, "Stopped before it was sent: your message is still in the box.",
+            yield (gr.skip(), press, session_id, "Stopped before it was sent: your message is back in the box.",
                    gr.skip(), gr.skip(), visitor, gr.skip())
             return
         refused = service.refusal(message, route)
-        if refused:  # the box keeps the text: it is not sent back (half an emoji could not be)
-            yield gr.skip(), gr.skip(), session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
+        if refused:
+            yield gr.skip(), press, session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
             return
         try:
             known = service.owns(session_id, visitor)
@@ -268,17 +270,16 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             if not known:  # so that Stop, even before the reply starts, finds it
                 session_id = service.new_session(visitor)
         except SessionStoreError as exc:
-            yield (gr.skip(), gr.skip(), session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,
-                   gr.skip())
+            yield gr.skip(), press, session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor, gr.skip()
             return
         stored = chat_view(session_id, visitor)
         before = stored["value"]
-        # The message shows and the box empties at once; from then on the box is the person's to type
-        # the next message in while the reply streams (every later yield leaves it as it is).
+        # The message shows at once; the box is the person's to type the next message in (no yield empties it:
+        # one that came after the press took what had been typed since, QA 15).
         on_screen["chat"] = on_screen["sending"] = session_id  # (following() leaves this reply to this page)
         moved = ("The chat on screen was deleted, in another tab or window: this message starts a new chat."
                  if deleted else "")
-        yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), "",
+        yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), gr.skip(),
                session_id, moved, "", gr.skip(), visitor, gr.skip())
         shown_at, path_drawn, left, ending = 0.0, False, False, False
         replies = service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor)
@@ -288,7 +289,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     ending = service.stop(session_id, visitor)
                 away = on_screen["chat"] != session_id
                 if update.status == "ignored":  # not saved: the message goes back to the box
-                    yield (gr.skip() if away else before, message, gr.skip(), update.notice, gr.skip(), gr.skip(),
+                    yield (gr.skip() if away else before, press, gr.skip(), update.notice, gr.skip(), gr.skip(),
                            visitor, gr.skip())
                     return
                 if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
@@ -321,8 +322,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     # person sends, not under their pointer as the reply ends (a click then opened another)
                     listed, path_drawn = session_choices(visitor, session_id, matching), True
                 said = " ".join(filter(None, [moved, update.notice]))
-                yield chat, gr.skip(), update.session_id, said, stats_line(update), drawing, visitor, listed
-        except GeneratorExit:  # the page went away (a reload, a closed tab) or Stop cancelled this stream
+                # failed before a word (too long for the model): back in the box too, to shorten (QA 15)
+                unanswered = press if update.done and update.status == "error" and not update.text else gr.skip()
+                yield chat, unanswered, update.session_id, said, stats_line(update), drawing, visitor, listed
+        except GeneratorExit:  # the page went away (a reload, a closed tab)
             service.carry_on(replies)
             raise
         finally:
@@ -450,25 +453,26 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                              wrap=True, column_widths=["50px", "150px", "470px", "90px", "90px", "70px", "90px", "90px"],
                              elem_id="decisions")
 
-        # How many sends the page has pressed, as Gradio takes each (sent_as) and as Stop is pressed.
-        press = gr.Number(0, visible=False, precision=0)
+        # The number of the page's send Gradio takes (sent_as), and of the last at a Stop; and of one not sent,
+        # whose text the page puts back in the box (send_after_reply.js).
+        press, unsent = gr.Number(0, visible=False, precision=0), gr.Number(0, visible=False, precision=0)
         follow = gr.Timer(FOLLOW_S, active=False)  # on while the chat on screen has a reply this page is not streaming
         views = [path, timeline, distribution, table]
-        outputs = [chatbot, box, session_id, notice, stats, path, visitor, sessions]
+        outputs = [chatbot, unsent, session_id, notice, stats, path, visitor, sessions]
         inputs = [box, session_id, route, use_draft, visitor, on_screen, search, press]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
-        # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and a
-        # count of the sends Gradio took, for send_after_reply.js (this runs only for those).
-        sent_as = "(message, chat, route, draft, visitor, on_screen, search) => { window.cogumiSends = " \
-                  "(window.cogumiSends ?? 0) + 1; return [message, chat, route, draft, " \
-                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, on_screen, search, window.cogumiSends]; }"
+        # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and the
+        # send's number, from send_after_reply.js, which empties the box (this runs only for sends Gradio takes).
+        sent_as = "(message, chat, route, draft, visitor, on_screen, search) => [message, chat, route, draft, " \
+                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, on_screen, search, window.cogumiTake(message)]"
         # Enter and Send are one event, so that while a reply is open Gradio takes neither (trigger_mode
         # "once"): as two, Send during a reply begun by Enter was taken, and its reply's start emptied the box
         # of what was typed after it. send_after_reply.js sends such a message once the reply has ended.
         sent = gr.on([box.submit, send_button.click], send, inputs, outputs, api_visibility="private",
                      concurrency_id=ENGINE_QUEUE, js=sent_as)
         sent.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
+        unsent.change(None, unsent, None, js="(n) => { window.cogumiUnsent(n); return []; }")
         # Not Gradio's cancels=: the stopped reply ends its own stream. A cancel missed a reply that had only
         # just begun (it ran on, out of sight), and its answer could reach the page before the stream's end,
         # which the page could not read: a red "Error" stayed over the chat and the box (QA 14).

@@ -894,17 +894,52 @@ def test_stop_while_a_message_waits_in_the_queue_keeps_it_unsent(engine, tmp_pat
         box.fill("the second visitor's question")
         box.press("Enter")
         second.wait_for_function("() => window.__queue.length > 0", timeout=10_000)  # it waits its turn
+        expect(box).to_have_value("")  # sent, as far as the person is concerned
+        box.type("and what I typed while it waited")
+        first.click("#stop")  # QA 15: its turn came, and emptied the box of what was typed meanwhile
+        expect(second.locator("#chat .message-row.user-row")).to_have_text(["the second visitor's question"],
+                                                                           timeout=10_000)
+        expect(box).to_have_value("and what I typed while it waited")
+        streaming_reply(service)
+        second.click("#stop")
+        expect(second.locator("#chat .message-row.bot-row")).to_contain_text("(stopped)", timeout=10_000)
+
+        first.fill("#message textarea", "the first visitor's second story")
+        first.press("#message textarea", "Enter")
+        while len([c for c in service.sessions() if service.transcript(c["id"])[-1]["status"] == "streaming"]) == 0:
+            time.sleep(0.02)
+        box.fill("the second visitor's question")
+        box.press("Enter")
+        second.wait_for_function("() => window.__queue.length > 1", timeout=10_000)
         second.click("#stop")
         first.click("#stop")  # the engine is free: the waiting send runs now
         expect(second.locator("#notice")).to_contain_text("Stopped before it was sent", timeout=10_000)
-        expect(box).to_have_value("the second visitor's question")
+        expect(box).to_have_value("the second visitor's question")  # back in the box
         second.wait_for_timeout(1000)
-        assert len(service.sessions()) == 1
-        assert second.locator("#chat .message-row").count() == 0
+        assert len(service.sessions()) == 2
+        expect(second.locator("#chat .message-row.user-row")).to_have_count(1)
         assert second.evaluate(ERROR_BADGES) == [] and first.evaluate(ERROR_BADGES) == []
         box.press("Enter")  # and sent again, it goes
-        expect(second.locator("#chat .message-row.user-row")).to_have_text(["the second visitor's question"],
-                                                                           timeout=10_000)
+        expect(second.locator("#chat .message-row.user-row")).to_have_count(2, timeout=10_000)
+
+
+def test_text_typed_right_after_enter_is_kept(engine, tmp_path, monkeypatch):
+    """QA 15: the box emptied when the server first answered the send (0.2–0.3 s later, or when a queued send's
+    turn came), taking with it whatever had been typed since: a second message pasted and sent at once was
+    lost, 2 times in 3. The box now empties as Enter is pressed."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        for n in range(3):
+            box.fill(f"first message {n}")
+            box.press("Enter")
+            expect(box).to_have_value("")
+            box.fill(f"second message {n}, typed at once")
+            box.press("Enter")  # held until the first's reply ends (send_after_reply.js)
+            page.click("#stop")
+            expect(user_rows).to_have_count(2 * n + 2, timeout=10_000)
+            expect(user_rows.last).to_have_text(f"second message {n}, typed at once")
+            page.click("#stop")
+            expect(page.locator("#chat .message-row.bot-row")).to_have_count(2 * n + 2, timeout=10_000)
 
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
@@ -922,6 +957,7 @@ def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     expect(bot_rows.last).to_contain_text(reason, timeout=60_000)
     expect(bot_rows).to_have_count(2)
     expect(thumbs).to_have_count(2)  # the first reply's still
+    expect(box).to_have_value("the model " * 20_000)  # QA 15: the box emptied, while the notice said "shorten it"
     page.reload()
     page.wait_for_selector("#message textarea")
     expect(bot_rows.last).to_contain_text(reason)
