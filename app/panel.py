@@ -20,19 +20,24 @@ DOMAIN_ORDER = ("code", "reasoning", "automation", "general")
 EXCERPT_CHARS = 160  # the message shown at the head of the path
 TABLE_ROWS = 12      # recent decisions listed, newest first
 
+# Colours from the page's theme (Gradio's variables), so that the path reads in the light and the dark theme alike
+# (QA 15: dark grey on near black, and near-white empty tracks).
 _CSS = """<style>
-.route-path{font:13px/1.35 system-ui,sans-serif;display:flex;flex-direction:column;gap:2px}
-.route-path .step{border:1px solid #d1d5db;border-radius:8px;padding:6px 9px;background:var(--block-background-fill,#fff)}
-.route-path .step.fired{border:2px solid #111827}
-.route-path .arrow{text-align:center;color:#9ca3af;line-height:1}
+.route-path{font:13px/1.35 system-ui,sans-serif;display:flex;flex-direction:column;gap:2px;color:var(--body-text-color)}
+.route-path .step{border:1px solid var(--border-color-primary);border-radius:8px;padding:6px 9px;
+  background:var(--block-background-fill)}
+.route-path .step.fired{border:2px solid var(--body-text-color)}
+.route-path .arrow{text-align:center;color:var(--body-text-color-subdued);line-height:1}
 .route-path .label{font-weight:600;margin-right:6px}
-.route-path .msg{white-space:pre-wrap;word-break:break-word;color:#374151}
+.route-path .msg{white-space:pre-wrap;word-break:break-word}
 .route-path .bar{display:flex;align-items:center;gap:6px;margin:2px 0}
 .route-path .bar .name{width:78px}
-.route-path .bar .track{flex:1;height:8px;background:#e5e7eb;border-radius:4px;position:relative}
+.route-path .bar .track{flex:1;height:8px;background:var(--border-color-primary);border-radius:4px;position:relative}
 .route-path .bar .fill{height:8px;border-radius:4px}
-.route-path .bar .tau{position:absolute;top:-2px;width:2px;height:12px;background:#111827}
+.route-path .bar .tau{position:absolute;top:-2px;width:2px;height:12px;background:var(--body-text-color)}
 .route-path .route{color:#fff;font-weight:600}
+.route-path .reason{font-size:12px;color:#4b5563}
+.dark .route-path .reason{color:#d4d4d8}
 </style>"""
 
 
@@ -71,7 +76,7 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     else:
         chosen = f"route: {html.escape(asked)}{instead}"
     steps.append(f'<div class="step route" id="route-chosen" style="background:{colour}">{chosen}</div>')
-    steps.append(f'<div class="reason" style="color:#4b5563;font-size:12px">{html.escape(d["reason"])}</div>')
+    steps.append(f'<div class="reason">{html.escape(d["reason"])}</div>')
     arrow = '<div class="arrow">↓</div>'
     return _CSS + '<div class="route-path" id="route-path">' + arrow.join(steps) + "</div>"
 
@@ -106,7 +111,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     colours = alt.Scale(domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))
     # Only layers with something to draw: an empty one makes Vega warn "Infinite extent" in the console.
     # τp as a dashed segment across each turn's width: a line through the turns drew nothing for one turn
-    layers = [alt.Chart(frame).mark_rule(strokeDash=[6, 4], color="#111827").encode(
+    layers = [alt.Chart(frame).mark_rule(strokeDash=[6, 4], color="#6b7280").encode(  # 3:1 on white and on dark
         x=alt.X("from:Q", scale=scale, axis=axis, title="turn"), x2="to:Q", y=alt.Y("τp:Q", title="perplexity"))]
     measured = frame[frame["perplexity"].notna()]
     if len(measured):
@@ -121,7 +126,14 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
             size=300, color="#dc2626", strokeWidth=2).encode(x=x, y="perplexity:Q"))
     # The caption is the chart's own title: as gr.Plot's label it covered the chart's top.
     title = alt.Title("Perplexity per turn", subtitle="dashed: τp · red ring: escalation", anchor="start")
-    return (alt.layer(*layers).properties(height=190, width=250, title=title)  # fits the panel on a phone
+    # Drawn as SVG on no background, so that page.css gives its text the theme's colour: Gradio themes only its own
+    # plots, and this one was a white box with black text in the dark theme (QA 15). No actions menu: its button had
+    # no name, and one of its actions sends the chart's data, the chat's reasons, to the online Vega editor.
+    return (alt.layer(*layers).properties(height=190, width=250, title=title,  # fits the panel on a phone
+                                          description="Perplexity per turn against τp (dashed); points coloured by route, "
+                                                      "escalations ringed in red",
+                                          usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
+            .configure(background="transparent")
             .configure_legend(orient="bottom", title=None).configure_view(strokeWidth=0))
 
 
