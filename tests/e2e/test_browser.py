@@ -197,9 +197,12 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
                              "return [document.activeElement.outerHTML.slice(0, 80), s.outlineStyle, s.outlineWidth]; }")
         assert ring[1] == "solid" and float(ring[2].removesuffix("px")) >= 2, ring
 
-    # A new chat starts empty; after a reload the old one reopens with its whole history.
-    page.click("#new-chat")
+    # A new chat starts empty, ready to type in (QA 15: by keyboard, the focus stayed on New chat); after a reload
+    # the old one reopens with its whole history.
+    page.focus("#new-chat")
+    page.keyboard.press("Enter")
     expect(page.locator("#chat .message-row")).to_have_count(0)
+    expect(page.locator("#message textarea")).to_be_focused()
     expect(path).to_contain_text("No message routed yet")
     page.reload()
     page.wait_for_selector("#message textarea")
