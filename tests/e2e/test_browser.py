@@ -162,8 +162,17 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     fourth, _ = send(page, "what's 17 times 23?", db_path)
     assert (fourth["route"], fourth["overridden"]) == ("automation", 1)
 
-    # Back to auto, then HTML typed by the user: shown as text in the chat and the panel, never run.
-    page.locator('#route [data-testid="auto-radio-label"]').click()
+    # Back to auto, by keyboard: a choice is one Tab stop, its options under the arrow keys, and it has a name
+    # (QA 14, 15: each option was a Tab stop of its own, the arrows did nothing, and the groups were unnamed).
+    page.focus('#route input[value="automation"]')
+    for _ in range(4):
+        page.keyboard.press("ArrowUp")
+    expect(page.locator('#route input[value="auto"]')).to_be_checked()
+    page.keyboard.press("Tab")
+    expect(page.locator("#use-draft input")).to_be_focused()
+    expect(page.get_by_role("group", name="Route", exact=True)).to_have_count(1)
+    expect(page.get_by_role("group", name="Past chats", exact=True)).to_have_count(1)
+    # Then HTML typed by the user: shown as text in the chat and the panel, never run.
     fifth, _ = send(page, HOSTILE, db_path)
     assert fifth["overridden"] == 0
     expect(page.locator("#chat .message-row.user-row").last).to_have_text(HOSTILE)
