@@ -22,10 +22,21 @@
     }
     if (hint) [hint.textContent, hint.hidden] = [text, !text];
   };
+  const taken = {}, waiting = new Set();  // sends Gradio took: number → text; and those not begun on the server
+  let held = null, saysWaiting = false;  // held: a send's text to go back in the box once the press held there goes
+  const typed = (el, value) => {
+    el.value = value;
+    el.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio's box reads its value from this event
+  };
+  const putBack = (text) => {  // before anything typed since
+    const el = box();
+    if (el) typed(el, el.value.trim() ? `${text}\n${el.value}` : text);
+  };
   const check = () => {
     if ((window.cogumiSends ?? 0) > pending.sends || box()?.value !== pending.text) {  // taken, or edited
       [pending, checking] = [null, false];
       say("");
+      if (held !== null) [held] = [null, putBack(held)];
       return;
     }
     say("Sends when this reply ends (Stop ends it now). Edit it and it waits for Enter again.");
@@ -43,24 +54,40 @@
       setTimeout(check, EVERY_MS);
     }
   };
-  const taken = {};  // a send's number → its text, for cogumiUnsent
-  const typed = (el, value) => {
-    el.value = value;
-    el.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio's box reads its value from this event
-  };
   window.cogumiTake = (message) => {  // a send Gradio takes: numbered, and out of the box
     const n = window.cogumiSends = (window.cogumiSends ?? 0) + 1;
     [taken[n], taken[n - 20]] = [message, undefined];
+    waiting.add(n);
     const el = box();
     if (el?.value.startsWith(message)) typed(el, el.value.slice(message.length));  // keeps what was typed after it
+    if (held !== null) [held] = [null, putBack(held)];  // the press it waited for has gone
+    setTimeout(() => {  // out of the box and not yet in the chat (a Space's queue): said, and Stop takes it back
+      if (!waiting.has(n) || pending) return;
+      const shown = message.length > 80 ? `${message.slice(0, 80)}…` : message;
+      say(`Waiting to be sent: “${shown}”. Stop takes it back into the box.`);
+      saysWaiting = true;
+    }, 500);
     return n;
   };
-  window.cogumiUnsent = (n) => {  // that send was not sent: its text goes back, before anything typed since
-    const [text, el] = [taken[n], box()];
-    if (text === undefined || !el) return;
-    taken[n] = undefined;
-    typed(el, el.value.trim() ? `${text}\n${el.value}` : text);
+  window.cogumiBegan = (n) => {  // its reply has begun: the message is in the chat
+    waiting.delete(n);
+    if (saysWaiting && !waiting.size) [saysWaiting] = [false, say("")];
   };
+  window.cogumiUnsent = (n) => {  // that send was not sent: its text goes back in the box
+    window.cogumiBegan(n);
+    const text = taken[n];
+    if (text === undefined) return;
+    taken[n] = undefined;
+    // A press the box holds (sent while this one was open) goes first: put back now, this text became part of it
+    // and neither went (QA 16).
+    if (pending && box()?.value === pending.text) held = held === null ? text : `${held}\n${text}`;
+    else putBack(text);
+  };
+  // Stop takes back at once a send that has not begun (QA 16: it came back only when its turn came, a whole
+  // reply later); the server, told by the same Stop (ui.py's stop_reply), does not send it.
+  document.addEventListener("click", (e) => {
+    if (e.target.closest?.("#stop")) for (const n of [...waiting]) window.cogumiUnsent(n);
+  }, true);
   document.addEventListener("click", (e) => { if (!again && e.target.closest?.("#send")) pressed(); }, true);
   document.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.target === box()) pressed();

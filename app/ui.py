@@ -259,11 +259,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # number (the page kept its text: half an emoji could not be sent back).
         if stopped():
             yield (gr.skip(), press, session_id, "Stopped before it was sent: your message is back in the box.",
-                   gr.skip(), gr.skip(), visitor, gr.skip())
+                   gr.skip(), gr.skip(), visitor, gr.skip(), gr.skip())
             return
         refused = service.refusal(message, route)
         if refused:
-            yield gr.skip(), press, session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip()
+            yield gr.skip(), press, session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip(), gr.skip()
             return
         try:
             known = service.owns(session_id, visitor)
@@ -271,7 +271,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             if not known:  # so that Stop, even before the reply starts, finds it
                 session_id = service.new_session(visitor)
         except SessionStoreError as exc:
-            yield gr.skip(), press, session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor, gr.skip()
+            yield (gr.skip(), press, session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,
+                   gr.skip(), gr.skip())
             return
         stored = chat_view(session_id, visitor)
         before = stored["value"]
@@ -281,7 +282,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         moved = ("The chat on screen was deleted, in another tab or window: this message starts a new chat."
                  if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), gr.skip(),
-               session_id, moved, "", gr.skip(), visitor, gr.skip())
+               session_id, moved, "", gr.skip(), visitor, gr.skip(), press)
         shown_at, path_drawn, left, ending = 0.0, False, False, False
         replies = service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor)
         try:
@@ -291,18 +292,18 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 away = on_screen["chat"] != session_id
                 if update.status == "ignored":  # not saved: the message goes back to the box
                     yield (gr.skip() if away else before, press, gr.skip(), update.notice, gr.skip(), gr.skip(),
-                           visitor, gr.skip())
+                           visitor, gr.skip(), gr.skip())
                     return
                 if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
                     if not left:
                         left = True
-                        yield (*(gr.skip(),) * 6, visitor, gr.skip())
+                        yield (*(gr.skip(),) * 6, visitor, gr.skip(), gr.skip())
                     continue
                 if update.status == "waiting":  # behind the chat's reply still going on: that reply, as it grows
                     stored = chat_view(session_id, visitor)
                     before = stored["value"]
                     yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]),
-                           *(gr.skip(),) * 5, visitor, gr.skip())
+                           *(gr.skip(),) * 5, visitor, gr.skip(), gr.skip())
                     continue
                 # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
                 # not held back by the page.
@@ -325,7 +326,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 said = " ".join(filter(None, [moved, update.notice]))
                 # failed before a word (too long for the model): back in the box too, to shorten (QA 15)
                 unanswered = press if update.done and update.status == "error" and not update.text else gr.skip()
-                yield chat, unanswered, update.session_id, said, stats_line(update), drawing, visitor, listed
+                yield chat, unanswered, update.session_id, said, stats_line(update), drawing, visitor, listed, gr.skip()
         except GeneratorExit:  # the page went away (a reload, a closed tab)
             service.carry_on(replies)
             raise
@@ -454,12 +455,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                              wrap=True, column_widths=["50px", "150px", "470px", "90px", "90px", "70px", "90px", "90px"],
                              elem_id="decisions")
 
-        # The number of the page's send Gradio takes (sent_as), and of the last at a Stop; and of one not sent,
-        # whose text the page puts back in the box (send_after_reply.js).
-        press, unsent = gr.Number(0, visible=False, precision=0), gr.Number(0, visible=False, precision=0)
+        # The number of the page's send Gradio takes (sent_as), and of the last at a Stop; of one begun (its message
+        # now in the chat); and of one not sent, whose text the page puts back in the box (send_after_reply.js).
+        press, began, unsent = (gr.Number(0, visible=False, precision=0) for _ in range(3))
         follow = gr.Timer(FOLLOW_S, active=False)  # on while the chat on screen has a reply this page is not streaming
         views = [path, timeline, distribution, table]
-        outputs = [chatbot, unsent, session_id, notice, stats, path, visitor, sessions]
+        outputs = [chatbot, unsent, session_id, notice, stats, path, visitor, sessions, began]
         inputs = [box, session_id, route, use_draft, visitor, on_screen, search, press]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
@@ -473,6 +474,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         sent = gr.on([box.submit, send_button.click], send, inputs, outputs, api_visibility="private",
                      concurrency_id=ENGINE_QUEUE, js=sent_as)
         sent.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
+        began.change(None, began, None, js="(n) => { window.cogumiBegan(n); return []; }")
         unsent.change(None, unsent, None, js="(n) => { window.cogumiUnsent(n); return []; }")
         # Not Gradio's cancels=: the stopped reply ends its own stream. A cancel missed a reply that had only
         # just begun (it ran on, out of sight), and its answer could reach the page before the stream's end,

@@ -962,23 +962,48 @@ def test_stop_while_a_message_waits_in_the_queue_keeps_it_unsent(engine, tmp_pat
         second.click("#stop")
         expect(second.locator("#chat .message-row.bot-row")).to_contain_text("(stopped)", timeout=10_000)
 
-        first.fill("#message textarea", "the first visitor's second story")
-        first.press("#message textarea", "Enter")
-        while len([c for c in service.sessions() if service.transcript(c["id"])[-1]["status"] == "streaming"]) == 0:
-            time.sleep(0.02)
+        def first_streams(text: str) -> None:
+            first.fill("#message textarea", text)
+            first.press("#message textarea", "Enter")
+            while not any(service.transcript(c["id"])[-1]["status"] == "streaming" for c in service.sessions()):
+                time.sleep(0.02)
+
+        # Stop takes a waiting message back at once (QA 16: only when its turn came, a whole reply later)
+        first_streams("the first visitor's second story")
         box.fill("the second visitor's question")
         box.press("Enter")
         second.wait_for_function("() => window.__queue.length > 1", timeout=10_000)
+        hint = second.locator("#send-hint")  # and while it waits, the page says what waits (QA 16: nothing did)
+        expect(hint).to_contain_text("Waiting to be sent: “the second visitor's question”", timeout=5_000)
         second.click("#stop")
-        first.click("#stop")  # the engine is free: the waiting send runs now
+        expect(box).to_have_value("the second visitor's question", timeout=2_000)
+        expect(hint).to_be_hidden()
+        assert any(service.transcript(c["id"])[-1]["status"] == "streaming" for c in service.sessions())
+        # and a message sent in its place goes (QA 16: it was dropped, the box left holding both)
+        box.fill("a replacement question")
+        box.press("Enter")
+        first.click("#stop")  # the engine is free: the taken-back send ends, unsent, then this one goes
+        expect(second.locator("#chat .message-row.user-row")).to_have_text(
+            ["the second visitor's question", "a replacement question"], timeout=10_000)
+        expect(box).to_have_value("")
+        streaming_reply(service)
+        second.click("#stop")
+
+        first_streams("the first visitor's third story")
+        box.fill("one more")
+        box.press("Enter")
+        second.wait_for_function("() => window.__queue.length > 2", timeout=10_000)
+        second.click("#stop")
+        expect(box).to_have_value("one more", timeout=2_000)
+        first.click("#stop")
         expect(second.locator("#notice")).to_contain_text("Stopped before it was sent", timeout=10_000)
-        expect(box).to_have_value("the second visitor's question")  # back in the box
         second.wait_for_timeout(1000)
+        expect(box).to_have_value("one more")  # back once, not twice
+        expect(second.locator("#chat .message-row.user-row")).to_have_count(2)
         assert len(service.sessions()) == 2
-        expect(second.locator("#chat .message-row.user-row")).to_have_count(1)
         assert second.evaluate(ERROR_BADGES) == [] and first.evaluate(ERROR_BADGES) == []
         box.press("Enter")  # and sent again, it goes
-        expect(second.locator("#chat .message-row.user-row")).to_have_count(2, timeout=10_000)
+        expect(second.locator("#chat .message-row.user-row")).to_have_count(3, timeout=10_000)
 
 
 def test_text_typed_right_after_enter_is_kept(engine, tmp_path, monkeypatch):
@@ -998,6 +1023,25 @@ def test_text_typed_right_after_enter_is_kept(engine, tmp_path, monkeypatch):
             expect(user_rows.last).to_have_text(f"second message {n}, typed at once")
             page.click("#stop")
             expect(page.locator("#chat .message-row.bot-row")).to_have_count(2 * n + 2, timeout=10_000)
+
+
+def test_a_message_sent_while_the_one_before_comes_back_goes_and_that_one_returns_to_the_box(engine, tmp_path,
+                                                                                             monkeypatch):
+    """QA 16: a message that came back to the box (here too long for the model; the same for one Stop took back)
+    while the next one waited for it to end was put in front of the next one: the box held both, and neither went.
+    The one waiting goes first; then the other is back in the box. Paced slowly, so the next one surely waits."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=1.0) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("the model " * 20_000)
+        box.press("Enter")
+        expect(user_rows).to_have_count(1, timeout=10_000)  # shown, then failed a second later
+        box.fill("a short one instead")
+        box.press("Enter")
+        expect(user_rows).to_have_count(2, timeout=20_000)
+        assert user_rows.last.inner_text().strip() == "a short one instead", user_rows.last.inner_text()[:80]
+        page.wait_for_function("n => document.querySelector('#message textarea').value.length === n",
+                               arg=len("the model " * 20_000))
+        assert box.input_value() == "the model " * 20_000
 
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
@@ -1281,6 +1325,7 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     page.fill("#search-chats textarea", "KUMQUAT")
     expect(page.locator("#sessions input")).to_have_count(1)
     page.locator(f'#sessions input[value="{oldest}"]').check()
+    expect(page.locator("#chat .message-row.bot-row").first).to_have_text("in a cool place")  # open, as a person sees
     page.fill("#search-chats textarea", "a fresh question")
     expect(page.locator("#sessions input")).to_have_count(2)  # the open chat, and the match
     page.locator(f'#sessions input[value="{fresh["session_id"]}"]').check()  # QA 11: the chat left stayed listed
