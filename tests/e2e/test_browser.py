@@ -776,7 +776,12 @@ def paced_app(engine, tmp_path: Path, monkeypatch, pace_s: float = 0.04):
             yield update
     monkeypatch.setattr(service, "respond", paced)
     with served(service) as page:
-        yield service, page
+        try:
+            yield service, page
+        finally:  # a reply left streaming would hold the engine, which the tests after share, for good
+            for chat in service.sessions():
+                service.stop(chat["id"])
+            assert service.wait_for_replies(30) == 0
 
 
 def test_a_person_can_scroll_up_while_a_reply_streams(engine, tmp_path, monkeypatch):
