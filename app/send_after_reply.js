@@ -36,7 +36,8 @@
     if ((window.cogumiSends ?? 0) > pending.sends || box()?.value !== pending.text) {  // taken, or edited
       [pending, checking] = [null, false];
       say("");
-      if (held !== null) [held] = [null, putBack(held)];
+      if (held !== null) putBack(held);
+      held = null;
       return;
     }
     say("Sends when this reply ends (Stop ends it now). Edit it and it waits for Enter again.");
@@ -60,7 +61,8 @@
     waiting.add(n);
     const el = box();
     if (el?.value.startsWith(message)) typed(el, el.value.slice(message.length));  // keeps what was typed after it
-    if (held !== null) [held] = [null, putBack(held)];  // the press it waited for has gone
+    if (held !== null) putBack(held);  // the press it waited for has gone
+    held = null;
     setTimeout(() => {  // out of the box and not yet in the chat (a Space's queue): said, and Stop takes it back
       if (!waiting.has(n) || pending) return;
       const shown = message.length > 80 ? `${message.slice(0, 80)}…` : message;
@@ -71,7 +73,10 @@
   };
   window.cogumiBegan = (n) => {  // its reply has begun: the message is in the chat
     waiting.delete(n);
-    if (saysWaiting && !waiting.size) [saysWaiting] = [false, say("")];
+    if (saysWaiting && !waiting.size) {
+      say("");
+      saysWaiting = false;
+    }
   };
   window.cogumiUnsent = (n) => {  // that send was not sent: its text goes back in the box
     window.cogumiBegan(n);
