@@ -36,7 +36,7 @@
     if ((window.cogumiSends ?? 0) > pending.sends || box()?.value !== pending.text) {  // taken, or edited
       [pending, checking] = [null, false];
       say("");
-      if (held !== null) putBack(held);
+      if (held !== null) putBack(held);  // the press it waited for has gone (or was edited): it comes back now
       held = null;
       return;
     }
@@ -61,8 +61,6 @@
     waiting.add(n);
     const el = box();
     if (el?.value.startsWith(message)) typed(el, el.value.slice(message.length));  // keeps what was typed after it
-    if (held !== null) putBack(held);  // the press it waited for has gone
-    held = null;
     setTimeout(() => {  // out of the box and not yet in the chat (a Space's queue): said, and Stop takes it back
       if (!waiting.has(n) || pending) return;
       const shown = message.length > 80 ? `${message.slice(0, 80)}…` : message;
