@@ -335,15 +335,23 @@ class Engine:
         # of it that fits; llama.cpp's own context shift also discards half): the cut then stays
         # where it is for the next turns, until another half is needed, so their prompts begin as
         # this one does and the KV cache still holds them. Dropping just enough moved the cut at
-        # almost every exchange, and each one prefilled the whole window again.
-        excess = len(head) + sum(map(len, encoded)) + len(tail) - budget
+        # almost every exchange, and each one prefilled the whole window again. The rounding never
+        # takes the last exchange when it fits: the newest message would be read with no history.
+        def size() -> int:
+            return len(head) + sum(map(len, encoded)) + len(tail)
+
+        def only_the_last_exchange_left() -> bool:
+            return all(role == "assistant" for role in roles[1:-1])
+
         step = max(1, budget // 2)
-        target, removed = -(-excess // step) * step, 0
+        target, removed = -(-(size() - budget) // step) * step, 0
         while removed < target and len(encoded) > 1:
+            if size() <= budget and only_the_last_exchange_left():
+                break
             removed += drop_oldest()
-        while len(head) + sum(map(len, encoded)) + len(tail) > budget:
+        while size() > budget:
             if len(encoded) <= 1:
-                need = len(head) + sum(map(len, encoded)) + len(tail)
+                need = size()
                 raise ContextOverflowError(
                     f"This message is too long for the model: with the system prompt it needs {need:,} "
                     f"tokens, and the context window holds {self.n_ctx:,} ({budget:,} for the prompt, "

@@ -252,6 +252,26 @@ def test_a_conversation_past_the_context_keeps_its_start_for_most_turns(small_en
     assert stats.dropped_turns > 0 and stats.reused_tokens >= len(past[j][1]) - tail
 
 
+
+def test_a_cut_past_the_context_keeps_the_last_exchange_when_it_fits(small_engine):
+    """QA 15 D4: in a chat of long messages with short answers, rounding the cut up to half the
+    window dropped the last exchange too, though it fitted beside the newest message: the model
+    read the newest message with no history at all."""
+    budget = small_engine.n_ctx - 32
+    long = "the model writes code and plans " * 200
+    sizes = {}
+    for words in range(10, 60):  # a question of about a third of the budget
+        text = " ".join(long.split()[:words])
+        sizes[text] = len(small_engine.tokenize(text, special=False))
+    question = min(sizes, key=lambda t: abs(sizes[t] - budget // 3))
+    convo = chat(question + " 1", "short answer 1", question + " 2", "short answer 2", question + " 3")
+    prompt, dropped = small_engine.fit(convo, 32)
+    last_exchange = small_engine.fit([SYSTEM] + convo[3:], 32)[0]
+    assert len(last_exchange) <= budget  # the last exchange fits beside the newest message
+    assert dropped == 2 and prompt == last_exchange, dropped
+    _, stats, _ = run(small_engine, convo, max_tokens=4)
+    assert stats.dropped_turns == 2
+
 def test_people_taking_turns_each_find_their_own_conversation_cached(demo_set):
     """conversations=2: two chats alternating (two visitors of a Space) each reuse their own KV
     cache, where one sequence per route re-read each whole conversation at every switch."""
