@@ -408,6 +408,12 @@ def open_memory(db: Path | None):
             raise SessionStoreError(f"{data_dir()}: could not make the data folder ({exc.strerror or exc}); set "
                                     f"COGUMI_DATA_DIR to a folder you can write, or start with --db FILE and "
                                     f"--models-dir FOLDER (the model cache is in the data folder too).") from exc
+    else:  # as the data folder is: made when missing
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SessionStoreError(f"{db.parent}: could not make the folder for --db ({exc.strerror or exc}); "
+                                    f"start with --db in a folder you can write.") from exc
     path = db or data_dir() / "sessions.db"
     if held_elsewhere(path):  # else the start stood silent for the lock's wait
         log.warning("%s: another program holds a lock on it (a database tool in the middle of a transaction?); "

@@ -178,3 +178,19 @@ def test_deleting_a_session_removes_it_and_all_it_holds_and_nothing_else(tmp_pat
         assert db.execute(f"select {column} from {table} group by {column}").fetchall() == [(kept,)], table
     assert db.execute("pragma foreign_key_check").fetchall() == []
     memory.delete_session(gone)  # gone already: nothing to do, no error
+
+
+def test_a_db_flag_naming_a_folder_not_made_yet_makes_it(tmp_path):
+    """QA 17: `--db new/sessions.db` stopped the app ("unable to open database file"), while
+    COGUMI_DATA_DIR naming a folder not made yet was made."""
+    from app.memory import SessionStoreError
+    from launch import open_memory
+
+    path = tmp_path / "new" / "deeper" / "sessions.db"
+    memory = open_memory(path)
+    session = memory.new_session()
+    memory.add_message(session, "user", "kept")
+    assert Memory(path).messages(session)[-1]["content"] == "kept"
+    (tmp_path / "a file").write_text("in the way")
+    with pytest.raises(SessionStoreError, match="a file.*could not make the folder"):
+        open_memory(tmp_path / "a file" / "sessions.db")
