@@ -310,7 +310,9 @@ def _figures(d, s) -> str:
     first = f"first token {d.routing_ms + s.ttft_ms:.0f} ms (routing {d.routing_ms:.0f})" if d else \
         f"first token {s.ttft_ms:.0f} ms"
     speed = f" · {s.tokens_per_s:.1f} tok/s" if s.tokens_per_s is not None else ""  # one token: nothing to time
+    dropped = getattr(s, "dropped_turns", None) or 0  # said here too, so a reopened chat still says it (QA 17)
+    left_out = f"; {dropped} earlier message{'s' * (dropped != 1)} left out" if dropped else ""
     return route + (f"{s.adapter or 'base'} · {s.tokens} token{'s' * (s.tokens != 1)}{speed} · {first} · "
-            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused) · stop: {s.stop_reason}"
+            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused{left_out}) · stop: {s.stop_reason}"
             + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
                if s.draft_proposed else ""))

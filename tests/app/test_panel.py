@@ -245,3 +245,25 @@ def test_the_tau_p_line_is_drawn_from_the_first_turn(chat):
     assert {tau_layer["encoding"]["x"]["field"], tau_layer["encoding"]["x2"]["field"]} == {"from", "to"}
     (row,) = next(iter(spec["datasets"].values()))
     assert (row["from"], row["to"], row["τp"]) == (0.5, 1.5, round(first[0]["tau_p"], 2))
+
+
+def test_the_line_of_a_reopened_reply_still_says_what_was_left_out_of_it(routed_service):
+    """QA 17: past the context window the notice said "the oldest 22 messages were left out", but once
+    the chat was reopened or reloaded nothing did, though sessions.db held it."""
+    from app.display import stored_stats_line
+
+    service, words = routed_service, "the model writes code and plans every day " * 60
+    session, reply = None, None
+    for i in range(12):
+        *_, reply = service.respond(session, f"{i}: {words}")
+        session = reply.session_id
+        if reply.stats.dropped_turns:
+            break
+    n = reply.stats.dropped_turns
+    assert n >= 2, n
+    (*_, row) = service.panel(session)["decisions"]
+    assert row["dropped_turns"] == n
+    assert f"{n} earlier messages left out" in stored_stats_line(row)
+    from app.display import stats_line
+
+    assert f"{n} earlier messages left out" in stats_line(reply)
