@@ -308,12 +308,9 @@ class Engine:
         head = self._message_tokens("system", system[0]["content"]) if system else []
         tail = self.chat.generation_prompt()
         encoded = [self._encode_within(m["role"], m["content"], budget) for m in turns]
+        framing = len(head) + len(tail) + len(self._message_tokens(turns[-1]["role"], ""))
         if encoded[-1] is None:
-            raise ContextOverflowError(
-                f"This message is too long for the model: it is more than {budget:,} tokens, and the "
-                f"context window holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the "
-                f"reply). Shorten it or split it into parts."
-            )
+            raise self._too_long(self._size(turns[-1]["content"]), budget - framing, budget)
         roles = [m["role"] for m in turns]
         oversized = max((i for i, e in enumerate(encoded) if e is None), default=-1)
         dropped, encoded, roles = oversized + 1, encoded[oversized + 1:], roles[oversized + 1:]
@@ -351,14 +348,20 @@ class Engine:
             removed += drop_oldest()
         while size() > budget:
             if len(encoded) <= 1:
-                need = size()
-                raise ContextOverflowError(
-                    f"This message is too long for the model: with the system prompt it needs {need:,} "
-                    f"tokens, and the context window holds {self.n_ctx:,} ({budget:,} for the prompt, "
-                    f"the rest for the reply). Shorten it or split it into parts."
-                )
+                raise self._too_long(size() - framing, budget - framing, budget)
             drop_oldest()
         return head + [t for e in encoded for t in e] + tail, dropped
+
+    def _too_long(self, size: int, room: int, budget: int) -> ContextOverflowError:
+        """The refusal of a message of `size` tokens where `room` fit: its size and how much to cut."""
+        return ContextOverflowError(
+            f"This message is too long for the model: it is about {size:,} tokens, and the context window "
+            f"holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the reply), so a message can have "
+            f"about {max(room, 0):,}. Shorten it by about {size - max(room, 0):,} tokens, or split it into parts.")
+
+    def _size(self, text: str) -> int:
+        """Tokens in `text`, counted in slices as _encode_within does (within a few of the whole count)."""
+        return sum(len(self.tokenize(text[i:i + 2048])) for i in range(0, len(text), 2048))
 
     def _encode_within(self, role: str, text: str, budget: int) -> list[int] | None:
         """The message's tokens, or None when it alone exceeds `budget`. llama.cpp's SPM tokenizer

@@ -98,6 +98,23 @@ def test_a_long_conversation_is_cut_at_whole_turns(small_engine):
 def test_message_larger_than_the_context_is_refused_clearly(small_engine):
     with pytest.raises(ContextOverflowError, match="too long.*context window holds 256"):
         list(small_engine.generate(chat("word " * 2000), max_tokens=32))
+
+
+@pytest.mark.parametrize("words", [300, 2000, 50_000])
+def test_a_message_too_long_is_refused_with_its_size_and_how_much_to_cut(small_engine, words):
+    """QA 17: 900, 330 and 280 words were all refused with the same "more than 224 tokens", the limit
+    and not the message's size, so nobody could tell how much to cut."""
+    import re
+
+    text = "the model writes code " * (words // 4)
+    size = len(small_engine.tokenize(text, special=False))
+    with pytest.raises(ContextOverflowError) as refused:
+        small_engine.fit(chat(text), 32)
+    said = re.search(r"it is (?:about )?([0-9,]+) tokens.*Shorten it by (?:about )?([0-9,]+) tokens", str(refused.value))
+    assert said, str(refused.value)
+    told, cut = (int(n.replace(",", "")) for n in said.groups())
+    assert abs(told - size) <= size * 0.02 + 2, (told, size)
+    assert 0 < told - cut <= small_engine.n_ctx - 32, (told, cut)
     text, stats, _ = run(small_engine, chat("short again"), max_tokens=8)  # still works after
     assert stats.tokens > 0
 
