@@ -1372,6 +1372,10 @@ def test_copy_gives_a_message_as_typed(app, page):
              '```python\nif a < b:\n    print("&lt;")\n```\nbye')
     ends_in_code = "and one that ends in code:\n```python\nprint(1 < 2)\n```"  # once copied as our HTML
     send(page, typed, db_path)
+    # QA 17: the chat's own trash button, named "Clear", only began a new chat (the chat stayed listed and
+    # stored): hidden, as New chat and Delete this chat say what they do. Copy all stays.
+    expect(page.locator("#chat .top-panel button:visible")).to_have_count(1)
+    expect(page.locator('#chat .top-panel button[aria-label="Copy conversation"]')).to_be_visible()
     user = page.locator("#chat .message-row.user-row").first
     user.hover()
     page.locator('#chat button[aria-label="Copy message"]').first.click()
