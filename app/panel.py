@@ -98,11 +98,14 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     whose perplexity was not measured (it could not change the route) has no point; the line skips it."""
     if not decisions:
         return None
+    # each τp segment reaches back to the turn before it that has one: a failed turn has no decision, and the
+    # dashed line had a gap there (QA 17)
+    before = [0] + [d["turn"] for d in decisions[:-1]]
     frame = pd.DataFrame([{
         "turn": d["turn"], "perplexity": None if d["perplexity"] is None else round(d["perplexity"], 2),
         "τp": round(d["tau_p"], 2), "route": d["route"], "escalation": d["escalation_p"] >= d["tau_e"],
-        "reason": d["reason"], "from": d["turn"] - 0.5, "to": d["turn"] + 0.5,
-    } for d in decisions])
+        "reason": d["reason"], "from": previous + 0.5, "to": d["turn"] + 0.5,
+    } for d, previous in zip(decisions, before)])
     turns = int(frame["turn"].max())  # as the chat numbers them: a refused message is a turn with no point
     # every turn labelled up to 20; past that, Vega-Lite's own ticks (Altair takes Undefined, not None)
     ticks = list(range(1, turns + 1)) if turns <= 20 else alt.Undefined

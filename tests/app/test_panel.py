@@ -135,8 +135,15 @@ def test_turns_are_numbered_as_the_chat_shows_them_when_a_message_failed(routed_
     assert [d["turn"] for d in decisions] == [1, 3]
     assert list(panel.decisions_frame(decisions)["turn"]) == [3, 1]
     spec = panel.timeline_chart(decisions).to_dict()
-    assert [p["turn"] for p in next(iter(spec["datasets"].values()))] == [1, 3]
+    rows = next(iter(spec["datasets"].values()))
+    assert [p["turn"] for p in rows] == [1, 3]
     assert spec["layer"][0]["encoding"]["x"]["axis"]["values"] == [1, 2, 3]
+    # QA 17: the dashed τp line had a gap over the failed turn (from 1.5 when it was the first): each
+    # segment reaches back to the turn before it that has one
+    assert [(p["from"], p["to"]) for p in rows] == [(0.5, 1.5), (1.5, 3.5)]
+    first = [dict(decisions[1], turn=2)]  # the first message failed, the second is turn 2
+    (row,) = next(iter(panel.timeline_chart(first).to_dict()["datasets"].values()))
+    assert (row["from"], row["to"]) == (0.5, 2.5)
 
 
 def test_distribution_and_table(chat):
