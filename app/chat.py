@@ -161,7 +161,7 @@ class ChatService:
         the last one has done=True. Closing the iterator (Stop) keeps the partial reply as
         "stopped". `override` picks the route by hand (base, code, reasoning, automation);
         None or "auto" lets the router choose."""
-        refused = self.refusal(message, override)
+        refused = self.refusal(message, override) or self.too_long(message)
         if refused:
             yield ReplyUpdate(session_id or "", done=True, status="ignored", notice=refused)
             return
@@ -256,6 +256,17 @@ class ChatService:
             return f"Unknown route {shown_value(override)}: choose auto, {', '.join(ROUTES)}."
         return None
 
+    def too_long(self, message: str) -> str | None:
+        """Why the message can never fit the model's context, with its size, or None. It is refused before it
+        is stored, as an empty one is (QA 16, 17: kept with a failed reply, each try at shortening it stayed
+        in the chat, and a first one began a chat titled with it); the page puts it back in the box."""
+        try:
+            self.engine.fit([{"role": "system", "content": self.settings.system_prompt},
+                             {"role": "user", "content": message}], self.settings.max_tokens)
+        except ContextOverflowError as exc:
+            return f"{exc} It was not sent."
+        return None
+
     def _route(self, session_id: str, message: str, history: list[dict], override: str) -> Decision | None:
         """The router's Decision, from the message, the conversation and the session's last turns."""
         if self.router is None:
@@ -328,7 +339,7 @@ class ChatService:
 
 def _conversation(stored: list[dict]) -> list[dict]:
     """What the model reads of a session's stored messages ({role, content}): a turn whose reply failed
-    (a message too long for the context, a model error) is left out whole, the message with its reply,
+    (a model error; in older chats, a message too long for the context) is left out whole, the message with its reply,
     so that it does not push the turns before it out of every later prompt."""
     kept = []
     for i, m in enumerate(stored):

@@ -324,7 +324,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     # person sends, not under their pointer as the reply ends (a click then opened another)
                     listed, path_drawn = session_choices(visitor, session_id, matching), True
                 said = " ".join(filter(None, [moved, update.notice]))
-                # failed before a word (too long for the model): back in the box too, to shorten (QA 15)
+                # failed before a word: back in the box too, to send again (QA 15)
                 unanswered = press if update.done and update.status == "error" and not update.text else gr.skip()
                 yield chat, unanswered, update.session_id, said, stats_line(update), drawing, visitor, listed, gr.skip()
         except GeneratorExit:  # the page went away (a reload, a closed tab)

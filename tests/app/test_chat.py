@@ -138,14 +138,20 @@ def test_a_reply_that_fills_the_context_window_says_so(small_engine, tmp_path):
     assert not shown("assistant", last.text, "complete", None, "length")["content"]["text"].endswith(")*")
 
 
-def test_too_long_a_message_is_stored_refused_clearly_and_the_chat_goes_on_without_it(service):
-    """The refused message stays in the chat, marked failed, but not in what the model reads next: it
-    once took the turns before it out of every later prompt ("the oldest 3 messages were left out")."""
+def test_too_long_a_message_is_refused_before_it_is_stored_and_the_chat_goes_on(service):
+    """QA 16, QA 17: a refused message was stored, with a failed reply, and stayed in the chat: three tries
+    at shortening it left three copies, and a first message refused began a chat titled with it. It is
+    refused as an empty one is, with its size; the page puts it back in the box."""
     *_, first = service.respond(None, "a first short one")
+    chats = len(service.sessions())
     huge = "the model " * 20_000
     *_, refused = service.respond(first.session_id, huge)
-    assert refused.status == "error" and "too long" in refused.notice
-    assert rows(service, first.session_id)[2:] == [("user", huge, "complete"), ("assistant", "", "error")]
+    assert refused.done and refused.status == "ignored" and "too long" in refused.notice
+    assert "not sent" in refused.notice and "Shorten it by about" in refused.notice
+    assert rows(service, first.session_id) == [("user", "a first short one", "complete"),
+                                               ("assistant", first.text, "complete")]
+    *_, alone = service.respond(None, huge)  # nor does a first message make a chat
+    assert alone.status == "ignored" and len(service.sessions()) == chats
     *_, after = service.respond(first.session_id, "a short one")
     assert after.status == "complete" and after.stats.dropped_turns == 0 and not after.notice
     alone = service.engine.fit([{"role": "system", "content": service.settings.system_prompt},
@@ -284,12 +290,22 @@ def test_feedback_on_a_chat_that_is_not_there_names_it(service):
 def test_a_failed_reply_takes_no_feedback(service):
     """A failed turn is not in what the model reads next (_conversation), and has no answer to rate: its
     👍/👎 was stored and counted in the panel all the same."""
-    *_, failed = service.respond(None, "the model " * 20_000)
-    assert failed.status == "error"
+    sid = failed_turn(service.memory)
     with pytest.raises(ValueError, match="This reply failed, so it takes no 👍/👎"):
-        service.give_feedback(failed.session_id, 1, False)
-    assert service.memory.feedback(failed.session_id) == {}
-    service.give_feedback(failed.session_id, 1, None)  # taking nothing back is no error
+        service.give_feedback(sid, 1, False)
+    assert service.memory.feedback(sid) == {}
+    service.give_feedback(sid, 1, None)  # taking nothing back is no error
+
+
+def failed_turn(memory: Memory, session_id: str | None = None) -> str:
+    """A turn whose reply failed, as respond() stores one (the model's output was not a number, the
+    reply could not be saved): the message, and an empty reply marked "error" with its reason."""
+    session_id = session_id or memory.new_session()
+    memory.add_message(session_id, "user", "tell me about the zebra")
+    reply = memory.add_message(session_id, "assistant", "", status="streaming")
+    memory.update_message(reply, content="", status="error", error="The model failed while replying "
+                          "(ModelOutputError: base.gguf gave logits that are not a number). The text so far is kept.")
+    return session_id
 
 
 def test_sessions_db_copied_alone_holds_every_ended_reply_and_no_deleted_chat(service, tmp_path):

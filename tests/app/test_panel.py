@@ -125,11 +125,12 @@ def test_a_chat_of_22_real_replies_draws_every_panel_view(routed_service):
 
 
 def test_turns_are_numbered_as_the_chat_shows_them_when_a_message_failed(routed_service):
-    """QA: a message refused as too long has no decision, and the turn after it was numbered 2 in the
-    table and the timeline, where the chat shows it third."""
+    """QA: a message whose reply failed (then: one too long) has no decision, and the turn after it was
+    numbered 2 in the table and the timeline, where the chat shows it third."""
+    from tests.app.test_chat import failed_turn
+
     *_, one = routed_service.respond(None, "Alpha: a first question")
-    *_, refused = routed_service.respond(one.session_id, "long " * 4000)
-    assert refused.status == "error"
+    failed_turn(routed_service.memory, one.session_id)
     *_, three = routed_service.respond(one.session_id, "Gamma: a third question")
     decisions = routed_service.panel(one.session_id)["decisions"]
     assert [d["turn"] for d in decisions] == [1, 3]

@@ -1039,10 +1039,11 @@ def test_a_message_sent_while_the_one_before_comes_back_goes_and_that_one_return
         box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
         box.fill("the model " * 20_000)
         box.press("Enter")
-        expect(user_rows).to_have_count(1, timeout=10_000)  # shown, then failed a second later
+        expect(user_rows).to_have_count(1, timeout=10_000)  # shown, then refused a second later
         box.fill("a short one instead")
         box.press("Enter")
-        expect(user_rows).to_have_count(2, timeout=20_000)
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=20_000)
+        expect(user_rows).to_have_count(1)  # the refused one is not kept in the chat (QA 17)
         assert user_rows.last.inner_text().strip() == "a short one instead", user_rows.last.inner_text()[:80]
         page.wait_for_function("n => document.querySelector('#message textarea').value.length === n",
                                arg=len("the model " * 20_000))
@@ -1051,24 +1052,36 @@ def test_a_message_sent_while_the_one_before_comes_back_goes_and_that_one_return
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
-    QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone."""
+    QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone.
+    A message too long for the model is refused before it is stored (QA 17), so the failed turn here is
+    one as respond() stores it when the model fails, written into sessions.db beside the running app."""
+    url, db_path = app
     box, bot_rows = page.locator("#message textarea"), page.locator("#chat .message-row.bot-row")
     box.fill("hello")
     box.press("Enter")
     expect(table_rows(page)).to_have_count(2, timeout=60_000)
     thumbs = page.locator("#chat button[title=Like]:visible, #chat button[title=Dislike]:visible")
     expect(thumbs).to_have_count(2)
-    box.fill("the model " * 20_000)  # more than the context holds
+    box.fill("the model " * 20_000)  # more than the context holds: refused, with its size, and back in the box
     box.press("Enter")
-    reason = "(failed: This message is too long for the model"
-    expect(bot_rows.last).to_contain_text(reason, timeout=60_000)
-    expect(bot_rows).to_have_count(2)
-    expect(thumbs).to_have_count(2)  # the first reply's still
+    expect(page.locator("#notice")).to_contain_text("too long for the model", timeout=60_000)
+    expect(page.locator("#notice")).to_contain_text("Shorten it by about")
     expect(box).to_have_value("the model " * 20_000)  # QA 15: the box emptied, while the notice said "shorten it"
+    expect(bot_rows).to_have_count(1)
+    expect(page.locator("#chat .message-row.user-row")).to_have_count(1)
+    db = sqlite3.connect(db_path)
+    (session,) = db.execute("select distinct session_id from messages").fetchone()
+    db.close()
+    from tests.app.test_chat import failed_turn
+    from app.memory import Memory
+
+    failed_turn(Memory(db_path), session)
     page.reload()
     page.wait_for_selector("#message textarea")
+    reason = "(failed: The model failed while replying (ModelOutputError: base.gguf gave logits that are not a number)"
     expect(bot_rows.last).to_contain_text(reason)
-    expect(thumbs).to_have_count(2)
+    expect(bot_rows).to_have_count(2)
+    expect(thumbs).to_have_count(2)  # the first reply's only
     from app.display import shown  # and Copy gives its mark as markdown, not the HTML that carries the class
 
     reason = "too long: <10 tokens> & more, in __call__ with `n_batch` *small* [see](x) ![i](y) a\\b"

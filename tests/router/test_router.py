@@ -197,8 +197,9 @@ def test_the_router_reads_the_session_last_turns(routed_service):
 
 
 def test_a_message_too_long_to_route_is_refused_clearly_and_the_chat_goes_on(routed_service):
-    *_, refused = routed_service.respond(None, "word " * 5000)
-    assert refused.status == "error" and "too long for the model" in refused.notice
-    assert routed_service.memory.messages(refused.session_id)[0]["content"] == "word " * 5000  # kept
-    *_, next_one = routed_service.respond(refused.session_id, "Write a regex for ISO dates.")
+    *_, first = routed_service.respond(None, "hello there")
+    *_, refused = routed_service.respond(first.session_id, "word " * 5000)
+    assert refused.status == "ignored" and "too long for the model" in refused.notice  # not routed, not stored
+    assert len(routed_service.memory.messages(first.session_id)) == 2
+    *_, next_one = routed_service.respond(first.session_id, "Write a regex for ISO dates.")
     assert next_one.status == "complete" and next_one.decision.route == "code"
