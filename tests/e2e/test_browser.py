@@ -1155,9 +1155,10 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     expect(user_rows).to_have_count(1)
     expect(page.locator('#chat button[aria-label="Liked"], #chat button[aria-label="Disliked"]')).to_have_count(0)
 
-    # The chat's trash button starts a new chat, as "New chat" does; the old one stays in the list. A
-    # reload then shows the new, empty chat (it reopened the old one: None was not kept in the browser).
-    page.locator('#chat button[aria-label="Clear"]').click()
+    # New chat, then a reload shows the new, empty chat (it reopened the old one: None was not kept in the
+    # browser). The chat's trash button did the same; it is hidden now (QA 17) and may not be clicked.
+    expect(page.locator('#chat button[aria-label="Clear"]')).to_be_hidden()
+    page.click("#new-chat")
     expect(page.locator("#chat .message-row")).to_have_count(0)
     expect(page.locator("#route-path")).to_contain_text("No message routed yet")
     page.reload()
@@ -1165,7 +1166,7 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     page.wait_for_timeout(1000)  # the page's load event, which reopens the chat kept in the browser
     expect(page.locator("#chat .message-row")).to_have_count(0)
     expect(page.locator('#sessions input:checked')).to_have_count(0)
-    send(page, "after the trash button", db_path, turn=1)
+    send(page, "after a new chat and a reload", db_path, turn=1)
     (last,) = db.execute("select session_id from messages where role = 'user' order by id desc limit 1").fetchone()
     assert last not in (chat_a, chat_b)
     expect(page.locator(f'#sessions input[value="{chat_b}"]')).to_have_count(1)
