@@ -339,8 +339,8 @@ class ChatService:
 
 def _conversation(stored: list[dict]) -> list[dict]:
     """What the model reads of a session's stored messages ({role, content}): a turn whose reply failed
-    (a model error; in older chats, a message too long for the context) is left out whole, the message with its reply,
-    so that it does not push the turns before it out of every later prompt."""
+    (a model error; in older chats, a message too long for the context) is left out whole, the message
+    with its reply, so that it does not push the turns before it out of every later prompt."""
     kept = []
     for i, m in enumerate(stored):
         reply = stored[i + 1] if i + 1 < len(stored) else None

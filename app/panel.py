@@ -106,7 +106,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
         "τp": round(d["tau_p"], 2), "route": d["route"], "escalation": d["escalation_p"] >= d["tau_e"],
         "reason": d["reason"], "from": previous + 0.5, "to": d["turn"] + 0.5,
     } for d, previous in zip(decisions, before)])
-    turns = int(frame["turn"].max())  # as the chat numbers them: a refused message is a turn with no point
+    turns = int(frame["turn"].max())  # as the chat numbers them: a failed turn has no point
     # every turn labelled up to 20; past that, Vega-Lite's own ticks (Altair takes Undefined, not None)
     ticks = list(range(1, turns + 1)) if turns <= 20 else alt.Undefined
     scale, axis = alt.Scale(domain=[0.5, turns + 0.5], nice=False), alt.Axis(values=ticks, format="d")

@@ -486,7 +486,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # begun, it is drawn again (QA 11: the chat left stayed listed, as "the open chat"), with the search
         # box read then, not at the click (typed meanwhile, the list drawn last was the older search's).
         list_chats = (find_chats, [search, session_id, visitor], sessions)
-        for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button (hidden, page.css): a new chat too
+        for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button (hidden: page.css)
             # and the box takes the keys (QA 15: by keyboard, they stayed on New chat)
             starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
                           js="(...inputs) => { document.querySelector('#message textarea')?.focus(); return inputs; }",

@@ -67,6 +67,7 @@ SCORE_LOGITS_BYTES = 64 << 20
 # 2.07x waiting; Qwen2.5-0.5B's shape (136 MMAC of logits a row) always asks.
 ASK_ABOVE_MACS = 5e8  # the demo base asks for messages of 200 rows (its median is 56), the 768-wide one from 25
 UNQUANTIZED = (0, 1)  # general.file_type: all F32, mostly F16
+COUNT_SLICE = 2048  # characters: a long message is counted in slices (SPM takes minutes on a megabyte whole)
 ENCODED_MESSAGES = 256  # messages whose tokens the engine keeps (oldest dropped first)
 
 
@@ -359,9 +360,12 @@ class Engine:
             f"holds {self.n_ctx:,} ({budget:,} for the prompt, the rest for the reply), so a message can have "
             f"about {max(room, 0):,}. Shorten it by about {size - max(room, 0):,} tokens, or split it into parts.")
 
+    def _slice_counts(self, text: str) -> Iterator[int]:
+        """Tokens in each slice of `text`: together within a few of the whole text's count."""
+        return (len(self.tokenize(text[i:i + COUNT_SLICE])) for i in range(0, len(text), COUNT_SLICE))
+
     def _size(self, text: str) -> int:
-        """Tokens in `text`, counted in slices as _encode_within does (within a few of the whole count)."""
-        return sum(len(self.tokenize(text[i:i + 2048])) for i in range(0, len(text), 2048))
+        return sum(self._slice_counts(text))
 
     def _encode_within(self, role: str, text: str, budget: int) -> list[int] | None:
         """The message's tokens, or None when it alone exceeds `budget`. llama.cpp's SPM tokenizer
@@ -371,8 +375,8 @@ class Engine:
             return generated if len(generated) <= budget else None
         if len(text) > 4 * budget:
             count = 0
-            for i in range(0, len(text), 2048):
-                count += len(self.tokenize(text[i:i + 2048]))
+            for n in self._slice_counts(text):
+                count += n
                 if count > budget:
                     return None
         tokens = self._message_tokens(role, text)
