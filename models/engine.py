@@ -311,7 +311,7 @@ class Engine:
         encoded = [self._encode_within(m["role"], m["content"], budget) for m in turns]
         framing = len(head) + len(tail) + len(self._message_tokens(turns[-1]["role"], ""))
         if encoded[-1] is None:
-            raise self._too_long(self._size(turns[-1]["content"]), budget - framing, budget)
+            raise self._too_long(sum(self._slice_counts(turns[-1]["content"])), budget - framing, budget)
         roles = [m["role"] for m in turns]
         oversized = max((i for i, e in enumerate(encoded) if e is None), default=-1)
         dropped, encoded, roles = oversized + 1, encoded[oversized + 1:], roles[oversized + 1:]
@@ -363,9 +363,6 @@ class Engine:
     def _slice_counts(self, text: str) -> Iterator[int]:
         """Tokens in each slice of `text`: together within a few of the whole text's count."""
         return (len(self.tokenize(text[i:i + COUNT_SLICE])) for i in range(0, len(text), COUNT_SLICE))
-
-    def _size(self, text: str) -> int:
-        return sum(self._slice_counts(text))
 
     def _encode_within(self, role: str, text: str, budget: int) -> list[int] | None:
         """The message's tokens, or None when it alone exceeds `budget`. llama.cpp's SPM tokenizer
