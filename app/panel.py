@@ -149,7 +149,7 @@ def distribution_frame(session_counts: dict[str, int], all_counts: dict[str, int
     return pd.DataFrame(rows, columns=["scope", "route", "share %", "replies"])
 
 
-TABLE_COLUMNS = ["turn", "route", "reason", "routing ms", "first token ms after routing", "tok/s", "draft accepted",
+TABLE_COLUMNS = ["turn", "route", "reason", "routing ms", "model ms to first token", "tok/s", "draft accepted",
                  "feedback"]
 
 
