@@ -452,8 +452,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                           sort=["this chat", "all chats"], colors_in_legend=list(panel.ROUTE_COLOURS),
                                           y_lim=[0, 100], elem_id="distribution")  # a height clips the legend
         table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions (newest first)", interactive=False,
-                             wrap=True, column_widths=["50px", "150px", "470px", "90px", "90px", "70px", "90px", "90px"],
-                             elem_id="decisions")
+                             wrap=True, elem_id="decisions")  # its columns' widths: page.css
 
         # The number of the page's send Gradio takes (sent_as), and of the last at a Stop; of one begun (its message
         # now in the chat); and of one not sent, whose text the page puts back in the box (send_after_reply.js).

@@ -59,6 +59,12 @@ COPY_LAST_USER_MESSAGE = """() => {  // the Copy button that follows the last us
 }"""
 
 
+# How far the decisions table reaches past its box (negative: stops short of it), in px.
+TABLE_OVER_BOX = """() => {
+    const box = document.querySelector('#decisions .table-wrap');
+    return document.querySelector('#decisions table').getBoundingClientRect().width - box.clientWidth;
+}"""
+
 def chromium_path() -> str:
     path = os.environ.get("COGUMI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
@@ -1364,17 +1370,27 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     expect(page.locator("#sessions input")).to_have_count(50)
     page.locator(f'#sessions input[value="{fresh["session_id"]}"]').check()  # a chat with a routed reply, for below
     expect(table_rows(page)).to_have_count(2)
+    # The decisions table fills its box, no wider (QA 17: 1,100 px of fixed columns stopped short of a wide box)
+    assert abs(page.evaluate(TABLE_OVER_BOX)) <= 2
 
     # On a phone (400 px): the chat comes first, the page does not scroll sideways, the past chats
-    # scroll within their own box, and the decisions table keeps readable columns (it scrolls instead).
-    # The list of 50 chats came first, 2,045 px down to the chat, and the table wrapped a letter a line.
+    # scroll within their own box, and the decisions table fits its box with a readable reason: the speed
+    # figures (the line under the chat gives them for a reply) and the feedback (the 👍/👎 under each reply)
+    # are left out, and its label says so.
+    # The list of 50 chats came first, 2,045 px down to the chat; the table wrapped a letter a line, then
+    # (QA 17) was 1,130 px wide in a 326 px box and needed a sideways swipe.
     page.set_viewport_size({"width": 400, "height": 800})
     page.wait_for_timeout(500)
     chat, listed = page.locator("#chat").bounding_box(), page.locator("#sessions").bounding_box()
     assert chat["y"] < 300 and chat["y"] < listed["y"] and listed["height"] < 0.6 * 800
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
-    reason = page.locator('#decisions [role=gridcell]').nth(2).bounding_box()
-    assert reason["width"] > 200
+    assert page.evaluate(TABLE_OVER_BOX) <= 2
+    shown = [h for h in page.locator("#decisions th").all() if h.is_visible()]
+    assert [h.get_attribute("title") for h in shown] == ["turn", "route", "reason"]
+    heading, cell = (page.locator(f"#decisions {c}[aria-colindex='3']").first.bounding_box() for c in ("th", "div"))
+    assert cell["width"] > 140 and abs(heading["x"] - cell["x"]) <= 1 and abs(heading["width"] - cell["width"]) <= 1
+    label = page.locator("#decisions .label p").evaluate("p => p.textContent + getComputedStyle(p, '::after').content")
+    assert label == 'Recent decisions (newest first)" · speed figures and feedback on a wider screen"'  # CSS quotes it
 
 
 def test_copy_gives_a_message_as_typed(app, page):
