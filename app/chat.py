@@ -161,7 +161,7 @@ class ChatService:
         the last one has done=True. Closing the iterator (Stop) keeps the partial reply as
         "stopped". `override` picks the route by hand (base, code, reasoning, automation);
         None or "auto" lets the router choose."""
-        refused = self.refusal(message, override) or self.too_long(message)
+        refused = self.refusal(message, override)
         if refused:
             yield ReplyUpdate(session_id or "", done=True, status="ignored", notice=refused)
             return
@@ -241,10 +241,11 @@ class ChatService:
             self.router.remember(update.text)
         yield update
 
-    @staticmethod
-    def refusal(message: str, override: str | None = None) -> str | None:
+    def refusal(self, message: str, override: str | None = None) -> str | None:
         """Why respond() would not send this message (the notice it gives), or None: nothing is stored
-        for an empty message, one that is not valid Unicode, or an unknown route."""
+        for an empty message, one that is not valid Unicode, an unknown route, or one too long for the
+        model. The page asks before it makes a new chat for the message (QA 18: a refused one left an
+        empty chat listed)."""
         if shows_nothing(message):
             return "Type a message first: empty messages are not sent."
         broken = _lone_surrogate(message)
@@ -254,7 +255,7 @@ class ChatService:
         override = (override or AUTO).strip().lower()
         if override not in (AUTO, *ROUTES):
             return f"Unknown route {shown_value(override)}: choose auto, {', '.join(ROUTES)}."
-        return None
+        return self.too_long(message)
 
     def too_long(self, message: str) -> str | None:
         """Why the message can never fit the model's context, with its size, or None. It is refused before it

@@ -1040,12 +1040,19 @@ def test_a_message_sent_while_the_one_before_comes_back_goes_and_that_one_return
                                                                                              monkeypatch):
     """QA 16: a message that came back to the box (here too long for the model; the same for one Stop took back)
     while the next one waited for it to end was put in front of the next one: the box held both, and neither went.
-    The one waiting goes first; then the other is back in the box. Paced slowly, so the next one surely waits."""
+    The one waiting goes first; then the other is back in the box. The check of its length is slowed to a second
+    (a megabyte's, on a slow machine), so the next one surely waits."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=1.0) as (service, page):
+        refusal = service.refusal
+
+        def slowly(*args, **kwargs):
+            time.sleep(1.0)
+            return refusal(*args, **kwargs)
+        monkeypatch.setattr(service, "refusal", slowly)
         box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
         box.fill("the model " * 20_000)
         box.press("Enter")
-        expect(user_rows).to_have_count(1, timeout=10_000)  # shown, then refused a second later
+        expect(box).to_have_value("", timeout=10_000)  # taken, and being checked (not shown: QA 18)
         box.fill("a short one instead")
         box.press("Enter")
         expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=20_000)
@@ -1055,6 +1062,23 @@ def test_a_message_sent_while_the_one_before_comes_back_goes_and_that_one_return
                                arg=len("the model " * 20_000))
         assert box.input_value() == "the model " * 20_000
 
+
+def test_a_message_too_long_for_a_new_chat_makes_no_chat(app, page):
+    """QA 18: refused as too long in a new chat, a message left an empty "New chat" in Past chats for good, one
+    for each try: the page made the chat before the message was checked. It is checked first, as the API does."""
+    url, db_path = app
+    box = page.locator("#message textarea")
+    for n in (3_000, 20_000):
+        box.fill("B" * n)
+        box.press("Enter")
+        expect(page.locator("#notice")).to_contain_text("too long for the model", timeout=60_000)
+        expect(box).to_have_value("B" * n)
+        page.click("#new-chat")
+    assert sqlite3.connect(db_path).execute("select count(*) from sessions").fetchone() == (0,)
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    expect(page.locator("#sessions input")).to_have_count(0)
+    expect(page.locator("#chat .message-row")).to_have_count(0)
 
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
