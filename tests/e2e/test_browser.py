@@ -1080,6 +1080,20 @@ def test_a_message_too_long_for_a_new_chat_makes_no_chat(app, page):
     expect(page.locator("#sessions input")).to_have_count(0)
     expect(page.locator("#chat .message-row")).to_have_count(0)
 
+def test_the_chosen_route_stays_marked_under_the_pointer(app, page):
+    """QA 18: the pointer over the chosen option of Route (or of Past chats) drew its radio white, with no dot,
+    the only sign of which was chosen: Gradio's hover rule came after its checked one, at the same weight."""
+    colour = "input => getComputedStyle(input).backgroundColor"
+    for value in ("auto", "code"):
+        page.locator(f'#route input[value="{value}"]').check()
+        page.locator("#message textarea").focus()  # the pointer on it, the focus elsewhere, as after a click away
+        chosen = page.locator(f'#route input[value="{value}"]')
+        page.mouse.move(0, 0)
+        away = chosen.evaluate(colour)
+        chosen.hover()
+        assert chosen.evaluate(colour) == away != "rgb(255, 255, 255)", value
+    page.locator('#route input[value="auto"]').check()
+
 def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     """👍/👎 were offered on a reply that failed, and stored: its turn is not even in the conversation.
     QA: its reason showed only in the notice, and once the chat was reopened it read "(failed)" alone.
