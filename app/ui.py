@@ -451,8 +451,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                           tooltip=["route", "share %", "replies"], label="Route distribution",
                                           sort=["this chat", "all chats"], colors_in_legend=list(panel.ROUTE_COLOURS),
                                           y_lim=[0, 100], elem_id="distribution")  # a height clips the legend
-        table = gr.Dataframe(headers=panel.TABLE_COLUMNS, label="Recent decisions (newest first)", interactive=False,
-                             wrap=True, elem_id="decisions")  # its columns' widths: page.css
+        table = gr.Dataframe(headers=panel.TABLE_COLUMNS, interactive=False, wrap=True, elem_id="decisions",
+                             label=f"Recent decisions (the last {panel.TABLE_ROWS} turns, newest first)")  # widths: page.css
 
         # The number of the page's send Gradio takes (sent_as), and of the last at a Stop; of one begun (its message
         # now in the chat); and of one not sent, whose text the page puts back in the box (send_after_reply.js).

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from app.panel import TABLE_ROWS
 from app.ui import VISITOR_KEY
 from router.decision import ROUTES
 from tests.launcher import free_port, running_app, start_app
@@ -1428,7 +1429,8 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     heading, cell = (page.locator(f"#decisions {c}[aria-colindex='3']").first.bounding_box() for c in ("th", "div"))
     assert cell["width"] > 140 and abs(heading["x"] - cell["x"]) <= 1 and abs(heading["width"] - cell["width"]) <= 1
     label = page.locator("#decisions .label p").evaluate("p => p.textContent + getComputedStyle(p, '::after').content")
-    assert label == 'Recent decisions (newest first)" · speed figures and feedback on a wider screen"'  # CSS quotes it
+    assert label == (f'Recent decisions (the last {TABLE_ROWS} turns, newest first)'
+                     '" · speed figures and feedback on a wider screen"')  # CSS quotes its content
 
 
 def test_copy_gives_a_message_as_typed(app, page):
