@@ -151,6 +151,8 @@ class ChatService:
             raise ValueError(f"there is no reply at position {index} of this chat")
         if messages[index]["status"] == "error" and liked is not None:  # its turn is not in the conversation
             raise ValueError("This reply failed, so it takes no 👍/👎: send the message again for one that can.")
+        if not messages[index]["content"].strip() and liked is not None:  # QA 18: a 👎 stored on nothing
+            raise ValueError("This reply has no text, so it takes no 👍/👎: send the message again for one that can.")
         self.memory.set_feedback(messages[index]["id"], liked)
         return messages[index]["id"]
 

@@ -9,7 +9,7 @@
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
   for (const c of "\t #$*-=[\\]_`|~") ENTITIES[`&#${c.charCodeAt(0)};`] = c;  // a tab, a space: an indent
   ENTITIES["<!-- -->"] = "";  // where a bare URL's link ends (display.py LINK_END)
-  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|&(?:lt|gt|amp|#(?:9|32|33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
+  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|<em class="unrated">\(([^<]*)\)<\/em>|&(?:lt|gt|amp|#(?:9|32|33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
   const unescape = text => text.replace(/&(?:lt|gt|amp|#33|#36);/g, e => ENTITIES[e]);  // in code: ours
   const ATTRIBUTE = {...ENTITIES, "&quot;": '"', "&#x27;": "'", "&#10;": "\n", "&#13;": "\r"};
   const unattribute = text => text.replace(/&(?:lt|gt|amp|quot|#x27|#10|#13);/g, e => ATTRIBUTE[e]);
@@ -17,7 +17,7 @@
   const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
   const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
   const asTyped = text => text.replace(OURS, (entity, item, open, close, first, typed, indent, language, block, end, span,
-                                              why) => {
+                                              why, mark) => {
     if (typed !== undefined) {  // its lines as typed, but the list item's indent on the first (display.py _code_html),
       const body = item && typed.endsWith("\n" + item) ? typed.slice(0, -item.length) : typed;  // (that indent
       const code = body && (first === undefined ? item + unescape(body)  // again before </code>, on a line of its
@@ -32,6 +32,7 @@
       const code = unescape(span), f = spanFence(code);  // the shortest run that can close it, as one writes
       return f + code + f;
     }
+    if (mark !== undefined) return `*(${mark})*`;  // a reply with no text: its mark, in HTML for its class
     // a failed reply's mark, in HTML for its class, its reason's markdown escaped (display.py)
     return ENTITIES[entity] ?? `*(failed${unescape(why ?? "").replace(/\\([\\`*_[\]~|])/g, "$1")})*`;
   });

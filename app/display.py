@@ -76,6 +76,8 @@ def shown(role: str, content: str, status: str = "complete", error: str | None =
     note = STATUS_NOTES.get(status) if role == "assistant" else None
     if role == "assistant" and status == "complete" and stop_reason == "context":
         note = FULL_CONTEXT_NOTE
+    if role == "assistant" and status in ("stopped", "interrupted") and not content.strip():
+        note = f'<em class="unrated">{note.strip("*")}</em>'  # nothing to rate: the class hides 👍/👎 (page.css)
     if status == "error" and note:  # the reason as text: no tag, and no markdown (a __call__ read as bold)
         reason = _escaped(_MARKDOWN_INLINE.sub(r"\\\g<0>", " ".join(error.split()))) if error else ""
         note = note.format(f": {reason}" if reason else "")

@@ -297,6 +297,21 @@ def test_a_failed_reply_takes_no_feedback(service):
     service.give_feedback(sid, 1, None)  # taking nothing back is no error
 
 
+
+@pytest.mark.parametrize("status", ["interrupted", "stopped"])
+def test_a_reply_with_no_text_takes_no_feedback(service, status):
+    """QA 18: killed before its first token, a reply was shown as the mark alone, offered 👍/👎, and stored a 👎
+    on nothing. A reply with no text has nothing to rate, and the page offers no 👍/👎 on it (page.css)."""
+    sid = service.memory.new_session()
+    service.memory.add_message(sid, "user", "tell me about the zebra")
+    reply = service.memory.add_message(sid, "assistant", "", status="streaming")
+    service.memory.update_message(reply, content="", status=status)
+    with pytest.raises(ValueError, match="This reply has no text, so it takes no 👍/👎"):
+        service.give_feedback(sid, 1, True)
+    assert service.memory.feedback(sid) == {}
+    assert 'class="unrated"' in shown("assistant", "", status)["content"]["text"]
+    assert "unrated" not in shown("assistant", "some text", status)["content"]["text"]
+
 def failed_turn(memory: Memory, session_id: str | None = None) -> str:
     """A turn whose reply failed, as respond() stores one (the model's output was not a number, the
     reply could not be saved): the message, and an empty reply marked "error" with its reason."""

@@ -1120,12 +1120,18 @@ def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     from tests.app.test_chat import failed_turn
     from app.memory import Memory
 
-    failed_turn(Memory(db_path), session)
+    memory = Memory(db_path)
+    failed_turn(memory, session)
+    # and a reply the app was killed before it wrote a word of (QA 18): the mark alone, nothing to rate
+    memory.add_message(session, "user", "and the okapi?")
+    memory.update_message(memory.add_message(session, "assistant", "", status="streaming"), content="",
+                          status="interrupted")
     page.reload()
     page.wait_for_selector("#message textarea")
     reason = "(failed: The model failed while replying (ModelOutputError: base.gguf gave logits that are not a number)"
-    expect(bot_rows.last).to_contain_text(reason)
-    expect(bot_rows).to_have_count(2)
+    expect(bot_rows.nth(1)).to_contain_text(reason)
+    expect(bot_rows.last).to_have_text("(interrupted: the app stopped before this reply finished)")
+    expect(bot_rows).to_have_count(3)
     expect(thumbs).to_have_count(2)  # the first reply's only
     from app.display import shown  # and Copy gives its mark as markdown, not the HTML that carries the class
 
@@ -1136,6 +1142,8 @@ def test_a_failed_reply_offers_no_thumbs_and_keeps_its_reason(app, page):
     assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "half a reply\n\n*(failed)*"
     failed = shown("assistant", "", "error", "too long")["content"]["text"]  # QA: it began with two blank lines
     assert page.evaluate("c => window.cogumiAsTyped(c)", failed) == "*(failed: too long)*"
+    empty = shown("assistant", "", "interrupted")["content"]["text"]
+    assert page.evaluate("c => window.cogumiAsTyped(c)", empty) == "*(interrupted: the app stopped before this reply finished)*"
 
 
 def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
