@@ -45,8 +45,8 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     """The latest message's path: message → escalation gate → perplexity gate → domain → route.
     The rule that decided is outlined; the chosen route is filled with its colour."""
     if not decision:
-        return _CSS + '<div class="route-path" id="route-path"><div class="step">No message routed yet in this ' \
-                      'chat. Send one and its path through the router appears here.</div></div>'
+        return _CSS + '<div class="route-path" id="route-path"><div class="step">No message in this chat has ' \
+                      "been routed yet: the next one's path through the router appears here.</div></div>"
     d, rule = decision, decision["rule"]
     measured = d["perplexity"] is not None  # None: it could not change the route, so it was not scored
     esc_hit, ppl_hit = d["escalation_p"] >= d["tau_e"], measured and d["perplexity"] <= d["tau_p"]
@@ -128,7 +128,9 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
         layers.append(alt.Chart(measured[measured["escalation"]]).mark_point(
             size=300, color="#dc2626", strokeWidth=2).encode(x=x, y="perplexity:Q"))
     # The caption is the chart's own title: as gr.Plot's label it covered the chart's top.
-    title = alt.Title("Perplexity per turn", subtitle="dashed: τp · red ring: escalation", anchor="start")
+    # with no point, the chart is the dashed τp alone: the subtitle says why (QA 18)
+    why = "red ring: escalation" if len(measured) else "no turn measured: it could not change their routes"
+    title = alt.Title("Perplexity per turn", subtitle=f"dashed: τp · {why}", anchor="start")
     # Drawn as SVG on no background, so that page.css gives its text the theme's colour: Gradio themes only its own
     # plots, and this one was a white box with black text in the dark theme (QA 15). No actions menu: its button had
     # no name, and one of its actions sends the chart's data, the chat's reasons, to the online Vega editor.

@@ -111,7 +111,7 @@ def figures_and_panel(service: ChatService, session_id: str | None, owner: str |
     latest = decisions[-1] if decisions else None
     shares = panel.distribution_frame(data["routes"]["session"], data["routes"]["all"])
     return (stored_stats_line(latest), panel.path_html(latest, latest["message"] if latest else None),
-            panel.timeline_chart(decisions),
+            gr.update(value=panel.timeline_chart(decisions), visible=bool(decisions)),  # empty, a blank box
             gr.update(value=shares, visible=not shares.empty),  # empty, its axis titles overlapped
             panel.decisions_frame(decisions))
 

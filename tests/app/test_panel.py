@@ -3,6 +3,7 @@ those numbers, and whatever the user typed is shown as text."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -72,7 +73,26 @@ def test_the_path_says_what_you_chose_when_it_could_not_run_and_when_the_router_
 
 
 def test_the_path_of_an_unrouted_chat_says_so():
-    assert "No message routed yet" in panel.path_html(None)
+    """QA 18: a chat whose one message the app was killed before routing read "No message routed yet in this
+    chat. Send one": one had been sent. Said so it holds for a new chat and for that one."""
+    assert "No message in this chat has been routed yet: the next one's path through the router appears here." \
+        in panel.path_html(None)
+
+
+def test_the_timeline_is_hidden_until_there_is_a_turn_and_says_when_none_was_measured(routed_service):
+    """QA 18: a new chat showed an empty plot box, and a chat whose every turn went unmeasured showed axes and
+    the dashed τp alone, with nothing saying why."""
+    from app.ui import panel_views
+
+    _, timeline, _, _ = panel_views(routed_service, None)
+    assert timeline["visible"] is False
+    *_, reply = routed_service.respond(None, "hello")
+    _, timeline, _, _ = panel_views(routed_service, reply.session_id)
+    assert timeline["visible"] is True
+    assert "not measured" not in json.dumps(timeline["value"].to_dict()["title"])
+    unmeasured = [dict(d, perplexity=None) for d in routed_service.panel(reply.session_id)["decisions"]]
+    title = panel.timeline_chart(unmeasured).to_dict()["title"]
+    assert "no turn measured: it could not change their routes" in title["subtitle"]
 
 
 def test_the_timeline_has_one_point_per_turn_and_rings_escalations(chat):
@@ -117,7 +137,7 @@ def test_a_chat_of_22_real_replies_draws_every_panel_view(routed_service):
         assert last.status == "complete"
     path, timeline, distribution, table = panel_views(routed_service, sid)
     assert "question 21: what is 21 squared?" in path
-    assert len(next(iter(timeline.to_dict()["datasets"].values()))) == 22
+    assert len(next(iter(timeline["value"].to_dict()["datasets"].values()))) == 22
     assert distribution["visible"] is True
     shares = distribution["value"]
     assert shares[shares["scope"] == "this chat"]["replies"].sum() == 22

@@ -74,7 +74,7 @@ def test_two_hundred_messages_in_one_session(demo_set, router_parts, tmp_path):
     # the router panel of a 200-turn chat, as the UI draws it after each reply and on reopening
     path, timeline, _, table = panel_views(service, session)
     assert f"message {MESSAGES}:" in path and len(table) == TABLE_ROWS
-    assert len(next(iter(timeline.to_dict()["datasets"].values()))) == MESSAGES
+    assert len(next(iter(timeline["value"].to_dict()["datasets"].values()))) == MESSAGES
 
     grown_kb = rss[MESSAGES] - rss[WARM_UP]
     assert grown_kb < MAX_GROWTH_KB, f"RSS grew {grown_kb} kB from message {WARM_UP} to {MESSAGES}: {rss}"
