@@ -1069,6 +1069,7 @@ def test_a_message_too_long_for_a_new_chat_makes_no_chat(app, page):
     for each try: the page made the chat before the message was checked. It is checked first, as the API does."""
     url, db_path = app
     box = page.locator("#message textarea")
+    expect(page.locator("#timeline")).to_be_hidden()  # QA 18: an empty plot box, until there is a turn to draw
     for n in (3_000, 20_000):
         box.fill("B" * n)
         box.press("Enter")
