@@ -1432,6 +1432,9 @@ def test_a_chat_older_than_the_fifty_listed_is_found_by_searching(app, page):
     chat, listed = page.locator("#chat").bounding_box(), page.locator("#sessions").bounding_box()
     assert chat["y"] < 300 and chat["y"] < listed["y"] and listed["height"] < 0.6 * 800
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    # the box the whole width, Send and Stop side by side under it (QA 18: Send beside the box, Stop alone below)
+    box, go, stop = (page.locator(s).bounding_box() for s in ("#message", "#send", "#stop"))
+    assert go["y"] == stop["y"] > box["y"] + box["height"] and go["width"] == stop["width"] > 0.4 * box["width"]
     assert page.evaluate(TABLE_OVER_BOX) <= 2
     shown = [h for h in page.locator("#decisions th").all() if h.is_visible()]
     assert [h.get_attribute("title") for h in shown] == ["turn", "route", "reason"]
