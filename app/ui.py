@@ -131,13 +131,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return (visitor or uuid.uuid4().hex) if per_visitor else None
 
     def session_choices(visitor, current=None, matching=None):
-        """The past chats list: the most recent; or those that hold the searched text, after the chat on
-        screen whether it holds it or not (a chat begun while a search held was not listed, and the list
-        showed none as open). It says when there are more than it lists."""
+        """The past chats list: the most recent, or those that hold the searched text, after the chat on
+        screen whether it is among them or not (a chat begun while a search held was not listed, and the
+        list showed none as open; an old chat opened by a search dropped out as the search was cleared,
+        QA 18). It says when there are more than it lists."""
         owner = owner_of(visitor)
         found = service.sessions(owner, matching, limit=LISTED_CHATS + 1)
         more, found = len(found) > LISTED_CHATS, found[:LISTED_CHATS]
-        opened = service.session(current, owner) if matching and all(s["id"] != current for s in found) else None
+        opened = service.session(current, owner) if current and all(s["id"] != current for s in found) else None
         sought = matching if matching is None or len(matching) <= 40 else matching[:40] + "…"  # it ran out of the column
         if more:
             label = f" ({'the open chat, and ' if opened else ''}the {LISTED_CHATS} most recent" \
