@@ -143,7 +143,7 @@ def route_drawn(row: sqlite3.Row) -> str:
 def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     url, db_path = app
     path, timeline = page.locator("#route-path"), page.locator("#timeline .vega-embed svg")
-    expect(path).to_contain_text("No message routed yet")
+    expect(path).to_contain_text("No message in this chat has been routed yet")
 
     first, lengths = send(page, "Write a Python function that reverses a linked list.", db_path)
     grown = [n for i, n in enumerate(lengths) if n and (i == 0 or n > lengths[i - 1])]
@@ -219,7 +219,7 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     page.keyboard.press("Enter")
     expect(page.locator("#chat .message-row")).to_have_count(0)
     expect(page.locator("#message textarea")).to_be_focused()
-    expect(path).to_contain_text("No message routed yet")
+    expect(path).to_contain_text("No message in this chat has been routed yet")
     page.reload()
     page.wait_for_selector("#message textarea")
     page.locator(f'#sessions input[value="{session}"]').check()
@@ -1168,14 +1168,14 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
         page.click("#new-chat")
         (status,) = db.execute("select status from messages order by id desc limit 1").fetchone()
         expect(page.locator("#chat .message-row")).to_have_count(0)
-        expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+        expect(page.locator("#route-path")).to_contain_text("No message in this chat has been routed yet")
         for _ in range(300):
             if db.execute("select count(*) from messages where status = 'streaming'").fetchone()[0] == 0:
                 break
             time.sleep(0.1)
         page.wait_for_timeout(1000)  # what the ended reply's last updates and its panel redraw would show
         expect(page.locator("#chat .message-row")).to_have_count(0)
-        expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+        expect(page.locator("#route-path")).to_contain_text("No message in this chat has been routed yet")
         if status == "streaming":
             break
         page.locator(f'#sessions input[value="{chat_a}"]').check()
@@ -1214,7 +1214,7 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     expect(page.locator('#chat button[aria-label="Clear"]')).to_be_hidden()
     page.click("#new-chat")
     expect(page.locator("#chat .message-row")).to_have_count(0)
-    expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+    expect(page.locator("#route-path")).to_contain_text("No message in this chat has been routed yet")
     page.reload()
     page.wait_for_selector("#message textarea")
     page.wait_for_timeout(1000)  # the page's load event, which reopens the chat kept in the browser
@@ -1578,7 +1578,7 @@ def test_a_person_deletes_a_chat_after_saying_yes(app, page):
     page.answer = True
     page.click("#delete-chat")
     expect(page.locator("#chat .message-row")).to_have_count(0)
-    expect(page.locator("#route-path")).to_contain_text("No message routed yet")
+    expect(page.locator("#route-path")).to_contain_text("No message in this chat has been routed yet")
     expect(page.locator("#sessions input")).to_have_count(1)
     gone = second["session_id"]
     for table in ("messages", "decisions", "feedback"):
