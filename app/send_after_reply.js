@@ -69,14 +69,23 @@
     }, 500);
     return n;
   };
+  const takenBack = new Map();  // sends Stop put back before the server said whether it had begun them: n → text
   window.cogumiBegan = (n) => {  // its reply has begun: the message is in the chat
     waiting.delete(n);
     if (saysWaiting && !waiting.size) {
       say("");
       saysWaiting = false;
     }
+    const text = takenBack.get(n);
+    if (text === undefined) return;
+    // Stop put it back, but the server had begun it: it is in the chat (its reply stopped), so out of the box
+    // again, else Enter sent it twice (QA 19)
+    takenBack.delete(n);
+    const el = box();
+    if (el?.value.startsWith(text)) typed(el, el.value.slice(text.length).replace(/^\n/, ""));
   };
   window.cogumiUnsent = (n) => {  // that send was not sent: its text goes back in the box
+    takenBack.delete(n);  // (if Stop put it back already, it stays)
     window.cogumiBegan(n);
     const text = taken[n];
     if (text === undefined) return;
@@ -89,7 +98,12 @@
   // Stop takes back at once a send that has not begun (QA 16: it came back only when its turn came, a whole
   // reply later); the server, told by the same Stop (ui.py's stop_reply), does not send it.
   document.addEventListener("click", (e) => {
-    if (e.target.closest?.("#stop")) for (const n of [...waiting]) window.cogumiUnsent(n);
+    if (!e.target.closest?.("#stop")) return;
+    for (const n of [...waiting]) {
+      const text = taken[n];
+      window.cogumiUnsent(n);
+      if (text !== undefined) takenBack.set(n, text);  // until the server says began (undone) or unsent (kept)
+    }
   }, true);
   document.addEventListener("click", (e) => { if (!again && e.target.closest?.("#send")) pressed(); }, true);
   document.addEventListener("keydown", (e) => {

@@ -950,6 +950,25 @@ def test_stop_pressed_just_after_enter_stops_that_reply(engine, tmp_path, monkey
         assert page.evaluate(ERROR_BADGES) == []
 
 
+
+def test_stop_just_after_send_leaves_the_message_sent_or_back_in_the_box_never_both(engine, tmp_path, monkeypatch):
+    """QA 19: Stop clicked 10-250 ms after Send put the message back in the box though it had been sent (in the
+    chat, its reply stopped): Enter again sent it twice. The page took back every send not yet begun as Stop was
+    clicked, while the server had already begun it. Either outcome is right, not both."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        for n, delay in enumerate((0, 10, 30, 60, 120, 250, 10, 30)):
+            text = f"message {n}, stopped {delay} ms after Send"
+            box.fill(text)
+            page.evaluate("d => { document.querySelector('#send').click();"
+                          " setTimeout(() => document.querySelector('#stop').click(), d); }", delay)
+            page.wait_for_timeout(2_500)  # the reply ended, or the message came back
+            sent = [m["content"] for m in service.transcript(service.sessions()[0]["id"])] if service.sessions() else []
+            assert not (text in sent and box.input_value() == text), (delay, sent[-2:])
+            if text in sent:
+                expect(user_rows.last).to_have_text(text)
+            box.fill("")
+
 def test_stop_while_a_message_waits_in_the_queue_keeps_it_unsent(engine, tmp_path, monkeypatch):
     """A message waiting in the queue behind another visitor's reply: Stop takes it back. It stays in the box,
     unsent, the page says so, and nothing shows an error (Gradio's cancel of a waiting send always did)."""
