@@ -248,7 +248,7 @@ class ChatService:
         for an empty message, one that is not valid Unicode, an unknown route, or one too long for the
         model. The page asks before it makes a new chat for the message (QA 18: a refused one left an
         empty chat listed)."""
-        if shows_nothing(message):
+        if message is None or shows_nothing(message):  # None: an API call without one (QA 19)
             return "Type a message first: empty messages are not sent."
         broken = _lone_surrogate(message)
         if broken is not None:  # JSON can carry "\ud800" (half an emoji); SQLite and llama.cpp take UTF-8 only

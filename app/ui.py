@@ -82,6 +82,8 @@ def explained(callback):
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
+        except gr.Error:  # a ValueError too: wrapped again, its words came quoted (QA 19)
+            raise
         except (SessionStoreError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
     return wrapper

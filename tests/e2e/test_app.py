@@ -89,21 +89,25 @@ def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app):
     ((["a", "b"],), "message is text, not list"),
     (("hello", 12345), "session_id is text, not int"),
     (("hello", "", 5), "override is text, not int"),
+    ((None,), "Type a message first: empty messages are not sent."),  # QA 19: "raised an exception"
 ])
 def test_api_arguments_of_the_wrong_type_are_named(app, args, words):
     """They got Gradio's "The upstream Gradio app has raised an exception" and nothing else."""
-    with pytest.raises(Exception, match=words):
+    with pytest.raises(Exception) as caught:
         Client(app[0], verbose=False).predict(*args, api_name="/chat")
+    assert str(caught.value) == words
 
 
 @pytest.mark.parametrize("session_id", [5, 0, False, ["a"], 1.5])
 def test_a_session_id_that_is_not_text_is_named_by_panel_and_feedback(app, session_id):
     client = Client(app[0], verbose=False)
     words = f"session_id is text, not {type(session_id).__name__}"
-    with pytest.raises(Exception, match=words):
+    with pytest.raises(Exception) as caught:
         client.predict(session_id, api_name="/panel")
-    with pytest.raises(Exception, match=words):
+    assert str(caught.value) == words  # QA 19: it came quoted, 'session_id is text, not int'
+    with pytest.raises(Exception) as caught:
         client.predict(session_id, 1, True, api_name="/feedback")
+    assert str(caught.value) == words
 
 
 def test_the_page_says_these_are_demo_weights(app):
