@@ -198,6 +198,18 @@ def test_the_line_under_the_chat_counts_routing_in_the_wait_for_the_first_token(
     assert {"routing ms", "model ms to first token"} <= set(panel.TABLE_COLUMNS)
 
 
+
+def test_a_reply_stopped_before_its_first_token_has_no_first_token_time(chat):
+    """QA 19: stopped before its first word, a reply read "first token 25 ms (routing 25 + model 0)", and the table
+    "0.0": there was no first token to time."""
+    from app.display import stored_stats_line
+
+    service, sid, _ = chat
+    last = dict(service.panel(sid)["decisions"][-1], tokens=0, ttft_ms=0.0, tokens_per_s=None, stop_reason="stopped")
+    line = stored_stats_line(last)
+    assert "0 tokens" in line and "first token" not in line and "stop: stopped" in line
+    assert panel.decisions_frame([last]).iloc[0]["model ms to first token"] == "—"
+
 def test_a_reply_of_one_token_has_no_speed(routed_service):
     """QA (--max-tokens 1): "1 tokens · 0.0 tok/s", and a speed of 0 stored: one token has no decode phase
     to time, so there is no speed to give."""
