@@ -5,13 +5,14 @@ writes the turn, its Decision and its GenerationStats back to memory."""
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import re
 import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from app.memory import Memory, SessionStoreError
 from models.engine import Engine, GenerationStats
@@ -20,6 +21,7 @@ from router.decision import NOT_AVAILABLE, ROUTES, Decision
 from router.router import Router
 
 log = logging.getLogger(__name__)
+SAVE_RETRY_S = 120.0  # how long a reply that could not be saved is tried again (ChatService._save_later)
 
 
 @dataclass
@@ -224,16 +226,15 @@ class ChatService:
             update.notice = f"The model failed while replying ({type(exc).__name__}: {exc}). The text so far is kept."
         finally:
             stats = update.stats.to_dict() if update.stats else None
+            save = functools.partial(self._save_reply, reply_id, "".join(pieces), update.status or "stopped", stats,
+                                     update.notice if update.status == "error" else None, update.decision is not None)
             try:
-                self.memory.update_message(reply_id, content="".join(pieces), status=update.status or "stopped",
-                                           stats=stats, error=update.notice if update.status == "error" else None)
-                if stats and update.decision:
-                    self.memory.add_decision_stats(reply_id, stats)
-                self.memory.checkpoint()
-            except SessionStoreError as exc:  # shown, but not kept: say so (earlier rows are untouched)
+                save()
+            except SessionStoreError as exc:  # shown, and saved once it can be: say so (earlier rows are untouched)
                 log.warning("reply %s not saved: %s", reply_id, exc)
-                unsaved = f"This reply could not be saved. {exc}"
-                update.tell(unsaved)
+                update.tell(f"This reply could not be saved. {exc} The app tries again each second for "
+                            f"{SAVE_RETRY_S / 60:.0f} minutes.")
+                self._save_later(reply_id, save)
             finally:  # last: until it is saved, the reply writes to the chat (delete_session waits for this)
                 if session_id in self._deleting:  # (the page that shows this reply may not be the one deleting)
                     update.notice = "This chat was deleted, in another tab or window, while it replied: the reply is not kept."
@@ -242,6 +243,33 @@ class ChatService:
         if self.router and update.status == "complete":
             self.router.remember(update.text)
         yield update
+
+    def _save_reply(self, reply_id: int, text: str, status: str, stats: dict | None, error: str | None,
+                    decided: bool) -> None:
+        """A reply as it ended, with its figures beside its routing decision."""
+        self.memory.update_message(reply_id, content=text, status=status, stats=stats, error=error)
+        if stats and decided:
+            self.memory.add_decision_stats(reply_id, stats)
+        self.memory.checkpoint()
+
+    @staticmethod
+    def _save_later(reply_id: int, save: Callable[[], None]) -> None:
+        """Try a reply's save again each second, for SAVE_RETRY_S: a lock another program holds (a backup, a
+        sync, a database tool) is often let go soon. It stayed "streaming", empty, until the next start marked
+        it interrupted (QA 19), and a page showing its chat followed it meanwhile."""
+        def retry() -> None:
+            deadline = time.monotonic() + SAVE_RETRY_S
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                try:
+                    save()
+                except SessionStoreError:
+                    continue
+                log.info("reply %s saved on a later try", reply_id)
+                return
+            log.warning("reply %s was not saved: the next start keeps what was saved of it, marked interrupted",
+                        reply_id)
+        threading.Thread(target=retry, name=f"save-reply-{reply_id}", daemon=True).start()
 
     def refusal(self, message: str, override: str | None = None) -> str | None:
         """Why respond() would not send this message (the notice it gives), or None: nothing is stored
