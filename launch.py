@@ -169,6 +169,29 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
     return paths, failed
 
 
+def as_given(message: str, profile: Profile, store: Store) -> str:
+    """An error about a file of your own (--model, --draft, --modifier), with the file named as you gave it and its
+    flag. A .gguf.zst is checked on its decompressed copy in the model cache: the error named that copy, advised
+    --verify (which decompresses the same file again) and --modifier with the copy's name, and left the copy
+    (QA 19); it is removed."""
+    from models.engine import IN_THE_CACHE
+
+    for f in profile.files:
+        flag = {"base": "--model", "draft": "--draft"}.get(f.name, f"--modifier {f.name}")
+        source, copy = Path(f.file), store.model_path(profile.name, f)
+        refused = copy != source and copy.name in message  # (its name alone: "pass it with --modifier NAME=…")
+        for named in (f"{f.name} model {copy}", f"{f.name} modifier {copy}"):
+            message = message.replace(named, f"{flag} {source}")
+        if refused:
+            for leftover in (copy, copy.with_name(copy.name + ".sha256"), copy.with_name(copy.name + ".source")):
+                leftover.unlink(missing_ok=True)
+            message = message.replace(str(copy), str(source)).replace(copy.name, str(source))
+        if str(source) in message and flag not in message:
+            message = message.replace(str(source), f"{flag} {source}", 1)
+    return (message.replace(f" {IN_THE_CACHE}; else copy or download it again.", " Copy or download it again.")
+            .replace(f" {IN_THE_CACHE}.", ""))  # a file of your own is no copy in the model cache
+
+
 def refuse_own_modifiers(args: argparse.Namespace, failed: dict[str, str]) -> None:
     """A --modifier file named on the command line that cannot be used stops the start, as a bad --model
     does: it was asked for by name. (A profile's modifier that fails is left out, with its reason shown.)"""
@@ -329,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except SessionStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    store = None
     try:
         profile = choose_profile(args, space)
         if args.no_draft:
@@ -356,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         if startup:
             startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place
     except ModelFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_given(str(exc), profile, store) if args.model and store else exc}", file=sys.stderr)
         return 2
 
     from app.chat import ChatService, ChatSettings

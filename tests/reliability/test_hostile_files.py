@@ -172,6 +172,14 @@ def zst(path: Path, data: bytes) -> Path:
     return path
 
 
+def compressed(path: Path, write) -> Path:
+    """path.zst of the GGUF write(path) makes, the GGUF itself removed."""
+    write(path)
+    compress(path, path.with_name(path.name + ".zst"))
+    path.unlink()
+    return path.with_name(path.name + ".zst")
+
+
 def a_directory(folder: Path, small: Path) -> Path:
     (folder / "model.gguf").mkdir()
     return folder / "model.gguf"
@@ -198,7 +206,14 @@ MODEL_FILES = {  # how to make it → what the error line says besides the file'
     "0 layers": (with_values(block_count=0), ["llama.block_count is 0"]),
     "a 2^32-1 token context": (with_values(context_length=2**32 - 1), ["llama.context_length is 4,294,967,295"]),
     "NaN in its weights": (lambda d, g: with_nan(g, d / "model.gguf", "blk.0.attn_q.weight"),
-                           ["not a number", "start with --verify"]),  # QA: it said only "download it again"
+                           ["not a number", "Copy or download it again"]),
+    # QA 19: checked on its copy in the model cache, the error named that copy, told to pass the copy's name
+    # with --modifier (not found), and left it there
+    "a LoRA adapter, compressed": (lambda d, g: compressed(d / "lora.gguf", lambda p: write_lora(p, DemoSpec(), "code")),
+                                   ["is a LoRA adapter, not a model", "--modifier NAME="]),
+    "NaN in its weights, compressed": (lambda d, g: compressed(d / "nan.gguf",
+                                                               lambda p: with_nan(g, p, "blk.0.attn_q.weight")),
+                                       ["not a number"]),
 }
 
 
@@ -209,7 +224,9 @@ def test_a_hostile_model_file_stops_launch_with_the_file_named(tmp_path, small_g
     path = make(tmp_path, small_gguf)
     models = tmp_path / "model-cache"
     result = launch(tmp_path / "data", models, "--model", str(path))
-    assert_refused(result, path, *words)
+    line = assert_refused(result, path, *words)
+    # named as given, with its flag (QA 19: "base model …"); a file of your own is no copy in the model cache
+    assert line.startswith(f"error: --model {path}") and "--verify" not in line and "model-cache" not in line
     # nothing half-made is left in the cache; sessions.db, opened first, holds no chat
     assert not [p for p in models.rglob("*") if p.is_file()]
     assert rows(tmp_path / "data" / "sessions.db") == []
