@@ -14,6 +14,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from sqlite_utils.db import NotFoundError
+
 from app.memory import Memory, SessionStoreError
 from models.engine import Engine, GenerationStats
 from models.errors import ContextOverflowError
@@ -265,6 +267,9 @@ class ChatService:
                     save()
                 except SessionStoreError:
                     continue
+                except NotFoundError:  # its chat was deleted meanwhile: nothing left to save it into
+                    log.info("reply %s not saved: its chat was deleted", reply_id)
+                    return
                 log.info("reply %s saved on a later try", reply_id)
                 return
             log.warning("reply %s was not saved: the next start keeps what was saved of it, marked interrupted",

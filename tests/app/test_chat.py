@@ -312,6 +312,21 @@ def test_a_reply_with_no_text_takes_no_feedback(service, status):
     assert 'class="unrated"' in shown("assistant", "", status)["content"]["text"]
     assert "unrated" not in shown("assistant", "some text", status)["content"]["text"]
 
+
+def test_a_reply_saved_on_a_later_try_whose_chat_was_deleted_meanwhile_ends_quietly(service, monkeypatch):
+    """A reply that could not be saved is tried again each second (SAVE_RETRY_S); its chat deleted meanwhile, the
+    row is gone: the try ends there, with no exception left on its thread and nothing written."""
+    *_, reply = service.respond(None, "hello")
+    service.delete_session(reply.session_id)
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    service._save_later(reply.message_id, lambda: service._save_reply(reply.message_id, "late", "complete", None,
+                                                                      None, False))
+    saving = next(t for t in threading.enumerate() if t.name == f"save-reply-{reply.message_id}")
+    saving.join(timeout=10)
+    assert not saving.is_alive() and failures == []
+    assert service.memory.messages(reply.session_id) == []
+
 def failed_turn(memory: Memory, session_id: str | None = None) -> str:
     """A turn whose reply failed, as respond() stores one (the model's output was not a number, the
     reply could not be saved): the message, and an empty reply marked "error" with its reason."""
