@@ -311,9 +311,8 @@ def _figures(d, s) -> str:
     # base route its prefill is routing's, and the engine's part alone read "0 ms"). The parts are named as
     # the decisions table's columns, and the whole is their sum as shown.
     routing, model = (round(d.routing_ms) if d else 0), round(s.ttft_ms)
-    first = f"first token {routing + model} ms (routing {routing} + model {model}) · " if d else \
-        f"first token {model} ms · "
-    first = first if s.tokens else ""  # stopped before it: no first token to time (QA 19)
+    first = "" if not s.tokens else (  # stopped before it: no first token to time (QA 19)
+        f"first token {routing + model} ms (routing {routing} + model {model}) · " if d else f"first token {model} ms · ")
     speed = f" · {s.tokens_per_s:.1f} tok/s" if s.tokens_per_s is not None else ""  # one token: nothing to time
     dropped = getattr(s, "dropped_turns", None) or 0  # said here too, so a reopened chat still says it (QA 17)
     left_out = f"; {dropped} earlier message{'s' * (dropped != 1)} left out" if dropped else ""
