@@ -250,12 +250,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         chat = on_screen["chat"]
         return session_choices(visitor, chat, matching), *panel_views(service, chat, owner_of(visitor))
 
-    def send(message, session_id, route, use_draft, visitor, on_screen, matching, press):
+    def send(message, session_id, route, use_draft, visitor, on_screen, matching, press, chosen=None):
         """Streams the reply into the page while the page shows its chat. Opened elsewhere (another chat,
         a new one), the reply goes on and is saved, and the page is left alone: each update once drew
         this chat back, and made it the one the next message went to. `press` numbers the page's sends:
-        a Stop pressed after this one ends its reply, or takes it back if it has waited in the queue."""
+        a Stop pressed after this one ends its reply, or takes it back if it has waited in the queue.
+        `chosen`: the chat marked in Past chats, which is the one on screen once its opening has come back;
+        until then it is the one the person means (QA 20: sent at once, the message went to the chat before)."""
         visitor = owner_of(visitor)  # kept in the browser by the first yield, if it was new
+        session_id = chosen or session_id
         def stopped() -> bool:  # Stop was pressed after this send (stop_reply)
             return (press or 0) <= on_screen.get("stopped_at", 0)
         # The page emptied the box as Gradio took this send (sent_as); one not sent goes back to the box by its
@@ -341,9 +344,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     def stop_reply(session_id, visitor, on_screen, pressed):
         """Ends the reply streaming here, and any send pressed before this Stop: one still waiting in the
         queue is not sent (send() reads stopped_at), one only just begun ends as it begins."""
-        on_screen["stopped_at"] = max(pressed or 0, on_screen.get("stopped_at", 0))
-        for chat in {session_id, on_screen.get("sending")}:
-            service.stop(chat, owner_of(visitor))
+        sending = on_screen.get("sending")
+        # The page's own sends only while their chat is on screen (begun in a new chat, the page may not know its
+        # id yet): moved to another chat, Stop there ended that reply, unseen (QA 20).
+        if sending is None or sending == on_screen.get("chat"):
+            on_screen["stopped_at"] = max(pressed or 0, on_screen.get("stopped_at", 0))
+            service.stop(sending, owner_of(visitor))
+        service.stop(session_id, owner_of(visitor))
 
     @explained
     def after_stop(session_id, visitor, matching):
@@ -463,13 +470,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         follow = gr.Timer(FOLLOW_S, active=False)  # on while the chat on screen has a reply this page is not streaming
         views = [path, timeline, distribution, table]
         outputs = [chatbot, unsent, session_id, notice, stats, path, visitor, sessions, began]
-        inputs = [box, session_id, route, use_draft, visitor, on_screen, search, press]
+        inputs = [box, session_id, route, use_draft, visitor, on_screen, search, press, sessions]
         # One queue for everything that runs the engine, page and API alike, so a waiting visitor's
         # place counts everyone ahead of them.
         # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and the
         # send's number, from send_after_reply.js, which empties the box (this runs only for sends Gradio takes).
-        sent_as = "(message, chat, route, draft, visitor, on_screen, search) => [message, chat, route, draft, " \
-                  "visitor ?? window.cogumiStoredVisitor?.() ?? null, on_screen, search, window.cogumiTake(message)]"
+        sent_as = "(message, chat, route, draft, visitor, on_screen, search, press, chosen) => [message, chat, route, " \
+                  "draft, visitor ?? window.cogumiStoredVisitor?.() ?? null, on_screen, search, " \
+                  "window.cogumiTake(message), chosen]"
         # Enter and Send are one event, so that while a reply is open Gradio takes neither (trigger_mode
         # "once"): as two, Send during a reply begun by Enter was taken, and its reply's start emptied the box
         # of what was typed after it. send_after_reply.js sends such a message once the reply has ended.

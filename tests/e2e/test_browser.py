@@ -969,6 +969,57 @@ def test_stop_just_after_send_leaves_the_message_sent_or_back_in_the_box_never_b
                 expect(user_rows.last).to_have_text(text)
             box.fill("")
 
+def test_stop_in_another_chat_leaves_this_pages_reply_going(engine, tmp_path, monkeypatch):
+    """QA 20: a reply streaming in one chat, the page moved to another chat, where nothing replied, and Stop
+    there ended the first chat's reply, unseen: Stop ended the page's own reply wherever it was."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        other = service.new_session()
+        for _ in service.respond(other, "an earlier chat"):
+            pass
+        page.reload()
+        box = page.locator("#message textarea")
+        box.fill("tell me a long story about mushrooms")
+        box.press("Enter")
+        chat = streaming_reply(service)
+        expect(page.locator("#sessions label")).to_have_count(2)  # the list with this chat: redrawn as it began
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1)
+        page.locator(f'#sessions input[value="{other}"]').check()
+        expect(page.locator("#chat .message-row.user-row")).to_have_text(["an earlier chat"], timeout=10_000)
+        page.click("#stop")
+        assert service.wait_for_replies(60) == 0
+        assert service.transcript(chat)[-1]["status"] == "complete"
+
+
+def test_a_message_sent_as_a_past_chat_opens_goes_to_that_chat(engine, tmp_path, monkeypatch):
+    """QA 20: on a busy machine a message sent just after a click on a chat in Past chats, before that chat
+    was drawn, went to the chat the page showed before (a new one, there), and its reply took the place
+    of the chat clicked. Here the opening is held (2 s) to make the moment long."""
+    import app.ui
+
+    drawn = app.ui.figures_and_panel
+
+    def slow_when_opening(*args):
+        if sys._getframe(1).f_code.co_name == "open_session":
+            time.sleep(2)
+        return drawn(*args)
+    monkeypatch.setattr(app.ui, "figures_and_panel", slow_when_opening)
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0.0) as (service, page):
+        lisbon = service.new_session()
+        for _ in service.respond(lisbon, "a trip to Lisbon"):
+            pass
+        page.reload()
+        page.locator(f'#sessions input[value="{lisbon}"]').check()
+        page.wait_for_timeout(300)
+        page.fill("#message textarea", "What about Porto?")
+        page.press("#message textarea", "Enter")
+        expect(page.locator("#chat .message-row.user-row")).to_have_text(["a trip to Lisbon", "What about Porto?"],
+                                                                         timeout=20_000)
+        assert service.wait_for_replies(30) == 0
+        assert len(service.sessions()) == 1
+        assert [m["content"] for m in service.transcript(lisbon) if m["role"] == "user"] == \
+            ["a trip to Lisbon", "What about Porto?"]
+
+
 def test_stop_while_a_message_waits_in_the_queue_keeps_it_unsent(engine, tmp_path, monkeypatch):
     """A message waiting in the queue behind another visitor's reply: Stop takes it back. It stays in the box,
     unsent, the page says so, and nothing shows an error (Gradio's cancel of a waiting send always did)."""
