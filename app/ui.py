@@ -435,7 +435,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                       "change it back (the router's own choice is still shown)",
                                  elem_id="route")
                 use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
-                                        info="a small draft model proposes tokens; the reply is the same",
+                                        info="a small draft model proposes tokens, the base keeps those it would "
+                                             "have written itself: only the speed changes",
                                         interactive=service.engine.draft is not None, elem_id="use-draft")
                 search = gr.Textbox(label="Search past chats", placeholder="Search past chats", show_label=False,
                                     elem_id="search-chats")
