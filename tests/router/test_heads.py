@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,27 @@ def test_the_embedder_tokenizes_as_sentence_transformers_does():
     assert max(map(len, embedder.token_ids(texts))) == embedder.model.max_seq_length
 
 
+def test_an_embedder_whose_encoder_is_exported_starts_without_sentence_transformers(router_parts):
+    """Every start of the app made one: importing sentence-transformers and transformers took 3.5 s of a
+    9 s start, to tokenize and to name the exported encoder. With the encoder on disk neither is needed;
+    the encode is the one the app's Embedder gives."""
+    import json
+    import subprocess
+    import sys
+
+    embedder = router_parts[0]
+    text = "no. I said Rust, not Go"
+    script = ("import json, sys; from router.embeddings import Embedder; e = Embedder(cache_size=0); "
+              f"layers = e.layers([{text!r}])[0]; "
+              "print(json.dumps([sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('sentence_transformers', 'transformers')), str(e.encoder_path), layers.tolist()]))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    imported, path, layers = json.loads(run.stdout.strip().splitlines()[-1])
+    assert imported == [] and path == str(embedder.encoder_path)
+    assert np.array_equal(np.array(layers, np.float32), embedder.layers([text])[0])
+
+
 def _float32_layers(embedder, text: str) -> np.ndarray:
     """MiniLM's own float32 hidden states for one text, averaged over tokens, at unit length:
     (input embeddings + every layer, DIM)."""
@@ -193,7 +215,9 @@ def test_the_int8_encoder_is_exported_once_and_again_when_damaged(tmp_path, monk
     name = first.encoder_path.name
     assert name.endswith(f".int8-v{embeddings.ENCODER_FORMAT}.onnx") and embeddings.ENCODER_FORMAT > 1
     older = [tmp_path / name.replace(f"-v{embeddings.ENCODER_FORMAT}.", f"-v{k}.") for k in range(1, embeddings.ENCODER_FORMAT)]
-    kept = [tmp_path / "all-MiniLM-L6-v2.0123456789abcdef.int8-v1.onnx", tmp_path / "notes.txt"]  # other weights'; not ours
+    older.append(tmp_path / "all-MiniLM-L6-v2.0123456789abcdef.int8-v3.onnx")  # named by v3's digest
+    kept = [tmp_path / f"all-MiniLM-L6-v2.0123456789abcdef.int8-v{embeddings.ENCODER_FORMAT}.onnx",  # other weights'
+            tmp_path / "notes.txt"]  # not ours
     for path in older + kept:
         path.write_bytes(b"exported by an older version")
     again = embeddings.Embedder(cache_size=0, encoders_dir=tmp_path)
