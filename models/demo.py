@@ -18,13 +18,14 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
 import numpy as np
 import zstandard
+
+from models.store import partial_path
 
 logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file at INFO
 
@@ -259,23 +260,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _partial(final: Path, kind: str = "") -> Path:
-    """A temp file beside `final` named .NAME.[kind-]XXXX.partial: the model store removes those
-    at the next start, so a build killed half way (kill -9, power cut) leaves nothing behind."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.{kind}", suffix=".partial", dir=final.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def compress(src: Path, dst: Path, level: int = 10) -> None:
-    tmp = _partial(dst)
+    tmp = partial_path(dst)
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
             # The frame's checksum lets decompression catch a damaged byte where no digest is known
             # (your own files), as `zstd` does by default.
             zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).copy_stream(
                 fin, fout, size=src.stat().st_size)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -287,7 +279,7 @@ def build_demo_set(out_dir: Path, spec: DemoSpec = DemoSpec()) -> dict[str, dict
     out_dir.mkdir(parents=True, exist_ok=True)
     built = {}
     for role, name in ROLE_FILES.items():
-        plain = _partial(out_dir / name, "build-")
+        plain = partial_path(out_dir / name, "build-")
         try:
             write_role(plain, spec, role)
             compress(plain, out_dir / (name + ".zst"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,9 +150,8 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
     try:
         promised = _content_size(source)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        tmp = Path(tmp_name)
-        with open(source, "rb") as fin, os.fdopen(fd, "wb", buffering=0) as fout, tqdm(
+        tmp = partial_path(target)
+        with open(source, "rb") as fin, open(tmp, "xb", buffering=0) as fout, tqdm(
             total=source.stat().st_size, unit="B", unit_scale=True, desc=f"decompress {source.name}",
             disable=not progress, leave=False,
         ) as bar, ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as writer:
@@ -188,7 +187,6 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
         if head != b"GGUF":  # with no digest to check (the user's own file), at least the kind of file
             what = "nothing" if not head else f"a file that starts with {head!r}, not b'GGUF'"
             raise ModelFileError(f"{source}: decompresses to {what}: not a GGUF model file.")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
         os.replace(tmp, target)
         _write_digest(target, actual)
     except OSError as exc:  # disk full, read-only folder, ...
@@ -201,6 +199,14 @@ def decompress_verified(source: Path, target: Path, sha256: str | None, size: in
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def partial_path(final: Path, kind: str = "") -> Path:
+    """A name, not yet a file, for a temporary file beside `final`: .NAME.[kind]XXXXXXXX.partial, which the
+    store removes at the next start where a run was killed half way (kill -9, a power cut). The caller holds
+    the name before it makes the file, so a Ctrl-C or SIGTERM the moment it is made still finds it to remove:
+    mkstemp handed the name back only after it had made the file, and a signal in between left it."""
+    return final.parent / f".{final.name}.{kind}{secrets.token_hex(4)}.partial"
 
 
 ZSTD_MAGIC = 0xFD2FB528

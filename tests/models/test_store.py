@@ -131,6 +131,39 @@ def test_truncated_zstd_is_refused_with_no_partial_file(store):
     assert _leftovers(source.parent) == []
 
 
+@pytest.mark.parametrize("writer", ["decompress", "compress"])
+def test_a_stop_at_any_moment_a_partial_file_exists_leaves_none(store, tmp_path, gguf_file, writer):
+    """Ctrl-C or SIGTERM as a temporary file had just been made (the first start decompressing, or building the
+    demo set) left it behind until the next start: the signal came after the file was created and before the
+    code that removes it on the way out had its name (found under load, by the test that stops a start). A
+    signal's KeyboardInterrupt comes between two bytecodes; here it comes at the first line of models/ run while
+    a .partial file exists."""
+    import sys
+
+    store, entry = store
+    folder = store.folder("p") if writer == "decompress" else tmp_path
+    fired = []
+
+    def line(frame, event, arg):
+        if event == "line" and not fired and any(".partial" in p.name for p in folder.iterdir()):
+            fired.append(frame.f_lineno)
+            raise KeyboardInterrupt
+        return line
+
+    def calls(frame, event, arg):
+        return line if Path(frame.f_code.co_filename).parent.name == "models" else None
+    sys.settrace(calls)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if writer == "decompress":
+                store.ensure("p", entry)
+            else:
+                compress(gguf_file, tmp_path / "out.gguf.zst")
+    finally:
+        sys.settrace(None)
+    assert fired and _leftovers(folder) == [], fired
+
+
 def test_a_partial_file_left_by_a_killed_run_is_cleaned_up(store):
     store, entry = store
     stale = store.folder("p") / ".draft.gguf.abc123.partial"
