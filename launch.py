@@ -326,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # Until the chat is up (stop_gracefully), SIGTERM stops it as Ctrl-C does: the exception unwinds the
     # start, and a model file half decompressed or downloaded is removed on the way (Python's default
-    # SIGTERM left it, and exited 143).
+    # SIGTERM left it, and exited 143). SIGINT too where it came ignored (`python launch.py &` in a script):
+    # the start went on regardless, and the chat's own handler stopped it once up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse_args(argv)
     space = on_space()
     args.host = args.host or ("0.0.0.0" if space else "127.0.0.1")
