@@ -69,7 +69,7 @@ ROUTE_CHOICES = [AUTO, *ROUTES]
 # Passed to launch(js=...): run in the page once it loads, each of these functions.
 PAGE_JS = "() => {\n" + "".join(f"({(Path(__file__).parent / name).read_text().strip()})();\n"
                                 for name in ("copy_as_typed.js", "chat_scroll.js", "send_after_reply.js",
-                                             "radio_groups.js")) + "}"
+                                             "radio_groups.js", "keep_draft.js")) + "}"
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
 # list scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
 PAGE_CSS = (Path(__file__).parent / "page.css").read_text()

@@ -899,6 +899,35 @@ def test_a_message_sent_while_a_reply_streams_goes_when_it_ends(engine, tmp_path
             "tell me a long story about mushrooms", "and then one about ferns"]
 
 
+def test_what_is_in_the_box_outlives_a_reload(engine, tmp_path, monkeypatch):
+    """QA 20: a message sent while a reply streamed waits in the box for that reply's end; a reload lost it, sent
+    or not, and so it did any message being written. The box keeps its text across a reload of the tab, and a
+    send that took the text out of the box takes it out of what is kept too."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, page):
+        box = page.locator("#message textarea")
+        box.fill("tell me a long story about mushrooms")
+        box.press("Enter")
+        expect(box).to_have_value("")
+        streaming_reply(service)
+        box.fill("and then one about ferns")
+        box.press("Enter")
+        expect(page.locator("#send-hint")).to_contain_text("Sends when this reply ends", timeout=5_000)
+        page.reload()
+        expect(box).to_have_value("and then one about ferns", timeout=10_000)
+        assert service.wait_for_replies(60) == 0
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.user-row").last).to_have_text("and then one about ferns",
+                                                                              timeout=20_000)
+        expect(box).to_have_value("")
+        page.reload()
+        page.wait_for_selector("#chat .message-row.user-row")
+        page.wait_for_timeout(1000)
+        expect(box).to_have_value("")  # sent: not put back
+        box.fill("half a thought")
+        page.reload()
+        expect(box).to_have_value("half a thought", timeout=10_000)
+
+
 # The status badges Gradio shows over a component whose event failed ("Error", a red border).
 ERROR_BADGES = """() => [...document.querySelectorAll('.error')].filter(e => e.offsetParent !== null)
     .map(e => e.closest('[id]')?.id ?? '?')"""
