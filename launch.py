@@ -452,11 +452,13 @@ def open_memory(db: Path | None):
 
 
 STOP_GRACE_S = 8.0  # within the 10 s docker and a Space give between SIGTERM and SIGKILL
+END_S = 1.0  # of those, for a reply told to end now to be saved with all it wrote (ChatService.end_replies)
 
 
 def stop_gracefully(service) -> None:
     """SIGTERM (a Space restarting, docker stop, systemd) and Ctrl-C: a reply still streaming gets up to
-    STOP_GRACE_S to end and be saved whole, then the process leaves at once (a second signal: at once).
+    STOP_GRACE_S to end and be saved whole (its last second: told to end now, saved with every word it wrote,
+    marked interrupted), then the process leaves at once (a second signal: at once).
     Python's default SIGTERM ended it as kill -9 does, and the reply lost what it wrote since its last
     save; its Ctrl-C closed Gradio and tore the interpreter down, seconds spent waiting on connections
     still open and freeing the models."""
@@ -466,7 +468,7 @@ def stop_gracefully(service) -> None:
         if not stopping and service.wait_for_replies(0):
             stopping.append(signum)
             log.info("stopping: letting the reply in progress end (up to %.0f s)", STOP_GRACE_S)
-            left = service.wait_for_replies(STOP_GRACE_S)
+            left = service.wait_for_replies(STOP_GRACE_S - END_S) and service.end_replies(END_S)
             if left:
                 log.warning("stopping with %d reply(ies) unfinished: kept as far as saved, marked interrupted at "
                             "the next start", left)

@@ -68,6 +68,7 @@ class ChatService:
     # Space's visitors each have a session
     _stopping: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
     _deleting: set[str] = field(default_factory=set, init=False, repr=False)  # stopped by delete_session
+    _ending: bool = field(default=False, init=False, repr=False)  # the app is stopping: end_replies()
 
     def modifier_status(self) -> dict[str, str | None]:
         """Each modifier route → None when ready, else the reason it is not available."""
@@ -319,6 +320,15 @@ class ChatService:
             time.sleep(0.05)
         return len(self._stopping)
 
+    def end_replies(self, wait_s: float) -> int:
+        """The app is stopping and waits no longer (launch.py): each reply still streaming ends at its next
+        token, saved with every word it wrote and marked interrupted. It left saved as far as its last save, up
+        to save_every_s before, words the page had shown (QA 20). Waits up to wait_s; returns how many are left."""
+        self._ending = True
+        for stopping in list(self._stopping.values()):
+            stopping.set()
+        return self.wait_for_replies(wait_s)
+
     @staticmethod
     def carry_on(replies: Iterator[ReplyUpdate]) -> None:
         """A reply whose page stopped reading it goes on to its end on a thread, saved as it grows and at
@@ -361,7 +371,7 @@ class ChatService:
                     saved_at = time.monotonic()
                 yield update
         stopped = update.stats is not None and update.stats.stop_reason == "stopped"
-        update.status, update.done = "stopped" if stopped else "complete", True
+        update.status, update.done = ("interrupted" if self._ending else "stopped") if stopped else "complete", True
         if update.stats and update.stats.dropped_turns:
             n = update.stats.dropped_turns
             dropped = (f"This conversation is longer than the model's context window: "

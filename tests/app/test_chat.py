@@ -86,6 +86,29 @@ def test_stop_by_session_ends_the_reply_where_the_browser_cannot_close_it(servic
     assert after.status == "complete" and after.stats.stop_reason in ("eos", "length")
 
 
+def test_replies_ended_as_the_app_stops_keep_every_word_shown_marked_interrupted(service):
+    """QA 20: Ctrl-C waits a while for a reply to end, then the app left with it saved as far as its last save (up
+    to half a second before): the page had shown words that were not kept. end_replies (launch.py, once the wait
+    is over) ends each reply at its next token, saved with all it wrote."""
+    shown, started = [], threading.Event()
+
+    def reader():  # a page reading the reply, slowly (a long reply, streaming when the app is told to stop)
+        for update in service.respond(service.new_session(), "a long answer please"):
+            shown.append(update)
+            started.set()
+            time.sleep(0.05)
+    page = threading.Thread(target=reader)
+    page.start()
+    assert started.wait(30)
+    time.sleep(0.2)
+    assert service.end_replies(10) == 0
+    page.join(10)
+    last = shown[-1]
+    assert last.done and last.status == "interrupted" and last.stats.tokens < 48
+    assert rows(service, last.session_id)[-1] == ("assistant", last.text, "interrupted")
+    assert shown[-2].text and last.text.startswith(shown[-2].text)
+
+
 @pytest.mark.parametrize("text", ["   \n ", "\u200b", "\ufeff", " \u200b\u2060 \u00a0\u3000", "\u3164", "\uffa0",
                                   "\u2800", "\ufe0f", "\u034f", "\U000e0041"])
 def test_an_empty_message_is_ignored_with_a_hint(service, text):
