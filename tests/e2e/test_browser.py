@@ -725,25 +725,32 @@ def served(service):
         demo.close()
 
 
+def slow_panel_for(monkeypatch, caller: str, seconds: float = 2.0) -> None:
+    """The page's panel (app.ui.figures_and_panel) drawn `seconds` late when `caller` draws it: a busy machine,
+    on one callback of the page."""
+    import app.ui
+
+    drawn = app.ui.figures_and_panel
+
+    def slow(*args):
+        if sys._getframe(1).f_code.co_name == caller:
+            time.sleep(seconds)
+        return drawn(*args)
+    monkeypatch.setattr(app.ui, "figures_and_panel", slow)
+
+
 def test_the_last_follow_update_leaves_a_chat_the_page_has_moved_to(engine, tmp_path, monkeypatch):
     """QA 10: a page following a reply drew its chat once more at the reply's end (its figures, the list,
     the panel: the slow update). Started before New chat, Delete or another chat was clicked, it came back
     after, and put the chat left back on screen, while the next message went elsewhere. In-process, so that
     this one update can be made slow (2 s), and the reply held, streaming, until the page follows it."""
-    import app.ui
     from app.chat import ChatService, ChatSettings
     from app.memory import Memory
 
     service = ChatService(engine, Memory(tmp_path / "sessions.db"), ChatSettings(temperature=0, max_tokens=48, seed=0))
     going = service.respond(None, "a long answer please")
     first = next(going)  # streaming, and held: nothing more is read of it until the page follows it
-    drawn = app.ui.figures_and_panel
-
-    def slow_when_following(*args):
-        if sys._getframe(1).f_code.co_name == "follow_reply":
-            time.sleep(2)
-        return drawn(*args)
-    monkeypatch.setattr(app.ui, "figures_and_panel", slow_when_following)
+    slow_panel_for(monkeypatch, "follow_reply")
     try:
         with served(service) as page:
             page.locator("#sessions label").first.click()  # the chat of the held reply: the page follows it
@@ -1023,15 +1030,7 @@ def test_a_message_sent_as_a_past_chat_opens_goes_to_that_chat(engine, tmp_path,
     """QA 20: on a busy machine a message sent just after a click on a chat in Past chats, before that chat
     was drawn, went to the chat the page showed before (a new one, there), and its reply took the place
     of the chat clicked. Here the opening is held (2 s) to make the moment long."""
-    import app.ui
-
-    drawn = app.ui.figures_and_panel
-
-    def slow_when_opening(*args):
-        if sys._getframe(1).f_code.co_name == "open_session":
-            time.sleep(2)
-        return drawn(*args)
-    monkeypatch.setattr(app.ui, "figures_and_panel", slow_when_opening)
+    slow_panel_for(monkeypatch, "open_session")
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0.0) as (service, page):
         lisbon = service.new_session()
         for _ in service.respond(lisbon, "a trip to Lisbon"):
