@@ -29,3 +29,4 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/decompress.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/startup.py
