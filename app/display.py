@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 from markdown_it import MarkdownIt
@@ -287,6 +289,29 @@ def _typed(text: str) -> str:
 
 def _character(found: re.Match) -> str:
     return html.escape(found[0], quote=False) if found[0] in "&<>" else f"&#{ord(found[0])};"
+
+
+def chat_labels(chats: list[dict], now: datetime | None = None) -> list[tuple[str, str]]:
+    """(label, id) of each chat in the Past chats list: its title, and where another listed chat has the same
+    title, how long ago it was last used (QA 20: three chats that began alike were three identical entries).
+    An age, not a time of day: the page's time zone is not the server's on a Space."""
+    now = now or datetime.now(timezone.utc)
+    repeated = {title for title, n in Counter(c["title"] for c in chats).items() if n > 1}
+    return [(f"{c['title']} · {_age(now - datetime.fromisoformat(c['updated_at']), c['updated_at'])}"
+             if c["title"] in repeated else c["title"], c["id"]) for c in chats]
+
+
+def _age(age: timedelta, stamp: str) -> str:
+    minutes = int(age.total_seconds() // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 24 * 60:
+        return f"{minutes // 60} h ago"
+    if age.days < 14:
+        return f"{age.days} day{'s' * (age.days > 1)} ago"
+    return datetime.fromisoformat(stamp).strftime("%-d %b %Y")
 
 
 def stats_line(update: ReplyUpdate) -> str:

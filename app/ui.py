@@ -13,7 +13,7 @@ import gradio as gr
 
 from app import panel
 from app.chat import AUTO, ChatService, no_such_chat, shown_value
-from app.display import shown, stats_line, stored_stats_line
+from app.display import chat_labels, shown, stats_line, stored_stats_line
 from app.memory import SessionStoreError
 from router.decision import ROUTES
 
@@ -151,7 +151,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         else:
             label = f" (no chat holds: {sought})" if matching and not found else ""
         listed = [opened] * (opened is not None) + found
-        return gr.update(choices=[(s["title"], s["id"]) for s in listed],
+        return gr.update(choices=chat_labels(listed),
                          value=current if any(s["id"] == current for s in listed) else None, label="Past chats" + label)
 
     def chat_view(session_id, visitor, stored: list[dict] | None = None) -> dict:

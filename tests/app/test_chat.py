@@ -380,3 +380,29 @@ def test_sessions_db_copied_alone_holds_every_ended_reply_and_no_deleted_chat(se
                         (gone.session_id, "assistant", gone.text, "complete")]
     service.delete_session(gone.session_id)
     assert [row[0] for row in copied()] == [kept.session_id] * 2
+
+
+def test_chats_of_one_title_are_told_apart_in_the_list_by_their_age(service):
+    """QA 20: three chats that began "Explain how a refrigerator works" were listed as three identical entries.
+    Titles met once stay as they are; those met more than once say how long ago each was last used."""
+    from datetime import datetime, timedelta, timezone
+
+    from app.display import chat_labels
+
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+    ago = lambda **delta: (now - timedelta(**delta)).isoformat(timespec="milliseconds")  # noqa: E731
+    chats = [{"id": "a", "title": "Explain how a refrigerator works", "updated_at": ago(seconds=20)},
+             {"id": "b", "title": "Lisbon", "updated_at": ago(minutes=5)},
+             {"id": "c", "title": "Explain how a refrigerator works", "updated_at": ago(minutes=42)},
+             {"id": "d", "title": "Explain how a refrigerator works", "updated_at": ago(hours=5)},
+             {"id": "e", "title": "Hello", "updated_at": ago(days=3)},
+             {"id": "f", "title": "Hello", "updated_at": ago(days=40)}]
+    assert chat_labels(chats, now) == [
+        ("Explain how a refrigerator works · just now", "a"), ("Lisbon", "b"),
+        ("Explain how a refrigerator works · 42 min ago", "c"), ("Explain how a refrigerator works · 5 h ago", "d"),
+        ("Hello · 3 days ago", "e"), ("Hello · 25 Oct 2026", "f")]
+    sid = service.new_session()
+    for _ in service.respond(sid, "Explain how a refrigerator works"):
+        pass
+    (label, listed), = chat_labels(service.sessions())
+    assert listed == sid and label == "Explain how a refrigerator works"
