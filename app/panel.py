@@ -135,7 +135,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     # plots, and this one was a white box with black text in the dark theme (QA 15). No actions menu: its button had
     # no name, and one of its actions sends the chart's data, the chat's reasons, to the online Vega editor.
     described = "Perplexity per turn against τp (dashed); points coloured by route, escalations ringed in red"
-    return (alt.layer(*layers).properties(height=190, width=250, title=title, description=described,  # fits a phone
+    return (alt.layer(*layers).properties(height=190, width="container", title=title, description=described,  # page.css
                                           usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
             .configure(background="transparent")
             .configure_legend(orient="bottom", title=None).configure_view(strokeWidth=0))

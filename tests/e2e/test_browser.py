@@ -140,6 +140,19 @@ def route_drawn(row: sqlite3.Row) -> str:
     return f"route: {row['route']}"
 
 
+def chart_fills_its_box(page) -> None:
+    """The perplexity chart is as wide as its box, in this window and in a tablet's (QA 20: 250 px wide, drawn
+    for a phone, in a 700 px box at 768 px)."""
+    size = page.viewport_size
+    for width in (size["width"], 768):
+        page.set_viewport_size({"width": width, "height": size["height"]})
+        page.wait_for_timeout(500)  # the chart redraws for the new width
+        box, chart = page.evaluate("""() => ['#timeline', '#timeline .vega-embed svg'].map(
+            s => document.querySelector(s).getBoundingClientRect().width)""")
+        assert box - 12 <= chart <= box, (width, box, chart)
+    page.set_viewport_size(size)
+
+
 def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     url, db_path = app
     path, timeline = page.locator("#route-path"), page.locator("#timeline .vega-embed svg")
@@ -151,6 +164,7 @@ def test_a_person_chats_overrules_the_router_and_reopens_the_chat(app, page):
     expect(path).to_contain_text(route_drawn(first))
     expect(path).to_contain_text(f"{first['perplexity']:.1f}")
     expect(timeline).to_be_visible()
+    chart_fills_its_box(page)
     timeline_one = page.locator("#timeline").screenshot()
 
     second, lengths = send(page, "and now explain how it works, step by step", db_path)
