@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.memory import SessionStoreError
 
     try:
-        memory = open_memory(args.db)
+        memory = open_memory(args.db, f"http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}/")
         state_secret = browser_state_secret() if space else None
     except SessionStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -422,9 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def open_memory(db: Path | None):
-    """The session store: --db, else sessions.db in the data folder, made if missing. SessionStoreError
-    says what is wrong: read-only, locked by another program, not a database, a folder that cannot be made."""
+def open_memory(db: Path | None, url: str = ""):
+    """The session store: --db, else sessions.db in the data folder, made if missing, and this app's alone
+    (claim). SessionStoreError says what is wrong: read-only, locked by another program, in use by another
+    Cogumi Chat, not a database, a folder that cannot be made."""
     from app.memory import LOCK_WAIT_S, Memory, SessionStoreError, held_elsewhere
 
     if db is None:
@@ -441,6 +442,7 @@ def open_memory(db: Path | None):
             raise SessionStoreError(f"{db.parent}: could not make the folder for --db ({exc.strerror or exc}); "
                                     f"start with --db in a folder you can write.") from exc
     path = db or data_dir() / "sessions.db"
+    claim(path, url)
     if held_elsewhere(path):  # else the start stood silent for the lock's wait
         log.warning("%s: another program holds a lock on it (a database tool in the middle of a transaction?); "
                     "waiting up to %.0f s for it to let go", path, LOCK_WAIT_S)
@@ -449,6 +451,39 @@ def open_memory(db: Path | None):
         log.info("%d %s cut off by an earlier stop %s kept and marked interrupted", memory.interrupted,
                  *(("reply", "is") if memory.interrupted == 1 else ("replies", "are")))
     return memory
+
+
+_CLAIMED: list = []  # the open lock files: their locks last as long as this process
+
+
+def claim(path: Path, url: str) -> None:
+    """Make sessions.db this app's until it exits: a lock on PATH.lock, which holds this app's pid and address.
+    A second app on the same file marked the first one's streaming replies interrupted as it opened it, and the
+    two then wrote to the same chats, each unaware of the other (QA 19). The lock goes with the process, however
+    it ends (kill -9 too). Where there is no flock (Windows) or the folder is read-only, nothing is claimed."""
+    from app.memory import SessionStoreError
+
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        held = open(path.with_name(path.name + ".lock"), "a+")
+    except OSError:  # a folder that cannot be written: opening sessions.db says so, in its own words
+        return
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.seek(0)
+        owner = " ".join(held.read().split()) or "its pid unknown"
+        held.close()
+        raise SessionStoreError(f"{path} is in use by another Cogumi Chat ({owner}): open that one, or stop it "
+                                f"first, or start this one with --db OTHER.db (or another COGUMI_DATA_DIR).") from None
+    held.seek(0)
+    held.truncate()
+    held.write(f"pid {os.getpid()}, {url}\n")
+    held.flush()
+    _CLAIMED.append(held)
 
 
 STOP_GRACE_S = 8.0  # within the 10 s docker and a Space give between SIGTERM and SIGKILL

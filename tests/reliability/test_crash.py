@@ -241,3 +241,30 @@ def test_kill_9_while_the_first_start_writes_the_model_cache(tmp_path, demo_mode
         assert Client(url, verbose=False).predict("hello again", api_name="/chat") is not None
     print(f"\ncrash: killed the first start during the {moment} with {left} half written (run {attempt + 1}); "
           f"the next start removed it, finished the cache, verified it and answered")
+
+
+def test_a_second_app_on_the_same_sessions_db_is_refused_and_names_the_first(tmp_path, demo_models_dir):
+    """QA 19: a second app started on the same sessions.db (another port) marked the first one's streaming replies
+    interrupted, and two apps then wrote to the same chats unaware of each other, each with the models loaded.
+    It stops before reading anything, naming the app that has the file; once that one has stopped, it starts."""
+    data = tmp_path / "data"
+    first = start_app(data, demo_models_dir)
+    try:
+        first.wait_for_chat()
+        second = start_app(data, demo_models_dir, log_name="second.log")
+        try:
+            assert second.proc.wait(timeout=60) == 2, second.log()[-2000:]
+        finally:
+            second.kill()
+        said = second.log()
+        assert f"pid {first.proc.pid}" in said and first.url in said and "--db" in said, said[-2000:]
+        assert "Traceback" not in said and "Loading" not in said
+        first.wait_for_chat(timeout=5)  # still serving
+    finally:
+        first.stop()
+    third = start_app(data, demo_models_dir, log_name="third.log")
+    try:
+        third.wait_for_chat()
+    finally:
+        third.stop()
+
