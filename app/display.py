@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 from markdown_it import MarkdownIt
@@ -297,11 +297,12 @@ def chat_labels(chats: list[dict], now: datetime | None = None) -> list[tuple[st
     An age, not a time of day: the page's time zone is not the server's on a Space."""
     now = now or datetime.now(timezone.utc)
     repeated = {title for title, n in Counter(c["title"] for c in chats).items() if n > 1}
-    return [(f"{c['title']} · {_age(now - datetime.fromisoformat(c['updated_at']), c['updated_at'])}"
-             if c["title"] in repeated else c["title"], c["id"]) for c in chats]
+    return [(f"{c['title']} · {_age(datetime.fromisoformat(c['updated_at']), now)}" if c["title"] in repeated
+             else c["title"], c["id"]) for c in chats]
 
 
-def _age(age: timedelta, stamp: str) -> str:
+def _age(then: datetime, now: datetime) -> str:
+    age = now - then
     minutes = int(age.total_seconds() // 60)
     if minutes < 1:
         return "just now"
@@ -311,7 +312,7 @@ def _age(age: timedelta, stamp: str) -> str:
         return f"{minutes // 60} h ago"
     if age.days < 14:
         return f"{age.days} day{'s' * (age.days > 1)} ago"
-    return datetime.fromisoformat(stamp).strftime("%-d %b %Y")
+    return then.strftime("%-d %b %Y")
 
 
 def stats_line(update: ReplyUpdate) -> str:

@@ -181,10 +181,10 @@ def int8_encoder_path(folder: Path, encoders_dir: Path | None = None) -> Path:
 
 
 def _open_int8_encoder(model: Callable, path: Path, threads: int):
-    """(An ONNX Runtime session on the int8 encoder at `path`, that path.) The encoder is exported
-    there (from model(), sentence-transformers' MiniLM) first when it is missing, and again when it does not load (a truncated or damaged file:
-    the export rewrites it). Where the folder cannot be written (a read-only home, a full disk),
-    this process exports into a temporary folder of its own instead, removed when it exits."""
+    """(An ONNX Runtime session on the int8 encoder at `path`, that path.) The encoder is exported there
+    (from model(), sentence-transformers' MiniLM) first when it is missing, and again when it does not load
+    (a truncated or damaged file: the export rewrites it). Where the folder cannot be written (a read-only
+    home, a full disk), this process exports into a temporary folder of its own instead, removed when it exits."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -259,7 +259,8 @@ def export_int8_encoder(model, path: Path) -> None:
     log.info("exported the router's encoder")
     # What older versions of the app exported: this one never reads them (before v4 a file was named by another
     # digest of the weights, so whose weights it holds is not in its name), and exports its own.
-    for stale in (p for older in range(1, ENCODER_FORMAT) for p in path.parent.glob(f"all-MiniLM-L6-v2.*.int8-v{older}.onnx")):
+    older_formats = [f"all-MiniLM-L6-v2.*.int8-v{n}.onnx" for n in range(1, ENCODER_FORMAT)]
+    for stale in (p for pattern in older_formats for p in path.parent.glob(pattern)):
         try:
             stale.unlink(missing_ok=True)
         except OSError as exc:  # still in use elsewhere, or not ours to remove: harmless, only disk
