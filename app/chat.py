@@ -93,11 +93,13 @@ class ChatService:
     def new_session(self, owner: str | None = None) -> str:
         return self.memory.new_session(owner=owner)
 
-    def sessions(self, owner: str | None = None, matching: str | None = None, limit: int = 50) -> list[dict]:
-        """The `limit` most recent sessions, or of those whose title or messages hold `matching`."""
+    def sessions(self, owner: str | None = None, matching: str | None = None, limit: int = 50,
+                 used_only: bool = False) -> list[dict]:
+        """The `limit` most recent sessions, or of those whose title or messages hold `matching`; `used_only`:
+        of those with a message."""
         if matching and _lone_surrogate(matching) is not None:
             return []  # no stored text holds half a character
-        return self.memory.list_sessions(limit=limit, owner=owner, matching=matching)
+        return self.memory.list_sessions(limit=limit, owner=owner, matching=matching, used_only=used_only)
 
     def delete_session(self, session_id: str | None, owner: str | None = None, wait_s: float = 10.0) -> None:
         """Delete a chat and all it holds (its routing decisions and 👍/👎 too). A reply still streaming

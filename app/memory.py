@@ -251,10 +251,12 @@ class Memory:
             except sqlite3.Error as exc:
                 log.info("%s: checkpoint left for later (%s)", self.path, exc)
 
-    def list_sessions(self, limit: int = 50, owner: str | None = None, matching: str | None = None) -> list[dict]:
+    def list_sessions(self, limit: int = 50, owner: str | None = None, matching: str | None = None,
+                      used_only: bool = False) -> list[dict]:
         """The most recently used sessions: all of them, or only `owner`'s; with `matching`, only those
-        whose title or messages hold that text (in any case, for ASCII letters)."""
-        where, params = [], {}
+        whose title or messages hold that text (in any case, for ASCII letters); `used_only`: only those with
+        a message (the API's /new_session makes a session before its first message, if ever)."""
+        where, params = ["exists (select 1 from messages where session_id = sessions.id)"] * used_only, {}
         if owner is not None:
             where.append("owner = :owner")
             params["owner"] = owner

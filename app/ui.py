@@ -143,7 +143,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         list showed none as open; an old chat opened by a search dropped out as the search was cleared,
         QA 18). It says when there are more than it lists."""
         owner = owner_of(visitor)
-        found = service.sessions(owner, matching, limit=LISTED_CHATS + 1)
+        found = service.sessions(owner, matching, limit=LISTED_CHATS + 1, used_only=True)  # not the API's unused
         more, found = len(found) > LISTED_CHATS, found[:LISTED_CHATS]
         opened = service.session(current, owner) if current and all(s["id"] != current for s in found) else None
         sought = matching if matching is None or len(matching) <= 40 else matching[:40] + "…"  # it ran out of the column

@@ -163,6 +163,18 @@ def test_past_chats_beyond_the_most_recent_are_found_by_what_they_say():
     assert len(memory.list_sessions(matching="  ")) == 50  # blank: the most recent
 
 
+def test_the_list_of_past_chats_can_leave_out_chats_never_written_in():
+    """The page lists only chats with a message: one made by the API's /new_session and never used stayed
+    listed as "New chat" (QA 19)."""
+    memory = Memory(":memory:")
+    used, unused, newest = memory.new_session(), memory.new_session(), memory.new_session()
+    memory.add_message(used, "user", "a question")
+    memory.add_message(newest, "user", "a newer question")
+    assert [s["id"] for s in memory.list_sessions(used_only=True)] == [newest, used]
+    assert [s["id"] for s in memory.list_sessions(used_only=True, limit=1)] == [newest]
+    assert unused in {s["id"] for s in memory.list_sessions()}  # all of them, for the API and the CLI
+
+
 def test_deleting_a_session_removes_it_and_all_it_holds_and_nothing_else(tmp_path):
     memory = Memory(tmp_path / "sessions.db")
     kept, gone = memory.new_session(), memory.new_session()
