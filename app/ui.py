@@ -80,17 +80,24 @@ PAGE_JS = "() => {\n" + "".join(f"({(Path(__file__).parent / name).read_text().s
 PAGE_CSS = (Path(__file__).parent / "page.css").read_text()
 
 
+def refused(words: str) -> gr.Error:
+    """A request refused, in words for whoever sent it: not logged (each wrote a 30-line traceback, QA 19)."""
+    return gr.Error(words, print_exception=False)
+
+
 def explained(callback):
     """Gradio shows any exception but gr.Error as a bare "Error". The session database's failures
-    (locked, read-only, full, damaged) and refused requests carry their own explanation: show it."""
+    (locked, read-only, full, damaged; logged too) and refused requests carry their own explanation: show it."""
     @functools.wraps(callback)
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
         except gr.Error:  # a ValueError too: wrapped again, its words came quoted (QA 19)
             raise
-        except (SessionStoreError, ValueError) as exc:
+        except SessionStoreError as exc:
             raise gr.Error(str(exc)) from exc
+        except ValueError as exc:
+            raise refused(str(exc)) from exc
     return wrapper
 
 
@@ -98,7 +105,7 @@ def require_text(**values) -> None:
     """API arguments that must be text (or None): else Gradio's "raised an exception" was all a caller saw."""
     for name, value in values.items():
         if value is not None and not isinstance(value, str):
-            raise gr.Error(f"{name} is text, not {type(value).__name__}")
+            raise refused(f"{name} is text, not {type(value).__name__}")
 
 
 def streaming(stored: list[dict]) -> bool:
@@ -386,13 +393,15 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         require_text(message=message, session_id=session_id, override=override)
         owner = api_owner(request)
         if session_id and not service.owns(session_id, owner):  # else a new session each call, its id never told
-            raise gr.Error(f"There is no session {shown_value(session_id)} here: pass an id from /new_session, or "
-                           f"none to start a new session with each call.")
+            raise refused(f"There is no session {shown_value(session_id)} here: pass an id from /new_session, or "
+                          f"none to start a new session with each call.")
         final = None
         for final in service.respond(session_id or None, message, override=override or None, owner=owner):
             pass
-        if final.status in ("error", "ignored"):
-            raise gr.Error(final.notice)
+        if final.status == "ignored":  # refused (empty, too long...)
+            raise refused(final.notice)
+        if final.status == "error":  # logged as it failed
+            raise gr.Error(final.notice, print_exception=False)
         return final.text
 
     @explained

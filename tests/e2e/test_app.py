@@ -64,9 +64,10 @@ def test_every_reply_is_routed_and_its_decision_stored(app):
         assert tau_p == get_profile("demo").settings["router"]["tau_p"]  # the profile's calibrated τp
 
 
-def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app):
+def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app, tmp_path):
     """A mistyped id started a new session at every call, each without the conversation, and the
-    caller never learned the new id."""
+    caller never learned the new id. A refusal is the caller's to read, not the log's: each wrote a traceback
+    of 30 lines there (QA 19)."""
     url, db_path = app
     db = sqlite3.connect(db_path)
     before = db.execute("select count(*) from sessions").fetchone()[0]
@@ -82,6 +83,9 @@ def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app):
         client.predict("hello", "s" * 100_000, api_name="/chat")
     with pytest.raises(Exception, match=r"Unknown route 'a{40}…'"):
         client.predict("hello", "", "a" * 100_000, api_name="/chat")
+    with pytest.raises(Exception, match="message is text, not int"):
+        client.predict(12345, api_name="/chat")
+    assert "Traceback" not in (tmp_path / "launch.log").read_text()
 
 
 @pytest.mark.parametrize("args, words", [
