@@ -9,12 +9,14 @@
   document.addEventListener("input", (e) => { if (e.target === box()) keep(e.target.value); }, true);
   let kept = null;
   try { kept = sessionStorage.getItem(KEY); } catch (e) {}
-  if (!kept) return;
-  const restore = (tries) => {  // once the box is there (Gradio draws the page after this runs)
+  const unsent = window.cogumiCarried?.() ?? [];  // sent from the last page, never begun (send_after_reply.js)
+  if (!kept && !unsent.length) return;
+  const restore = (tries) => {  // once the box is there
     const el = box();
     if (!el) return tries > 0 && setTimeout(() => restore(tries - 1), 50);
-    if (el.value) return;  // typed already
-    el.value = kept;
+    const text = [...unsent, el.value || kept].filter(Boolean).join("\n");  // (typed already: that, not kept)
+    if (text === el.value) return;
+    el.value = text;
     el.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio's box reads its value from this event
   };
   restore(200);

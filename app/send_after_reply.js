@@ -23,6 +23,25 @@
     if (hint) [hint.textContent, hint.hidden] = [text, !text];
   };
   const taken = {}, waiting = new Set();  // sends Gradio took: number → text; and those not begun on the server
+  // Those not begun are kept in this tab's storage too, and the tab's next page puts them back in the box
+  // (keep_draft.js): the app stopped as one was on its way, or was down, and the page reloads itself when the
+  // app is back; the message had left the box, and was gone (QA 21).
+  const UNCONFIRMED = "cogumi-unconfirmed";
+  let carried = [];  // the last page's, until keep_draft.js takes them
+  try { carried = JSON.parse(sessionStorage.getItem(UNCONFIRMED) ?? "[]"); } catch (e) {}
+  const keepUnconfirmed = () => {
+    const texts = [...carried, ...[...waiting].map((n) => taken[n]).filter((text) => text !== undefined)];
+    try {
+      if (texts.length) sessionStorage.setItem(UNCONFIRMED, JSON.stringify(texts));
+      else sessionStorage.removeItem(UNCONFIRMED);
+    } catch (e) {}  // storage blocked: not kept
+  };
+  window.cogumiCarried = () => {  // the texts the last page sent that never began, once
+    const texts = carried;
+    carried = [];
+    keepUnconfirmed();
+    return texts;
+  };
   let held = null, saysWaiting = false;  // held: a send's text to go back in the box once the press held there goes
   const typed = (el, value) => {
     el.value = value;
@@ -40,7 +59,12 @@
       held = null;
       return;
     }
-    say("Sends when this reply ends (Stop ends it now). Edit it and it waits for Enter again.");
+    // Gradio takes no send while it has lost the app (its own toast says so); it reloads the page once the app
+    // answers, and this text is kept in the box (keep_draft.js)
+    const down = [...document.querySelectorAll('[data-testid="toast-body"]')].some(
+      (toast) => toast.textContent.includes("Connection to the server was lost"));
+    say(down ? "The app is not answering: this message stays in the box, to send once it is back (the page reloads " +
+               "itself then)." : "Sends when this reply ends (Stop ends it now). Edit it and it waits for Enter again.");
     again = true;
     document.querySelector("#send")?.click();
     again = false;
@@ -59,6 +83,7 @@
     const n = window.cogumiSends = (window.cogumiSends ?? 0) + 1;
     [taken[n], taken[n - 20]] = [message, undefined];
     waiting.add(n);
+    keepUnconfirmed();
     const el = box();
     if (el?.value.startsWith(message)) typed(el, el.value.slice(message.length));  // keeps what was typed after it
     setTimeout(() => {  // out of the box and not yet in the chat (a Space's queue): said, and Stop takes it back
@@ -72,6 +97,7 @@
   const takenBack = new Map();  // sends Stop put back before the server said whether it had begun them: n → text
   window.cogumiBegan = (n) => {  // its reply has begun: the message is in the chat
     waiting.delete(n);
+    keepUnconfirmed();
     if (saysWaiting && !waiting.size) {
       say("");
       saysWaiting = false;

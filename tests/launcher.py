@@ -74,9 +74,11 @@ class AppProcess:
         self.proc.wait(timeout=20)
 
 
-def start_app(data_dir: Path, models_dir: Path, *args: str, log_name: str = "launch.log") -> AppProcess:
-    """Start launch.py on a free port and return at once (see AppProcess.wait_ready, wait_for_chat)."""
-    port = free_port()
+def start_app(data_dir: Path, models_dir: Path, *args: str, log_name: str = "launch.log",
+              port: int | None = None) -> AppProcess:
+    """Start launch.py on a free port (or `port`: the app started again where a page knows it) and return at
+    once (see AppProcess.wait_ready, wait_for_chat)."""
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / log_name
     with open(log_path, "w") as log:

@@ -1166,6 +1166,51 @@ def test_a_message_sent_before_the_page_has_run_its_scripts_is_sent(engine, tmp_
         assert early.evaluate(ERROR_BADGES) == []
 
 
+def test_messages_the_app_never_got_are_back_in_the_box_when_it_returns(tmp_path, demo_models_dir):
+    """QA 21: a message sent as the app was stopped (Ctrl-C 10–30 ms after Enter), or while it was down, left the
+    box, never reached the chat, and was gone when the app came back and the page reloaded itself."""
+    app = start_app(tmp_path, demo_models_dir, "--no-draft")
+    try:
+        app.wait_for_chat()
+        with browser_page(app.url) as page:
+            box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+            box.fill("a first message")
+            box.press("Enter")
+            expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=30_000)
+            held = []  # the next send, on its way as the app stops
+            page.route("**/gradio_api/queue/join*", lambda route: held.append(route))
+            box.fill("sent as the app stopped")
+            box.press("Enter")
+            while not held:
+                page.wait_for_timeout(20)
+            expect(box).to_have_value("")  # taken from the box, as a sent message is
+            app.proc.send_signal(signal.SIGINT)
+            app.proc.wait(timeout=20)
+            held[0].continue_()  # and finds no app
+            page.unroute("**/gradio_api/queue/join*")
+            box.fill("typed while the app was down")
+            box.press("Enter")  # and what the page says is so (it said the message sent when a reply ended)
+            expect(page.locator("#send-hint")).to_have_text(
+                "The app is not answering: this message stays in the box, to send once it is back (the page reloads "
+                "itself then).", timeout=10_000)
+            again = start_app(tmp_path, demo_models_dir, "--no-draft", port=int(app.url.rsplit(":", 1)[1].strip("/")),
+                              log_name="again.log")
+            try:
+                again.wait_for_chat()
+                page.wait_for_event("load", timeout=30_000)  # the page reloads itself once the app answers
+                expect(box).to_have_value("sent as the app stopped\ntyped while the app was down", timeout=10_000)
+                expect(user_rows).to_have_text(["a first message"])
+                box.press("Enter")  # and sent now, they go
+                expect(user_rows).to_have_count(2, timeout=30_000)
+                assert [text for text, in sqlite3.connect(again.db_path).execute(
+                    "select content from messages where role = 'user' order by id")] == [
+                    "a first message", "sent as the app stopped\ntyped while the app was down"]
+            finally:
+                again.stop()
+    finally:
+        app.stop()
+
+
 def test_text_typed_right_after_enter_is_kept(engine, tmp_path, monkeypatch):
     """QA 15: the box emptied when the server first answered the send (0.2–0.3 s later, or when a queued send's
     turn came), taking with it whatever had been typed since: a second message pasted and sent at once was
