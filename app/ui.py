@@ -365,9 +365,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         service.stop(session_id, owner_of(visitor))
 
     @explained
-    def after_stop(session_id, visitor, matching):
-        """The chat as stored once the stopped reply is saved (marked stopped), and the panel."""
+    def after_stop(session_id, visitor, matching, on_screen):
+        """The chat as stored once the stopped reply is saved (marked stopped), and the panel. A page that has
+        not yet heard its new chat's id is shown that chat (it drew an empty chat over the stopped message)."""
         owner = owner_of(visitor)
+        session_id = session_id or on_screen.get("chat")
         for _ in range(100):  # the reply's generator is closed on its thread, a moment after the cancel
             transcript = service.transcript(session_id, owner)
             if not streaming(transcript):
@@ -506,7 +508,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # which the page could not read: a red "Error" stayed over the chat and the box (QA 14).
         stop_button.click(stop_reply, [session_id, visitor, on_screen, press], None, api_visibility="private",
                           js="(chat, visitor, on_screen) => [chat, visitor, on_screen, window.cogumiSends ?? 0]").then(
-            after_stop, [session_id, visitor, search], [chatbot, sessions, stats, *views], api_visibility="private")
+            after_stop, [session_id, visitor, search, on_screen], [chatbot, sessions, stats, *views],
+            api_visibility="private")
         # The list for the search as it is now and the chat now open: after a chat is opened or a new one
         # begun, it is drawn again (QA 11: the chat left stayed listed, as "the open chat"), with the search
         # box read then, not at the click (typed meanwhile, the list drawn last was the older search's).
