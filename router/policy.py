@@ -63,8 +63,10 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
             raise ValueError(f"the route needs the perplexity: domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}")
         return "base", "fallback", f"{unsure} → base, whatever the perplexity (perplexity not measured)"
     if s.perplexity <= t.tau_p:
+        overrode = f", though domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}" \
+            if domain != "general" and p_domain >= t.tau_d else ""  # the modifier it would have had
         return "base", "perplexity", (f"perplexity {s.perplexity:.1f} ≤ τp {t.tau_p:.1f}: familiar to the base "
-                                      f"model → base")
+                                      f"model → base{overrode}")
     if domain != "general" and p_domain >= t.tau_d:
         return domain, "domain", (f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; domain {domain} "
                                   f"P={p_domain:.2f} ≥ τd {t.tau_d:.2f} → {domain}")

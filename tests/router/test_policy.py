@@ -20,6 +20,9 @@ def test_low_perplexity_goes_to_base_even_when_the_domain_is_sure():
     d = decide(signals(perplexity=9.9, code=0.97, general=0.03), T)
     assert (d.route, d.rule, d.overridden) == ("base", "perplexity", False)
     assert "perplexity 9.9 ≤ τp 10.0" in d.reason
+    # and says what it overrode (QA 21: a message scored surely code went to base, and nothing said why not code)
+    assert d.reason.endswith("→ base, though domain code P=0.97 ≥ τd 0.80")
+    assert decide(signals(perplexity=9.9, code=0.6, general=0.4), T).reason.endswith("model → base")
 
 
 def test_perplexity_equal_to_the_threshold_counts_as_familiar():
