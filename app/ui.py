@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import html
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -135,6 +136,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     """per_visitor: many people share this app (a Space); each browser gets an id kept in its
     localStorage (gr.BrowserState, encrypted with state_secret so it survives restarts) and sees
     only its own sessions; each API client is scoped to its own connection."""
+    # A page's chat (on_screen["chat"]), read and set by its load and set by its sends: a message sent as the page
+    # loads began while the load, which had found no chat, set none after it: the page left the message's chat.
+    screen = threading.Lock()
 
     def api_owner(request: gr.Request | None) -> str | None:
         return f"api:{request.session_hash}" if per_visitor and request is not None else None
@@ -207,11 +211,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         """A page opens (or reloads) on the chat it showed last, and the Route and Speculative decoding as set in
         it, kept in the browser."""
         visitor = owner_of(visitor)  # on a Space, the browser's id (VISITOR_HEAD), kept in gr.BrowserState from now on
-        if on_screen["chat"] is not None:  # a message was sent before the load came back: the page is that chat's
-            return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 10)
-        if not service.owns(session_id, visitor):  # gone, or from another database
-            session_id = None
-        on_screen["chat"] = session_id
+        with screen:
+            if on_screen["chat"] is not None:  # a message was sent before the load came back: the page is that chat's
+                return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 10)
+            if not service.owns(session_id, visitor):  # gone, or from another database
+                session_id = None
+            on_screen["chat"] = session_id
         return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
                 route if route in ROUTE_CHOICES else "auto", use_draft is not False and service.engine.draft is not None,
                 *figures_and_panel(service, session_id, visitor), following(session_id, visitor, on_screen))
@@ -296,7 +301,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         before = stored["value"]
         # The message shows at once; the box is the person's to type the next message in (no yield empties it:
         # one that came after the press took what had been typed since, QA 15).
-        on_screen["chat"] = on_screen["sending"] = session_id  # (following() leaves this reply to this page)
+        with screen:
+            on_screen["chat"] = on_screen["sending"] = session_id  # (following() leaves this reply to this page)
         moved = ("The chat on screen was deleted, in another tab or window: this message starts a new chat."
                  if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), gr.skip(),

@@ -1166,6 +1166,33 @@ def test_a_message_sent_before_the_page_has_run_its_scripts_is_sent(engine, tmp_
         assert early.evaluate(ERROR_BADGES) == []
 
 
+def test_a_message_sent_as_the_page_loads_keeps_the_page_on_its_chat(engine, tmp_path, monkeypatch):
+    """A message sent before the page's load had come back: the load, finishing after the message had begun,
+    took the page off that chat. The reply was no longer drawn, and the next message began another chat.
+    Here the load is held (3 s) at the moment it was caught in (CI, once), and the message sent then."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        owns, loading = service.owns, threading.Event()
+
+        def slow_on_load(*args, **kwargs):
+            if sys._getframe(1).f_code.co_name == "on_load":
+                loading.set()
+                time.sleep(3)
+            return owns(*args, **kwargs)
+        monkeypatch.setattr(service, "owns", slow_on_load)
+        early = page.context.new_page()
+        early.goto(page.url)
+        box, user_rows = early.locator("#message textarea"), early.locator("#chat .message-row.user-row")
+        assert loading.wait(10)
+        box.fill("a message sent at once")
+        box.press("Enter")
+        expect(early.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+        early.wait_for_timeout(3_000)  # the load has come back
+        box.fill("and the next one")
+        box.press("Enter")
+        expect(user_rows).to_have_text(["a message sent at once", "and the next one"], timeout=10_000)
+        assert len(service.sessions()) == 1
+
+
 def test_messages_the_app_never_got_are_back_in_the_box_when_it_returns(tmp_path, demo_models_dir):
     """QA 21: a message sent as the app was stopped (Ctrl-C 10–30 ms after Enter), or while it was down, left the
     box, never reached the chat, and was gone when the app came back and the page reloaded itself."""
