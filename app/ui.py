@@ -61,21 +61,16 @@ window.cogumiStoredVisitor = () => {{
 }};</script>"""
 
 
-# What the send's and Stop's own scripts call (cogumiTake...), run in the <head>: Gradio draws the page before it
-# runs launch(js=...), and a message sent in between, the scripts missing, was not sent ("Error" over the box).
-SEND_HEAD = f"<script>({(Path(__file__).parent / 'send_after_reply.js').read_text().strip()})();</script>"
-
-
 def page_head(per_visitor: bool) -> str:
     """Passed to launch(head=...)."""
-    return PAGE_HEAD + SEND_HEAD + (VISITOR_HEAD if per_visitor else "")
+    return PAGE_HEAD + (VISITOR_HEAD if per_visitor else "")
 
 
 ROUTE_CHOICES = [AUTO, *ROUTES]
 # Passed to launch(js=...): run in the page once it loads, each of these functions.
 PAGE_JS = "() => {\n" + "".join(f"({(Path(__file__).parent / name).read_text().strip()})();\n"
-                                for name in ("copy_as_typed.js", "chat_scroll.js", "radio_groups.js",
-                                             "keep_draft.js")) + "}"
+                                for name in ("copy_as_typed.js", "chat_scroll.js", "send_after_reply.js",
+                                             "radio_groups.js", "keep_draft.js")) + "}"
 # Passed to launch(css=...): the icons of a code block's copy button (display.COPY_CODE); the past chats
 # list scrolls in its box; on phones and narrow windows, where the columns stack, the chat comes first.
 PAGE_CSS = (Path(__file__).parent / "page.css").read_text()
