@@ -73,6 +73,12 @@ def chromium_path() -> str:
     return path
 
 
+# The page's own scripts (launch(js=...)) have run: Gradio draws the box a moment before it runs them, and a message
+# sent in that moment is not sent (the page shows "Error" and keeps it in the box). A test that sends as soon as
+# the box is drawn met that under load (the queue test, once in three CI runs).
+PAGE_SCRIPTS_RAN = "() => typeof window.cogumiTake === 'function'"
+
+
 @contextmanager
 def browser_page(url: str):
     with sync_playwright() as p:
@@ -93,6 +99,7 @@ def browser_page(url: str):
         page.on("dialog", answer)
         page.goto(url)
         page.wait_for_selector("#message textarea")
+        page.wait_for_function(PAGE_SCRIPTS_RAN)  # a send before them is not sent (noted: not fixed)
         yield page
         ARTIFACTS.mkdir(exist_ok=True)
         if not page.is_closed():
@@ -1071,6 +1078,7 @@ def test_stop_while_a_message_waits_in_the_queue_keeps_it_unsent(engine, tmp_pat
     with paced_app(engine, tmp_path, monkeypatch) as (service, first):
         second = first.context.browser.new_context().new_page()
         second.goto(first.url)
+        second.wait_for_function(PAGE_SCRIPTS_RAN)
         first.fill("#message textarea", "the first visitor's long story")
         first.press("#message textarea", "Enter")
         streaming_reply(service)
