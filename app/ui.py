@@ -401,10 +401,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         final = None
         for final in service.respond(session_id or None, message, override=override or None, owner=owner):
             pass
-        if final.status == "ignored":  # refused (empty, too long...)
+        if final.status in ("error", "ignored"):  # refused (empty, too long...), or failed (logged as it failed)
             raise refused(final.notice)
-        if final.status == "error":  # logged as it failed
-            raise gr.Error(final.notice, print_exception=False)
         return final.text
 
     @explained

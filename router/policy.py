@@ -64,7 +64,7 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
         return "base", "fallback", f"{unsure} → base, whatever the perplexity (perplexity not measured)"
     if s.perplexity <= t.tau_p:
         overrode = f", though domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}" \
-            if domain != "general" and p_domain >= t.tau_d else ""  # the modifier it would have had
+            if sure_domain(s.domain_probs, t.tau_d) else ""  # the modifier it would have had
         return "base", "perplexity", (f"perplexity {s.perplexity:.1f} ≤ τp {t.tau_p:.1f}: familiar to the base "
                                       f"model → base{overrode}")
     if domain != "general" and p_domain >= t.tau_d:
