@@ -273,6 +273,9 @@ def test_the_router_panel_reads_in_the_light_and_the_dark_theme(app, page):
     url, db_path = app
     page.fill("#message textarea", "write a python function that adds two numbers")
     page.press("#message textarea", "Enter")
+    # typed once the box has emptied: Gradio reads the box a few ms after Enter, and text put in by then (no
+    # person is that fast; fill() is) was sent in its place (noted: not fixed)
+    expect(page.locator("#message textarea")).to_have_value("")
     page.fill("#message textarea", "thanks, and why does it work?")
     expect(table_rows(page)).to_have_count(2, timeout=60_000)
     page.press("#message textarea", "Enter")
