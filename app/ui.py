@@ -235,8 +235,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return NO_CHAT, chat_view(None, visitor), "", "", listed, *panel_views(service, None, owner_of(visitor))
 
     @explained
-    def new_chat(visitor, on_screen):
-        return empty_chat(visitor, on_screen, gr.update(value=None))  # the list: find_chats, next
+    def new_chat(visitor, on_screen, sends):
+        """`sends`: the page's sends at the click. A message sent after it, before this came back, began the new
+        chat (sent_as): this, coming back after it had begun, blanked that chat and left its reply out of sight."""
+        with screen:
+            if on_screen.get("began", 0) > (sends or 0):
+                return (gr.skip(),) * 9
+            return empty_chat(visitor, on_screen, gr.update(value=None))  # the list: find_chats, next
 
     @explained
     def delete_chat(session_id, visitor, on_screen, matching):
@@ -298,6 +303,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # one that came after the press took what had been typed since, QA 15).
         with screen:
             on_screen["chat"] = on_screen["sending"] = session_id  # (following() leaves this reply to this page)
+            on_screen["began"] = max(press or 0, on_screen.get("began", 0))
         moved = ("The chat on screen was deleted, in another tab or window: this message starts a new chat."
                  if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), gr.skip(),
@@ -491,9 +497,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # place counts everyone ahead of them.
         # The browser's id, if the load has not yet set it (a message sent at once on a busy Space); and the
         # send's number, from send_after_reply.js, which empties the box (this runs only for sends Gradio takes).
-        sent_as = "(message, chat, route, draft, visitor, on_screen, search, press, chosen) => [message, chat, route, " \
+        # After New chat, until the page has drawn it, the send is the new chat's (cogumiNewChat): it carried the
+        # chat still on screen, and went on in it (CI, stop 52's landing).
+        sent_as = "(message, chat, route, draft, visitor, on_screen, search, press, chosen) => { " \
+                  "const fresh = window.cogumiNewChat; window.cogumiNewChat = false; " \
+                  "return [message, fresh ? '" + NO_CHAT + "' : chat, route, " \
                   "draft, visitor ?? window.cogumiStoredVisitor?.() ?? null, on_screen, search, " \
-                  "window.cogumiTake(message), chosen]"
+                  "window.cogumiTake(message), fresh ? null : chosen]; }"
         # Enter and Send are one event, so that while a reply is open Gradio takes neither (trigger_mode
         # "once"): as two, Send during a reply begun by Enter was taken, and its reply's start emptied the box
         # of what was typed after it. send_after_reply.js sends such a message once the reply has ended.
@@ -515,15 +525,17 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         list_chats = (find_chats, [search, session_id, visitor], sessions)
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button (hidden: page.css)
             # and the box takes the keys (QA 15: by keyboard, they stayed on New chat)
-            starts_afresh(new_chat, [visitor, on_screen], [session_id, chatbot, notice, stats, sessions, *views],
-                          js="(...inputs) => { document.querySelector('#message textarea')?.focus(); return inputs; }",
+            starts_afresh(new_chat, [visitor, on_screen, press], [session_id, chatbot, notice, stats, sessions, *views],
+                          js="(visitor, on_screen) => { document.querySelector('#message textarea')?.focus(); "
+                             "window.cogumiNewChat = true; return [visitor, on_screen, window.cogumiSends ?? 0]; }",
                           api_visibility="private").then(*list_chats, api_visibility="private")
         delete_button.click(delete_chat, [session_id, visitor, on_screen, search],
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
                             js=CONFIRM_DELETE)
         search.change(*list_chats, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen, search],
-                       [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private").then(
+                       [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private",
+                       js="(...inputs) => { window.cogumiNewChat = false; return inputs; }").then(
             *list_chats, api_visibility="private")
         follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow],
                     api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second

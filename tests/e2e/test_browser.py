@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -1169,6 +1170,41 @@ def test_a_message_sent_as_the_page_loads_keeps_the_page_on_its_chat(engine, tmp
         box.press("Enter")
         expect(user_rows).to_have_text(["a message sent at once", "and the next one"], timeout=10_000)
         assert len(service.sessions()) == 1
+
+
+def test_a_message_sent_as_new_chat_is_drawn_starts_the_new_chat(engine, tmp_path, monkeypatch):
+    """CI (stop 52's landing): New chat, then a message sent before the page had drawn the new chat. The send
+    carried the chat still on screen, and the message went on in it. Here New chat's answer is held (3 s), so
+    that it comes back after the message has begun: it must not blank the chat the message began either."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("the chat before")
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+        panel, clearing = service.panel, threading.Event()
+
+        def slow_new_chat(*args, **kwargs):
+            if any(frame.name == "new_chat" for frame in traceback.extract_stack()):
+                clearing.set()
+                time.sleep(3)
+            return panel(*args, **kwargs)
+        monkeypatch.setattr(service, "panel", slow_new_chat)
+        page.click("#new-chat")
+        assert clearing.wait(10)
+        box.fill("a message sent at once")
+        box.press("Enter")
+        expect(user_rows).to_have_text(["a message sent at once"], timeout=10_000)
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+        page.wait_for_timeout(3_500)  # New chat has come back
+        expect(user_rows).to_have_text(["a message sent at once"])
+        box.fill("and the next one")
+        box.press("Enter")
+        expect(user_rows).to_have_text(["a message sent at once", "and the next one"], timeout=10_000)
+        chats = {chat["id"]: [m["content"] for m in service.transcript(chat["id"]) if m["role"] == "user"]
+                 for chat in service.sessions()}
+        assert sorted(chats.values()) == [["a message sent at once", "and the next one"], ["the chat before"]]
+        expect(page.locator("#sessions input")).to_have_count(2)
+        expect(page.locator("#sessions input:checked")).to_have_count(1)
 
 
 def test_messages_the_app_never_got_are_back_in_the_box_when_it_returns(tmp_path, demo_models_dir):
