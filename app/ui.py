@@ -38,9 +38,38 @@ CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CH
 # event, restoring the BrowserState has already fired its change, which writes the key.
 # The Route picked, and Speculative decoding on or off, are kept the same way.
 TAB_CHAT_KEY, TAB_ROUTE_KEY, TAB_DRAFT_KEY = "cogumi-tab-chat", "cogumi-tab-route", "cogumi-tab-draft"
+# Enter and Send wait until the page has run its scripts and its load has come back, and the press is made then:
+# the box is drawn ~0.35 s before Gradio runs launch(js=...), and a send in that moment (its own script calls
+# send_after_reply.js's) showed a red "Error" and was not sent; and one begun before the load had come back could
+# have its chat blanked by the load's answer, drawn after its own (59dbc3a, backed out). A load held longer than
+# LOAD_WAIT_MS (a busy Space) is not waited for: on_load leaves a chat a send has begun as it is.
+LOAD_WAIT_MS = 2000
+EARLY_PRESS = """<script>
+window.cogumiEarly = false;
+const cogumiHold = (e, pressed) => {
+  if (window.cogumiReady || !pressed) return;
+  e.preventDefault();
+  e.stopImmediatePropagation();
+  if (e.type !== "keypress") window.cogumiEarly = true;
+};
+const cogumiEnter = (e) => e.key === "Enter" && !e.shiftKey && !e.isComposing && !!e.target.closest?.("#message");
+document.addEventListener("keydown", (e) => cogumiHold(e, cogumiEnter(e)), true);
+document.addEventListener("keypress", (e) => cogumiHold(e, cogumiEnter(e)), true);
+document.addEventListener("click", (e) => cogumiHold(e, !!e.target.closest?.("#send")), true);
+let cogumiScriptsAt = null;
+const cogumiWhenReady = () => {
+  if (typeof window.cogumiTake === "function") cogumiScriptsAt ??= Date.now();
+  if (cogumiScriptsAt === null || (!window.cogumiLoaded && Date.now() - cogumiScriptsAt < %d))
+    return setTimeout(cogumiWhenReady, 50);
+  window.cogumiReady = true;
+  if (window.cogumiEarly) document.querySelector("#send")?.click();
+  window.cogumiEarly = false;
+};
+cogumiWhenReady();
+</script>""" % LOAD_WAIT_MS
 PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}"); '
              f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}"); '
-             f'window.cogumiTabDraft = sessionStorage.getItem("{TAB_DRAFT_KEY}");</script>')
+             f'window.cogumiTabDraft = sessionStorage.getItem("{TAB_DRAFT_KEY}");</script>' + EARLY_PRESS)
 # On a Space, the browser's id: read, or made and kept, before the page sends anything. Made on the server
 # (the load event's), it raced the first message's: a message sent before the load came back was made
 # under one id and the load's, later, took its place (the chat was nobody's from then on); and
@@ -546,7 +575,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                   api_visibility="private", js="(visitor, chat, on_screen, route, draft) => [visitor ?? "
                                                "window.cogumiStoredVisitor?.() ?? null, window.cogumiTabChat ?? chat, on_screen, "
                                                "window.cogumiTabRoute ?? route, window.cogumiTabDraft == null ? "
-                                               "draft : window.cogumiTabDraft === 'true']")
+                                               "draft : window.cogumiTabDraft === 'true']").then(
+            None, None, None, js="() => { window.cogumiLoaded = true; return []; }", api_visibility="private")
         session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
         route.change(None, route, None, js=f"(route) => {{ sessionStorage.setItem('{TAB_ROUTE_KEY}', route); return []; }}")
         use_draft.input(None, use_draft, None, js=f"(on) => {{ sessionStorage.setItem('{TAB_DRAFT_KEY}', on); return []; }}")
