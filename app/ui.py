@@ -431,8 +431,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         require_text(message=message, session_id=session_id, override=override)
         owner = api_owner(request)
         if session_id and not service.owns(session_id, owner):  # else a new session each call, its id never told
-            raise refused(f"There is no session {shown_value(session_id)} here: pass an id from /new_session, or "
-                          f"none to start a new session with each call.")
+            raise refused(f"There is no chat {shown_value(session_id)} here: pass a session id from /new_session, "
+                          f"or none to start a new chat with each call.")  # "chat", as /panel and /feedback say
         final = None
         for final in service.respond(session_id or None, message, override=override or None, owner=owner):
             pass

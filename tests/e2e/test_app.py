@@ -72,14 +72,14 @@ def test_an_unknown_session_id_is_refused_not_replaced_by_a_new_chat(app, tmp_pa
     db = sqlite3.connect(db_path)
     before = db.execute("select count(*) from sessions").fetchone()[0]
     client = Client(url, verbose=False)
-    with pytest.raises(Exception, match="no session 'typo-session'.*/new_session"):
+    with pytest.raises(Exception, match="There is no chat 'typo-session' here.*/new_session"):  # QA 21: the words of /panel
         client.predict("my name is Zorblax", "typo-session", api_name="/chat")
     assert db.execute("select count(*) from sessions").fetchone()[0] == before
     # QA: /panel answered an empty panel, /feedback "no reply at position 1"; an id was echoed whole
     for call in ({"api_name": "/panel"}, {"index": 1, "liked": True, "api_name": "/feedback"}):
         with pytest.raises(Exception, match="There is no chat 'typo-session' here"):
             client.predict("typo-session", **call)
-    with pytest.raises(Exception, match=r"There is no session 's{40}…' here"):
+    with pytest.raises(Exception, match=r"There is no chat 's{40}…' here"):
         client.predict("hello", "s" * 100_000, api_name="/chat")
     with pytest.raises(Exception, match=r"Unknown route 'a{40}…'"):
         client.predict("hello", "", "a" * 100_000, api_name="/chat")

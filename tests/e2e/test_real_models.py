@@ -240,7 +240,7 @@ def test_on_a_space_one_visitor_cannot_list_or_open_another_visitors_sessions(sp
     assert [d["message"] for d in alice.predict(mine, api_name="/panel")["decisions"]] == ["alice's secret plan"]
     with pytest.raises(Exception, match=f"There is no chat '{mine}' here"):  # cannot open it
         bob.predict(mine, api_name="/panel")
-    with pytest.raises(Exception, match=f"There is no session '{mine}' here"):  # nor write into it: to bob it
+    with pytest.raises(Exception, match=f"There is no chat '{mine}' here"):  # nor write into it: to bob it
         bob.predict("bob writes here", mine, api_name="/chat")                     # is not there at all
     bob.predict("bob writes here", api_name="/chat")
     with pytest.raises(Exception, match=f"There is no chat '{mine}' here"):
