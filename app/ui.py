@@ -30,8 +30,14 @@ FEEDBACK = {True: "Like", False: "Dislike"}  # a stored 👍/👎 as the Chatbot
 
 
 # Before the Python callback: asks, and sends None (nothing deleted) unless the answer is OK; NO_CHAT if none is open.
-CONFIRM_DELETE = f"""(chat, ...rest) => [!chat || chat === "{NO_CHAT}" ? "{NO_CHAT}" : confirm(
-    "Delete this chat, with its router decisions and feedback? This cannot be undone.") ? chat : null, ...rest]"""
+# A chat deleted, the page is on no chat: a message sent before that is drawn begins a new one (as after New chat,
+# cogumiNewChat), and the page's send count goes with it (delete_chat, as new_chat).
+CONFIRM_DELETE = f"""(chat, visitor, on_screen, search) => {{
+  const open = !!chat && chat !== "{NO_CHAT}";
+  const yes = open && confirm("Delete this chat, with its router decisions and feedback? This cannot be undone.");
+  if (yes) window.cogumiNewChat = true;
+  return [open ? (yes ? chat : null) : "{NO_CHAT}", visitor, on_screen, search, window.cogumiSends ?? 0];
+}}"""
 # The open chat per tab: gr.BrowserState keeps one for the whole browser (localStorage), so a reload of one
 # tab opened the chat another tab opened last. Each tab also keeps its own in sessionStorage, which a
 # reload keeps and a new tab starts without. Read in the page's <head> (launch(head=...)): by the load
@@ -263,17 +269,21 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         on_screen["chat"] = None
         return NO_CHAT, chat_view(None, visitor), "", "", listed, *panel_views(service, None, owner_of(visitor))
 
+    def overtaken(on_screen, sends) -> bool:
+        """A send the page made after `sends` has begun: it is the chat on screen now (New chat, Delete)."""
+        return on_screen.get("began", 0) > (sends or 0)
+
     @explained
     def new_chat(visitor, on_screen, sends):
         """`sends`: the page's sends at the click. A message sent after it, before this came back, began the new
         chat (sent_as): this, coming back after it had begun, blanked that chat and left its reply out of sight."""
         with screen:
-            if on_screen.get("began", 0) > (sends or 0):
+            if overtaken(on_screen, sends):
                 return (gr.skip(),) * 9
             return empty_chat(visitor, on_screen, gr.update(value=None))  # the list: find_chats, next
 
     @explained
-    def delete_chat(session_id, visitor, on_screen, matching):
+    def delete_chat(session_id, visitor, on_screen, matching, sends):
         """Delete the open chat, once the page's confirm() said yes (CONFIRM_DELETE: else None comes)."""
         if session_id is None:
             return (gr.skip(),) * 9
@@ -282,9 +292,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             return (gr.skip(),) * 9
         if not service.owns(session_id, owner_of(visitor)):  # gone: nothing is lost, and the page moves on
             gr.Info("This chat was already deleted, in another tab or window.")
+        else:
+            service.delete_session(session_id, owner_of(visitor))
+        with screen:
+            if overtaken(on_screen, sends):  # the list, without the deleted chat
+                return (*(gr.skip(),) * 4, session_choices(visitor, on_screen["chat"], matching), *(gr.skip(),) * 4)
             return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
-        service.delete_session(session_id, owner_of(visitor))
-        return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
 
     @explained
     def find_chats(matching, session_id, visitor):
@@ -558,7 +571,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                           js="(visitor, on_screen) => { document.querySelector('#message textarea')?.focus(); "
                              "window.cogumiNewChat = true; return [visitor, on_screen, window.cogumiSends ?? 0]; }",
                           api_visibility="private").then(*list_chats, api_visibility="private")
-        delete_button.click(delete_chat, [session_id, visitor, on_screen, search],
+        delete_button.click(delete_chat, [session_id, visitor, on_screen, search, press],
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
                             js=CONFIRM_DELETE)
         search.change(*list_chats, api_visibility="private")  # typed or pasted

@@ -1172,6 +1172,38 @@ def test_a_message_sent_as_the_page_loads_keeps_the_page_on_its_chat(engine, tmp
         assert len(service.sessions()) == 1
 
 
+def test_a_message_sent_as_a_deleted_chat_is_cleared_starts_a_new_chat(engine, tmp_path, monkeypatch):
+    """As New chat (above): Delete, then a message sent before the page had cleared the chat. It carried the deleted
+    chat, and the page said it had been "deleted, in another tab or window"; and Delete's answer, coming back after
+    the message had begun, blanked it. Here Delete's answer is held (3 s) after the chat is deleted."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("the chat to delete")
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+        panel, clearing = service.panel, threading.Event()
+
+        def slow_delete(*args, **kwargs):
+            if any(frame.name == "delete_chat" for frame in traceback.extract_stack()):
+                clearing.set()
+                time.sleep(3)
+            return panel(*args, **kwargs)
+        monkeypatch.setattr(service, "panel", slow_delete)
+        page.answer = True
+        page.click("#delete-chat")
+        assert clearing.wait(10)
+        box.fill("a message sent at once")
+        box.press("Enter")
+        expect(user_rows).to_have_text(["a message sent at once"], timeout=10_000)
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+        page.wait_for_timeout(3_500)  # Delete has come back
+        expect(user_rows).to_have_text(["a message sent at once"])
+        expect(page.locator("#sessions input")).to_have_count(1)
+        assert "deleted" not in page.locator("#notice").inner_text()
+        assert [[m["content"] for m in service.transcript(chat["id"]) if m["role"] == "user"]
+                for chat in service.sessions()] == [["a message sent at once"]]
+
+
 # The page's own scripts (launch(js=...)) run 2 s late, as on a busy machine, where Gradio draws the page a
 # while before it runs them.
 PAGE_SCRIPTS_LATE = """() => {
