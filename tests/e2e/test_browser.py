@@ -1172,38 +1172,6 @@ def test_a_message_sent_as_the_page_loads_keeps_the_page_on_its_chat(engine, tmp
         assert len(service.sessions()) == 1
 
 
-def test_a_message_sent_as_a_deleted_chat_is_cleared_starts_a_new_chat(engine, tmp_path, monkeypatch):
-    """As New chat (above): Delete, then a message sent before the page had cleared the chat. It carried the deleted
-    chat, and the page said it had been "deleted, in another tab or window"; and Delete's answer, coming back after
-    the message had begun, blanked it. Here Delete's answer is held (3 s) after the chat is deleted."""
-    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
-        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
-        box.fill("the chat to delete")
-        box.press("Enter")
-        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
-        panel, clearing = service.panel, threading.Event()
-
-        def slow_delete(*args, **kwargs):
-            if any(frame.name == "delete_chat" for frame in traceback.extract_stack()):
-                clearing.set()
-                time.sleep(3)
-            return panel(*args, **kwargs)
-        monkeypatch.setattr(service, "panel", slow_delete)
-        page.answer = True
-        page.click("#delete-chat")
-        assert clearing.wait(10)
-        box.fill("a message sent at once")
-        box.press("Enter")
-        expect(user_rows).to_have_text(["a message sent at once"], timeout=10_000)
-        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
-        page.wait_for_timeout(3_500)  # Delete has come back
-        expect(user_rows).to_have_text(["a message sent at once"])
-        expect(page.locator("#sessions input")).to_have_count(1)
-        assert "deleted" not in page.locator("#notice").inner_text()
-        assert [[m["content"] for m in service.transcript(chat["id"]) if m["role"] == "user"]
-                for chat in service.sessions()] == [["a message sent at once"]]
-
-
 # The page's own scripts (launch(js=...)) run 2 s late, as on a busy machine, where Gradio draws the page a
 # while before it runs them.
 PAGE_SCRIPTS_LATE = """() => {
@@ -1257,39 +1225,61 @@ def test_a_message_sent_as_soon_as_the_box_is_there_is_sent_once_the_page_is_rea
         assert early.evaluate(ERROR_BADGES) == []
 
 
+def sent_while_held(page, service, monkeypatch, button: str, callback: str) -> None:
+    """A first message and its reply; then `button` clicked, its answer (`callback`) held 3 s on the server (the
+    panel it draws last), and a message sent in that moment: it is drawn alone, and still once the answer is back."""
+    box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+    box.fill("the chat before")
+    box.press("Enter")
+    expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+    panel, holding = service.panel, threading.Event()
+
+    def held(*args, **kwargs):
+        if any(frame.name == callback for frame in traceback.extract_stack()):
+            holding.set()
+            time.sleep(3)
+        return panel(*args, **kwargs)
+    monkeypatch.setattr(service, "panel", held)
+    page.click(button)
+    assert holding.wait(10)
+    box.fill("a message sent at once")
+    box.press("Enter")
+    expect(user_rows).to_have_text(["a message sent at once"], timeout=10_000)
+    expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+    page.wait_for_timeout(3_500)  # the answer has come back
+    expect(user_rows).to_have_text(["a message sent at once"])
+
+
+def user_messages(service) -> list[list[str]]:
+    return sorted([m["content"] for m in service.transcript(chat["id"]) if m["role"] == "user"]
+                  for chat in service.sessions())
+
+
 def test_a_message_sent_as_new_chat_is_drawn_starts_the_new_chat(engine, tmp_path, monkeypatch):
     """CI (stop 52's landing): New chat, then a message sent before the page had drawn the new chat. The send
     carried the chat still on screen, and the message went on in it. Here New chat's answer is held (3 s), so
     that it comes back after the message has begun: it must not blank the chat the message began either."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
-        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
-        box.fill("the chat before")
-        box.press("Enter")
-        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
-        panel, clearing = service.panel, threading.Event()
-
-        def slow_new_chat(*args, **kwargs):
-            if any(frame.name == "new_chat" for frame in traceback.extract_stack()):
-                clearing.set()
-                time.sleep(3)
-            return panel(*args, **kwargs)
-        monkeypatch.setattr(service, "panel", slow_new_chat)
-        page.click("#new-chat")
-        assert clearing.wait(10)
-        box.fill("a message sent at once")
-        box.press("Enter")
-        expect(user_rows).to_have_text(["a message sent at once"], timeout=10_000)
-        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
-        page.wait_for_timeout(3_500)  # New chat has come back
-        expect(user_rows).to_have_text(["a message sent at once"])
-        box.fill("and the next one")
-        box.press("Enter")
-        expect(user_rows).to_have_text(["a message sent at once", "and the next one"], timeout=10_000)
-        chats = {chat["id"]: [m["content"] for m in service.transcript(chat["id"]) if m["role"] == "user"]
-                 for chat in service.sessions()}
-        assert sorted(chats.values()) == [["a message sent at once", "and the next one"], ["the chat before"]]
+        sent_while_held(page, service, monkeypatch, "#new-chat", "new_chat")
+        page.fill("#message textarea", "and the next one")
+        page.press("#message textarea", "Enter")
+        expect(page.locator("#chat .message-row.user-row")).to_have_text(["a message sent at once", "and the next one"],
+                                                                         timeout=10_000)
+        assert user_messages(service) == [["a message sent at once", "and the next one"], ["the chat before"]]
         expect(page.locator("#sessions input")).to_have_count(2)
         expect(page.locator("#sessions input:checked")).to_have_count(1)
+
+
+def test_a_message_sent_as_a_deleted_chat_is_cleared_starts_a_new_chat(engine, tmp_path, monkeypatch):
+    """As New chat (above): Delete, then a message sent before the page had cleared the chat. It carried the deleted
+    chat, and the page said it had been "deleted, in another tab or window"; and Delete's answer, coming back after
+    the message had begun, blanked it. Here Delete's answer is held (3 s) after the chat is deleted."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        page.answer = True
+        sent_while_held(page, service, monkeypatch, "#delete-chat", "delete_chat")
+        expect(page.locator("#sessions input")).to_have_count(1)
+        assert "deleted" not in page.locator("#notice").inner_text()
+        assert user_messages(service) == [["a message sent at once"]]
 
 
 def test_messages_the_app_never_got_are_back_in_the_box_when_it_returns(tmp_path, demo_models_dir):
