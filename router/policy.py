@@ -42,12 +42,14 @@ def decide(signals: Signals, thresholds: Thresholds, override: str | None = None
 def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
     """(route, rule, reason) from the signals alone."""
     domain, p_domain = s.domain, s.domain_probs[s.domain]
+    sure = sure_domain(s.domain_probs, t.tau_d)
+    sure_words = f"domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}"  # why a modifier, when that is the case
     unsure = f"domain general P={p_domain:.2f}" if domain == "general" else \
         f"domain {domain} P={p_domain:.2f} < τd {t.tau_d:.2f}"  # why no modifier, when that is the case
     if s.escalation_p >= t.tau_e:
         # Unhappy with the last answer: never the plain base again. A complaint ("no, try again") seldom
         # names a domain: then the conversation's is the one it was last sure of.
-        if sure_domain(s.domain_probs, t.tau_d) is None and s.last_sure_domain:
+        if sure is None and s.last_sure_domain:
             route, why = s.last_sure_domain, f"{unsure}; the conversation was last about {s.last_sure_domain}"
         elif domain != "general":
             route, why = domain, f"the conversation is about {domain}"
@@ -60,14 +62,12 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
                                      f"with the last answer → {route} ({why}{repeat})")
     if s.perplexity is None:
         if needs_perplexity(s.escalation_p, s.domain_probs, t):
-            raise ValueError(f"the route needs the perplexity: domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}")
+            raise ValueError(f"the route needs the perplexity: {sure_words}")
         return "base", "fallback", f"{unsure} → base, whatever the perplexity (perplexity not measured)"
     if s.perplexity <= t.tau_p:
-        overrode = f", though domain {domain} P={p_domain:.2f} ≥ τd {t.tau_d:.2f}" \
-            if sure_domain(s.domain_probs, t.tau_d) else ""  # the modifier it would have had
+        overrode = f", though {sure_words}" if sure else ""  # the modifier it would have had
         return "base", "perplexity", (f"perplexity {s.perplexity:.1f} ≤ τp {t.tau_p:.1f}: familiar to the base "
                                       f"model → base{overrode}")
-    if domain != "general" and p_domain >= t.tau_d:
-        return domain, "domain", (f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; domain {domain} "
-                                  f"P={p_domain:.2f} ≥ τd {t.tau_d:.2f} → {domain}")
+    if sure:
+        return sure, "domain", f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; {sure_words} → {sure}"
     return "base", "fallback", f"perplexity {s.perplexity:.1f} > τp {t.tau_p:.1f}; {unsure} → base"
