@@ -718,7 +718,9 @@ def test_a_page_reloaded_while_its_reply_goes_on_follows_it_to_its_end(tmp_path,
                     time.sleep(0.05)
                 pytest.fail("the reply before the waiting message stood still on the page")
 
-            for _ in range(5):  # a demo reply can end at any token (an end of text among its random words)
+            # A demo reply can end at any token (an end of text among its random words); and a press made before
+            # the reloaded page is ready waits for it (app.ui.EARLY_PRESS), which leaves the reply less time
+            for _ in range(10):
                 followed = reload_while_a_reply_streams(page, db, app.proc.pid, then=send_next)
                 if drawn_growing:
                     break
