@@ -344,5 +344,11 @@ def _figures(d, s) -> str:
     left_out = f"; {dropped} earlier message{'s' * (dropped != 1)} left out" if dropped else ""
     return route + (f"{s.adapter or 'base'} · {s.tokens} token{'s' * (s.tokens != 1)}{speed} · {first}"
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused{left_out}) · stop: {s.stop_reason}"
-            + (f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
-               if s.draft_proposed else ""))
+            + _drafted(s))
+
+
+def _drafted(s) -> str:
+    if s.draft_proposed:
+        return f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
+    # on, yet nothing proposed: the adaptive drafter found plain decoding faster, or the draft unsure, at every step
+    return " · draft on: none proposed" if getattr(s, "drafting", None) else ""

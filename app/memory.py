@@ -45,10 +45,11 @@ def m001_sessions_and_messages(db: sqlite_utils.Database) -> None:
     db["messages"].create_index(["session_id", "id"])
 
 
-# GenerationStats fields stored beside each decision (they arrive when the reply ends).
-STATS_COLUMNS = {"prompt_tokens": int, "reused_tokens": int, "tokens": int, "ttft_ms": float, "total_ms": float,
-                 "tokens_per_s": float, "dropped_turns": int, "stop_reason": str, "adapter": str,
-                 "draft_proposed": int, "draft_accepted": int, "draft_acceptance": float}
+# GenerationStats fields stored beside each decision (they arrive when the reply ends): those m002 made ...
+M002_STATS_COLUMNS = {"prompt_tokens": int, "reused_tokens": int, "tokens": int, "ttft_ms": float, "total_ms": float,
+                      "tokens_per_s": float, "dropped_turns": int, "stop_reason": str, "adapter": str,
+                      "draft_proposed": int, "draft_accepted": int, "draft_acceptance": float}
+STATS_COLUMNS = {**M002_STATS_COLUMNS, "drafting": int}  # ... and those later migrations added
 
 
 @migration
@@ -58,7 +59,7 @@ def m002_decisions(db: sqlite_utils.Database) -> None:
         {"id": int, "session_id": str, "message_id": int, "route": str, "router_choice": str, "overridden": int,
          "rule": str, "reason": str, "perplexity": float, "tau_p": float, "tau_p_calibrated": int,
          "escalation_p": float, "tau_e": float, "domain": str, "domain_probs": str, "tau_d": float,
-         "session_escalations": int, "routing_ms": float, **STATS_COLUMNS, "created_at": str},
+         "session_escalations": int, "routing_ms": float, **M002_STATS_COLUMNS, "created_at": str},
         pk="id", foreign_keys=[("session_id", "sessions", "id"), ("message_id", "messages", "id")],
     )
     db["decisions"].create_index(["session_id", "id"])
@@ -81,6 +82,13 @@ def m004_session_owner(db: sqlite_utils.Database) -> None:
     None on a personal machine, where every session is the user's."""
     db["sessions"].add_column("owner", str)
     db["sessions"].create_index(["owner", "updated_at"])
+
+
+@migration
+def m005_decisions_drafting(db: sqlite_utils.Database) -> None:
+    """Whether speculative decoding was on for the reply (QA 21: a reply the adaptive drafter proposed nothing
+    for read as one with it off). Older rows: NULL, not known."""
+    db["decisions"].add_column("drafting", int)
 
 
 def check_ours(db: sqlite_utils.Database, path: str) -> None:

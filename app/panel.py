@@ -165,7 +165,7 @@ def decisions_frame(decisions: list[dict]) -> pd.DataFrame:
             d["turn"], route, d["reason"], _num(d["routing_ms"], 1),
             _num(d.get("ttft_ms") if d.get("tokens") != 0 else None, 1),  # 0 tokens: no first token to time
             _num(d.get("tokens_per_s"), 1),
-            f"{d['draft_accepted']}/{d['draft_proposed']}" if d.get("draft_proposed") else "—",
+            f"{d['draft_accepted']}/{d['draft_proposed']}" if d.get("draft_proposed") or d.get("drafting") else "—",
             "" if liked is None else ("👍 up" if liked else "👎 down"),
         ])
         if len(rows) == TABLE_ROWS:

@@ -87,6 +87,7 @@ class GenerationStats:
     draft_proposed: int = 0       # speculative decoding: draft tokens proposed ...
     draft_accepted: int = 0       # ... and accepted by the base
     draft_acceptance: float = 0.0  # accepted / proposed
+    drafting: bool = False        # speculative decoding was on (the adaptive drafter may still have proposed nothing)
     started_at: float = 0.0       # wall clock (Unix s) when this reply took the engine ...
     ended_at: float = 0.0         # ... and when its last token was out: replies never overlap
 
@@ -532,6 +533,7 @@ class Engine:
                 lengths = None
                 if self.draft and use_draft:  # the adaptive controller's measurements carry over replies
                     lengths = self._draft_length if draft_length is None else DraftLength(draft_length)
+                    stats.drafting = True
                 tokens = self._base_tokens(sampler, seq, stats, max_tokens, lengths)
                 with closing(tokens):
                     for token in tokens:

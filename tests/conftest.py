@@ -67,10 +67,9 @@ def router_parts():
     return Embedder(), DomainClassifier(), EscalationDetector()
 
 
-@pytest.fixture
-def routed_service(engine, router_parts, tmp_path):
+def service_with_router(engine, router_parts, db_path):
     """ChatService with the real router (τp 0: every message passes the perplexity gate, so the
-    domain decides) over a fresh sessions.db; greedy, short replies."""
+    domain decides) over the sessions.db at db_path; greedy, short replies."""
     from app.chat import ChatService, ChatSettings
     from app.memory import Memory
     from router.decision import Thresholds
@@ -81,4 +80,15 @@ def routed_service(engine, router_parts, tmp_path):
     router = Router(Perplexity(engine.score, max_tokens=48), Thresholds(tau_p=0.0, tau_e=0.5, tau_d=0.8, calibrated=True),
                     embedder, domain, escalation)
     settings = ChatSettings(temperature=0, max_tokens=48, seed=0, system_prompt="You are a test.")
-    return ChatService(engine, Memory(tmp_path / "sessions.db"), settings, router=router)
+    return ChatService(engine, Memory(db_path), settings, router=router)
+
+
+@pytest.fixture
+def routed_service(engine, router_parts, tmp_path):
+    return service_with_router(engine, router_parts, tmp_path / "sessions.db")
+
+
+@pytest.fixture
+def routed_service_on(router_parts, tmp_path):
+    """routed_service over another engine (one with a draft, say)."""
+    return lambda engine: service_with_router(engine, router_parts, tmp_path / "sessions.db")

@@ -310,3 +310,24 @@ def test_the_line_of_a_reopened_reply_still_says_what_was_left_out_of_it(routed_
     from app.display import stats_line
 
     assert f"{n} earlier messages left out" in stats_line(reply)
+
+
+def test_a_reply_the_draft_proposed_nothing_for_still_says_drafting_was_on(routed_service_on, demo_set):
+    """QA 21 #7: with Speculative decoding on, a reply in which the adaptive drafter chose plain decoding
+    at every step read exactly as one with it off, so the toggle seemed to do nothing. Reopened, it reads the
+    same (sessions.db keeps whether drafting was on)."""
+    from app.display import stats_line, stored_stats_line
+    from models.speculative import DraftLength
+
+    engine = Engine(demo_set["base"], n_ctx=512, draft=demo_set["draft"])
+    service = routed_service_on(engine)
+    engine._draft_length = DraftLength(fixed=0)  # what the adaptive drafter does while plain decoding wins
+    *_, on = service.respond(None, "hello there")
+    *_, off = service.respond(on.session_id, "hello again", use_draft=False)
+    assert on.stats.draft_proposed == 0 and off.stats.draft_proposed == 0
+    assert " · draft on: none proposed" in stats_line(on)
+    assert " · draft" not in stats_line(off)
+    stored_on, stored_off = service.panel(on.session_id)["decisions"]
+    assert " · draft on: none proposed" in stored_stats_line(stored_on)
+    assert " · draft" not in stored_stats_line(stored_off)
+    assert list(panel.decisions_frame([stored_on, stored_off])["draft accepted"]) == ["—", "0/0"]  # newest first
