@@ -161,6 +161,11 @@ def figures_and_panel(service: ChatService, session_id: str | None, owner: str |
             panel.decisions_frame(decisions))
 
 
+# QA 22: greyed out, the box still described drafting, and nothing said why it could not be turned on.
+NO_DRAFT = ("off: no draft model is loaded (the app was started with --no-draft, or the model set has none: "
+            "give one with --draft FILE.gguf beside --model)")
+
+
 def build_ui(service: ChatService, banner: str | None = None, model_label: str = "",
              per_visitor: bool = False, state_secret: str | None = None) -> gr.Blocks:
     """per_visitor: many people share this app (a Space); each browser gets an id kept in its
@@ -497,10 +502,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                  info="auto: the router picks per message; pick one to overrule it until you "
                                       "change it back (the router's own choice is still shown)",
                                  elem_id="route")
-                use_draft = gr.Checkbox(value=service.engine.draft is not None, label="Speculative decoding",
+                drafting = service.engine.draft is not None
+                use_draft = gr.Checkbox(value=drafting, label="Speculative decoding",
                                         info="a small draft model proposes tokens, the base keeps those it would "
-                                             "have written itself: only the speed changes",
-                                        interactive=service.engine.draft is not None, elem_id="use-draft")
+                                             "have written itself: only the speed changes" if drafting else NO_DRAFT,
+                                        interactive=drafting, elem_id="use-draft")
                 search = gr.Textbox(label="Search past chats", placeholder="Search past chats", show_label=False,
                                     elem_id="search-chats")
                 sessions = gr.Radio(label="Past chats", choices=[], elem_id="sessions")
