@@ -25,4 +25,11 @@
       put = box.scrollTop;
     }
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
+  // A chat opened from Past chats where the columns stack (a phone), the list under the chat: the chat opened
+  // above, out of sight, and only the list's dot moved (QA 22). Where they stand side by side, nothing moves.
+  window.cogumiShowChat = () => {
+    const chat = document.querySelector("#chat"), list = document.querySelector("#sessions");
+    const [top, bottom] = [chat.getBoundingClientRect().top, chat.getBoundingClientRect().bottom];
+    if (list.getBoundingClientRect().top >= bottom && top < 0) chat.scrollIntoView({block: "start"});
+  };
 }

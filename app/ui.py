@@ -583,7 +583,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         search.change(*list_chats, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen, search],
                        [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private",
-                       js="(...inputs) => { window.cogumiNewChat = false; return inputs; }").then(
+                       js="(...inputs) => { window.cogumiNewChat = false; window.cogumiShowChat?.(); return inputs; }").then(
             *list_chats, api_visibility="private")
         follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow],
                     api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second

@@ -1904,3 +1904,30 @@ def test_a_person_deletes_a_chat_after_saying_yes(app, page):
     expect(page.get_by_text("No chat is open: open one from Past chats to delete it.")).to_be_visible()
     assert len(page.confirms) == 2 and db.execute("select count(*) from sessions").fetchone()[0] == 1
     assert page.get_by_text("Error", exact=True).count() == 0 and page.dialogs == []
+
+
+def test_on_a_phone_a_chat_opened_from_past_chats_comes_into_view(engine, tmp_path, monkeypatch):
+    """QA 22 #1: on a phone Past chats is below the chat; a chat tapped there opened above, out of sight, and only
+    the list's dot moved: the person had to scroll up a screen to see what they had opened."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        for text in ("the first chat", "the second chat"):
+            list(service.respond(None, text))
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.wait_for_function(PAGE_READY)
+        older = page.locator("#sessions label", has_text="the first chat")
+        older.scroll_into_view_if_needed()
+        assert not page.locator("#chat").evaluate(IN_VIEW)
+        older.click()
+        expect(page.locator("#chat .message-row.user-row")).to_have_text(["the first chat"], timeout=10_000)
+        page.wait_for_function(f"() => ({IN_VIEW})(document.querySelector('#chat'))", timeout=5_000)
+        # on a wide screen, where the list is beside the chat, the page does not move
+        page.set_viewport_size({"width": 1500, "height": 1100})
+        before = page.evaluate("window.scrollY")
+        page.locator("#sessions label", has_text="the second chat").click()
+        expect(page.locator("#chat .message-row.user-row")).to_have_text(["the second chat"], timeout=10_000)
+        page.wait_for_timeout(500)
+        assert page.evaluate("window.scrollY") == before
+
+
+IN_VIEW = "(e) => { const r = e.getBoundingClientRect(); return r.top >= -1 && r.top < window.innerHeight / 2; }"
