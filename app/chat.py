@@ -147,15 +147,17 @@ class ChatService:
     def give_feedback(self, session_id: str, index: int, liked: bool | None, owner: str | None = None) -> int:
         """👍 (True), 👎 (False) or neither (None) on the message at `index` of the session's
         transcript (the chat's own numbering); returns that message's id."""
+        if not session_id:  # QA 22: "it was deleted, or the id is wrong", of no id at all
+            raise ValueError("No chat given: pass the session id of the chat the reply is in (from /new_session).")
+        if not self.owns(session_id, owner):
+            raise ValueError(no_such_chat(session_id))
         if isinstance(index, bool) or not isinstance(index, int):
             raise ValueError(f"the index is a whole number, not {shown_value(index)}")
         if liked is not None and not isinstance(liked, bool):  # JSON's -7 or 2 was stored, and read as 👍
             raise ValueError(f"liked is true (👍), false (👎) or null (neither), not {shown_value(liked)}")
-        if not self.owns(session_id, owner):
-            raise ValueError(no_such_chat(session_id))
         messages = self.memory.messages(session_id)
         if not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
-            raise ValueError(f"there is no reply at position {index} of this chat")
+            raise ValueError(f"There is no reply at position {index} of this chat: {reply_positions(messages)}")
         if messages[index]["status"] == "error" and liked is not None:  # its turn is not in the conversation
             raise ValueError("This reply failed, so it takes no 👍/👎: send the message again for one that can.")
         if not messages[index]["content"].strip() and liked is not None:  # QA 18: a 👎 stored on nothing
@@ -410,6 +412,16 @@ _SHOWS_NOTHING = re.compile("[\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180
 
 def shows_nothing(text: str) -> bool:
     return _SHOWS_NOTHING.fullmatch(text) is not None
+
+
+def reply_positions(messages: list[dict]) -> str:
+    """Where a chat's replies are, its messages counted from 0 (QA 22: a refused position said not where)."""
+    at = [str(i) for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if len(at) <= 1:
+        return f"its reply is at position {at[0]}." if at else "it has no reply yet."
+    if len(at) > 6:
+        return f"its {len(at)} replies are at positions {', '.join(at[:3])}, … {at[-1]}."
+    return f"its replies are at positions {', '.join(at[:-1])} and {at[-1]}."
 
 
 def no_such_chat(session_id) -> str:

@@ -228,11 +228,17 @@ def test_a_reply_of_one_token_has_no_speed(routed_service):
 
 
 def test_feedback_only_on_replies(chat):
+    """QA 22 #4: the refusal said "there is no reply at position 0 of this chat", not where the replies are; with
+    no chat given it said the chat "was deleted, or the id is wrong", and a bad index was reported first."""
     service, sid, _ = chat
-    with pytest.raises(ValueError, match="no reply at position 0"):
+    replies = "There is no reply at position {} of this chat: its replies are at positions 1, 3 and 5"
+    with pytest.raises(ValueError, match=replies.format(0)):
         service.give_feedback(sid, 0, True)
-    with pytest.raises(ValueError, match="no reply at position 99"):
+    with pytest.raises(ValueError, match=replies.format(99)):
         service.give_feedback(sid, 99, True)
+    for nothing in ("", None):
+        with pytest.raises(ValueError, match="No chat given: pass the session id of the chat the reply is in"):
+            service.give_feedback(nothing, "", True)
 
 
 def test_the_timeline_draws_no_empty_layer_and_carries_its_own_title(chat):
