@@ -294,11 +294,18 @@ def _character(found: re.Match) -> str:
 def chat_labels(chats: list[dict], now: datetime | None = None) -> list[tuple[str, str]]:
     """(label, id) of each chat in the Past chats list: its title, and where another listed chat has the same
     title, how long ago it was last used (QA 20: three chats that began alike were three identical entries).
-    An age, not a time of day: the page's time zone is not the server's on a Space."""
+    An age, not a time of day: the page's time zone is not the server's on a Space. Labels that still meet
+    (QA 22: chats begun within a minute all read "just now") are numbered in the order the chats were begun."""
     now = now or datetime.now(timezone.utc)
     repeated = {title for title, n in Counter(c["title"] for c in chats).items() if n > 1}
-    return [(f"{c['title']} · {_age(datetime.fromisoformat(c['updated_at']), now)}" if c["title"] in repeated
-             else c["title"], c["id"]) for c in chats]
+    labels = [f"{c['title']} · {_age(datetime.fromisoformat(c['updated_at']), now)}" if c["title"] in repeated
+              else c["title"] for c in chats]
+    clashing, counted = {label for label, n in Counter(labels).items() if n > 1}, Counter()
+    for i in sorted(range(len(chats)), key=lambda i: chats[i].get("created_at") or chats[i]["updated_at"]):
+        if labels[i] in clashing:
+            counted[labels[i]] += 1
+            labels[i] = f"{labels[i]} ({counted[labels[i]]})"
+    return list(zip(labels, [c["id"] for c in chats]))
 
 
 def _age(then: datetime, now: datetime) -> str:

@@ -401,6 +401,12 @@ def test_chats_of_one_title_are_told_apart_in_the_list_by_their_age(service):
         ("Explain how a refrigerator works · just now", "a"), ("Lisbon", "b"),
         ("Explain how a refrigerator works · 42 min ago", "c"), ("Explain how a refrigerator works · 5 h ago", "d"),
         ("Hello · 3 days ago", "e"), ("Hello · 25 Oct 2026", "f")]
+    # QA 22: begun within the same minute, they all read "just now": those are numbered as they were begun
+    weather = [{"id": i, "title": "What's the weather like today?", "created_at": ago(seconds=s), "updated_at": ago(seconds=s)}
+               for i, s in (("x", 5), ("y", 45), ("z", 25))]
+    assert chat_labels(weather, now) == [("What's the weather like today? · just now (3)", "x"),
+                                         ("What's the weather like today? · just now (1)", "y"),
+                                         ("What's the weather like today? · just now (2)", "z")]
     sid = service.new_session()
     for _ in service.respond(sid, "Explain how a refrigerator works"):
         pass
