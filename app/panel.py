@@ -54,8 +54,7 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     if message is not None:
         excerpt = message if len(message) <= EXCERPT_CHARS else message[:EXCERPT_CHARS] + "…"
         steps.append(_step("message", f'<div class="msg">{html.escape(excerpt)}</div>'))
-    steps.append(_step("escalation gate", f"P(unhappy) {d['escalation_p']:.2f} {'≥' if esc_hit else '<'} τe "
-                       f"{d['tau_e']:.2f} — {'escalate, never base' if esc_hit else 'pass'}",
+    steps.append(_step("escalation gate", f"P(unhappy) {unhappy(d)} — {'escalate, never base' if esc_hit else 'pass'}",
                        fired=rule == "escalation" or (d["overridden"] and esc_hit)))
     calibrated = "" if d.get("tau_p_calibrated") else " (fallback, not calibrated)"
     if measured:
@@ -93,6 +92,11 @@ def _bar(name: str, p: float, tau_d: float) -> str:
             f'<span>{p:.2f}</span></div>')
 
 
+def unhappy(d: dict) -> str:
+    """The escalation P against τe, as the path and the timeline's tooltip say it."""
+    return f"{d['escalation_p']:.2f} {'≥' if d['escalation_p'] >= d['tau_e'] else '<'} τe {d['tau_e']:.2f}"
+
+
 def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     """Perplexity per turn against τp; points coloured by route, escalations ringed in red. A turn
     whose perplexity was not measured (it could not change the route) has no point; the line skips it."""
@@ -104,6 +108,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
     frame = pd.DataFrame([{
         "turn": d["turn"], "perplexity": None if d["perplexity"] is None else round(d["perplexity"], 2),
         "τp": round(d["tau_p"], 2), "route": d["route"], "escalation": d["escalation_p"] >= d["tau_e"],
+        "P(unhappy)": unhappy(d),  # the tooltip's: "escalation true" was a raw boolean (QA 22)
         "reason": d["reason"], "from": previous + 0.5, "to": d["turn"] + 0.5,
     } for d, previous in zip(decisions, before)])
     turns = int(frame["turn"].max())  # as the chat numbers them: a failed turn has no point
@@ -122,7 +127,7 @@ def timeline_chart(decisions: list[dict]) -> alt.Chart | None:
             alt.Chart(frame).mark_line(color="#d1d5db").encode(x=x, y=alt.Y("perplexity:Q", title="perplexity")),
             alt.Chart(frame).mark_circle(size=90, opacity=1).encode(
                 x=x, y="perplexity:Q", color=alt.Color("route:N", scale=colours, title="route"),
-                tooltip=["turn", "route", "perplexity", "τp", "escalation", "reason"]),
+                tooltip=["turn", "route", "perplexity", "τp", "P(unhappy)", "reason"]),
         ]
     if measured["escalation"].any():
         layers.append(alt.Chart(measured[measured["escalation"]]).mark_point(

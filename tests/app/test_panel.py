@@ -337,3 +337,17 @@ def test_a_reply_the_draft_proposed_nothing_for_still_says_drafting_was_on(route
     assert " · draft on: none proposed" in stored_stats_line(stored_on)
     assert " · draft" not in stored_stats_line(stored_off)
     assert list(panel.decisions_frame([stored_on, stored_off])["draft accepted"]) == ["—", "0/0"]  # newest first
+
+
+def test_the_timelines_tooltip_gives_the_escalation_as_its_probability(chat):
+    """QA 22: hovering a point read "escalation false" / "escalation true", a raw boolean."""
+    service, sid, _ = chat
+    decisions = service.panel(sid)["decisions"]
+    spec = panel.timeline_chart(decisions).to_dict()
+    (points,) = [layer for layer in spec["layer"] if layer["mark"]["type"] == "circle"]
+    fields = [t["field"] for t in points["encoding"]["tooltip"]]
+    assert "escalation" not in fields and "P(unhappy)" in fields
+    rows = next(iter(spec["datasets"].values()))
+    for row, d in zip(rows, decisions):
+        fired = d["escalation_p"] >= d["tau_e"]
+        assert row["P(unhappy)"] == f"{d['escalation_p']:.2f} {'≥' if fired else '<'} τe {d['tau_e']:.2f}"
