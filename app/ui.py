@@ -513,8 +513,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 delete_button = gr.Button("Delete this chat", size="sm", variant="secondary", elem_id="delete-chat")
             with gr.Column(scale=5, elem_id="chat-column"):
                 # autoscroll: chat_scroll.js does it. No "share" button: it had no name, and on a Space it posts the
-                # chat to the Space's Discussions.
-                chatbot = gr.Chatbot(label="Cogumi", height=520, elem_id="chat", autoscroll=False,
+                # chat to the Space's Discussions. No label shown: it floated over the chat's top line (QA 22); the
+                # chat is still named "Cogumi" to a screen reader.
+                chatbot = gr.Chatbot(label="Cogumi", show_label=False, height=520, elem_id="chat", autoscroll=False,
                                      buttons=["copy", "copy_all"])
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Row():

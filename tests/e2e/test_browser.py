@@ -1931,3 +1931,24 @@ def test_on_a_phone_a_chat_opened_from_past_chats_comes_into_view(engine, tmp_pa
 
 
 IN_VIEW = "(e) => { const r = e.getBoundingClientRect(); return r.top >= -1 && r.top < window.innerHeight / 2; }"
+
+
+def test_the_chats_name_does_not_cover_its_messages(engine, tmp_path, monkeypatch):
+    """QA 22: the Chatbot's floating label, "Cogumi", sat over the chat's top line whenever it was scrolled."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        chat = service.new_session()
+        for n in range(4):  # a chat taller than its box
+            list(service.respond(chat, f"message {n}, " + "long words " * 40))
+        page.reload()
+        page.wait_for_function(PAGE_READY)
+        page.locator("#sessions label").first.click()
+        expect(page.locator("#chat .message-row.user-row")).to_have_count(4, timeout=10_000)
+        page.wait_for_timeout(300)  # scrolled to its end: its top line is under the box's top edge
+        overlap = page.evaluate("""() => {
+            const box = document.querySelector('#chat .bubble-wrap').getBoundingClientRect();
+            return [...document.querySelectorAll('#chat [data-testid="block-label"]')].map(e => e.getBoundingClientRect())
+              .filter(r => r.width && r.height && r.left < box.right && r.right > box.left && r.top < box.bottom
+                           && r.bottom > box.top).length;
+        }""")
+        assert overlap == 0
+        assert page.locator("#chat [role=log]").get_attribute("aria-label")  # still named for a screen reader
