@@ -415,10 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     if startup:
         startup.close()  # the chat takes over its address; the page reloads into it
     stop_gracefully(service)
-    demo.queue(default_concurrency_limit=1).launch(
+    # quiet: Gradio's own lines told the person to set `share=True` in `launch()` (QA 22); a public link, asked
+    # for, is still printed
+    _, local_url, _ = demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, inbrowser=not args.no_browser and not startup,
-        css=PAGE_CSS, js=PAGE_JS, head=page_head(space),
+        css=PAGE_CSS, js=PAGE_JS, head=page_head(space), quiet=True, prevent_thread_lock=True,
     )
+    print(f"Cogumi Chat is running on {local_url.rstrip('/')}; Ctrl-C stops it"
+          + ("" if args.share else " (--share also gives a temporary public link)"), flush=True)
+    demo.block_thread()
     return 0
 
 
@@ -508,6 +513,7 @@ def stop_gracefully(service) -> None:
                 log.warning("stopping with %d reply(ies) unfinished: kept as far as saved, marked interrupted at "
                             "the next start", left)
             time.sleep(0.5)  # for the page: the reply's last update, its end and figures (QA: it never came)
+        print(f"stopped; your chats are kept in {service.memory.path}", file=sys.stderr)  # QA 22: not a word
         logging.shutdown()
         sys.stdout.flush(), sys.stderr.flush()
         os._exit(0)  # the replies are saved (SQLite commits each write): nothing else needs tearing down

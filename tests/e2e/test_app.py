@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -180,3 +181,25 @@ def test_speculative_decoding_is_on_by_default_and_off_with_no_draft(tmp_path, d
                 client.predict(f"message {i}", api_name="/chat")
         counts = draft_counts(db_path)
         assert len(counts) == 3 and (max(counts) > 0) == drafted, (args, counts)
+
+
+def test_the_terminal_gives_the_apps_address_and_says_where_the_chats_are_at_ctrl_c(tmp_path, demo_models_dir):
+    """QA 22 #5: the terminal said "To create a public link, set `share=True` in `launch()`", an instruction for
+    Gradio's code, not for this app (its option is --share); and Ctrl-C ended it without a word."""
+    import signal
+
+    from tests.launcher import start_app
+
+    app = start_app(tmp_path / "data", demo_models_dir)
+    try:
+        app.wait_for_chat()
+        time.sleep(0.5)  # the line is printed as the chat starts to answer
+        log = app.log()
+        assert f"Cogumi Chat is running on {app.url.rstrip('/')}" in log and "--share" in log, log[-2000:]
+        assert "share=True" not in log and "launch()" not in log
+        app.proc.send_signal(signal.SIGINT)
+        assert app.proc.wait(timeout=60) == 0
+        assert f"stopped; your chats are kept in {app.db_path}" in app.log()
+    finally:
+        if app.proc.poll() is None:
+            app.proc.kill()
