@@ -514,7 +514,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             with gr.Column(scale=5, elem_id="chat-column"):
                 # autoscroll: chat_scroll.js does it. No "share" button: it had no name, and on a Space it posts the
                 # chat to the Space's Discussions. No label shown: it floated over the chat's top line (QA 22); the
-                # chat is still named "Cogumi" to a screen reader.
+                # chat's log keeps Gradio's name for a screen reader ("chatbot conversation").
                 chatbot = gr.Chatbot(label="Cogumi", show_label=False, height=520, elem_id="chat", autoscroll=False,
                                      buttons=["copy", "copy_all"])
                 notice = gr.Markdown(elem_id="notice")

@@ -1951,4 +1951,4 @@ def test_the_chats_name_does_not_cover_its_messages(engine, tmp_path, monkeypatc
                            && r.bottom > box.top).length;
         }""")
         assert overlap == 0
-        assert page.locator("#chat [role=log]").get_attribute("aria-label")  # still named for a screen reader
+        assert page.locator("#chat [role=log]").get_attribute("aria-label")  # still named, for a screen reader
