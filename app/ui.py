@@ -257,17 +257,21 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                 *figures_and_panel(service, session_id, visitor), following(session_id, visitor, on_screen))
 
     @explained
-    def open_session(session_id, visitor, on_screen, matching):
+    def open_session(session_id, visitor, on_screen, matching, sends):
         """The chat clicked in the list, or (deleted in another tab since the list was drawn) the list
         redrawn without it, the chat on screen still chosen: it showed the clicked one as chosen while
-        the other stayed on screen, and Delete then deleted the one on screen."""
+        the other stayed on screen, and Delete then deleted the one on screen. `sends`: the page's sends at
+        the click; a message sent after it went on in this chat (sent_as carries the choice), and this, come
+        back after it had begun, drew the chat as it was before it: the message and its reply vanished."""
         owner = owner_of(visitor)
         if not service.owns(session_id, owner):
             gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching), gr.skip())
         on_screen["chat"] = session_id
-        return (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
-                gr.skip(), following(session_id, visitor, on_screen))  # the list: find_chats, next
+        opened = (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
+                  gr.skip(), following(session_id, visitor, on_screen))  # the list: find_chats, next
+        with screen:
+            return (gr.skip(),) * len(opened) if overtaken(on_screen, sends) else opened
 
     def empty_chat(visitor, on_screen, listed) -> tuple:
         """The page on no chat: session id, chat, notice, stats line, the past chats list (`listed`), panel."""
@@ -275,7 +279,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         return NO_CHAT, chat_view(None, visitor), "", "", listed, *panel_views(service, None, owner_of(visitor))
 
     def overtaken(on_screen, sends) -> bool:
-        """A send the page made after `sends` has begun: it is the chat on screen now (New chat, Delete)."""
+        """A send the page made after `sends` has begun: it is the chat on screen now (New chat, Delete, opening
+        a past chat)."""
         return on_screen.get("began", 0) > (sends or 0)
 
     @explained
@@ -582,9 +587,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
                             js=CONFIRM_DELETE)
         search.change(*list_chats, api_visibility="private")  # typed or pasted
-        sessions.input(open_session, [sessions, visitor, on_screen, search],
+        sessions.input(open_session, [sessions, visitor, on_screen, search, press],
                        [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private",
-                       js="(...inputs) => { window.cogumiNewChat = false; window.cogumiShowChat?.(); return inputs; }").then(
+                       js="(chat, visitor, on_screen, search) => { window.cogumiNewChat = false; window.cogumiShowChat?.(); "
+                          "return [chat, visitor, on_screen, search, window.cogumiSends ?? 0]; }").then(
             *list_chats, api_visibility="private")
         follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow],
                     api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second

@@ -1952,3 +1952,34 @@ def test_the_chats_name_does_not_cover_its_messages(engine, tmp_path, monkeypatc
         }""")
         assert overlap == 0
         assert page.locator("#chat [role=log]").get_attribute("aria-label")  # still named, for a screen reader
+
+
+def test_a_message_sent_as_a_past_chat_opens_goes_on_in_it_and_stays_drawn(engine, tmp_path, monkeypatch):
+    """A past chat clicked, and a message sent before its opening came back: the message goes on in that chat
+    (QA 20), and the opening, coming back after the message has begun, leaves it drawn with its reply."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        list(service.respond(None, "an older chat"))
+        page.reload()
+        page.wait_for_function(PAGE_READY)
+        box, user_rows = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("the chat before")
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
+        panel, holding = service.panel, threading.Event()
+
+        def held(*args, **kwargs):
+            if any(frame.name == "open_session" for frame in traceback.extract_stack()):
+                holding.set()
+                time.sleep(3)
+            return panel(*args, **kwargs)
+        monkeypatch.setattr(service, "panel", held)
+        page.locator("#sessions label", has_text="an older chat").click()
+        assert holding.wait(10)
+        box.fill("a message sent at once")
+        box.press("Enter")
+        expect(user_rows).to_have_text(["an older chat", "a message sent at once"], timeout=10_000)
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(2, timeout=10_000)
+        page.wait_for_timeout(3_500)  # the opening has come back
+        expect(user_rows).to_have_text(["an older chat", "a message sent at once"])
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(2)
+        assert user_messages(service) == [["an older chat", "a message sent at once"], ["the chat before"]]
