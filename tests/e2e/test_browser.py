@@ -1234,14 +1234,7 @@ def sent_while_held(page, service, monkeypatch, button: str, callback: str) -> N
     box.fill("the chat before")
     box.press("Enter")
     expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
-    panel, holding = service.panel, threading.Event()
-
-    def held(*args, **kwargs):
-        if any(frame.name == callback for frame in traceback.extract_stack()):
-            holding.set()
-            time.sleep(3)
-        return panel(*args, **kwargs)
-    monkeypatch.setattr(service, "panel", held)
+    holding = panel_held(service, monkeypatch, callback)
     page.click(button)
     assert holding.wait(10)
     box.fill("a message sent at once")
@@ -1250,6 +1243,20 @@ def sent_while_held(page, service, monkeypatch, button: str, callback: str) -> N
     expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
     page.wait_for_timeout(3_500)  # the answer has come back
     expect(user_rows).to_have_text(["a message sent at once"])
+
+
+def panel_held(service, monkeypatch, callback: str) -> threading.Event:
+    """The panel held 3 s on the server when the page's `callback` draws it (its answer comes back that late); the
+    event is set as the hold begins."""
+    panel, holding = service.panel, threading.Event()
+
+    def held(*args, **kwargs):
+        if any(frame.name == callback for frame in traceback.extract_stack()):
+            holding.set()
+            time.sleep(3)
+        return panel(*args, **kwargs)
+    monkeypatch.setattr(service, "panel", held)
+    return holding
 
 
 def user_messages(service) -> list[list[str]]:
@@ -1965,14 +1972,7 @@ def test_a_message_sent_as_a_past_chat_opens_goes_on_in_it_and_stays_drawn(engin
         box.fill("the chat before")
         box.press("Enter")
         expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)
-        panel, holding = service.panel, threading.Event()
-
-        def held(*args, **kwargs):
-            if any(frame.name == "open_session" for frame in traceback.extract_stack()):
-                holding.set()
-                time.sleep(3)
-            return panel(*args, **kwargs)
-        monkeypatch.setattr(service, "panel", held)
+        holding = panel_held(service, monkeypatch, "open_session")
         page.locator("#sessions label", has_text="an older chat").click()
         assert holding.wait(10)
         box.fill("a message sent at once")
