@@ -29,7 +29,7 @@
   // above, out of sight, and only the list's dot moved (QA 22). Where they stand side by side, nothing moves.
   window.cogumiShowChat = () => {
     const chat = document.querySelector("#chat"), list = document.querySelector("#sessions");
-    const [top, bottom] = [chat.getBoundingClientRect().top, chat.getBoundingClientRect().bottom];
+    const {top, bottom} = chat.getBoundingClientRect();
     if (list.getBoundingClientRect().top >= bottom && top < 0) chat.scrollIntoView({block: "start"});
   };
 }

@@ -358,4 +358,4 @@ def _drafted(s) -> str:
     if s.draft_proposed:
         return f" · draft {s.draft_accepted}/{s.draft_proposed} accepted ({s.draft_acceptance:.0%})"
     # on, yet nothing proposed: the adaptive drafter found plain decoding faster, or the draft unsure, at every step
-    return " · draft on: none proposed" if getattr(s, "drafting", None) else ""
+    return " · draft on: none proposed" if s.drafting else ""

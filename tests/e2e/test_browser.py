@@ -1016,7 +1016,6 @@ def test_stop_pressed_just_after_enter_stops_that_reply(engine, tmp_path, monkey
         assert page.evaluate(ERROR_BADGES) == []
 
 
-
 def test_stop_just_after_send_leaves_the_message_sent_or_back_in_the_box_never_both(engine, tmp_path, monkeypatch):
     """QA 19: Stop clicked 10-250 ms after Send put the message back in the box though it had been sent (in the
     chat, its reply stopped): Enter again sent it twice. The page took back every send not yet begun as Stop was
