@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from markdown_it import MarkdownIt
 
 from app.chat import ReplyUpdate
+from router.decision import ROUTES
 
 STATUS_NOTES = {
     "stopped": "*(stopped)*",
@@ -337,7 +338,7 @@ def stored_stats_line(decision: dict | None) -> str:
 
 def _figures(d, s) -> str:
     """d: the Decision (route, reason, routing_ms), s: the GenerationStats, each None when there is none."""
-    route = f"**→ {d.route}** — {html.escape(d.reason)}  \n" if d else ""
+    route = f"**→ {d.route}** — {html.escape(_why(d))}  \n" if d else ""
     if not s:
         return route
     # the engine times the first token from its own start; the person waited for the routing too (on the
@@ -352,6 +353,16 @@ def _figures(d, s) -> str:
     return route + (f"{s.adapter or 'base'} · {s.tokens} token{'s' * (s.tokens != 1)}{speed} · {first}"
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused{left_out}) · stop: {s.stop_reason}"
             + _drafted(s))
+
+
+def _why(d) -> str:
+    """The router's reason without its "→ route": the line leads with the route already (QA 22 #6: "→ base —
+    … → base"). An overridden reason names the router's choice just before its own; a modifier that is not
+    installed says so, and the line's lead says where the reply went instead."""
+    return _ROUTE_ARROW.sub("", d.reason)
+
+
+_ROUTE_ARROW = re.compile(rf" → (?:{'|'.join(ROUTES)})\b")
 
 
 def _drafted(s) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 
@@ -351,3 +352,34 @@ def test_the_timelines_tooltip_gives_the_escalation_as_its_probability(chat):
     for row, d in zip(rows, decisions):
         fired = d["escalation_p"] >= d["tau_e"]
         assert row["P(unhappy)"] == f"{d['escalation_p']:.2f} {'≥' if fired else '<'} τe {d['tau_e']:.2f}"
+
+
+@pytest.mark.parametrize("signal_values, override", [
+    (dict(perplexity=3.0, code=0.97, general=0.03), None),              # perplexity → base
+    (dict(perplexity=50.0, code=0.97, general=0.03), None),             # domain → code
+    (dict(perplexity=50.0, code=0.6, general=0.4), None),               # fallback → base
+    (dict(perplexity=None, general=0.9, code=0.1), None),               # not measured → base
+    (dict(escalation_p=0.9, code=0.9, general=0.1), None),              # escalation → code
+    (dict(perplexity=3.0, code=0.97, general=0.03), "automation"),      # an override keeps the router's why
+    (dict(perplexity=50.0, code=0.97, general=0.03), "missing"),        # code not installed → base
+])
+def test_the_line_under_the_chat_names_the_route_once(signal_values, override):
+    """QA 22 #6: "**→ base** — perplexity 3.2 ≤ τp 12.4: familiar to the base model → base": the line leads with
+    the route, then gave the router's reason, which ends by naming it again. The table keeps the whole reason."""
+    from app.display import stats_line
+    from router.decision import NOT_AVAILABLE, Signals, Thresholds
+    from router.policy import decide
+
+    perplexity, escalation_p = signal_values.pop("perplexity", 50.0), signal_values.pop("escalation_p", 0.1)
+    probs = {"code": 0.0, "reasoning": 0.0, "automation": 0.0, "general": 0.0, **signal_values}
+    d = decide(Signals(perplexity, escalation_p, probs), Thresholds(10.0, 0.5, 0.8, True),
+               None if override == "missing" else override)
+    if override == "missing":  # as ChatService records it
+        d.reason, d.route = d.reason + "; " + NOT_AVAILABLE.format(d.route), "base"
+    line = stats_line(SimpleNamespace(decision=d, stats=None))
+    assert line.startswith(f"**→ {d.route}** — ") and line.count("→") == 1, line
+    assert f"→ {d.router_choice}" in d.reason  # the stored reason is the router's whole line
+    if d.overridden:
+        assert f"the router would pick {d.router_choice}: " in line
+    if override == "missing":
+        assert line.endswith("; the code modifier is not available  \n"), line
