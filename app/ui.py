@@ -73,9 +73,14 @@ const cogumiWhenReady = () => {
 };
 cogumiWhenReady();
 </script>""" % LOAD_WAIT_MS
-PAGE_HEAD = (f'<script>window.cogumiTabChat = sessionStorage.getItem("{TAB_CHAT_KEY}"); '
-             f'window.cogumiTabRoute = sessionStorage.getItem("{TAB_ROUTE_KEY}"); '
-             f'window.cogumiTabDraft = sessionStorage.getItem("{TAB_DRAFT_KEY}");</script>' + EARLY_PRESS)
+# The tab's own storage, read and written where a browser that keeps no site data throws on any use of it:
+# there the tab keeps nothing across a reload, and the page works all the same.
+PAGE_HEAD = (f'<script>window.cogumiTabGet = (key) => {{ try {{ return sessionStorage.getItem(key); }} '
+             f'catch (e) {{ return null; }} }}; '
+             f'window.cogumiTabSet = (key, value) => {{ try {{ sessionStorage.setItem(key, value); }} catch (e) {{}} }}; '
+             f'window.cogumiTabChat = cogumiTabGet("{TAB_CHAT_KEY}"); '
+             f'window.cogumiTabRoute = cogumiTabGet("{TAB_ROUTE_KEY}"); '
+             f'window.cogumiTabDraft = cogumiTabGet("{TAB_DRAFT_KEY}");</script>' + EARLY_PRESS)
 # On a Space, the browser's id: read, or made and kept, before the page sends anything. Made on the server
 # (the load event's), it raced the first message's: a message sent before the load came back was made
 # under one id and the load's, later, took its place (the chat was nobody's from then on); and
@@ -603,9 +608,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                                "window.cogumiTabRoute ?? route, window.cogumiTabDraft == null ? "
                                                "draft : window.cogumiTabDraft === 'true']").then(
             None, None, None, js="() => { window.cogumiLoaded = true; return []; }", api_visibility="private")
-        session_id.change(None, session_id, None, js=f"(chat) => {{ sessionStorage.setItem('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
-        route.change(None, route, None, js=f"(route) => {{ sessionStorage.setItem('{TAB_ROUTE_KEY}', route); return []; }}")
-        use_draft.input(None, use_draft, None, js=f"(on) => {{ sessionStorage.setItem('{TAB_DRAFT_KEY}', on); return []; }}")
+        session_id.change(None, session_id, None, js=f"(chat) => {{ window.cogumiTabSet('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
+        route.change(None, route, None, js=f"(route) => {{ window.cogumiTabSet('{TAB_ROUTE_KEY}', route); return []; }}")
+        use_draft.input(None, use_draft, None, js=f"(on) => {{ window.cogumiTabSet('{TAB_DRAFT_KEY}', on); return []; }}")
         if per_visitor:  # the id the page goes by, where the next page reads it (a browser's from before VISITOR_HEAD)
             visitor.change(None, visitor, None, js=f"(visitor) => {{ if (visitor) {{ window.cogumiVisitor = visitor; "
                                                    f"try {{ localStorage.setItem('{VISITOR_KEY}', visitor); }} "

@@ -80,11 +80,25 @@ def chromium_path() -> str:
 PAGE_READY = "() => window.cogumiReady === true"  # its scripts run, its load back (app.ui.EARLY_PRESS)
 
 
+# A profile whose browser keeps nothing for any site: "Block all cookies", which blocks localStorage and
+# sessionStorage too (reading either throws), as a person may set it, or a browser for a Space's frame.
+NO_STORAGE_PREFERENCES = {"profile": {"default_content_setting_values": {"cookies": 2}}}
+
+
 @contextmanager
-def browser_page(url: str):
+def browser_page(url: str, profile: Path | None = None):
+    """A page of a new browser; with `profile`, a browser that blocks storage, whose profile lives there."""
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()  # a context: more tabs
+        viewport = {"width": 1500, "height": 1100}
+        if profile:
+            (profile / "Default").mkdir(parents=True)
+            (profile / "Default" / "Preferences").write_text(json.dumps(NO_STORAGE_PREFERENCES))
+            browser = p.chromium.launch_persistent_context(profile, executable_path=chromium_path(),
+                                                           args=CHROMIUM_ARGS, viewport=viewport)
+            page = browser.new_page()
+        else:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = browser.new_context(viewport=viewport).new_page()  # a context: more tabs
         page.dialogs = []  # any alert() at all would mean typed HTML ran
         page.confirms = []  # the app's own confirm() questions, answered by page.answer (True: OK)
         page.answer = None
@@ -1982,3 +1996,27 @@ def test_a_message_sent_as_a_past_chat_opens_goes_on_in_it_and_stays_drawn(engin
         expect(user_rows).to_have_text(["an older chat", "a message sent at once"])
         expect(page.locator("#chat .message-row.bot-row")).to_have_count(2)
         assert user_messages(service) == [["an older chat", "a message sent at once"], ["the chat before"]]
+
+
+def test_a_browser_that_keeps_nothing_still_chats(app, tmp_path):
+    """A browser set to block all site data throws on any read of localStorage or sessionStorage: the page's own
+    scripts threw before the page was up (the tab's chat, route and draft choice; and on each change of them).
+    The page must work all the same, keeping only what it can: a route or draft choice applies to the next send."""
+    url, db_path = app
+    with browser_page(url, profile=tmp_path / "profile") as page:
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.reload()  # the listener sees the page's first scripts
+        page.wait_for_function(PAGE_READY)
+        assert "SecurityError" in page.evaluate("() => { try { sessionStorage.length; } catch (e) { return e.name; } }")
+        row, _ = send(page, "What is the capital of France?", db_path)
+        assert row["overridden"] == 0
+        page.locator("#route label", has_text="code").click()
+        page.locator("#use-draft input").uncheck()
+        row, _ = send(page, "And of Spain?", db_path)
+        assert (row["route"], row["overridden"], row["drafting"]) == ("code", 1, 0)
+        expect(page.locator("#stats")).to_contain_text("→ code")
+        # Gradio's own (6.31): gr.BrowserState reads localStorage outside its try as it mounts; the page's one
+        # BrowserState, the open chat, then starts empty, as it must where nothing is kept
+        gradios = "Failed to read the 'localStorage' property from 'Window': Access is denied for this document."
+        assert [error for error in errors if error != gradios] == [] and errors.count(gradios) <= 1, errors
