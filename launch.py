@@ -513,10 +513,11 @@ def stop_gracefully(service) -> None:
                 log.warning("stopping with %d reply(ies) unfinished: kept as far as saved, marked interrupted at "
                             "the next start", left)
             time.sleep(0.5)  # for the page: the reply's last update, its end and figures (QA: it never came)
+        service.memory.close()  # sessions.db alone then holds it all, -wal and -shm gone (QA 23)
         print(f"stopped; your chats are kept in {service.memory.path}", file=sys.stderr)  # QA 22: not a word
         logging.shutdown()
         sys.stdout.flush(), sys.stderr.flush()
-        os._exit(0)  # the replies are saved (SQLite commits each write): nothing else needs tearing down
+        os._exit(0)  # the replies are saved and sessions.db closed: nothing else needs tearing down
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -259,6 +259,20 @@ class Memory:
             except sqlite3.Error as exc:
                 log.info("%s: checkpoint left for later (%s)", self.path, exc)
 
+    def close(self, wait_s: float = 2.0) -> None:
+        """Close the connection, which moves what sessions.db-wal holds into sessions.db and removes -wal and
+        -shm (SQLite does so as the last connection closes): a clean stop leaves the one file. A write still
+        going after `wait_s` (another program's lock) is left to finish or not; -wal then keeps what it has."""
+        if not self._lock.acquire(timeout=wait_s):
+            log.info("%s: left open, a write is still waiting", self.path)
+            return
+        try:
+            self.db.conn.close()
+        except sqlite3.Error as exc:
+            log.info("%s: closed with its -wal kept (%s)", self.path, exc)
+        finally:
+            self._lock.release()
+
     def list_sessions(self, limit: int = 50, owner: str | None = None, matching: str | None = None,
                       used_only: bool = False) -> list[dict]:
         """The most recently used sessions: all of them, or only `owner`'s; with `matching`, only those
@@ -368,6 +382,7 @@ class Memory:
             else:
                 self.db["feedback"].upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
                                             "created_at": _now()}, pk="message_id")
+        self.checkpoint()  # a rating comes after its reply's end: else only sessions.db-wal held it (QA 23)
 
     def feedback(self, session_id: str) -> dict[int, bool]:
         """The session's 👍 (True) and 👎 (False), by assistant message id."""

@@ -206,3 +206,26 @@ def test_a_db_flag_naming_a_folder_not_made_yet_makes_it(tmp_path):
     (tmp_path / "a file").write_text("in the way")
     with pytest.raises(SessionStoreError, match="a file.*could not make the folder"):
         open_memory(tmp_path / "a file" / "sessions.db")
+
+
+def test_sessions_db_alone_holds_every_rating_and_nothing_after_close_is_left_beside_it(tmp_path):
+    """QA 23 #1: a 👍/👎 lived only in sessions.db-wal (SQLite moves it into sessions.db at a checkpoint, which
+    came only at a reply's end or a delete): a copy of sessions.db alone, the backup the README gives, lost it.
+    And a clean stop left -wal and -shm beside it: close() folds them in."""
+    import shutil
+
+    path = tmp_path / "sessions.db"
+    memory = Memory(path)
+    sid = memory.new_session()
+    memory.add_message(sid, "user", "a question")
+    reply = memory.add_message(sid, "assistant", "an answer")
+    memory.checkpoint()  # as a reply's end does
+    memory.set_feedback(reply, False)
+    (tmp_path / "backup").mkdir()
+    shutil.copyfile(path, tmp_path / "backup" / "sessions.db")
+    backup = sqlite3.connect(tmp_path / "backup" / "sessions.db")
+    assert backup.execute("select message_id, liked from feedback").fetchall() == [(reply, 0)]
+    backup.close()
+    memory.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "sessions.db"]
+    assert Memory(path).feedback(sid) == {reply: False}

@@ -166,6 +166,30 @@ def test_a_reply_streaming_when_the_app_is_told_to_stop_is_saved_whole(tmp_path,
     assert db.execute("select count(*) from messages where status = 'streaming'").fetchone()[0] == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_clean_stop_leaves_every_chat_and_rating_in_sessions_db_alone(tmp_path, demo_models_dir, signum):
+    """QA 23 #1: after a clean stop sessions.db-wal and -shm were still there, and a 👍/👎 given after its reply
+    ended lived only in -wal: a copy of sessions.db alone (the README's backup) had the chat, not the rating."""
+    data = tmp_path / "data"
+    app = start_app(data, demo_models_dir, "--max-tokens", "8", log_name="stop.log")
+    app.wait_for_chat()
+    client = Client(app.url, verbose=False)
+    session = client.predict(api_name="/new_session")
+    for text in ("hello one", "hello two"):
+        client.predict(text, session, api_name="/chat")
+    liked = {client.predict(session, 1, True, api_name="/feedback"): 1,
+             client.predict(session, 3, False, api_name="/feedback"): 0}
+    app.proc.send_signal(signum)
+    assert app.proc.wait(timeout=60) == 0, app.log()[-3000:]
+    assert sorted(p.name for p in data.glob("sessions.db*")) == ["sessions.db", "sessions.db.lock"]
+    (tmp_path / "backup").mkdir()
+    shutil.copyfile(app.db_path, tmp_path / "backup" / "sessions.db")
+    backup = sqlite3.connect(tmp_path / "backup" / "sessions.db")
+    assert dict(backup.execute("select message_id, liked from feedback").fetchall()) == liked
+    assert backup.execute("select count(*) from messages where session_id = ?", [session]).fetchone()[0] == 4
+    backup.close()
+
+
 @pytest.mark.parametrize("signum, background", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
                          ids=["SIGTERM", "SIGINT", "SIGINT, started in the background"])
 def test_the_app_told_to_stop_while_it_starts_leaves_quietly_and_cleanly(tmp_path, demo_models_dir, signum,
