@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_JS, build_ui, page_head
 
     settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
-    if settings.max_tokens > engine.n_ctx:
+    if args.max_tokens is not None and settings.max_tokens > engine.n_ctx:  # not the default: never typed (QA 23 #4)
         log.warning("--max-tokens %s is more than the context window (%s tokens) holds: a reply ends where the window "
                     "is full", f"{settings.max_tokens:,}", f"{engine.n_ctx:,}")
     too_small = context_too_small(engine, settings, profile.settings.get("n_ctx", DEFAULT_N_CTX))

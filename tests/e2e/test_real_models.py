@@ -182,6 +182,15 @@ def test_a_context_larger_than_the_model_was_trained_for_is_cut_and_said(tmp_pat
                      r"where the window is full", log), log[-2000:]
 
 
+def test_a_small_window_does_not_blame_a_max_tokens_never_given(tmp_path, demo_models_dir):
+    """QA 23 #4: --n-ctx 100 alone logged "--max-tokens 256 is more than the context window (100 tokens) holds":
+    256 is the default, never typed. A reply still ends where the window is full, and says so (stop: context)."""
+    with running_app(tmp_path / "data", demo_models_dir, "--n-ctx", "100") as (url, db_path):
+        assert Client(url, verbose=False).predict("hello", api_name="/chat")
+    log = (tmp_path / "data" / "launch.log").read_text()
+    assert "--max-tokens" not in log, log[-2000:]
+
+
 def listening_on(port: int) -> set[str]:
     """The IPv4 addresses something listens on at `port`, from /proc/net/tcp."""
     found = set()
