@@ -322,8 +322,16 @@ def exposure_warnings(host: str, port: int, share: bool, space: bool = False) ->
     return warnings
 
 
+def configure_logging() -> None:
+    """The app's own INFO lines on the terminal; the libraries' warnings only: at INFO, Gradio's requests to
+    itself (httpx) and torch's cache figures as the interpreter exits were printed as if they were the app's."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for ours in ("cogumi", "app", "models", "router", "modifiers"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     # Until the chat is up (stop_gracefully), SIGTERM stops it as Ctrl-C does: the exception unwinds the
     # start, and a model file half decompressed or downloaded is removed on the way (Python's default
     # SIGTERM left it, and exited 143). SIGINT too where it came ignored (`python launch.py &` in a script):

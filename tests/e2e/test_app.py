@@ -197,9 +197,22 @@ def test_the_terminal_gives_the_apps_address_and_says_where_the_chats_are_at_ctr
         log = app.log()
         assert f"Cogumi Chat is running on {app.url.rstrip('/')}" in log and "--share" in log, log[-2000:]
         assert "share=True" not in log and "launch()" not in log
+        assert " httpx: " not in log, log[-2000:]  # QA 23: the libraries' own INFO lines (Gradio's requests to itself)
         app.proc.send_signal(signal.SIGINT)
         assert app.proc.wait(timeout=60) == 0
         assert f"stopped; your chats are kept in {app.db_path}" in app.log()
     finally:
         if app.proc.poll() is None:
             app.proc.kill()
+
+
+def test_a_stop_after_the_router_loaded_prints_no_torch_lines(tmp_path):
+    """QA 23 #3: stopped while starting, once torch was loaded, the terminal ended with torch's own INFO lines
+    ("FakeTensor cache stats: cache_hits: 0 ..."), which it logs as the interpreter exits. The app's own INFO
+    lines stay."""
+    script = ("import logging, sys, launch; launch.configure_logging(); import torch._subclasses.fake_tensor; "
+              "logging.getLogger('app.chat').info('the app says this'); sys.exit(0)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "the app says this" in done.stderr, done.stderr
+    assert "FakeTensor" not in done.stderr and "torch" not in done.stderr, done.stderr
