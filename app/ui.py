@@ -305,10 +305,21 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if session_id == NO_CHAT:
             gr.Info("No chat is open: open one from Past chats to delete it.")
             return (gr.skip(),) * 9
-        if not service.owns(session_id, owner_of(visitor)):  # gone: nothing is lost, and the page moves on
-            gr.Info("This chat was already deleted, in another tab or window.")
-        else:
-            service.delete_session(session_id, owner_of(visitor))
+        with screen:  # off the page before its reply is stopped: that reply's last update, "deleted … while it
+            # replied", then leaves the page alone (QA 23 #2: drawn a moment after, it put the chat back on screen)
+            leaving = not overtaken(on_screen, sends) and on_screen.get("chat") == session_id
+            if leaving:
+                on_screen["chat"] = None
+        try:
+            if not service.owns(session_id, owner_of(visitor)):  # gone: nothing is lost, and the page moves on
+                gr.Info("This chat was already deleted, in another tab or window.")
+            else:
+                service.delete_session(session_id, owner_of(visitor))
+        except BaseException:  # not deleted (its reply did not stop, a lock): the chat is on screen still
+            with screen:
+                if leaving and on_screen.get("chat") is None:
+                    on_screen["chat"] = session_id
+            raise
         with screen:
             if overtaken(on_screen, sends):  # the list, without the deleted chat
                 return (*(gr.skip(),) * 4, session_choices(visitor, on_screen["chat"], matching), *(gr.skip(),) * 4)

@@ -2020,3 +2020,44 @@ def test_a_browser_that_keeps_nothing_still_chats(app, tmp_path):
         # BrowserState, the open chat, then starts empty, as it must where nothing is kept
         gradios = "Failed to read the 'localStorage' property from 'Window': Access is denied for this document."
         assert [error for error in errors if error != gradios] == [] and errors.count(gradios) <= 1, errors
+
+
+def test_a_chat_deleted_here_while_it_replies_is_cleared_for_good(engine, tmp_path, monkeypatch):
+    """QA 23 #2: Delete pressed as the chat's reply began deleted it, and the page cleared; but the reply's last
+    update, stopped by the delete, was still drawn, "(stopped)" and "This chat was deleted, in another tab or
+    window, while it replied", and 3 times in 47 the page applied it after the delete's clear: the chat, deleted in
+    this very tab, was back on screen. The page sends it before the clear, so which comes last is the browser's:
+    the test checks that no update of the deleted chat is drawn once its delete has begun."""
+    import app.ui
+
+    drawn, stats_line = [], app.ui.stats_line
+
+    def drawing(update):  # called for each update the page draws (those of a chat off the page are skipped)
+        drawn.append((update.done, update.notice))  # (one ReplyUpdate, changed as the reply goes on)
+        return stats_line(update)
+    monkeypatch.setattr(app.ui, "stats_line", drawing)
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        respond = type(service).respond.__get__(service)
+
+        def paced_but_the_last(*args, **kwargs):  # the last update at once, as the delete goes on
+            for update in respond(*args, **kwargs):
+                time.sleep(0 if update.done else 0.1)
+                yield update
+        monkeypatch.setattr(service, "respond", paced_but_the_last)
+        list(service.respond(None, "an earlier chat"))
+        page.reload()
+        page.wait_for_function(PAGE_READY)
+        box = page.locator("#message textarea")
+        box.fill("the chat to delete")
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=10_000)  # streaming
+        page.answer = True
+        page.click("#delete-chat")
+        expect(page.locator("#sessions label")).to_have_count(1, timeout=10_000)
+        expect(page.locator("#chat .message-row")).to_have_count(0)
+        assert service.wait_for_replies(10) == 0
+        page.wait_for_timeout(500)
+        expect(page.locator("#chat .message-row")).to_have_count(0)
+        assert "another tab" not in page.locator("#notice").inner_text()
+        assert drawn and not [notice for done, notice in drawn if done or notice], drawn
+        assert user_messages(service) == [["an earlier chat"]]
