@@ -400,10 +400,12 @@ class Memory:
 # marks) turn the list's text around ("a\u202eRTL" showed as "aLTR"), which could disguise a chat's name;
 # control characters that are not white space (NUL, ESC, DEL, C1) showed as missing-character boxes;
 # a terminal escape sequence goes whole (ECMA-48: CSI parameters and final byte, an OSC string to its
-# BEL or ST, or ESC and one byte), as a pasted colour code left "[31m".
+# BEL or ST, or ESC and one byte), as a pasted colour code left "[31m". Zero-width spaces, the word joiner and
+# a BOM take room in the list and show nothing (a joiner that joins, in 👨‍👩‍👧, stays). A code fence's line
+# ("```python", "~~~") is markdown's, not the person's words.
 _HIDDEN_IN_TITLE = re.compile("(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\\\|\x9c)"
-                              "|\x1b[ -~]?|[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-                              "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+                              "|\x1b[ -~]?|[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+                              "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]|^[ \t]*(?:`{3,}|~{3,})[^\n]*$", re.M)
 
 
 def _title(text: str) -> str:

@@ -132,6 +132,20 @@ def test_a_title_cannot_turn_its_text_around(service):
     assert rows(service, last.session_id)[0][1] == "a\u202eRTL override txt \u2067isolate\u2069 \u200fmark"
 
 
+@pytest.mark.parametrize("typed, title", [
+    ("\u200b\u200bhello\ufeff there\u2060", "hello there"),                        # invisible: no gap, no room taken
+    ("```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b): return a + b"),  # a fence's marks
+    ("~~~\nSELECT 1;\n~~~\nwhy?", "SELECT 1; why?"),
+    ("👨\u200d👩\u200d👧 family", "👨\u200d👩\u200d👧 family"),                       # a joiner that joins stays
+])
+def test_a_title_leaves_out_what_does_not_read(service, typed, title):
+    """QA 23: Past chats listed a chat begun with a code block as "```python def add…", and one begun with
+    zero-width spaces with room taken by nothing. The message keeps them."""
+    *_, last = service.respond(None, typed)
+    assert service.sessions()[0]["title"] == title
+    assert rows(service, last.session_id)[0][1] == typed
+
+
 def test_a_title_shows_no_control_characters(service):
     """QA: a NUL in a first message was drawn as a missing-character box in Past chats (the chat itself
     shows nothing for it). Control characters leave the title, and so do the terminal escape sequences
