@@ -326,7 +326,7 @@ def configure_logging() -> None:
     """The app's own INFO lines on the terminal; the libraries' warnings only: at INFO, Gradio's requests to
     itself (httpx) and torch's cache figures as the interpreter exits were printed as if they were the app's."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    for ours in ("cogumi", "app", "models", "router", "modifiers"):
+    for ours in ("cogumi", "app", "models", "router"):
         logging.getLogger(ours).setLevel(logging.INFO)
 
 
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_JS, build_ui, page_head
 
     settings = ChatSettings() if args.max_tokens is None else ChatSettings(max_tokens=args.max_tokens)
-    if args.max_tokens is not None and settings.max_tokens > engine.n_ctx:  # not the default: never typed (QA 23 #4)
+    if args.max_tokens is not None and settings.max_tokens > engine.n_ctx:  # given, not the default (QA 23 #4: it named 256)
         log.warning("--max-tokens %s is more than the context window (%s tokens) holds: a reply ends where the window "
                     "is full", f"{settings.max_tokens:,}", f"{engine.n_ctx:,}")
     too_small = context_too_small(engine, settings, profile.settings.get("n_ctx", DEFAULT_N_CTX))
