@@ -355,14 +355,14 @@ def _figures(d, s) -> str:
             + _drafted(s))
 
 
+_ROUTE_ARROW = re.compile(rf" → (?:{'|'.join(ROUTES)})\b")  # a route as the router's reason names it
+
+
 def _why(d) -> str:
     """The router's reason without its "→ route": the line leads with the route already (QA 22 #6: "→ base —
     … → base"). An overridden reason names the router's choice just before its own; a modifier that is not
     installed says so, and the line's lead says where the reply went instead."""
     return _ROUTE_ARROW.sub("", d.reason)
-
-
-_ROUTE_ARROW = re.compile(rf" → (?:{'|'.join(ROUTES)})\b")
 
 
 def _drafted(s) -> str:

@@ -212,7 +212,7 @@ def test_a_stop_after_the_router_loaded_prints_no_torch_lines(tmp_path):
     lines stay."""
     script = ("import logging, sys, launch; launch.configure_logging(); import torch._subclasses.fake_tensor; "
               "logging.getLogger('app.chat').info('the app says this'); sys.exit(0)")
-    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "the app says this" in done.stderr, done.stderr
     assert "FakeTensor" not in done.stderr and "torch" not in done.stderr, done.stderr
