@@ -344,15 +344,20 @@ def _figures(d, s) -> str:
     # the engine times the first token from its own start; the person waited for the routing too (on the
     # base route its prefill is routing's, and the engine's part alone read "0 ms"). The parts are named as
     # the decisions table's columns, and the whole is their sum as shown.
-    routing, model = (round(d.routing_ms) if d else 0), round(s.ttft_ms)
+    routing, model = (d.routing_ms if d else 0), s.ttft_ms
+    whole = round(routing) + round(model)
     first = "" if not s.tokens else (  # stopped before it: no first token to time (QA 19)
-        f"first token {routing + model} ms (routing {routing} + model {model}) · " if d else f"first token {model} ms · ")
+        f"first token {whole} ms (routing {_ms(routing)} + model {_ms(model)}) · " if d else f"first token {whole} ms · ")
     speed = f" · {s.tokens_per_s:.1f} tok/s" if s.tokens_per_s is not None else ""  # one token: nothing to time
     dropped = getattr(s, "dropped_turns", None) or 0  # said here too, so a reopened chat still says it (QA 17)
     left_out = f"; {dropped} earlier message{'s' * (dropped != 1)} left out" if dropped else ""
     return route + (f"{s.adapter or 'base'} · {s.tokens} token{'s' * (s.tokens != 1)}{speed} · {first}"
             f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} reused{left_out}) · stop: {s.stop_reason}"
             + _drafted(s))
+
+
+def _ms(value: float) -> str:
+    return "<1" if round(value) == 0 else str(round(value))  # QA 23: "model 0" read as if the model never ran
 
 
 _ROUTE_ARROW = re.compile(rf" → (?:{'|'.join(ROUTES)})\b")  # a route as the router's reason names it

@@ -194,10 +194,22 @@ def test_the_line_under_the_chat_counts_routing_in_the_wait_for_the_first_token(
     _, _, replies = chat
     for reply in replies:
         routing, model = round(reply.decision.routing_ms), round(reply.stats.ttft_ms)
-        assert f"first token {routing + model} ms (routing {routing} + model {model})" in stats_line(reply)
+        shown = [str(part) if part else "<1" for part in (routing, model)]  # under 1 ms: see the test below
+        assert f"first token {routing + model} ms (routing {shown[0]} + model {shown[1]})" in stats_line(reply)
         assert reply.decision.routing_ms > 0
     assert {"routing ms", "model ms to first token"} <= set(panel.TABLE_COLUMNS)
 
+
+
+def test_a_model_wait_under_a_millisecond_does_not_read_as_none(chat):
+    """QA 23: on the base route the reply reuses routing's prefill, so the engine's own wait can be 0.2 ms, and
+    the line read "first token 20 ms (routing 20 + model 0)", as if the model had not run."""
+    from app.display import stored_stats_line
+
+    service, sid, _ = chat
+    last = dict(service.panel(sid)["decisions"][-1], routing_ms=20.4, ttft_ms=0.2)
+    assert "first token 20 ms (routing 20 + model <1)" in stored_stats_line(last)
+    assert "(routing <1 + model 9)" in stored_stats_line(dict(last, routing_ms=0.3, ttft_ms=9.0))
 
 
 def test_a_reply_stopped_before_its_first_token_has_no_first_token_time(chat):
