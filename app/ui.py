@@ -18,7 +18,9 @@ from app.display import chat_labels, shown, stats_line, stored_stats_line
 from app.memory import SessionStoreError
 from router.decision import ROUTES
 
-DEMO_BANNER = "⚠️ **demo weights: replies are random text — see README for real models**"
+# QA 23: "see README" named no command and no file: a person reading the page can start a real set from here.
+DEMO_BANNER = ("⚠️ **demo weights: replies are random text** — for a real model, start the app with "
+               "`python launch.py --profile qwen2.5-1.5b` (a 1.8 GB download; README.md, \"Real models\")")
 UI_FRAME_S = 0.04
 FOLLOW_S = 0.5  # how often a page redraws a reply it is not streaming itself: the rate a reply is saved at
 ENGINE_QUEUE = "engine"  # the Gradio queue every reply waits in (one engine, one reply at a time)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -119,6 +120,10 @@ def test_the_page_says_these_are_demo_weights(app):
     url, _ = app
     config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
     assert "demo weights: replies are random text" in config
+    # and says how to start a real set (QA 23: "see README" named neither), with a profile the manifest has
+    profile, gigabytes = re.search(r"python launch\.py --profile ([\w.-]+)` \(a ([\d.]+) GB download", config).groups()
+    files = get_profile(profile).files
+    assert not get_profile(profile).demo and float(gigabytes) == round(sum(f.size or 0 for f in files) / 1e9, 1)
 
 
 def test_an_empty_message_gets_a_hint_not_a_reply(app):
