@@ -101,9 +101,31 @@ def check_ours(db: sqlite_utils.Database, path: str) -> None:
             raise SessionStoreError(f"{path}: made by a newer version of Cogumi Chat (its migrations {', '.join(unknown)} "
                                     f"are not this version's); it was left as it is: update the app, or start with "
                                     f"--db OTHER.db.")
+        missing = _missing_schema(db, {row["name"] for row in db["_migrations"].rows})
+        if missing:
+            raise SessionStoreError(f"{path}: {missing}, which this app made in it, is missing: a program or a person "
+                                    f"changed the file, and replies could not be saved. It was left as it is: restore "
+                                    f"it from a backup, move it aside to start a new one, or start with --db OTHER.db.")
     elif tables:
         raise SessionStoreError(f"{path}: not a Cogumi Chat session database (it has the tables "
                                 f"{', '.join(sorted(tables))}); it was left as it is: start with --db OTHER.db.")
+
+
+def _missing_schema(db: sqlite_utils.Database, done: set[str]) -> str | None:
+    """The first table or column that the migrations recorded as done made and `db` lacks (QA 24: a table dropped
+    by hand opened without a word, then every reply failed), as "the table T" or "the column T.C"; None if none.
+    What they made is read off the migrations themselves, run on an empty database in memory."""
+    made = sqlite_utils.Database(memory=True)
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            fn(made)
+    for table in made.table_names():
+        if not db[table].exists():
+            return f"the table {table}"
+        missing = [column for column in made[table].columns_dict if column not in db[table].columns_dict]
+        if missing:
+            return f"the column {table}.{missing[0]}"
+    return None
 
 
 def migrate(db: sqlite_utils.Database) -> None:

@@ -462,6 +462,28 @@ def test_a_sessions_db_that_is_not_this_versions_is_named_and_left_as_it_is(tmp_
     assert digest(db_path) == before and not Path(f"{db_path}-wal").exists()
 
 
+@pytest.mark.parametrize("change, missing", [
+    ("drop table decisions", "the table decisions"),
+    ("drop table feedback", "the table feedback"),
+    ("alter table decisions drop column drafting", "the column decisions.drafting"),
+    ("drop index idx_sessions_owner_updated_at; alter table sessions drop column owner", "the column sessions.owner"),
+])
+def test_a_sessions_db_missing_what_its_migrations_made_is_named_and_left_as_it_is(tmp_path, change, missing):
+    """QA 24 #1: a table or column dropped by hand opened without a word; then every reply failed with "check the
+    disk it is on", or (a column) was not saved and retried for two minutes."""
+    db_path = tmp_path / "sessions.db"
+    stored_chat(db_path)
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.executescript(change)
+    before = digest(db_path)
+    with pytest.raises(SessionStoreError) as err:
+        Memory(db_path)
+    said = str(err.value)
+    assert said.startswith(f"{db_path}: ") and missing in said and "--db OTHER.db" in said, said
+    assert "disk" not in said
+    assert digest(db_path) == before and not Path(f"{db_path}-wal").exists()
+
+
 @pytest.mark.parametrize("verify", [False, True])
 def test_a_read_only_models_folder_is_named_not_a_traceback(tmp_path, verify):
     """A copy to make (or to make again, --verify on a changed one) in a folder that cannot be written:
