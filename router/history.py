@@ -8,7 +8,7 @@ router.evaluate (--domain FILE --escalation FILE) each read the rows of their ki
 
 - domain rows {"text", "label"} from overrides: the route the user picked by hand is the label
   (base → general), whatever the router chose, and even where its modifier was not loaded and
-  the plain base ran;
+  the plain base ran; a message sent while a pick made for an earlier one held is left out;
 - escalation rows {"previous_answer", "text", "label"}: the message that followed a 👎 answer
   (label 1) or a 👍 answer (label 0), and messages the router itself took for an escalation
   (label 1, source "router": the router's opinion, not the user's; feedback on the same pair wins).
@@ -48,17 +48,26 @@ left join messages a on a.id = (select max(id) from messages
 order by d.id"""
 
 
-def export_rows(db: sqlite3.Connection) -> list[dict]:
-    """The labelled rows, oldest first: overrides, then escalation pairs."""
+def export_rows(db: sqlite3.Connection) -> tuple[list[dict], int]:
+    """The labelled rows, oldest first: overrides, then escalation pairs; and how many overrides were held.
+
+    The page's Route choice holds for the following messages until it is changed, so only an override unlike the
+    one before it in its chat is taken for the person's word on that message (QA 24: every message after one
+    pick became a label). Held ones are left out: a label lost costs less than a wrong one trained on."""
     db.row_factory = sqlite3.Row
     rows = []
     pairs: dict[int, dict] = {}  # user message id → escalation row; feedback overrides the router's guess
+    previous: dict[str, str | None] = {}  # session → the route picked by hand for its last message, if any
+    held = 0
     for r in db.execute(ROUTED):
-        if r["overridden"]:
-            asked, _ = route_asked(r["route"], r["reason"])  # not the base that ran where it was not available
+        asked = route_asked(r["route"], r["reason"])[0] if r["overridden"] else None  # not a base that stood in
+        if asked and asked == previous.get(r["session_id"]):
+            held += 1
+        elif asked:
             rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[asked],
                          "source": "override", "router_choice": r["router_choice"], "session_id": r["session_id"],
                          "message_id": r["message_id"]})
+        previous[r["session_id"]] = asked
         if r["escalated"] and r["previous_answer"] is not None:
             pairs[r["message_id"]] = _escalation_row(r, 1, "router")
     rated = db.execute(
@@ -68,7 +77,7 @@ def export_rows(db: sqlite3.Connection) -> list[dict]:
         "and role = 'user' and id > f.message_id) order by f.message_id")
     for r in rated:
         pairs[r["message_id"]] = _escalation_row(r, 0 if r["liked"] else 1, "like" if r["liked"] else "dislike")
-    return rows + [pairs[k] for k in sorted(pairs)]
+    return rows + [pairs[k] for k in sorted(pairs)], held
 
 
 def _escalation_row(r: sqlite3.Row, label: int, source: str) -> dict:
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = export_rows(db)
+            rows, held = export_rows(db)
     except sqlite3.Error as exc:
         print(f"error: {path}: cannot read routing history ({exc})", file=sys.stderr)
         return 2
@@ -106,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         counts[f"{row['kind']}/{row['source']}"] = counts.get(f"{row['kind']}/{row['source']}", 0) + 1
     print(f"wrote {len(rows)} rows to {args.export}: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-                                                           or "no overrides, feedback or escalations yet"))
+                                                           or "no overrides, feedback or escalations yet")
+          + (f"; {held} message{'s' * (held != 1)} sent under a route picked for an earlier one left out" if held else ""))
     return 0
 
 

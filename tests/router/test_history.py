@@ -51,6 +51,26 @@ def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_pat
     assert set(parsed["escalation"]) == {"f1", "precision", "recall", "fpr"}
 
 
+def test_an_override_held_for_later_messages_labels_only_the_message_it_was_picked_for(routed_service, tmp_path):
+    """QA 24 #3: the Route choice holds for the following messages until it is changed, and every message sent
+    under it was exported as a hand-made label ("Write a python function…" labelled automation)."""
+    service = routed_service
+    *_, picked = service.respond(None, "What is 17 times 23?", override="automation")
+    sid = picked.session_id
+    list(service.respond(sid, "Write a python function to reverse a list", override="automation"))  # held
+    list(service.respond(sid, "Now sort it by length", override="code"))  # picked anew
+    *_, other = service.respond(None, "Book a meeting with Ana on Monday", override="automation")  # another chat
+
+    out = tmp_path / "history.jsonl"
+    result = run("router.history", "--export", str(out), "--db", service.memory.path)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["text"], r["label"]) for r in rows if r["kind"] == "domain"] == [
+        ("What is 17 times 23?", "automation"), ("Now sort it by length", "code"),
+        ("Book a meeting with Ana on Monday", "automation")]
+    assert "1 message sent under a route picked for an earlier one left out" in result.stdout
+
+
 def test_an_override_to_a_modifier_not_available_is_labelled_as_picked(routed_service, demo_set, tmp_path):
     """QA: picking reasoning or automation where that modifier was not loaded stored route base, and the
     export labelled the message "general", the opposite of what the person said."""
