@@ -40,6 +40,15 @@ def test_escalation_report_arithmetic():
     assert r == {"f1": round(2 / 3, 4), "precision": round(2 / 3, 4), "recall": round(2 / 3, 4), "fpr": 0.25}
 
 
+def test_a_figure_with_nothing_to_count_is_null_not_zero():
+    """QA 24 #5: a history export with only 👍 (no complaint) read f1, precision and recall 0.0, as if the router
+    missed every complaint; with no complaints there is nothing to find. The domain report says null too."""
+    assert escalation_report([0, 0, 0], [0, 0, 0]) == {"f1": None, "precision": None, "recall": None, "fpr": 0.0}
+    assert escalation_report([0, 0], [1, 0]) == {"f1": None, "precision": 0.0, "recall": None, "fpr": 0.5}
+    assert escalation_report([1, 1], [1, 0]) == {"f1": round(2 / 3, 4), "precision": 1.0, "recall": 0.5, "fpr": None}
+    assert escalation_report([1, 1], [0, 0]) == {"f1": 0.0, "precision": None, "recall": 0.0, "fpr": None}
+
+
 def test_the_cli_scores_both_files(tmp_path):
     domain = write_jsonl(tmp_path / "domain.jsonl", [
         {"text": "Fix this Python error: TypeError: unsupported operand type(s) for +: 'int' and 'str'", "label": "code"},
