@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 
 from models.manifest import MANIFEST_PATH, get_profile
-from router.calibrate import tau_for_share
+from router.calibrate import MIN_PROMPTS, tau_for_share
 from router.decision import Thresholds
 from tests.launcher import running_app
 
@@ -99,3 +99,20 @@ def test_prompts_it_cannot_score_are_left_out_and_counted(tmp_path, demo_models_
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "2 prompts in" in done.stdout
     assert "left out: 1 longer than the context (prompt 2), 1 empty (prompt 3)" in done.stdout
+    assert "too few to write" in done.stdout  # a dry run shows it, and says so
+
+
+@pytest.mark.parametrize("target", ["profile", "model"])
+def test_a_tau_p_from_too_few_prompts_is_neither_written_nor_offered(tmp_path, demo_models_dir, demo_set, target):
+    """QA 24 #4: one prompt wrote "τp = 5525.5151 sends 100% of prompts to base (asked 50%)" into the manifest,
+    and every message went to base from then on."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"text": "What is 17 times 23?"}) + "\n")
+    manifest = tmp_path / "manifest.json"
+    shutil.copy(MANIFEST_PATH, manifest)
+    where = ["--model", str(demo_set["base"])] if target == "model" else ["--manifest", str(manifest)]
+    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(demo_models_dir),
+                           "--data", str(data), *where], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"1 prompt is too few: at least {MIN_PROMPTS}" in done.stderr and "--data" in done.stderr
+    assert manifest.read_bytes() == MANIFEST_PATH.read_bytes() and "start with" not in done.stdout
