@@ -241,11 +241,17 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
         return user_profile(args.model, args.draft, modifiers)
     if args.draft or args.modifier:
         raise ModelFileError("--draft and --modifier go with --model; a profile names its own files")
+    from_setting = space and not (args.demo or args.profile) and "COGUMI_PROFILE" in os.environ
     name = "demo" if args.demo else args.profile or (os.environ.get("COGUMI_PROFILE", SPACES_PROFILE) if space else "demo")
     manifest = args.manifest or MANIFEST_PATH
     if not manifest.is_file():
         raise ModelFileError(f"{manifest}: profiles file (--manifest) not found.")
-    return get_profile(name, manifest)
+    if not from_setting:
+        return get_profile(name, manifest)
+    try:  # typed into a Space's settings, where a space pasted with it is easy to miss (QA 24)
+        return get_profile(name.strip(), manifest)
+    except ModelFileError as exc:
+        raise ModelFileError(f"COGUMI_PROFILE (the Space's setting): {exc}") from exc
 
 
 def on_space() -> bool:
@@ -328,6 +334,7 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     for ours in ("cogumi", "app", "models", "router"):
         logging.getLogger(ours).setLevel(logging.INFO)
+    logging.getLogger("huggingface_hub").propagate = False  # it prints through a handler of its own (QA 24: twice)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except SessionStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = None
+    store = startup = None
     try:
         profile = choose_profile(args, space)
         if args.no_draft:
@@ -390,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if startup:
             startup.progress.set_stage("Starting the chat…")  # the page now waits for the chat to take its place
     except ModelFileError as exc:
-        print(f"error: {as_given(str(exc), profile, store) if args.model and store else exc}", file=sys.stderr)
-        return 2
+        return failed_start(as_given(str(exc), profile, store) if args.model and store else str(exc), startup)
 
     from app.chat import ChatService, ChatSettings
     from app.ui import DEMO_BANNER, PAGE_CSS, PAGE_JS, build_ui, page_head
@@ -402,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                     "is full", f"{settings.max_tokens:,}", f"{engine.n_ctx:,}")
     too_small = context_too_small(engine, settings, profile.settings.get("n_ctx", DEFAULT_N_CTX))
     if too_small:
-        print(f"error: {too_small}", file=sys.stderr)
-        return 2
+        return failed_start(too_small, startup)
     failed.update(engine.modifiers.failed)
     for name, reason in failed.items():
         log.warning("modifier %s is not available: %s", name, reason)
@@ -412,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         router = build_router(engine, profile, settings.max_tokens, args.tau_p)
     except HeadFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return failed_start(str(exc), startup)
     service = ChatService(engine, memory, settings, unavailable=failed, router=router)
     banner = "\n\n".join(filter(None, [DEMO_BANNER if profile.demo else None, storage_warning])) or None
     demo = build_ui(service, banner=banner, model_label=f"· {profile.name}",
@@ -543,6 +547,15 @@ def context_too_small(engine, settings, default_n_ctx: int) -> str | None:
             f"and {room} are kept for the reply. Start with --n-ctx {max(2 * need, need + settings.max_tokens)} "
             f"or more (room for a whole {settings.max_tokens}-token reply), or leave --n-ctx out (then "
             f"{default_n_ctx:,} tokens, or fewer if the model was trained on fewer).")
+
+
+def failed_start(error: str, startup) -> int:
+    """Say why the start failed, on the terminal and on the startup page if one is open (QA 24: a Space's
+    visitor saw "Checking the model files…", then only that the connection was lost); the exit code."""
+    print(f"error: {error}", file=sys.stderr)
+    if startup:
+        startup.show_failure(error)
+    return 2
 
 
 def startup_page(args: argparse.Namespace, profile: Profile, store: Store):

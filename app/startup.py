@@ -5,10 +5,12 @@ launch.py serves it on the chat's own address and replaces it with the chat when
 from __future__ import annotations
 
 import threading
+import time
 
 import gradio as gr
 
 TITLE = "Cogumi Chat · starting"
+FAILURE_SHOWN_S = 3.0  # the page polls every second: three chances to fetch why the start failed
 # Once the models are ready the chat replaces this page on the same address: poll until the
 # address serves the chat (its title changes), then reload into it.
 RELOAD_WHEN_READY = """(status) => {
@@ -73,6 +75,12 @@ class StartupPage:
         self.blocks = build_startup_ui(self.progress)
         self.blocks.launch(server_name=host, server_port=port, inbrowser=inbrowser, prevent_thread_lock=True,
                            quiet=True)
+
+    def show_failure(self, error: str) -> None:
+        """Put the reason on the page, and keep serving it long enough for an open page to fetch it (it asks
+        every second) before the process ends and takes the page down with it."""
+        self.progress.fail(error)
+        time.sleep(FAILURE_SHOWN_S)
 
     def close(self) -> None:
         if self.blocks is not None:

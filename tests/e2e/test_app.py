@@ -221,3 +221,26 @@ def test_a_stop_after_the_router_loaded_prints_no_torch_lines(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "the app says this" in done.stderr, done.stderr
     assert "FakeTensor" not in done.stderr and "torch" not in done.stderr, done.stderr
+
+
+def test_a_line_of_huggingface_hub_is_printed_once(tmp_path):
+    """QA 24 #2: offline, each of the Hub client's retries was printed twice, bare by its own handler and again
+    through the app's."""
+    script = ("import launch; launch.configure_logging(); from huggingface_hub.utils import logging; "
+              "logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr.count("Retrying in 1s") == 1, done.stderr
+
+
+def test_a_spaces_profile_setting_is_read_trimmed_and_named_when_unknown(monkeypatch):
+    """QA 24: COGUMI_PROFILE=' qwen2.5-1.5b' (a space pasted in the Space's settings) was "No model profile named
+    ' qwen2.5-1.5b'", and the message did not say the name came from COGUMI_PROFILE."""
+    import launch
+    from models.errors import ModelFileError
+
+    monkeypatch.setenv("COGUMI_PROFILE", " demo\n")
+    assert launch.choose_profile(launch.parse_args([]), space=True).name == "demo"
+    monkeypatch.setenv("COGUMI_PROFILE", "qwen-nope")
+    with pytest.raises(ModelFileError) as err:
+        launch.choose_profile(launch.parse_args([]), space=True)
+    assert str(err.value).startswith("COGUMI_PROFILE (the Space's setting): No model profile named 'qwen-nope'")

@@ -347,6 +347,34 @@ def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(t
         hub.close()
 
 
+def test_a_start_that_fails_while_the_page_is_open_says_why_on_the_page(tmp_path, demo_set, monkeypatch):
+    """QA 24 #2: a Space that could not download its model showed "Checking the model files…", then Gradio's
+    "Connection to the server was lost": the reason was only on the terminal, which a visitor never sees."""
+    from tests.e2e.test_real_models import REPO, hub_manifest
+    from tests.launcher import start_app
+    from tests.models.hub_server import HubServer
+
+    hub = HubServer()
+    hub.add(REPO, "base.gguf", demo_set["base"].read_bytes())  # and no draft.gguf: the Hub answers 404
+    hub.bytes_per_s = 2_000_000  # ~4 s, time for the page to open
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    app = start_app(tmp_path, tmp_path / "models", "--manifest", str(hub_manifest(tmp_path)), "--profile", "hubdemo")
+    try:
+        app.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(app.url)
+            status = page.locator("#startup-status")
+            expect(status).to_contain_text("The app could not start", timeout=60_000)
+            expect(status).to_contain_text("draft.gguf")
+            browser.close()
+        assert app.proc.wait(timeout=30) == 2  # and it still stops, as a failed start does
+    finally:
+        app.stop()
+        hub.close()
+
+
 def test_on_a_space_each_browser_sees_only_its_own_chats(space):
     """Two visitors of one Space: each browser keeps its own id (gr.BrowserState) across reloads
     and lists only its own sessions."""
