@@ -28,7 +28,7 @@ def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow
     is read as one."""
     rows = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark, as Windows Notepad writes, is skipped
             lines = list(f)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start + 1:,})") from exc

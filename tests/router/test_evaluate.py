@@ -136,6 +136,16 @@ def test_bad_files_get_a_clear_error(tmp_path, content, message):
     assert "Traceback" not in done.stderr
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """QA 24: a file from Windows Notepad (UTF-8 with a BOM) was refused as "not valid JSON (Unexpected UTF-8 BOM
+    (decode using utf-8-sig))"."""
+    from router.evaluate import read_jsonl
+
+    path = tmp_path / "notepad.jsonl"
+    path.write_bytes('{"text": "write a regex for emails", "label": "code"}\r\n'.encode("utf-8-sig"))
+    assert read_jsonl(path, ("text", "label")) == [{"text": "write a regex for emails", "label": "code"}]
+
+
 @pytest.mark.parametrize("label", ['"yes"', "2", "-1", "0.5", "null"])
 def test_an_escalation_label_is_0_or_1(tmp_path, label):
     path = tmp_path / "bad.jsonl"
