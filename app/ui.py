@@ -588,7 +588,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # just begun (it ran on, out of sight), and its answer could reach the page before the stream's end,
         # which the page could not read: a red "Error" stayed over the chat and the box (QA 14).
         stop_button.click(stop_reply, [session_id, visitor, on_screen, press], None, api_visibility="private",
-                          js="(chat, visitor, on_screen) => [chat, visitor, on_screen, window.cogumiSends ?? 0]").then(
+                          js="(chat, visitor, on_screen) => { document.querySelector('#message textarea')?.focus(); "
+                             "return [chat, visitor, on_screen, window.cogumiSends ?? 0]; }").then(  # QA 24: keys to the box
             after_stop, [session_id, visitor, search, on_screen], [chatbot, sessions, stats, *views],
             api_visibility="private")
         # The list for the search as it is now and the chat now open: after a chat is opened or a new one

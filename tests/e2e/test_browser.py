@@ -922,6 +922,7 @@ def test_a_message_sent_right_after_stop_is_sent(engine, tmp_path, monkeypatch):
             page.wait_for_timeout(300)  # the reply streams
             box.fill(f"message {n}, sent right after Stop")
             page.click("#stop")
+            expect(box).to_be_focused()  # QA 24: the keys stayed on Stop; what comes next is typed in the box
             page.click("#send") if n % 2 else box.press("Enter")
             expect(user_rows).to_have_count(n, timeout=10_000)
             expect(user_rows.last).to_have_text(f"message {n}, sent right after Stop")
