@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {f'{exc.filename}: {exc.strerror}' if getattr(exc, 'filename', None) else exc}", file=sys.stderr)
         return 2
+    say(f"read {len(domain)} domain, {len(followups)} follow-up, {len(escalation)} escalation examples")
     domain_train, domain_held = split(domain, args.holdout, args.seed)
     follow_train, follow_held = split(followups, args.holdout, args.seed)
     esc_train, esc_held = split(escalation, args.holdout, args.seed)
@@ -214,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         [r["previous_answer"] for r in escalation if r["previous_answer"]]
     # a thread per usable core: the threads share one encoder, so each one more costs no memory
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    say(f"encoding {len(set(texts)):,} texts on {cores} thread{'s' * (cores != 1)}…")
     embedder.preload(texts, threads=cores)
+    say("fitting the domain head…")
     domain_head = train_domain(embedder, domain_train, follow_train, args.seed)
+    say("fitting the escalation head…")
     escalation_head = train_escalation(embedder, esc_train, args.seed)
     seconds = time.perf_counter() - started
     if args.holdout > 0:
@@ -229,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     escalation_head.save(args.out / "escalation.pt", meta)
     print(f"trained in {seconds:.1f} s → {args.out}/domain.pt, escalation.pt")
     return 0
+
+
+def say(stage: str) -> None:
+    """What training is doing now, on stderr (QA 24: minutes of silence; stdout is --holdout's report)."""
+    print(stage, file=sys.stderr, flush=True)
 
 
 def holdout_report(embedder, domain_head, escalation_head, domain_rows, follow_rows, esc_rows) -> dict:

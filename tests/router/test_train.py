@@ -126,7 +126,13 @@ def test_holdout_scores_a_stratified_share_and_writes_nothing(small_data, tmp_pa
     out = tmp_path / "weights"
     assert train.main(["--data", str(small_data), "--out", str(out), "--holdout", "0.25"]) == 0
     assert not out.exists()
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    # what it is doing, as it goes (QA 24: minutes of silence), on stderr beside the report
+    stages = ["read 96 domain, 16 follow-up, 60 escalation examples", "encoding", "fitting the domain head",
+              "fitting the escalation head"]
+    assert [captured.err.find(stage) for stage in stages] == sorted(captured.err.find(s) for s in stages)
+    assert all(stage in captured.err for stage in stages), captured.err
     assert set(report["domain"]) == {"accuracy", "macro_f1", "per_label", "confusion"}
     held = {label: sum(row.values()) for label, row in report["domain"]["confusion"].items()}
     assert held == dict.fromkeys(DOMAINS, round(PER_DOMAIN * 0.25))  # the same share of every label
