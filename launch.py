@@ -5,6 +5,7 @@ and UI, and launches Gradio. With no real model set on disk it builds and uses t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import ipaddress
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         # Only when files must be downloaded first. An error return below ends the process, and the
         # page with it (Gradio serves it on a daemon thread); the chat closes it to take its address.
         startup = startup_page(args, profile, store)
-        paths, failed = prepare_models(profile, store, verify=args.verify)
+        with startup.hub_retries_shown() if startup else contextlib.nullcontext():
+            paths, failed = prepare_models(profile, store, verify=args.verify)
         refuse_own_modifiers(args, failed)
         if startup:
             startup.progress.set_stage("Loading the model into memory…")

@@ -4,12 +4,17 @@ launch.py serves it on the chat's own address and replaces it with the chat when
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
+from contextlib import contextmanager
 
 import gradio as gr
 
 TITLE = "Cogumi Chat · starting"
+# A reason on one line ran off the page, the command to fix it with it (a code block keeps its lines as written).
+WRAP_THE_REASON = "#startup-status pre, #startup-status pre code { white-space: pre-wrap; overflow-wrap: anywhere; }"
 FAILURE_SHOWN_S = 3.0  # the page polls every second: three chances to fetch why the start failed
 # Once the models are ready the chat replaces this page on the same address: poll until the
 # address serves the chat (its title changes), then reload into it.
@@ -57,6 +62,36 @@ class StartupProgress:
             return "\n".join(lines)
 
 
+class HubRetries(logging.Handler):
+    """huggingface_hub's warnings that it is trying a request again, said on the page as they come: offline, it
+    tries five times over about 25 s, and the page read "Checking the model files…" all the while (QA 24)."""
+
+    def __init__(self, progress: StartupProgress):
+        super().__init__(logging.WARNING)
+        self.progress, self.error = progress, "no reply"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        said = record.getMessage()
+        thrown = re.match(r"'(.+)' thrown while requesting", said)  # the warning just before each retry
+        if thrown:
+            self.error = thrown[1]
+        retry = re.match(r"Retrying in (\S+) \[Retry (\d+)/(\d+)\]", said)
+        if retry:
+            self.progress.set_stage(f"The HuggingFace Hub does not answer ({self.error}): retrying in {retry[1]} "
+                                    f"({retry[2]} of {retry[3]})…")
+
+
+@contextmanager
+def hub_retries_shown_on(progress: StartupProgress):
+    """While the models are fetched, the Hub client's retries are said on the page too."""
+    handler, hub_log = HubRetries(progress), logging.getLogger("huggingface_hub")
+    hub_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        hub_log.removeHandler(handler)
+
+
 def build_startup_ui(progress: StartupProgress) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as page:
         gr.Markdown("## Cogumi Chat is starting")
@@ -74,7 +109,10 @@ class StartupPage:
         self.progress = StartupProgress()
         self.blocks = build_startup_ui(self.progress)
         self.blocks.launch(server_name=host, server_port=port, inbrowser=inbrowser, prevent_thread_lock=True,
-                           quiet=True)
+                           quiet=True, css=WRAP_THE_REASON)
+
+    def hub_retries_shown(self):
+        return hub_retries_shown_on(self.progress)
 
     def show_failure(self, error: str) -> None:
         """Put the reason on the page, and keep serving it long enough for an open page to fetch it (it asks

@@ -368,6 +368,9 @@ def test_a_start_that_fails_while_the_page_is_open_says_why_on_the_page(tmp_path
             status = page.locator("#startup-status")
             expect(status).to_contain_text("The app could not start", timeout=60_000)
             expect(status).to_contain_text("draft.gguf")
+            page.set_viewport_size({"width": 390, "height": 844})  # a phone: the reason wraps, all of it in view
+            assert page.evaluate("() => { const pre = document.querySelector('#startup-status pre'); "
+                                 "return pre.scrollWidth <= pre.clientWidth; }")
             browser.close()
         assert app.proc.wait(timeout=30) == 2  # and it still stops, as a failed start does
     finally:
