@@ -8,7 +8,7 @@ router.evaluate (--domain FILE --escalation FILE) each read the rows of their ki
 
 - domain rows {"text", "label"} from overrides: the route the user picked by hand is the label
   (base → general), whatever the router chose, and even where its modifier was not loaded and
-  the plain base ran; a message sent while a pick made for an earlier one held is left out;
+  the plain base ran; a message sent while a pick made for an earlier one held (in any chat) is left out;
 - escalation rows {"previous_answer", "text", "label"}: the message that followed a 👎 answer
   (label 1) or a 👍 answer (label 0), and messages the router itself took for an escalation
   (label 1, source "router": the router's opinion, not the user's; feedback on the same pair wins).
@@ -38,9 +38,10 @@ def default_db() -> Path:
 
 # Each decision with the user message it routed and the answer before that message (if any).
 ROUTED = """
-select d.session_id, d.route, d.reason, d.router_choice, d.overridden, d.escalation_p >= d.tau_e as escalated,
+select d.session_id, s.owner, d.route, d.reason, d.router_choice, d.overridden, d.escalation_p >= d.tau_e as escalated,
        u.id as message_id, u.content as text, a.content as previous_answer
 from decisions d
+join sessions s on s.id = d.session_id
 join messages u on u.id = (select max(id) from messages
                            where session_id = d.session_id and role = 'user' and id < d.message_id)
 left join messages a on a.id = (select max(id) from messages
@@ -51,23 +52,25 @@ order by d.id"""
 def export_rows(db: sqlite3.Connection) -> tuple[list[dict], int]:
     """The labelled rows, oldest first: overrides, then escalation pairs; and how many overrides were held.
 
-    The page's Route choice holds for the following messages until it is changed, so only an override unlike the
-    one before it in its chat is taken for the person's word on that message (QA 24: every message after one
-    pick became a label). Held ones are left out: a label lost costs less than a wrong one trained on."""
+    The page's Route choice holds for the following messages until it is changed, in a new chat or a past one
+    opened too, so only an override unlike the decision before it (the one before it of the chat's owner, on a
+    Space) is taken for the person's word on that message (QA 24, 25: every message after one pick became a
+    label). Held ones are left out: a label lost costs less than a wrong one trained on. An API client that
+    names the route at every call loses all but the first of a run the same way: sessions.db cannot tell."""
     db.row_factory = sqlite3.Row
     rows = []
     pairs: dict[int, dict] = {}  # user message id → escalation row; feedback overrides the router's guess
-    previous: dict[str, str | None] = {}  # session → the route picked by hand for its last message, if any
+    previous: dict[str | None, str | None] = {}  # owner → the route picked by hand for their last message, if any
     held = 0
     for r in db.execute(ROUTED):
         asked = route_asked(r["route"], r["reason"])[0] if r["overridden"] else None  # not a base that stood in
-        if asked and asked == previous.get(r["session_id"]):
+        if asked and asked == previous.get(r["owner"]):
             held += 1
         elif asked:
             rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[asked],
                          "source": "override", "router_choice": r["router_choice"], "session_id": r["session_id"],
                          "message_id": r["message_id"]})
-        previous[r["session_id"]] = asked
+        previous[r["owner"]] = asked
         if r["escalated"] and r["previous_answer"] is not None:
             pairs[r["message_id"]] = _escalation_row(r, 1, "router")
     rated = db.execute(

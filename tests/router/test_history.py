@@ -60,6 +60,8 @@ def test_an_override_held_for_later_messages_labels_only_the_message_it_was_pick
     list(service.respond(sid, "Write a python function to reverse a list", override="automation"))  # held
     list(service.respond(sid, "Now sort it by length", override="code"))  # picked anew
     *_, other = service.respond(None, "Book a meeting with Ana on Monday", override="automation")  # another chat
+    # QA 25 #1: the choice holds across New chat and opening a past chat too, so a chat's first message can be held
+    list(service.respond(None, "Remind me to call Bo at five", override="automation"))
 
     out = tmp_path / "history.jsonl"
     result = run("router.history", "--export", str(out), "--db", service.memory.path)
@@ -68,7 +70,7 @@ def test_an_override_held_for_later_messages_labels_only_the_message_it_was_pick
     assert [(r["text"], r["label"]) for r in rows if r["kind"] == "domain"] == [
         ("What is 17 times 23?", "automation"), ("Now sort it by length", "code"),
         ("Book a meeting with Ana on Monday", "automation")]
-    assert "1 message sent under a route picked for an earlier one left out" in result.stdout
+    assert "2 messages sent under a route picked for an earlier one left out" in result.stdout
 
 
 def test_an_override_to_a_modifier_not_available_is_labelled_as_picked(routed_service, demo_set, tmp_path):
