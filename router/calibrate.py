@@ -27,6 +27,7 @@ DATA = Path(__file__).resolve().parent / "data" / "domain.jsonl"
 # Fewer prompts than this give a τp that is mostly chance (QA 24: one prompt wrote a τp that sent every message to
 # base); --dry-run still shows it.
 MIN_PROMPTS = 30
+SHARE_MISSED = 0.1  # ... and prompts that tie (one prompt thirty times) miss the share asked by more than this
 
 
 def tau_for_share(perplexities: list[float], share: float) -> float:
@@ -109,12 +110,18 @@ def main(argv: list[str] | None = None) -> int:
         if len(v):
             print(f"{label:<12}{len(v):>6}{np.quantile(v, .25):>10.2f}{np.median(v):>10.2f}"
                   f"{np.quantile(v, .75):>10.2f}{(v <= tau).mean():>8.0%}")
-    print(f"τp = {tau:.4f} sends {np.mean(np.array(values) <= tau):.0%} of prompts to base (asked {args.share:.0%})"
+    reached = float(np.mean(np.array(values) <= tau))
+    print(f"τp = {tau:.4f} sends {reached:.0%} of prompts to base (asked {args.share:.0%})"
           + (f": from {len(values)}, too few to write" if len(values) < MIN_PROMPTS else ""))
     if len(values) < MIN_PROMPTS and not args.dry_run:
         print(f"error: {len(values)} prompt{' is' if len(values) == 1 else 's are'} too few: at least {MIN_PROMPTS} "
               f"are needed for τp to send the share asked for; nothing was written. Give more prompts (--data, "
               f"or a larger --limit), or --dry-run to see τp only.", file=sys.stderr)
+        return 2
+    if abs(reached - args.share) > SHARE_MISSED and not args.dry_run:  # many prompts of one perplexity (QA 25)
+        print(f"error: τp {tau:.4f} sends {reached:.0%} of these prompts to base, not the {args.share:.0%} asked: "
+              f"{len(set(values))} of the {len(values)} prompts score apart, too few to tell; nothing was written. "
+              f"Give varied prompts (--data), or --dry-run to see τp only.", file=sys.stderr)
         return 2
     if args.model:
         print(f"start with: python launch.py --model {args.model} --tau-p {tau:.4f}")

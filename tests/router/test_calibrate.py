@@ -116,3 +116,18 @@ def test_a_tau_p_from_too_few_prompts_is_neither_written_nor_offered(tmp_path, d
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"1 prompt is too few: at least {MIN_PROMPTS}" in done.stderr and "--data" in done.stderr
     assert manifest.read_bytes() == MANIFEST_PATH.read_bytes() and "start with" not in done.stdout
+
+
+def test_a_tau_p_that_misses_the_share_asked_is_not_written(tmp_path, demo_models_dir):
+    """QA 25 #4: thirty copies of one prompt passed the count, and wrote "τp = 10156.7203 sends 100% of prompts to
+    base (asked 50%)": every message went to base from then on."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text((json.dumps({"text": "hello there"}) + "\n") * MIN_PROMPTS)
+    manifest = tmp_path / "manifest.json"
+    shutil.copy(MANIFEST_PATH, manifest)
+    done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(demo_models_dir),
+                           "--data", str(data), "--manifest", str(manifest)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "sends 100% of these prompts to base, not the 50% asked" in done.stderr, done.stderr
+    assert manifest.read_bytes() == MANIFEST_PATH.read_bytes()
