@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if abs(reached - args.share) > SHARE_MISSED and not args.dry_run:  # many prompts of one perplexity (QA 25)
         print(f"error: τp {tau:.4f} sends {reached:.0%} of these prompts to base, not the {args.share:.0%} asked: "
-              f"{len(set(values))} of the {len(values)} prompts score apart, too few to tell; nothing was written. "
+              f"the {len(values)} prompts score only {len(set(values))} different "
+              f"perplexit{'y' if len(set(values)) == 1 else 'ies'}; nothing was written. "
               f"Give varied prompts (--data), or --dry-run to see τp only.", file=sys.stderr)
         return 2
     if args.model:
