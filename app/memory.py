@@ -91,40 +91,65 @@ def m005_decisions_drafting(db: sqlite_utils.Database) -> None:
     db["decisions"].add_column("drafting", int)
 
 
+# What a database changed by hand is told to do (QA 24, 25: it opened, then every reply failed with "check the disk").
+CHANGED_BY_HAND = ("a program or a person changed the file, and replies could not be saved. It was left as it is: "
+                   "restore it from a backup, move it aside to start a new one, or start with --db OTHER.db.")
+
+
 def check_ours(db: sqlite_utils.Database, path: str) -> None:
     """Refuse, before anything is written, a database this version must not change: one a newer
-    version migrated further, or another program's (tables, but none of ours)."""
+    version migrated further, another program's (tables, but none of ours), or ours changed by hand."""
     tables = db.table_names()
     if "_migrations" in tables:
-        unknown = sorted({row["name"] for row in db["_migrations"].rows} - {fn.__name__ for fn in MIGRATIONS})
+        done = {row["name"] for row in db["_migrations"].rows}
+        unknown = sorted(done - {fn.__name__ for fn in MIGRATIONS})
         if unknown:
             raise SessionStoreError(f"{path}: made by a newer version of Cogumi Chat (its migrations {', '.join(unknown)} "
                                     f"are not this version's); it was left as it is: update the app, or start with "
                                     f"--db OTHER.db.")
-        missing = _missing_schema(db, {row["name"] for row in db["_migrations"].rows})
-        if missing:
-            raise SessionStoreError(f"{path}: {missing}, which this app made in it, is missing: a program or a person "
-                                    f"changed the file, and replies could not be saved. It was left as it is: restore "
-                                    f"it from a backup, move it aside to start a new one, or start with --db OTHER.db.")
+        changed = _changed_by_hand(db, done)
+        if changed:
+            raise SessionStoreError(f"{path}: {changed}: {CHANGED_BY_HAND}")
+    elif tables and set(_schema(MIGRATIONS)) <= set(tables):  # every table ours, and no record of making them
+        raise SessionStoreError(f"{path}: the table _migrations, this app's record of the changes it made in it, is "
+                                f"missing: {CHANGED_BY_HAND}")
     elif tables:
         raise SessionStoreError(f"{path}: not a Cogumi Chat session database (it has the tables "
                                 f"{', '.join(sorted(tables))}); it was left as it is: start with --db OTHER.db.")
 
 
-def _missing_schema(db: sqlite_utils.Database, done: set[str]) -> str | None:
-    """The first table or column that the migrations recorded as done made and `db` lacks (QA 24: a table dropped
-    by hand opened without a word, then every reply failed), as "the table T" or "the column T.C"; None if none.
-    What they made is read off the migrations themselves, run on an empty database in memory."""
+def _schema(migrations: list) -> dict[str, list[str]]:
+    """table → columns, as the migrations make them, read off the migrations themselves run on an empty database."""
     made = sqlite_utils.Database(memory=True)
-    for fn in MIGRATIONS:
+    for fn in migrations:
+        fn(made)
+    return {table: list(made[table].columns_dict) for table in made.table_names()}
+
+
+def _changed_by_hand(db: sqlite_utils.Database, done: set[str]) -> str | None:
+    """What `db` lacks of what the migrations recorded as done made, or holds already of what those still to run
+    would make; None if nothing."""
+    have = {table: set(db[table].columns_dict) for table in db.table_names()}
+    made = _schema([fn for fn in MIGRATIONS if fn.__name__ in done])
+    for table, columns in made.items():
+        if table not in have:
+            return f"the table {table}, which this app made in it, is missing"
+        for column in columns:
+            if column not in have[table]:
+                return f"the column {table}.{column}, which this app made in it, is missing"
+    ran = [fn for fn in MIGRATIONS if fn.__name__ in done]
+    for fn in MIGRATIONS:  # those still to run, in order, each on top of all before it
         if fn.__name__ in done:
-            fn(made)
-    for table in made.table_names():
-        if not db[table].exists():
-            return f"the table {table}"
-        missing = [column for column in made[table].columns_dict if column not in db[table].columns_dict]
-        if missing:
-            return f"the column {table}.{missing[0]}"
+            continue
+        before, after = _schema(ran), _schema(ran + [fn])
+        ran.append(fn)
+        for table, columns in after.items():
+            if table not in before and table in have:
+                return f"the table {table} is there, but _migrations has no record of {fn.__name__}, which makes it"
+            for column in set(columns) - set(before.get(table, [])):
+                if column in have.get(table, ()):
+                    return (f"the column {table}.{column} is there, but _migrations has no record of {fn.__name__}, "
+                            f"which makes it")
     return None
 
 

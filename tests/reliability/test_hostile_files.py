@@ -467,8 +467,14 @@ def test_a_sessions_db_that_is_not_this_versions_is_named_and_left_as_it_is(tmp_
     ("drop table feedback", "the table feedback"),
     ("alter table decisions drop column drafting", "the column decisions.drafting"),
     ("drop index idx_sessions_owner_updated_at; alter table sessions drop column owner", "the column sessions.owner"),
+    # QA 25 #5: a record of _migrations deleted ("duplicate column name: drafting; check the disk"), or all of them
+    ("delete from _migrations where name = 'm005_decisions_drafting'",
+     "the column decisions.drafting is there, but _migrations has no record of m005_decisions_drafting"),
+    ("delete from _migrations where name = 'm003_feedback'",
+     "the table feedback is there, but _migrations has no record of m003_feedback"),
+    ("drop table _migrations", "the table _migrations"),
 ])
-def test_a_sessions_db_missing_what_its_migrations_made_is_named_and_left_as_it_is(tmp_path, change, missing):
+def test_a_sessions_db_changed_by_hand_is_named_and_left_as_it_is(tmp_path, change, missing):
     """QA 24 #1: a table or column dropped by hand opened without a word; then every reply failed with "check the
     disk it is on", or (a column) was not saved and retried for two minutes."""
     db_path = tmp_path / "sessions.db"
