@@ -242,15 +242,16 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
         return user_profile(args.model, args.draft, modifiers)
     if args.draft or args.modifier:
         raise ModelFileError("--draft and --modifier go with --model; a profile names its own files")
-    from_setting = space and not (args.demo or args.profile) and "COGUMI_PROFILE" in os.environ
-    name = "demo" if args.demo else args.profile or (os.environ.get("COGUMI_PROFILE", SPACES_PROFILE) if space else "demo")
+    setting = os.environ.get("COGUMI_PROFILE", "").strip()  # cleared in a Space's settings, it is set and empty
+    from_setting = space and not (args.demo or args.profile) and bool(setting)
+    name = "demo" if args.demo else args.profile or ((setting or SPACES_PROFILE) if space else "demo")
     manifest = args.manifest or MANIFEST_PATH
     if not manifest.is_file():
         raise ModelFileError(f"{manifest}: profiles file (--manifest) not found.")
     if not from_setting:
         return get_profile(name, manifest)
     try:  # typed into a Space's settings, where a space pasted with it is easy to miss (QA 24)
-        return get_profile(name.strip(), manifest)
+        return get_profile(name, manifest)
     except ModelFileError as exc:
         raise ModelFileError(f"COGUMI_PROFILE (the Space's setting): {exc}") from exc
 

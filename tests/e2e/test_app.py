@@ -240,6 +240,8 @@ def test_a_spaces_profile_setting_is_read_trimmed_and_named_when_unknown(monkeyp
 
     monkeypatch.setenv("COGUMI_PROFILE", " demo\n")
     assert launch.choose_profile(launch.parse_args([]), space=True).name == "demo"
+    monkeypatch.setenv("COGUMI_PROFILE", "")  # QA 25: a value cleared in the Space's settings is set, and empty
+    assert launch.choose_profile(launch.parse_args([]), space=True).name == launch.SPACES_PROFILE
     monkeypatch.setenv("COGUMI_PROFILE", "qwen-nope")
     with pytest.raises(ModelFileError) as err:
         launch.choose_profile(launch.parse_args([]), space=True)
