@@ -163,6 +163,18 @@ def test_past_chats_beyond_the_most_recent_are_found_by_what_they_say():
     assert len(memory.list_sessions(matching="  ")) == 50  # blank: the most recent
 
 
+def test_past_chats_are_found_in_any_case_in_any_alphabet():
+    """QA 25: "école" did not find a chat saying "ÉCOLE", nor "STRASSE" one saying "straße" (SQLite's LIKE folds
+    the case of ASCII letters only)."""
+    memory = Memory(":memory:")
+    school, street, greek = (memory.new_session() for _ in range(3))
+    memory.add_message(school, "user", "Notre ÉCOLE ouvre à 8 h")
+    memory.add_message(street, "user", "Die Hauptstraße ist gesperrt")
+    memory.add_message(greek, "user", "ΚΑΛΗΜΕΡΑ σε όλους")
+    for typed, found in (("école", school), ("HAUPTSTRAẞE", street), ("καλημερα", greek), ("ÉCOLE", school)):
+        assert [s["id"] for s in memory.list_sessions(matching=typed)] == [found], typed
+
+
 def test_the_list_of_past_chats_can_leave_out_chats_never_written_in():
     """The page lists only chats with a message: one made by the API's /new_session and never used stayed
     listed as "New chat" (QA 19)."""
