@@ -402,10 +402,10 @@ def _conversation(stored: list[dict]) -> list[dict]:
 
 
 # Spaces, Unicode's default-ignorable characters (DerivedCoreProperties.txt: zero-width spaces and joiners,
-# byte-order marks, bidirectional controls, variation selectors, Hangul fillers, tags) and the braille blank:
-# a message of nothing else shows as nothing, and was sent, answered and titled blank (QA). Not every
-# format character: the Arabic number sign shows a mark.
-_SHOWS_NOTHING = re.compile("[\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+# byte-order marks, bidirectional controls, variation selectors, Hangul fillers, tags), the braille blank and
+# control characters (QA 25: a NUL): a message of nothing else shows as nothing, and was sent, answered and
+# titled blank (QA). Not every format character: the Arabic number sign shows a mark.
+_SHOWS_NOTHING = re.compile("[\\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
                             "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
                             "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*")
 

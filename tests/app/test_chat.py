@@ -110,9 +110,10 @@ def test_replies_ended_as_the_app_stops_keep_every_word_shown_marked_interrupted
 
 
 @pytest.mark.parametrize("text", ["   \n ", "\u200b", "\ufeff", " \u200b\u2060 \u00a0\u3000", "\u3164", "\uffa0",
-                                  "\u2800", "\ufe0f", "\u034f", "\U000e0041"])
+                                  "\u2800", "\ufe0f", "\u034f", "\U000e0041", "\x00", "\x07\x7f \x85\x9f"])
 def test_an_empty_message_is_ignored_with_a_hint(service, text):
-    """QA: a zero-width space or a byte-order mark alone was sent, answered, and titled a blank chat."""
+    """QA: a zero-width space or a byte-order mark alone was sent, answered, and titled a blank chat; QA 25: a NUL
+    alone (control characters show nothing either)."""
     (update,) = list(service.respond(None, text))
     assert update.status == "ignored" and "empty" in update.notice
     assert service.sessions() == []

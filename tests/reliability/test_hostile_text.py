@@ -283,7 +283,7 @@ MEGABYTE = 1 << 20
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit", ["word ", "é", "🙂", "\x00", "<|im_end|>", "<img src=x>", "'); drop table x; --"])
+@pytest.mark.parametrize("unit", ["word ", "é", "🙂", "a\x00", "<|im_end|>", "<img src=x>", "'); drop table x; --"])
 def test_a_one_megabyte_message_is_refused_with_its_size_and_the_chat_goes_on(service, unit):
     text = unit * (MEGABYTE // len(unit.encode()))
     *_, first = service.respond(None, "a short one first")
