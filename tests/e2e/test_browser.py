@@ -315,17 +315,18 @@ def test_the_router_panel_reads_in_the_light_and_the_dark_theme(app, page):
     page.screenshot(path=ARTIFACTS / "browser-dark.png", full_page=True)
 
 
-def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(tmp_path, demo_set, monkeypatch):
-    """A first start of a profile downloads its files: the address already answers with a page
-    that shows the progress, and turns into the chat by itself when the models are loaded."""
+@contextmanager
+def startup_page_of_a_download(tmp_path, demo_set, monkeypatch, files: tuple[str, ...]):
+    """(the app, a browser page on its address) for a first start of a profile whose files come from a Hub served
+    here, about 2 MB/s, with only `files` of the base and draft on it (a file not there: the Hub answers 404)."""
     from tests.e2e.test_real_models import REPO, hub_manifest
     from tests.launcher import start_app
     from tests.models.hub_server import HubServer
 
     hub = HubServer()
-    for name in ("base", "draft"):
+    for name in files:
         hub.add(REPO, f"{name}.gguf", demo_set[name].read_bytes())
-    hub.bytes_per_s = 2_000_000  # ~7 s for both files
+    hub.bytes_per_s = 2_000_000  # ~4 s a file: time for the page to open and show it
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     app = start_app(tmp_path, tmp_path / "models", "--manifest", str(hub_manifest(tmp_path)), "--profile", "hubdemo")
     try:
@@ -334,48 +335,37 @@ def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(t
             browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(app.url)
-            status = page.locator("#startup-status")
-            expect(status).to_contain_text("Downloading the model files", timeout=30_000)
-            expect(status).to_contain_text("MiB")
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=ARTIFACTS / "startup.png")
-            page.wait_for_selector("#message textarea", timeout=90_000)  # reloaded into the chat
-            expect(page.locator("#banner")).to_have_count(0)
+            yield app, page
             browser.close()
     finally:
         app.stop()
         hub.close()
+
+
+def test_the_page_shows_download_progress_while_starting_then_becomes_the_chat(tmp_path, demo_set, monkeypatch):
+    """A first start of a profile downloads its files: the address already answers with a page
+    that shows the progress, and turns into the chat by itself when the models are loaded."""
+    with startup_page_of_a_download(tmp_path, demo_set, monkeypatch, ("base", "draft")) as (_, page):
+        status = page.locator("#startup-status")
+        expect(status).to_contain_text("Downloading the model files", timeout=30_000)
+        expect(status).to_contain_text("MiB")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "startup.png")
+        page.wait_for_selector("#message textarea", timeout=90_000)  # reloaded into the chat
+        expect(page.locator("#banner")).to_have_count(0)
 
 
 def test_a_start_that_fails_while_the_page_is_open_says_why_on_the_page(tmp_path, demo_set, monkeypatch):
     """QA 24 #2: a Space that could not download its model showed "Checking the model files…", then Gradio's
     "Connection to the server was lost": the reason was only on the terminal, which a visitor never sees."""
-    from tests.e2e.test_real_models import REPO, hub_manifest
-    from tests.launcher import start_app
-    from tests.models.hub_server import HubServer
-
-    hub = HubServer()
-    hub.add(REPO, "base.gguf", demo_set["base"].read_bytes())  # and no draft.gguf: the Hub answers 404
-    hub.bytes_per_s = 2_000_000  # ~4 s, time for the page to open
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    app = start_app(tmp_path, tmp_path / "models", "--manifest", str(hub_manifest(tmp_path)), "--profile", "hubdemo")
-    try:
-        app.wait_ready()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(app.url)
-            status = page.locator("#startup-status")
-            expect(status).to_contain_text("The app could not start", timeout=60_000)
-            expect(status).to_contain_text("draft.gguf")
-            page.set_viewport_size({"width": 390, "height": 844})  # a phone: the reason wraps, all of it in view
-            assert page.evaluate("() => { const pre = document.querySelector('#startup-status pre'); "
-                                 "return pre.scrollWidth <= pre.clientWidth; }")
-            browser.close()
+    with startup_page_of_a_download(tmp_path, demo_set, monkeypatch, ("base",)) as (app, page):
+        status = page.locator("#startup-status")
+        expect(status).to_contain_text("The app could not start", timeout=60_000)
+        expect(status).to_contain_text("draft.gguf")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the reason wraps, all of it in view
+        assert page.evaluate("() => { const pre = document.querySelector('#startup-status pre'); "
+                             "return pre.scrollWidth <= pre.clientWidth; }")
         assert app.proc.wait(timeout=30) == 2  # and it still stops, as a failed start does
-    finally:
-        app.stop()
-        hub.close()
 
 
 def test_on_a_space_each_browser_sees_only_its_own_chats(space):
