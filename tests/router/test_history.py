@@ -17,6 +17,14 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+def export(service, tmp_path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """router.history --export run on the service's sessions.db: its run, and the rows it wrote."""
+    out = tmp_path / "history.jsonl"
+    result = run("router.history", "--export", str(out), "--db", service.memory.path)
+    assert result.returncode == 0, result.stderr
+    return result, [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
 def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_path):
     service = routed_service
     *_, one = service.respond(None, "Write a SQL query that lists customers without orders.")
@@ -28,10 +36,7 @@ def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_pat
     service.give_feedback(sid, 5, False)   # 👎 on reply three → (reply three, "thanks…") is one, by the user's word
     assert three.decision.rule == "escalation"
 
-    out = tmp_path / "history.jsonl"
-    result = run("router.history", "--export", str(out), "--db", service.memory.path)
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    result, rows = export(service, tmp_path)
     domain = [r for r in rows if r["kind"] == "domain"]
     escalation = [r for r in rows if r["kind"] == "escalation"]
     assert [(r["text"], r["label"], r["source"], r["router_choice"]) for r in domain] == [
@@ -44,6 +49,7 @@ def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_pat
     assert all(r["session_id"] == sid for r in rows)
     assert "1 domain/override" in result.stdout and "1 escalation/dislike" in result.stdout
 
+    out = tmp_path / "history.jsonl"
     report = run("router.evaluate", "--domain", str(out), "--escalation", str(out))
     assert report.returncode == 0, report.stderr
     parsed = json.loads(report.stdout)
@@ -59,14 +65,11 @@ def test_an_override_held_for_later_messages_labels_only_the_message_it_was_pick
     sid = picked.session_id
     list(service.respond(sid, "Write a python function to reverse a list", override="automation"))  # held
     list(service.respond(sid, "Now sort it by length", override="code"))  # picked anew
-    *_, other = service.respond(None, "Book a meeting with Ana on Monday", override="automation")  # another chat
+    list(service.respond(None, "Book a meeting with Ana on Monday", override="automation"))  # another chat
     # QA 25 #1: the choice holds across New chat and opening a past chat too, so a chat's first message can be held
     list(service.respond(None, "Remind me to call Bo at five", override="automation"))
 
-    out = tmp_path / "history.jsonl"
-    result = run("router.history", "--export", str(out), "--db", service.memory.path)
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    result, rows = export(service, tmp_path)
     assert [(r["text"], r["label"]) for r in rows if r["kind"] == "domain"] == [
         ("What is 17 times 23?", "automation"), ("Now sort it by length", "code"),
         ("Book a meeting with Ana on Monday", "automation")]
@@ -87,10 +90,7 @@ def test_an_override_to_a_modifier_not_available_is_labelled_as_picked(routed_se
     *_, plain = service.respond(proof.session_id, "hello there", override="base")
     assert proof.decision.route == cron.decision.route == "base"
 
-    out = tmp_path / "history.jsonl"
-    result = run("router.history", "--export", str(out), "--db", service.memory.path)
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    _, rows = export(service, tmp_path)
     assert [(r["text"], r["label"]) for r in rows if r["kind"] == "domain"] == [
         ("prove that 17 is prime step by step", "reasoning"), ("schedule a cron job every Monday", "automation"),
         ("hello there", "general")]
