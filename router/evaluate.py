@@ -31,6 +31,8 @@ def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow
         with open(path, encoding="utf-8-sig") as f:  # a byte order mark, as Windows Notepad writes, is skipped
             lines = list(f)
     except UnicodeDecodeError as exc:
+        if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte order mark of UTF-16: Notepad's "Unicode"
+            raise ValueError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8") from exc
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start + 1:,})") from exc
     for number, line in enumerate(lines, 1):
         if not line.strip():
