@@ -248,11 +248,11 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
     manifest = args.manifest or MANIFEST_PATH
     if not manifest.is_file():
         raise ModelFileError(f"{manifest}: profiles file (--manifest) not found.")
-    if not from_setting:
+    try:
         return get_profile(name, manifest)
-    try:  # typed into a Space's settings, where a space pasted with it is easy to miss (QA 24)
-        return get_profile(name, manifest)
-    except ModelFileError as exc:
+    except ModelFileError as exc:  # one typed into a Space's settings is named as such (QA 24)
+        if not from_setting:
+            raise
         raise ModelFileError(f"COGUMI_PROFILE (the Space's setting): {exc}") from exc
 
 

@@ -130,19 +130,20 @@ def _changed_by_hand(db: sqlite_utils.Database, done: set[str]) -> str | None:
     """What `db` lacks of what the migrations recorded as done made, or holds already of what those still to run
     would make; None if nothing."""
     have = {table: set(db[table].columns_dict) for table in db.table_names()}
-    made = _schema([fn for fn in MIGRATIONS if fn.__name__ in done])
+    ran = [fn for fn in MIGRATIONS if fn.__name__ in done]
+    made = _schema(ran)
     for table, columns in made.items():
         if table not in have:
             return f"the table {table}, which this app made in it, is missing"
         for column in columns:
             if column not in have[table]:
                 return f"the column {table}.{column}, which this app made in it, is missing"
-    ran = [fn for fn in MIGRATIONS if fn.__name__ in done]
+    before = made
     for fn in MIGRATIONS:  # those still to run, in order, each on top of all before it
         if fn.__name__ in done:
             continue
-        before, after = _schema(ran), _schema(ran + [fn])
         ran.append(fn)
+        after = _schema(ran)
         for table, columns in after.items():
             if table not in before and table in have:
                 return f"the table {table} is there, but _migrations has no record of {fn.__name__}, which makes it"
@@ -150,6 +151,7 @@ def _changed_by_hand(db: sqlite_utils.Database, done: set[str]) -> str | None:
                 if column in have.get(table, ()):
                     return (f"the column {table}.{column} is there, but _migrations has no record of {fn.__name__}, "
                             f"which makes it")
+        before = after
     return None
 
 
