@@ -77,6 +77,10 @@ cogumiWhenReady();
 </script>""" % LOAD_WAIT_MS
 # The tab's own storage, read and written where a browser that keeps no site data throws on any use of it:
 # there the tab keeps nothing across a reload, and the page works all the same.
+# New chat and Stop give the keys back to the message box (QA 15, QA 24) where the pointer is a mouse's: on a
+# touch screen a focused box opens the keyboard over half the chat, after every tap of either (QA 25).
+KEYS_TO_BOX = "if (!matchMedia('(pointer: coarse)').matches) document.querySelector('#message textarea')?.focus(); "
+
 PAGE_HEAD = (f'<script>window.cogumiTabGet = (key) => {{ try {{ return sessionStorage.getItem(key); }} '
              f'catch (e) {{ return null; }} }}; '
              f'window.cogumiTabSet = (key, value) => {{ try {{ sessionStorage.setItem(key, value); }} catch (e) {{}} }}; '
@@ -588,7 +592,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # just begun (it ran on, out of sight), and its answer could reach the page before the stream's end,
         # which the page could not read: a red "Error" stayed over the chat and the box (QA 14).
         stop_button.click(stop_reply, [session_id, visitor, on_screen, press], None, api_visibility="private",
-                          js="(chat, visitor, on_screen) => { document.querySelector('#message textarea')?.focus(); "
+                          js="(chat, visitor, on_screen) => { " + KEYS_TO_BOX +
                              "return [chat, visitor, on_screen, window.cogumiSends ?? 0]; }").then(  # QA 24: keys to the box
             after_stop, [session_id, visitor, search, on_screen], [chatbot, sessions, stats, *views],
             api_visibility="private")
@@ -599,7 +603,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button (hidden: page.css)
             # and the box takes the keys (QA 15: by keyboard, they stayed on New chat)
             starts_afresh(new_chat, [visitor, on_screen, press], [session_id, chatbot, notice, stats, sessions, *views],
-                          js="(visitor, on_screen) => { document.querySelector('#message textarea')?.focus(); "
+                          js="(visitor, on_screen) => { " + KEYS_TO_BOX +
                              "window.cogumiNewChat = true; return [visitor, on_screen, window.cogumiSends ?? 0]; }",
                           api_visibility="private").then(*list_chats, api_visibility="private")
         delete_button.click(delete_chat, [session_id, visitor, on_screen, search, press],

@@ -929,6 +929,35 @@ def test_a_message_sent_right_after_stop_is_sent(engine, tmp_path, monkeypatch):
         assert page.locator("#chat .message-row.bot-row").count() == 5
 
 
+def test_on_a_touch_screen_new_chat_and_stop_leave_the_keyboard_closed(engine, tmp_path, monkeypatch):
+    """QA 25: New chat and Stop put the keys in the message box (QA 15, QA 24), which on a phone opens the
+    keyboard over half the chat after every tap of either. A mouse's page still gets them (the tests above)."""
+    with paced_app(engine, tmp_path, monkeypatch) as (service, desktop):
+        phone = desktop.context.browser.new_context(has_touch=True, is_mobile=True,
+                                                    viewport={"width": 390, "height": 844}).new_page()
+        phone.goto(desktop.url)
+        phone.wait_for_function(PAGE_READY)
+        box = phone.locator("#message textarea")
+        typing = "() => document.activeElement === document.querySelector('#message textarea')"
+        box.tap()
+        box.fill("tell me a long story about mushrooms")
+        phone.tap("#send")
+        expect(phone.locator("#chat .message-row.user-row")).to_have_count(1, timeout=30_000)
+        (chat,) = service.sessions()
+        while service.transcript(chat["id"])[-1]["status"] != "streaming":
+            time.sleep(0.02)
+        phone.tap("#stop")
+        deadline = time.monotonic() + 10
+        while service.transcript(chat["id"])[-1]["status"] == "streaming" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.transcript(chat["id"])[-1]["status"] == "stopped"
+        assert not phone.evaluate(typing)
+        phone.tap("#new-chat")
+        expect(phone.locator("#chat .message-row")).to_have_count(0, timeout=10_000)
+        phone.wait_for_timeout(500)
+        assert not phone.evaluate(typing)
+
+
 def test_a_message_sent_while_a_reply_streams_goes_when_it_ends(engine, tmp_path, monkeypatch):
     """QA 13: Enter while a reply streamed did nothing, and said nothing: Gradio ignores a send while the one
     before it is open. It now waits for the reply's end, and the page says so; edited meanwhile, it waits
