@@ -19,7 +19,7 @@ from sqlite_utils.db import NotFoundError
 from app.memory import Memory, SessionStoreError
 from models.engine import Engine, GenerationStats
 from models.errors import ContextOverflowError
-from router.decision import NOT_AVAILABLE, ROUTES, Decision
+from router.decision import NOT_AVAILABLE, ROUTES, Decision, route_asked
 from router.router import Router
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,8 @@ class ChatService:
                     decision.route = "base"
                 route = "base"
             if decision:
-                self.memory.add_decision(session_id, reply_id, decision.to_dict())
+                self.memory.add_decision(session_id, reply_id, {**decision.to_dict(),
+                                                                "override_held": self._held(override, owner)})
             messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
                         {"role": "user", "content": message}]
             yield from self._stream(messages, route, use_draft, reply_id, update, pieces, stopping.is_set)
@@ -315,6 +316,14 @@ class ChatService:
         return self.router.decide(message, history, self.memory.decisions(session_id, last=RECENT_TURNS),
                                   override=None if override == AUTO else override,
                                   system_prompt=self.settings.system_prompt)
+
+    def _held(self, override: str | None, owner: str | None) -> int | None:
+        """For an override, whether the owner's message before it (in any chat) had that route picked too: the
+        page's Route choice held, not picked for this message (router.history). None where the router chose."""
+        if override in (None, AUTO):
+            return None
+        before = self.memory.last_decision(owner)
+        return int(bool(before and before["overridden"] and route_asked(before["route"], before["reason"])[0] == override))
 
     def wait_for_replies(self, wait_s: float) -> int:
         """Wait (up to wait_s) until no reply is streaming, each saved as it ends; returns how many still

@@ -91,6 +91,15 @@ def m005_decisions_drafting(db: sqlite_utils.Database) -> None:
     db["decisions"].add_column("drafting", int)
 
 
+@migration
+def m006_decisions_override_held(db: sqlite_utils.Database) -> None:
+    """Whether an override repeated the route picked for the owner's message before it, in any chat: the page's
+    Route choice holds until it is changed, and router.history exports only the messages a route was picked for.
+    Stored as the message is routed (QA 26: worked out later, a deleted chat took the pick before with it). NULL
+    where the router chose, and on rows older than this column."""
+    db["decisions"].add_column("override_held", int)
+
+
 # What a database changed by hand is told to do (QA 24, 25: it opened, then every reply failed with "check the disk").
 CHANGED_BY_HAND = ("a program or a person changed the file, and replies could not be saved. It was left as it is: "
                    "restore it from a backup, move it aside to start a new one, or start with --db OTHER.db.")
@@ -387,6 +396,14 @@ class Memory:
                "domain_probs": json.dumps(decision.get("domain_probs", {}))}
         with self._guard():
             return self.db["decisions"].insert(row, alter=False).last_pk
+
+    def last_decision(self, owner: str | None) -> dict | None:
+        """The owner's latest decision, in any of their chats (route, reason, overridden), or None."""
+        with self._guard():
+            rows = list(self.db.query(
+                "select route, reason, overridden from decisions where id = (select max(d.id) from decisions d "
+                "where d.session_id in (select id from sessions where owner is ?))", [owner]))
+        return rows[0] if rows else None
 
     def add_decision_stats(self, message_id: int, stats: dict) -> None:
         """The reply's GenerationStats, once it has ended."""

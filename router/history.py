@@ -38,7 +38,8 @@ def default_db() -> Path:
 
 # Each decision with the user message it routed and the answer before that message (if any).
 ROUTED = """
-select d.session_id, s.owner, d.route, d.reason, d.router_choice, d.overridden, d.escalation_p >= d.tau_e as escalated,
+select d.session_id, s.owner, d.route, d.reason, d.router_choice, d.overridden, {held} as override_held,
+       d.escalation_p >= d.tau_e as escalated,
        u.id as message_id, u.content as text, a.content as previous_answer
 from decisions d
 join sessions s on s.id = d.session_id
@@ -62,9 +63,12 @@ def export_rows(db: sqlite3.Connection) -> tuple[list[dict], int]:
     pairs: dict[int, dict] = {}  # user message id → escalation row; feedback overrides the router's guess
     previous: dict[str | None, str | None] = {}  # owner → the route picked by hand for their last message, if any
     held = 0
-    for r in db.execute(ROUTED):
+    stored = any(c[1] == "override_held" for c in db.execute("pragma table_info(decisions)"))
+    for r in db.execute(ROUTED.format(held="d.override_held" if stored else "null")):
         asked = route_asked(r["route"], r["reason"])[0] if r["overridden"] else None  # not a base that stood in
-        if asked and asked == previous.get(r["owner"]):
+        # stored as the message was routed since QA 26 (a deleted chat took the decision before with it); worked
+        # out here from the decisions before it for older rows
+        if asked and (r["override_held"] if r["override_held"] is not None else asked == previous.get(r["owner"])):
             held += 1
         elif asked:
             rows.append({"kind": "domain", "text": r["text"], "label": DOMAIN_OF_ROUTE[asked],

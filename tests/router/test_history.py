@@ -57,9 +57,11 @@ def test_overrides_feedback_and_escalations_are_exported(routed_service, tmp_pat
     assert set(parsed["escalation"]) == {"f1", "precision", "recall", "fpr"}
 
 
-def test_an_override_held_for_later_messages_labels_only_the_message_it_was_picked_for(routed_service, tmp_path):
+@pytest.mark.parametrize("rows", ["stored", "older"])
+def test_an_override_held_for_later_messages_labels_only_the_message_it_was_picked_for(routed_service, tmp_path, rows):
     """QA 24 #3: the Route choice holds for the following messages until it is changed, and every message sent
-    under it was exported as a hand-made label ("Write a python function…" labelled automation)."""
+    under it was exported as a hand-made label ("Write a python function…" labelled automation). Rows stored
+    before decisions.override_held (NULL) are worked out from the decisions before them, as they were."""
     service = routed_service
     *_, picked = service.respond(None, "What is 17 times 23?", override="automation")
     sid = picked.session_id
@@ -68,12 +70,28 @@ def test_an_override_held_for_later_messages_labels_only_the_message_it_was_pick
     list(service.respond(None, "Book a meeting with Ana on Monday", override="automation"))  # another chat
     # QA 25 #1: the choice holds across New chat and opening a past chat too, so a chat's first message can be held
     list(service.respond(None, "Remind me to call Bo at five", override="automation"))
+    if rows == "older":
+        service.memory.db.execute("update decisions set override_held = null")
+        service.memory.db.conn.commit()
 
     result, rows = export(service, tmp_path)
     assert [(r["text"], r["label"]) for r in rows if r["kind"] == "domain"] == [
         ("What is 17 times 23?", "automation"), ("Now sort it by length", "code"),
         ("Book a meeting with Ana on Monday", "automation")]
     assert "2 messages sent under a route picked for an earlier one left out" in result.stdout
+
+
+def test_a_held_override_stays_held_after_the_chat_it_was_picked_in_is_deleted(routed_service, tmp_path):
+    """QA 26 #1: whether a pick was held was worked out from the decisions still stored, so deleting the chat of
+    the message it was picked for turned the next chat's held message into a label."""
+    service = routed_service
+    *_, picked = service.respond(None, "HELD one: in chat 1", override="automation")
+    *_, held = service.respond(None, "HELD two: in chat 2, pick held", override="automation")
+    service.delete_session(picked.session_id)
+
+    result, rows = export(service, tmp_path)
+    assert [r for r in rows if r["kind"] == "domain"] == []
+    assert "1 message sent under a route picked for an earlier one left out" in result.stdout
 
 
 def test_an_override_to_a_modifier_not_available_is_labelled_as_picked(routed_service, demo_set, tmp_path):
