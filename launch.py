@@ -164,8 +164,11 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
             paths[f.name] = store.ensure(profile.name, f, verify=verify)
         except ModelFileError as exc:
             if f.role != "modifier":
-                missing = [g.file for g in profile.files if g is not f and store.needs_download(profile.name, g)]
-                raise ModelFileError(f"{exc}" + (f" Also not on disk yet: {', '.join(missing)}." if missing else "")) from exc
+                from models.hub import fetch_command
+
+                missing = [f"{g.file} ({fetch_command(profile.name, g, store.hub_cache())})"
+                           for g in profile.files if g is not f and store.needs_download(profile.name, g)]
+                raise ModelFileError(f"{exc}" + (f" Also not on disk yet: {'; '.join(missing)}." if missing else "")) from exc
             failed[f.name] = str(exc)
     return paths, failed
 

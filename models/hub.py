@@ -34,6 +34,14 @@ def _progress_bar(on_progress: Progress | None, label: str) -> type[tqdm]:
     return Bar
 
 
+def fetch_command(profile: str, entry: ModelFile, cache_dir: Path) -> str:
+    """The command that fetches the file by hand into the profile's folder of the model cache."""
+    source = entry.source or {}
+    revision = source.get("revision")
+    return (f"hf download {source.get('repo')} {source.get('filename')}{f' --revision {revision}' if revision else ''} "
+            f"--local-dir {cache_dir.parent / profile}")
+
+
 def download(profile: str, entry: ModelFile, cache_dir: Path, on_progress: Progress | None = None) -> Path:
     """The file's path in the Hub cache, downloading what is missing. Raises ModelFileError naming
     the file and how to get it when it cannot be had (offline, not found, refused)."""
@@ -44,9 +52,7 @@ def download(profile: str, entry: ModelFile, cache_dir: Path, on_progress: Progr
     source = entry.source or {}
     repo, filename, revision = source.get("repo"), source.get("filename"), source.get("revision")
     where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
-    how = (f"Connect to the network and start again, or fetch it yourself: "
-           f"hf download {repo} {filename}{f' --revision {revision}' if revision else ''} --local-dir "
-           f"{cache_dir.parent / profile} — then start again.")
+    how = f"Connect to the network and start again, or fetch it yourself: {fetch_command(profile, entry, cache_dir)} — then start again."
     _remove_stale_partials(cache_dir)
     try:
         path = hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,

@@ -37,6 +37,8 @@ def test_a_named_profile_not_on_disk_fails_offline_naming_what_is_missing(tmp_pa
     assert "qwen2.5-1.5b-instruct-q4_k_m.gguf (base of profile 'qwen2.5-1.5b') is not on disk" in err
     assert "qwen2.5-0.5b-instruct-q8_0.gguf" in err  # the draft is missing too, and said so
     assert "hf download Qwen/Qwen2.5-1.5B-Instruct-GGUF qwen2.5-1.5b-instruct-q4_k_m.gguf" in err
+    # with its command too, as the README says (QA 26 #3: only the base had one)
+    assert "hf download Qwen/Qwen2.5-0.5B-Instruct-GGUF qwen2.5-0.5b-instruct-q8_0.gguf" in err
     with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:  # opened first, before the models
         assert db.execute("select count(*) from sessions").fetchone() == (0,)
 
