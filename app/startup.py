@@ -15,6 +15,9 @@ import gradio as gr
 TITLE = "Cogumi Chat · starting"
 # A reason on one line ran off the page, the command to fix it with it (a code block keeps its lines as written).
 WRAP_THE_REASON = "#startup-status pre, #startup-status pre code { white-space: pre-wrap; overflow-wrap: anywhere; }"
+# Once the start has failed, the process ends and Gradio's client says "Connection to the server was lost.
+# Attempting reconnection...": no reconnection comes, and on a phone it covered the reason (QA 26 #3).
+NO_RECONNECTING_AFTER_A_FAILURE = "body:has(#startup-status.failed) .toast-wrap { display: none; }"
 FAILURE_SHOWN_S = 3.0  # the page polls every second: three chances to fetch why the start failed
 # Once the models are ready the chat replaces this page on the same address: poll until the
 # address serves the chat (its title changes), then reload into it.
@@ -55,8 +58,9 @@ class StartupProgress:
     def markdown(self) -> str:
         with self._lock:
             if self.error:
-                return f"**The app could not start.**\n\n```\n{self.error}\n```"
-            lines = [f"**{self.stage}**", ""]
+                return (f"## Cogumi Chat could not start\n\n**The app could not start.** It has stopped: do what "
+                        f"this says, then start it again.\n\n```\n{self.error}\n```")
+            lines = ["## Cogumi Chat is starting", "", f"**{self.stage}**", ""]
             for what, (done, total) in sorted(self.files.items()):
                 lines.append(f"- `{what}`: {done / 2**20:,.0f} of {total / 2**20:,.0f} MiB ({done / max(total, 1):.0%})")
             return "\n".join(lines)
@@ -93,12 +97,14 @@ def hub_retries_shown_on(progress: StartupProgress):
 
 
 def build_startup_ui(progress: StartupProgress) -> gr.Blocks:
+    def status() -> gr.Markdown:
+        return gr.Markdown(progress.markdown(), elem_id="startup-status", elem_classes=["failed"] if progress.error else [])
+
     with gr.Blocks(title=TITLE) as page:
-        gr.Markdown("## Cogumi Chat is starting")
-        status = gr.Markdown(progress.markdown(), elem_id="startup-status")
+        shown = status()
         timer = gr.Timer(1.0)
-        timer.tick(progress.markdown, None, status, show_progress="hidden").then(
-            None, status, None, js=RELOAD_WHEN_READY)
+        timer.tick(status, None, shown, show_progress="hidden").then(
+            None, shown, None, js=RELOAD_WHEN_READY)
     return page
 
 
@@ -109,7 +115,7 @@ class StartupPage:
         self.progress = StartupProgress()
         self.blocks = build_startup_ui(self.progress)
         self.blocks.launch(server_name=host, server_port=port, inbrowser=inbrowser, prevent_thread_lock=True,
-                           quiet=True, css=WRAP_THE_REASON)
+                           quiet=True, css=WRAP_THE_REASON + NO_RECONNECTING_AFTER_A_FAILURE)
 
     def hub_retries_shown(self):
         return hub_retries_shown_on(self.progress)

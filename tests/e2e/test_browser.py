@@ -366,6 +366,14 @@ def test_a_start_that_fails_while_the_page_is_open_says_why_on_the_page(tmp_path
         assert page.evaluate("() => { const pre = document.querySelector('#startup-status pre'); "
                              "return pre.scrollWidth <= pre.clientWidth; }")
         assert app.proc.wait(timeout=30) == 2  # and it still stops, as a failed start does
+        # QA 26 #3: the heading still said "is starting", and Gradio's "Connection to the server was lost.
+        # Attempting reconnection..." came over the reason once the process had gone, on a phone over all of it
+        expect(page.get_by_role("heading")).to_have_text("Cogumi Chat could not start")
+        expect(status).to_contain_text("It has stopped: do what this says, then start it again")
+        page.wait_for_timeout(6000)  # Gradio's client finds the server gone
+        assert not page.evaluate("() => [...document.querySelectorAll('.toast-wrap *')].some(e => e.checkVisibility() "
+                                 "&& e.textContent.includes('Connection'))")
+        expect(status).to_be_in_viewport()
 
 
 def test_on_a_space_each_browser_sees_only_its_own_chats(space):
