@@ -26,8 +26,8 @@ from router.perplexity import Perplexity
 DATA = Path(__file__).resolve().parent / "data" / "domain.jsonl"
 # Fewer prompts than this give a τp that is mostly chance (QA 24: one prompt wrote a τp that sent every message to
 # base); --dry-run still shows it.
-MIN_PROMPTS = 30
-SHARE_MISSED = 0.1  # ... and prompts that tie (one prompt thirty times) miss the share asked by more than this
+MIN_PROMPTS = 30  # different prompts: thirty copies of one, or of two, are one or two (QA 25, 26)
+SHARE_MISSED = 0.1  # ... and prompts that tie miss the share asked by more than this
 
 
 def tau_for_share(perplexities: list[float], share: float) -> float:
@@ -35,6 +35,27 @@ def tau_for_share(perplexities: list[float], share: float) -> float:
     if not 0.0 < share < 1.0:
         raise ValueError(f"share must be between 0 and 1 (exclusive), not {share}")
     return float(np.quantile(np.asarray(perplexities), share, method="inverted_cdf"))
+
+
+def refusal(values: list[float], texts: list[str], share: float, dry_run: bool) -> str | None:
+    """Why the τp of these scored prompts is not written, or None: too few different prompts (QA 24: one; QA 25,
+    26: one or two, repeated), or a τp that misses the share asked (prompts that tie). --dry-run shows it anyway."""
+    if dry_run:
+        return None
+    different = len(set(texts))
+    if different < MIN_PROMPTS:
+        count = (f"{len(texts)} prompt{' is' if len(texts) == 1 else 's are'} too few" if different == len(texts) else
+                 f"the {len(texts)} prompts are only {different} different one{'s' * (different > 1)}, too few")
+        return (f"{count}: at least {MIN_PROMPTS} different prompts are needed for τp to send the share asked for; "
+                f"nothing was written. Give more prompts (--data, or a larger --limit), or --dry-run to see τp only.")
+    tau = tau_for_share(values, share)
+    reached = float(np.mean(np.array(values) <= tau))
+    if abs(reached - share) > SHARE_MISSED:
+        shown = len({round(v, 2) for v in values})  # as the table shows them: not the last digits of one float
+        return (f"τp {tau:.4f} sends {reached:.0%} of these prompts to base, not the {share:.0%} asked: the "
+                f"{len(values)} prompts score only {shown} different perplexit{'y' if shown == 1 else 'ies'}; nothing "
+                f"was written. Give varied prompts (--data), or --dry-run to see τp only.")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,17 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{np.quantile(v, .75):>10.2f}{(v <= tau).mean():>8.0%}")
     reached = float(np.mean(np.array(values) <= tau))
     print(f"τp = {tau:.4f} sends {reached:.0%} of prompts to base (asked {args.share:.0%})"
-          + (f": from {len(values)}, too few to write" if len(values) < MIN_PROMPTS else ""))
-    if len(values) < MIN_PROMPTS and not args.dry_run:
-        print(f"error: {len(values)} prompt{' is' if len(values) == 1 else 's are'} too few: at least {MIN_PROMPTS} "
-              f"are needed for τp to send the share asked for; nothing was written. Give more prompts (--data, "
-              f"or a larger --limit), or --dry-run to see τp only.", file=sys.stderr)
-        return 2
-    if abs(reached - args.share) > SHARE_MISSED and not args.dry_run:  # many prompts of one perplexity (QA 25)
-        print(f"error: τp {tau:.4f} sends {reached:.0%} of these prompts to base, not the {args.share:.0%} asked: "
-              f"the {len(values)} prompts score only {len(set(values))} different "
-              f"perplexit{'y' if len(set(values)) == 1 else 'ies'}; nothing was written. "
-              f"Give varied prompts (--data), or --dry-run to see τp only.", file=sys.stderr)
+          + (f": from {len(set(r['text'] for r in rows))} different, too few to write"
+             if len(set(r["text"] for r in rows)) < MIN_PROMPTS else ""))
+    refused = refusal(values, [r["text"] for r in rows], args.share, args.dry_run)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     if args.model:
         print(f"start with: python launch.py --model {args.model} --tau-p {tau:.4f}")

@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 
 from models.manifest import MANIFEST_PATH, get_profile
-from router.calibrate import MIN_PROMPTS, tau_for_share
+from router.calibrate import MIN_PROMPTS, refusal, tau_for_share
 from router.decision import Thresholds
 from tests.launcher import running_app
 
@@ -118,16 +118,30 @@ def test_a_tau_p_from_too_few_prompts_is_neither_written_nor_offered(tmp_path, d
     assert manifest.read_bytes() == MANIFEST_PATH.read_bytes() and "start with" not in done.stdout
 
 
-def test_a_tau_p_that_misses_the_share_asked_is_not_written(tmp_path, demo_models_dir):
+@pytest.mark.parametrize("texts", [["hello there"], ["hello there", "What is 17 times 23?"]])
+def test_a_tau_p_from_repeated_prompts_is_not_written(tmp_path, demo_models_dir, texts):
     """QA 25 #4: thirty copies of one prompt passed the count, and wrote "τp = 10156.7203 sends 100% of prompts to
-    base (asked 50%)": every message went to base from then on."""
+    base (asked 50%)": every message went to base from then on. QA 26 #5: two prompts fifteen times each wrote a
+    τp, and the thirty copies were said to "score only 2 different perplexities" (the last digits of one)."""
     data = tmp_path / "prompts.jsonl"
-    data.write_text((json.dumps({"text": "hello there"}) + "\n") * MIN_PROMPTS)
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts) * (MIN_PROMPTS // len(texts)))
     manifest = tmp_path / "manifest.json"
     shutil.copy(MANIFEST_PATH, manifest)
     done = subprocess.run([sys.executable, "-m", "router.calibrate", "--models-dir", str(demo_models_dir),
                            "--data", str(data), "--manifest", str(manifest)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "sends 100% of these prompts to base, not the 50% asked" in done.stderr, done.stderr
+    assert (f"the {MIN_PROMPTS} prompts are only {len(texts)} different one{'s' * (len(texts) > 1)}, too few: at least "
+            f"{MIN_PROMPTS} different prompts") in done.stderr, done.stderr
     assert manifest.read_bytes() == MANIFEST_PATH.read_bytes()
+
+
+def test_a_tau_p_that_misses_the_share_asked_is_refused():
+    """Different prompts that tie on a few perplexities: τp cannot send the share asked, and says how many
+    different perplexities there are, as shown (2 decimals: not the last digits of a float)."""
+    values = [7.0] * 25 + [7.0 + 1e-9] * 3 + [9.5, 12.25]
+    said = refusal(values, [f"prompt {i}" for i in range(30)], 0.5, dry_run=False)
+    assert said.startswith("τp 7.0000 sends 83% of these prompts to base, not the 50% asked: the 30 prompts score "
+                           "only 3 different perplexities"), said
+    assert refusal(values, [f"prompt {i}" for i in range(30)], 0.5, dry_run=True) is None
+    assert refusal(list(range(30)), [f"prompt {i}" for i in range(30)], 0.5, dry_run=False) is None
