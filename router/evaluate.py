@@ -34,6 +34,8 @@ def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow
         if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte order mark of UTF-16: Notepad's "Unicode"
             raise ValueError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8") from exc
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start + 1:,})") from exc
+    if any("\x00" in line for line in lines):  # no JSON text holds a NUL: UTF-16 without its byte order mark
+        raise ValueError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
