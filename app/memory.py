@@ -351,7 +351,7 @@ class Memory:
             where.append(f"({holds.format('title')} or id in "
                          f"(select session_id from messages where {holds.format('content')}))")
             typed = re.sub(r"([\\%_])", r"\\\1", matching.strip())  # a typed % is a %
-            params.update(text=f"%{typed}%", folded=f"%{typed.casefold()}%")
+            params.update(text=f"%{typed}%", folded=f"%{_casefold(typed)}%")
         with self._guard():
             return list(self.db["sessions"].rows_where(" and ".join(where) or None, params,
                                                        order_by="updated_at desc, rowid desc", limit=limit))
@@ -483,7 +483,9 @@ _HIDDEN_IN_TITLE = re.compile("(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\\]|\x9d
 
 
 def _casefold(text: str | None) -> str | None:
-    return text.casefold() if isinstance(text, str) else text
+    """Case folded for a search; the Turkish İ folds to "i" and a combining dot above: that is dropped, so that
+    "İstanbul" finds "istanbul" and "ISTANBUL" (QA 26)."""
+    return text.casefold().replace("i\u0307", "i") if isinstance(text, str) else text
 
 
 def _title(text: str) -> str:
