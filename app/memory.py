@@ -278,6 +278,15 @@ class Memory:
                 raise
             self.db.conn.execute("COMMIT")
 
+    def _ours(self, table: str) -> sqlite_utils.db.Table:
+        """A table of ours, to add a row to. sqlite-utils makes a table that is not there: one dropped by another
+        program while the app ran came back at the next write without its keys and indexes, what it held gone
+        without a word (QA 26 #4). Refused instead, as a start refuses the file (check_ours)."""
+        if not self.db[table].exists():
+            raise SessionStoreError(f"{self.path}: the table {table}, which this app made in it, is missing: "
+                                    f"{CHANGED_BY_HAND}")
+        return self.db[table]
+
     def _mark_interrupted(self) -> int:
         with self.db.atomic():
             cursor = self.db.execute("update messages set status = 'interrupted' where status = 'streaming'")
@@ -288,7 +297,7 @@ class Memory:
         session_id = uuid.uuid4().hex
         now = _now()
         with self._guard():
-            self.db["sessions"].insert({"id": session_id, "title": title, "created_at": now, "updated_at": now,
+            self._ours("sessions").insert({"id": session_id, "title": title, "created_at": now, "updated_at": now,
                                         "owner": owner})
         return session_id
 
@@ -359,7 +368,7 @@ class Memory:
     # -- messages -----------------------------------------------------------------------------
     def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:
         with self._writing():
-            message_id = self.db["messages"].insert(
+            message_id = self._ours("messages").insert(
                 {"session_id": session_id, "role": role, "content": content, "status": status, "created_at": _now()}
             ).last_pk
             updates = {"updated_at": _now()}
@@ -395,7 +404,7 @@ class Memory:
         row = {**decision, "session_id": session_id, "message_id": message_id, "created_at": _now(),
                "domain_probs": json.dumps(decision.get("domain_probs", {}))}
         with self._guard():
-            return self.db["decisions"].insert(row, alter=False).last_pk
+            return self._ours("decisions").insert(row, alter=False).last_pk
 
     def last_decision(self, owner: str | None) -> dict | None:
         """The owner's latest decision, in any of their chats (route, reason, overridden), or None."""
@@ -454,7 +463,7 @@ class Memory:
             if liked is None:
                 self.db.execute("delete from feedback where message_id = ?", [message_id])
             else:
-                self.db["feedback"].upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
+                self._ours("feedback").upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
                                             "created_at": _now()}, pk="message_id")
         self.checkpoint()  # a rating comes after its reply's end: else only sessions.db-wal held it (QA 23)
 

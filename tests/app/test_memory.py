@@ -247,3 +247,30 @@ def test_sessions_db_alone_holds_every_rating_and_nothing_after_close_is_left_be
     memory.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "sessions.db"]
     assert Memory(path).feedback(sid) == {reply: False}
+
+
+WRITES = {  # the table a write adds a row to → that write, on a chat with one reply (its message id)
+    "sessions": lambda memory, sid, reply: memory.new_session(),
+    "messages": lambda memory, sid, reply: memory.add_message(sid, "user", "one more"),
+    "decisions": lambda memory, sid, reply: memory.add_decision(sid, reply, decision()),
+    "feedback": lambda memory, sid, reply: memory.set_feedback(reply, True),
+}
+
+
+@pytest.mark.parametrize("table", WRITES)
+def test_a_table_dropped_while_the_app_runs_is_not_made_again_behind_its_back(tmp_path, table):
+    """QA 26 #4: a table dropped by another program while the app ran was made again by sqlite-utils at the next
+    write, without its foreign keys and indexes; what it held was gone without a word, and the next start took
+    the file as it was. The write fails, naming the table, as a start does (check_ours)."""
+    from app.memory import SessionStoreError
+
+    memory = Memory(tmp_path / "sessions.db")
+    sid = memory.new_session()
+    memory.add_message(sid, "user", "a question")
+    reply = memory.add_message(sid, "assistant", "an answer")
+    with sqlite3.connect(tmp_path / "sessions.db") as other:
+        other.execute("pragma foreign_keys = off")
+        other.execute(f"drop table {table}")
+    with pytest.raises(SessionStoreError, match=f"the table {table}, which this app made in it, is missing"):
+        WRITES[table](memory, sid, reply)
+    assert table not in memory.db.table_names()
