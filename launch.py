@@ -168,7 +168,8 @@ def prepare_models(profile: Profile, store: Store, verify: bool = False) -> tupl
 
                 missing = [f"{g.file} ({fetch_command(profile.name, g, store.hub_cache())})"
                            for g in profile.files if g is not f and store.needs_download(profile.name, g)]
-                raise ModelFileError(f"{exc}" + (f" Also not on disk yet: {'; '.join(missing)}." if missing else "")) from exc
+                also = f" Also not on disk yet: {'; '.join(missing)}." if missing else ""
+                raise ModelFileError(f"{exc}{also}") from exc
             failed[f.name] = str(exc)
     return paths, failed
 

@@ -323,7 +323,8 @@ class ChatService:
         if override in (None, AUTO):
             return None
         before = self.memory.last_decision(owner)
-        return int(bool(before and before["overridden"] and route_asked(before["route"], before["reason"])[0] == override))
+        picked_before = route_asked(before["route"], before["reason"])[0] if before and before["overridden"] else None
+        return int(picked_before == override)
 
     def wait_for_replies(self, wait_s: float) -> int:
         """Wait (up to wait_s) until no reply is streaming, each saved as it ends; returns how many still

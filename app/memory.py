@@ -298,7 +298,7 @@ class Memory:
         now = _now()
         with self._guard():
             self._ours("sessions").insert({"id": session_id, "title": title, "created_at": now, "updated_at": now,
-                                        "owner": owner})
+                                           "owner": owner})
         return session_id
 
     def session(self, session_id: str) -> dict | None:
@@ -464,7 +464,7 @@ class Memory:
                 self.db.execute("delete from feedback where message_id = ?", [message_id])
             else:
                 self._ours("feedback").upsert({"message_id": message_id, "session_id": row[0], "liked": int(liked),
-                                            "created_at": _now()}, pk="message_id")
+                                               "created_at": _now()}, pk="message_id")
         self.checkpoint()  # a rating comes after its reply's end: else only sessions.db-wal held it (QA 23)
 
     def feedback(self, session_id: str) -> dict[int, bool]:

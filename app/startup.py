@@ -97,8 +97,9 @@ def hub_retries_shown_on(progress: StartupProgress):
 
 
 def build_startup_ui(progress: StartupProgress) -> gr.Blocks:
-    def status() -> gr.Markdown:
-        return gr.Markdown(progress.markdown(), elem_id="startup-status", elem_classes=["failed"] if progress.error else [])
+    def status() -> gr.Markdown:  # marked "failed" once the start has failed: NO_RECONNECTING_AFTER_A_FAILURE
+        failed = ["failed"] if progress.error else []
+        return gr.Markdown(progress.markdown(), elem_id="startup-status", elem_classes=failed)
 
     with gr.Blocks(title=TITLE) as page:
         shown = status()

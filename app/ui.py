@@ -75,12 +75,12 @@ const cogumiWhenReady = () => {
 };
 cogumiWhenReady();
 </script>""" % LOAD_WAIT_MS
-# The tab's own storage, read and written where a browser that keeps no site data throws on any use of it:
-# there the tab keeps nothing across a reload, and the page works all the same.
 # New chat and Stop give the keys back to the message box (QA 15, QA 24) where the pointer is a mouse's: on a
 # touch screen a focused box opens the keyboard over half the chat, after every tap of either (QA 25).
 KEYS_TO_BOX = "if (!matchMedia('(pointer: coarse)').matches) document.querySelector('#message textarea')?.focus(); "
 
+# The tab's own storage, read and written where a browser that keeps no site data throws on any use of it:
+# there the tab keeps nothing across a reload, and the page works all the same.
 PAGE_HEAD = (f'<script>window.cogumiTabGet = (key) => {{ try {{ return sessionStorage.getItem(key); }} '
              f'catch (e) {{ return null; }} }}; '
              f'window.cogumiTabSet = (key, value) => {{ try {{ sessionStorage.setItem(key, value); }} catch (e) {{}} }}; '

@@ -52,7 +52,8 @@ def download(profile: str, entry: ModelFile, cache_dir: Path, on_progress: Progr
     source = entry.source or {}
     repo, filename, revision = source.get("repo"), source.get("filename"), source.get("revision")
     where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
-    how = f"Connect to the network and start again, or fetch it yourself: {fetch_command(profile, entry, cache_dir)} — then start again."
+    how = (f"Connect to the network and start again, or fetch it yourself: {fetch_command(profile, entry, cache_dir)} "
+           f"— then start again.")
     _remove_stale_partials(cache_dir)
     try:
         path = hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,

@@ -131,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(v):
             print(f"{label:<12}{len(v):>6}{np.quantile(v, .25):>10.2f}{np.median(v):>10.2f}"
                   f"{np.quantile(v, .75):>10.2f}{(v <= tau).mean():>8.0%}")
-    reached = float(np.mean(np.array(values) <= tau))
+    reached, different = float(np.mean(np.array(values) <= tau)), len({r["text"] for r in rows})
     print(f"τp = {tau:.4f} sends {reached:.0%} of prompts to base (asked {args.share:.0%})"
-          + (f": from {len(set(r['text'] for r in rows))} different, too few to write"
-             if len(set(r["text"] for r in rows)) < MIN_PROMPTS else ""))
+          + (f": from {different} different, too few to write" if different < MIN_PROMPTS else ""))
     refused = refusal(values, [r["text"] for r in rows], args.share, args.dry_run)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
