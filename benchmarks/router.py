@@ -14,6 +14,9 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
             ASK_ABOVE_MACS) it is not scored and the reply prefills the message; on the demo base
             they cost less than asking, so it is scored as on the first path;
   unrouted: no Router, the reply on the base.
+  And the floor of the first path: Engine.score alone (every message row's logits, the prompt on
+  both cores, nothing asked), then the unrouted reply, which reuses that prefill: the first token
+  a router whose encode and heads cost nothing would give where the perplexity decides.
   Messages are domain texts whose most likely domain is a modifier's. Each goes through the three
   paths back to back (their order rotating from one message to the next), and before each the KV
   cache is left as a new conversation finds it (the system prompt, nothing of the message), so the
@@ -35,7 +38,8 @@ ttft: ChatService.respond on a new session, from the call to the first streamed 
 The last line is JSON: signals_p50_ms, signals_p95_ms, perplexity_needed_share (of the signals'
 messages, under the default τe and τd), ttft_base_route_vs_unrouted (the median over
 messages of needed TTFT / unrouted TTFT on the demo base, where the perplexity decides),
-ttft_base_route_unneeded_vs_unrouted (where it cannot change the route), and the per-model figures
+ttft_base_route_unneeded_vs_unrouted (where it cannot change the route), ttft_scoring_floor_vs_unrouted
+(the floor: the scoring prefill alone, the router's own work free), and the per-model figures
 (ttft_ratio_of_medians: median TTFT / median unrouted TTFT).
 """
 
@@ -154,6 +158,11 @@ def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, 
         paths[name].router.signals = _timed(paths[name].router.signals, signals_ms)
     filler = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "§"}]
 
+    def floor_ms(message: str) -> float:
+        started = time.perf_counter()
+        engine.score([filler[0], {"role": "user", "content": message}], max_tokens=settings.max_tokens)
+        return (time.perf_counter() - started) * 1000 + first_text_ms(paths["unrouted"], message)
+
     def as_new() -> None:
         """The KV cache as a new conversation finds it: the system prompt, and none of the message the
         path before just prefilled (which the next path would otherwise reuse)."""
@@ -163,14 +172,14 @@ def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, 
         for name, service in paths.items():
             first_text_ms(service, f"{m} (warm-up {name})")
     signals_ms.clear()
-    names = list(paths)
-    times = {f"{name}{kind}": [] for name in paths for kind in ("", "_follow_up")}
+    names = [*paths, "floor"]
+    times = {f"{name}{kind}": [] for name in paths for kind in ("", "_follow_up")} | {"floor": []}
     for i, message in enumerate(messages):  # each message through every path, back to back
-        order = names[i % 3:] + names[:i % 3]
+        order = names[i % 4:] + names[:i % 4]
         for name in order:
             as_new()
-            times[name].append(first_text_ms(paths[name], message))
-        for name in order:
+            times[name].append(floor_ms(message) if name == "floor" else first_text_ms(paths[name], message))
+        for name in (n for n in order if n != "floor"):
             as_new()
             times[f"{name}_follow_up"].append(follow_up_ms(paths[name], messages[i - 1], message))
     scored = {}
@@ -192,6 +201,7 @@ def bench_ttft(path: Path, router_parts: tuple, messages: list[str], tmp: Path, 
                 ("ratio_of_medians", med[name] / med["unrouted"]),
                 ("follow_up_ratio", statistics.median(paired(name, "_follow_up"))))},
             "follow_up_unrouted_ms": med["unrouted_follow_up"], "unneeded_scored_share": scored["unneeded"],
+            "floor_ms": med["floor"], "floor_ratio": statistics.median(paired("floor")),
             "signals_p50_ms": percentile(signals_ms, 50), "signals_p95_ms": percentile(signals_ms, 95)}
 
 
@@ -266,10 +276,11 @@ def main() -> None:
           f"of a new session, then a follow-up (second message, after a reply). needed: the perplexity decides the "
           f"route; unneeded: it could not change it, so it is scored only where that costs less than asking (scored: "
           f"share of those). ratio: the median of each message's time ÷ its unrouted time, measured back to back "
-          f"(IQR: their middle half); of medians: median time ÷ median unrouted time")
+          f"(IQR: their middle half); of medians: median time ÷ median unrouted time; floor: the scoring prefill "
+          f"alone, as a router whose encode and heads cost nothing would give")
     print(f"{'model':<16}{'n':>4}{'unrouted ms':>13}{'needed ms':>11}{'ratio':>8}{'IQR':>14}{'of medians':>12}"
           f"{'unneeded ms':>13}{'ratio':>8}{'scored':>8}{'p95: unrouted':>15}{'needed':>9}{'unneeded':>10}"
-          f"{'follow-up ratios':>18}{'signals p50/p95':>17}")
+          f"{'follow-up ratios':>18}{'signals p50/p95':>17}{'floor':>8}")
     for name, r in results.items():
         low, high = r["needed_ratio_iqr"]
         print(f"{name:<16}{r['n']:>4}{r['unrouted_ms']:>13.2f}{r['needed_ms']:>11.2f}{r['needed_ratio']:>8.3f}"
@@ -277,7 +288,7 @@ def main() -> None:
               f"{r['unneeded_ms']:>13.2f}{r['unneeded_ratio']:>8.3f}{r['unneeded_scored_share']:>8.0%}"
               f"{r['unrouted_p95_ms']:>15.2f}{r['needed_p95_ms']:>9.2f}{r['unneeded_p95_ms']:>10.2f}"
               f"{r['needed_follow_up_ratio']:>9.3f} / {r['unneeded_follow_up_ratio']:.3f}"
-              f"{r['signals_p50_ms']:>9.2f} / {r['signals_p95_ms']:.2f}")
+              f"{r['signals_p50_ms']:>9.2f} / {r['signals_p95_ms']:.2f}{r['floor_ratio']:>8.3f}")
     short = {"demo": "", "demo-768": "_768", "qwen0.5b-shape": "_qwen05_shape", "qwen1.5b-shape": "_qwen15_shape",
              "qwen7b-shape": "_qwen7_shape"}
     print(json.dumps({
@@ -285,6 +296,7 @@ def main() -> None:
         "perplexity_needed_share": round(signals["needed_share"], 3),
         **{f"ttft_base_route_vs_unrouted{short[k]}": round(v["needed_ratio"], 3) for k, v in results.items()},
         **{f"ttft_base_route_unneeded_vs_unrouted{short[k]}": round(v["unneeded_ratio"], 3) for k, v in results.items()},
+        **{f"ttft_scoring_floor_vs_unrouted{short[k]}": round(v["floor_ratio"], 3) for k, v in results.items()},
         "ttft_base_route_vs_unrouted_iqr": {k: [round(x, 3) for x in v["needed_ratio_iqr"]] for k, v in results.items()},
         "ttft_ratio_of_medians": {k: {"needed": round(v["needed_ratio_of_medians"], 3),
                                       "unneeded": round(v["unneeded_ratio_of_medians"], 3)} for k, v in results.items()},
