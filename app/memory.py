@@ -186,6 +186,9 @@ class SessionStoreError(Exception):
 def _explain(path: str, exc: sqlite3.Error) -> str:
     text = str(exc)
     said = text.lower()
+    missing = re.search(r"no such (table|column): (?:main\.)?(\S+)", text)
+    if missing:  # dropped by another program while the app ran (QA 27: "check the disk it is on")
+        return f"{path}: the {missing[1]} {missing[2]}, which this app made in it, is missing: {CHANGED_BY_HAND}"
     if "locked" in said or "busy" in said:
         hint = ("another program holds a lock on it (a second Cogumi Chat on the same file, or a database tool in "
                 "the middle of a transaction): close that program and try again, or start with --db OTHER.db")

@@ -367,11 +367,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             deleted = not known and session_id not in (None, NO_CHAT)  # on screen, then deleted elsewhere
             if not known:  # so that Stop, even before the reply starts, finds it
                 session_id = service.new_session(visitor)
+            stored = chat_view(session_id, visitor)  # QA 27: a table dropped by another program: bare "Error"s
         except SessionStoreError as exc:
             yield (gr.skip(), press, session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,
                    gr.skip(), gr.skip())
             return
-        stored = chat_view(session_id, visitor)
         before = stored["value"]
         # The message shows at once; the box is the person's to type the next message in (no yield empties it:
         # one that came after the press took what had been typed since, QA 15).
@@ -429,6 +429,10 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         except GeneratorExit:  # the page went away (a reload, a closed tab)
             service.carry_on(replies)
             raise
+        except SessionStoreError as exc:  # the chat could not be read back to draw it: the reply goes on, saved
+            service.carry_on(replies)
+            yield (*(gr.skip(),) * 3, f"This chat could not be shown. {exc}", *(gr.skip(),) * 2, visitor,
+                   gr.skip(), gr.skip())
         finally:
             if on_screen.get("sending") == session_id:
                 on_screen["sending"] = None

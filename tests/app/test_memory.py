@@ -274,3 +274,18 @@ def test_a_table_dropped_while_the_app_runs_is_not_made_again_behind_its_back(tm
     with pytest.raises(SessionStoreError, match=f"the table {table}, which this app made in it, is missing"):
         WRITES[table](memory, sid, reply)
     assert table not in memory.db.table_names()
+
+
+def test_a_read_of_a_table_dropped_while_the_app_runs_names_it():
+    """QA 27 #1: reads of a dropped table (a chat opened, /panel, the router's recent decisions) said "the session
+    database failed (no such table: feedback); check the disk it is on"."""
+    from app.memory import SessionStoreError
+
+    memory = Memory(":memory:")
+    sid = memory.new_session()
+    memory.add_message(sid, "user", "a question")
+    memory.db.execute("drop table feedback")
+    with pytest.raises(SessionStoreError, match="the table feedback, which this app made in it, is missing: a "
+                                                "program or a person changed the file") as caught:
+        memory.feedback(sid)  # a chat's 👍/👎, read to draw it
+    assert "check the disk" not in str(caught.value)

@@ -937,6 +937,35 @@ def test_a_message_sent_right_after_stop_is_sent(engine, tmp_path, monkeypatch):
         assert page.locator("#chat .message-row.bot-row").count() == 5
 
 
+def test_a_table_dropped_while_the_app_runs_is_named_and_the_message_goes_back_in_the_box(engine, tmp_path,
+                                                                                         monkeypatch):
+    """QA 27 #1: with the feedback table dropped by another program, a message sent from the page blanked the chat
+    under bare red "Error" badges, with no reason, and was lost (not stored, not back in the box); opening a chat
+    or the API said "check the disk it is on". Now the notice says why, the message is back in the box, and the
+    list and panel, which cannot be read either, are marked by Gradio under its notice of the same reason."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box = page.locator("#message textarea")
+        box.fill("before the drop")
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        with sqlite3.connect(tmp_path / "sessions.db") as other:
+            other.execute("drop table feedback")
+        box.fill("after the drop")
+        box.press("Enter")
+        expect(page.locator("#notice")).to_contain_text("the table feedback, which this app made in it, is missing",
+                                                        timeout=30_000)
+        expect(box).to_have_value("after the drop")
+        # The list and the panel cannot be read either: Gradio marks them, and its notice says why
+        expect(page.locator(".toast-body").first).to_contain_text("the table feedback, which this app made in it")
+        page.wait_for_timeout(1000)
+        marked = page.evaluate("() => [...document.querySelectorAll('*')].filter(e => !e.childElementCount && "
+                               "e.textContent.trim() == 'Error' && !e.closest('.toast-wrap')).map(e => e.closest('[id]')?.id)")
+        assert set(marked) <= {"sessions", "path", "decisions"}, marked  # not the chat, nor the box
+        (chat,) = service.sessions()
+        assert [m["content"] for m in service.memory.messages(chat["id"])][-1] != "after the drop"
+
+
 def test_on_a_touch_screen_new_chat_and_stop_leave_the_keyboard_closed(engine, tmp_path, monkeypatch):
     """QA 25: New chat and Stop put the keys in the message box (QA 15, QA 24), which on a phone opens the
     keyboard over half the chat after every tap of either. A mouse's page still gets them (the tests above)."""
