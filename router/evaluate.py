@@ -31,11 +31,13 @@ def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow
         with open(path, encoding="utf-8-sig") as f:  # a byte order mark, as Windows Notepad writes, is skipped
             lines = list(f)
     except UnicodeDecodeError as exc:
-        if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte order mark of UTF-16: Notepad's "Unicode"
-            raise ValueError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8") from exc
+        wide = _wide_unicode(exc.object[:4096])
+        if wide:
+            raise ValueError(f"{path}: {wide} text, not UTF-8: save it as UTF-8") from exc
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start + 1:,})") from exc
-    if any("\x00" in line for line in lines):  # no JSON text holds a NUL: UTF-16 without its byte order mark
-        raise ValueError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8")
+    wide = _wide_unicode("".join(lines[:50]).encode("utf-8", "surrogatepass"))
+    if wide:  # ASCII in UTF-16 without its byte order mark is valid UTF-8, NULs and all
+        raise ValueError(f"{path}: {wide} text, not UTF-8: save it as UTF-8")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -57,6 +59,16 @@ def read_jsonl(path: Path, keys: tuple[str, ...], kind: str | None = None, allow
     if not rows and not allow_empty:
         raise ValueError(f"{path}: no examples" + (f" of kind {kind!r}" if kind else ""))
     return rows
+
+
+def _wide_unicode(start: bytes) -> str | None:
+    """"UTF-16" or "UTF-32" for a file that starts so (Notepad's "Unicode" is UTF-16, with its byte order mark, or
+    without), else None. No JSON text holds a NUL byte: UTF-8 JSON Lines never do."""
+    if start[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") or start[:4].count(0) == 3:
+        return "UTF-32"
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff") or 0 in start:
+        return "UTF-16"
+    return None
 
 
 def _kind_of(row: dict) -> str:

@@ -131,6 +131,10 @@ def test_follow_ups_are_scored_in_the_context_of_the_previous_message(tmp_path):
     ('{"text": "hi", "label": "code"}\n'.encode("utf-16"), "bad.jsonl: UTF-16 text, not UTF-8: save it as UTF-8"),
     # QA 26: without its byte order mark it was "not valid JSON (Expecting property name…)"
     ('{"text": "hi", "label": "code"}\n'.encode("utf-16-le"), "bad.jsonl: UTF-16 text, not UTF-8: save it as UTF-8"),
+    # QA 27: with an accented letter it was "not UTF-8 text (byte 21)"; UTF-32 was named UTF-16
+    ('{"text": "écrire", "label": "code"}\n'.encode("utf-16-le"), "bad.jsonl: UTF-16 text, not UTF-8: save it as UTF-8"),
+    ('{"text": "écrire", "label": "code"}\n'.encode("utf-16-be"), "bad.jsonl: UTF-16 text, not UTF-8: save it as UTF-8"),
+    ('{"text": "écrire", "label": "code"}\n'.encode("utf-32"), "bad.jsonl: UTF-32 text, not UTF-8: save it as UTF-8"),
 ])
 def test_bad_files_get_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
