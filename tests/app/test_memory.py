@@ -179,6 +179,14 @@ def test_past_chats_are_found_in_any_case_in_any_alphabet():
     memory.add_message(capital, "user", "İSTANBUL ve Ankara")
     memory.add_message(plain, "user", "a trip to istanbul")
     assert {s["id"] for s in memory.list_sessions(matching="İstanbul")} == {capital, plain}
+    # QA 27: its dotless ı never met I ("diyarbakır" missed "DİYARBAKIR"), and an accent typed as a letter and a
+    # combining mark (text pasted from macOS file names) missed the same letter typed whole
+    city, lake, decomposed = memory.new_session(), memory.new_session(), memory.new_session()
+    memory.add_message(city, "user", "DİYARBAKIR kebabı")
+    memory.add_message(lake, "user", "IĞDIR yolculuğu")
+    memory.add_message(decomposed, "user", "un cafe\u0301 noir")
+    for typed, found in (("diyarbakır", city), ("ığdır", lake), ("Iğdır", lake), ("café", decomposed)):
+        assert [s["id"] for s in memory.list_sessions(matching=typed)] == [found], typed
 
 
 def test_the_list_of_past_chats_can_leave_out_chats_never_written_in():
