@@ -315,7 +315,8 @@ class ChatService:
             return None
         return self.router.decide(message, history, self.memory.decisions(session_id, last=RECENT_TURNS),
                                   override=None if override == AUTO else override,
-                                  system_prompt=self.settings.system_prompt)
+                                  system_prompt=self.settings.system_prompt,
+                                  session_escalations=self.memory.escalations(session_id))  # QA 27: not the last 5
 
     def _held(self, override: str | None, owner: str | None) -> int | None:
         """For an override, whether the owner's message before it (in any chat) had that route picked too: the

@@ -410,6 +410,12 @@ class Memory:
         with self._guard():
             return self._ours("decisions").insert(row, alter=False).last_pk
 
+    def escalations(self, session_id: str) -> int:
+        """How many of the session's messages the router took for the user's unhappiness with the answer before."""
+        with self._guard():
+            return self.db.execute("select count(*) from decisions where session_id = ? and escalation_p >= tau_e",
+                                   [session_id]).fetchone()[0]
+
     def last_decision(self, owner: str | None) -> dict | None:
         """The owner's latest decision, in any of their chats (route, reason, overridden), or None."""
         with self._guard():

@@ -38,7 +38,7 @@ class Signals:
                                           # not measured, as it could not change the route
     escalation_p: float                   # P(user unhappy with the previous answer)
     domain_probs: dict[str, float]        # P over DOMAINS, with the session's recent domain as context
-    session_escalations: int = 0          # escalations among the session's recent decisions
+    session_escalations: int = 0          # the session's escalations before this message
     most_used_modifier: str | None = None  # the modifier routed to most in the session's recent turns
     last_sure_domain: str | None = None   # the latest recent turn's domain, where it was a modifier's at or
                                           # above τd: what an escalation that names none is about

@@ -35,9 +35,11 @@ class Router:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-signals")
 
     def decide(self, message: str, history: Sequence[dict], recent: Sequence[dict] = (),
-               override: str | None = None, system_prompt: str | None = None) -> Decision:
+               override: str | None = None, system_prompt: str | None = None,
+               session_escalations: int | None = None) -> Decision:
         """history: the conversation so far ({role, content}); recent: the session's last decisions
-        (Decision dicts, oldest first), which give the domain prior and the escalation count."""
+        (Decision dicts, oldest first), which give the domain prior; session_escalations: the session's
+        escalations so far (sessions.db counts them all), else those among `recent`."""
         started = time.perf_counter()
         previous_answer = next((m["content"] for m in reversed(history) if m["role"] == "assistant"), None)
         previous_probs = recent[-1]["domain_probs"] if recent else None
@@ -51,7 +53,8 @@ class Router:
         routed = [d["route"] for d in recent if d["route"] != "base"]
         decision = decide(Signals(
             perplexity=perplexity, escalation_p=escalation_p, domain_probs=domain_probs,
-            session_escalations=sum(d["escalation_p"] >= d["tau_e"] for d in recent),
+            session_escalations=session_escalations if session_escalations is not None else
+            sum(d["escalation_p"] >= d["tau_e"] for d in recent),
             most_used_modifier=Counter(routed).most_common(1)[0][0] if routed else None,
             last_sure_domain=next(filter(None, (sure_domain(d["domain_probs"], d["tau_d"]) for d in reversed(recent))),
                                   None),

@@ -203,3 +203,16 @@ def test_a_message_too_long_to_route_is_refused_clearly_and_the_chat_goes_on(rou
     assert len(routed_service.memory.messages(first.session_id)) == 2
     *_, next_one = routed_service.respond(first.session_id, "Write a regex for ISO dates.")
     assert next_one.status == "complete" and next_one.decision.route == "code"
+
+
+def test_the_escalation_count_is_the_whole_sessions(routed_service):
+    """QA 27 #4: "escalation #N in this session" counted the last 5 decisions only: a session's ninth read "#2"."""
+    *_, first = routed_service.respond(None, "Write a Python function that reverses a list.")
+    sid = first.session_id
+    reasons = []
+    for n in range(7):
+        *_, update = routed_service.respond(sid, "No, that is wrong, it does not work at all. Try again.")
+        assert update.decision.rule == "escalation", update.decision.reason
+        reasons.append(update.decision.reason)
+    assert "escalation #7 in this session" in reasons[-1], reasons[-1]
+    assert update.decision.session_escalations == 6  # before this one, as stored
