@@ -9,6 +9,8 @@ HF_HUB_OFFLINE=1 forbids the network."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,8 +40,16 @@ def fetch_command(profile: str, entry: ModelFile, cache_dir: Path) -> str:
     """The command that fetches the file by hand into the profile's folder of the model cache."""
     source = entry.source or {}
     revision = source.get("revision")
-    return (f"hf download {source.get('repo')} {source.get('filename')}{f' --revision {revision}' if revision else ''} "
-            f"--local-dir {cache_dir.parent / profile}")
+    return (f"{_hf()} download {source.get('repo')} {source.get('filename')}"
+            f"{f' --revision {revision}' if revision else ''} --local-dir {cache_dir.parent / profile}")
+
+
+def _hf() -> str:
+    """huggingface_hub's hf command, as it runs from here: the venv's own, by its path, when the venv is not
+    activated (README runs .venv/bin/python; a plain "hf" was "command not found", QA 27)."""
+    beside = Path(sys.executable).with_name("hf")
+    found = shutil.which("hf")
+    return "hf" if not beside.is_file() or (found and Path(found).resolve() == beside.resolve()) else str(beside)
 
 
 def download(profile: str, entry: ModelFile, cache_dir: Path, on_progress: Progress | None = None) -> Path:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -39,6 +40,9 @@ def test_a_named_profile_not_on_disk_fails_offline_naming_what_is_missing(tmp_pa
     assert "hf download Qwen/Qwen2.5-1.5B-Instruct-GGUF qwen2.5-1.5b-instruct-q4_k_m.gguf" in err
     # with its command too, as the README says (QA 26 #3: only the base had one)
     assert "hf download Qwen/Qwen2.5-0.5B-Instruct-GGUF qwen2.5-0.5b-instruct-q8_0.gguf" in err
+    # a command that runs as printed: hf is in the venv, which README's commands do not activate (QA 27)
+    hf = re.search(r"(\S*hf) download Qwen/Qwen2.5-1.5B", err)[1]
+    assert shutil.which(hf, path=os.environ.get("PATH")), hf
     with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:  # opened first, before the models
         assert db.execute("select count(*) from sessions").fetchone() == (0,)
 
