@@ -42,6 +42,8 @@ class Signals:
     most_used_modifier: str | None = None  # the modifier routed to most in the session's recent turns
     last_sure_domain: str | None = None   # the latest recent turn's domain, where it was a modifier's at or
                                           # above τd: what an escalation that names none is about
+    last_domain: str | None = None        # the turn before's most likely domain where a modifier's, sure or
+                                          # not: else what such an escalation is about
 
     @property
     def domain(self) -> str:

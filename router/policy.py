@@ -10,10 +10,16 @@ from __future__ import annotations
 from router.decision import ROUTES, Decision, Signals, Thresholds
 
 
+def leaning_domain(domain_probs: dict[str, float]) -> str | None:
+    """The most likely domain where it is a modifier's, however likely; else None."""
+    domain = max(domain_probs, key=domain_probs.get)
+    return domain if domain != "general" else None
+
+
 def sure_domain(domain_probs: dict[str, float], tau_d: float) -> str | None:
     """The most likely domain where it is a modifier's and at or above τd; else None."""
-    domain = max(domain_probs, key=domain_probs.get)
-    return domain if domain != "general" and domain_probs[domain] >= tau_d else None
+    domain = leaning_domain(domain_probs)
+    return domain if domain and domain_probs[domain] >= tau_d else None
 
 
 def needs_perplexity(escalation_p: float, domain_probs: dict[str, float], thresholds: Thresholds) -> bool:
@@ -53,6 +59,8 @@ def _router_choice(s: Signals, t: Thresholds) -> tuple[str, str, str]:
             route, why = s.last_sure_domain, f"{unsure}; the conversation was last about {s.last_sure_domain}"
         elif domain != "general":
             route, why = domain, f"the conversation is about {domain}"
+        elif s.last_domain:  # QA 27: "nope" after a proof read as reasoning P=0.55 went to the most used, code
+            route, why = s.last_domain, f"general conversation; the message before leaned to {s.last_domain}"
         elif s.most_used_modifier:
             route, why = s.most_used_modifier, f"general conversation; {s.most_used_modifier} is this session's most used modifier"
         else:

@@ -20,7 +20,7 @@ from router.domain import DomainClassifier
 from router.embeddings import Embedder
 from router.escalation import EscalationDetector
 from router.perplexity import Perplexity
-from router.policy import decide, needs_perplexity, sure_domain
+from router.policy import decide, leaning_domain, needs_perplexity, sure_domain
 
 
 class Router:
@@ -58,6 +58,7 @@ class Router:
             most_used_modifier=Counter(routed).most_common(1)[0][0] if routed else None,
             last_sure_domain=next(filter(None, (sure_domain(d["domain_probs"], d["tau_d"]) for d in reversed(recent))),
                                   None),
+            last_domain=leaning_domain(recent[-1]["domain_probs"]) if recent else None,
         ), self.thresholds, override)
         decision.routing_ms = (time.perf_counter() - started) * 1000
         return decision

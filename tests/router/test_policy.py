@@ -127,3 +127,15 @@ def test_thresholds_come_from_the_profile_with_a_fallback():
     assert Thresholds.from_settings({}) == Thresholds(FALLBACK_TAU_P, 0.55, 0.8, calibrated=False)
     t = Thresholds.from_settings({"router": {"tau_p": 7.5, "tau_e": 0.6}})
     assert (t.tau_p, t.tau_e, t.tau_d, t.calibrated) == (7.5, 0.6, 0.8, True)
+
+
+def test_an_escalation_in_a_general_reading_goes_to_the_domain_the_message_before_leaned_to():
+    """QA 27 #5: "nope" after "prove sqrt 2 is irrational" (reasoning P=0.55, under τd, so base) went to code, the
+    session's most used modifier: the complaint is about that proof, which leaned to reasoning."""
+    leaned = Signals(50.0, 0.9, {"code": 0.05, "reasoning": 0.05, "automation": 0.0, "general": 0.9},
+                     most_used_modifier="code", last_domain="reasoning")
+    d = decide(leaned, T)
+    assert (d.route, d.rule) == ("reasoning", "escalation")
+    assert "the message before leaned to reasoning" in d.reason
+    leaned.last_sure_domain = "automation"  # a domain it was sure of still comes first
+    assert decide(leaned, T).route == "automation"
