@@ -37,12 +37,17 @@ def tau_for_share(perplexities: list[float], share: float) -> float:
     return float(np.quantile(np.asarray(perplexities), share, method="inverted_cdf"))
 
 
+def different_prompts(texts: list[str]) -> int:
+    """How many different prompts, case and spacing aside (QA 27: forty of one in other cases passed as forty)."""
+    return len({" ".join(t.split()).casefold() for t in texts})
+
+
 def refusal(values: list[float], texts: list[str], share: float, dry_run: bool) -> str | None:
     """Why the τp of these scored prompts is not written, or None: too few different prompts (QA 24: one; QA 25,
     26: one or two, repeated), or a τp that misses the share asked (prompts that tie). --dry-run shows it anyway."""
     if dry_run:
         return None
-    different = len(set(texts))
+    different = different_prompts(texts)
     if different < MIN_PROMPTS:
         count = (f"{len(texts)} prompt{' is' if len(texts) == 1 else 's are'} too few" if different == len(texts) else
                  f"the {len(texts)} prompts are only {different} different one{'s' * (different > 1)}, too few")
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(v):
             print(f"{label:<12}{len(v):>6}{np.quantile(v, .25):>10.2f}{np.median(v):>10.2f}"
                   f"{np.quantile(v, .75):>10.2f}{(v <= tau).mean():>8.0%}")
-    reached, different = float(np.mean(np.array(values) <= tau)), len({r["text"] for r in rows})
+    reached, different = float(np.mean(np.array(values) <= tau)), different_prompts([r["text"] for r in rows])
     print(f"τp = {tau:.4f} sends {reached:.0%} of prompts to base (asked {args.share:.0%})"
           + (f": from {different} different, too few to write" if different < MIN_PROMPTS else ""))
     refused = refusal(values, [r["text"] for r in rows], args.share, args.dry_run)

@@ -145,3 +145,6 @@ def test_a_tau_p_that_misses_the_share_asked_is_refused():
                            "only 3 different perplexities"), said
     assert refusal(values, [f"prompt {i}" for i in range(30)], 0.5, dry_run=True) is None
     assert refusal(list(range(30)), [f"prompt {i}" for i in range(30)], 0.5, dry_run=False) is None
+    # QA 27: one prompt in thirty cases and spacings is one prompt
+    variants = [("Hello World" if i % 2 else "hello world") + " " * i for i in range(30)]
+    assert "the 30 prompts are only 1 different one, too few" in refusal(list(range(30)), variants, 0.5, False)
