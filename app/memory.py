@@ -106,6 +106,12 @@ CHANGED_BY_HAND = ("a program or a person changed the file, and replies could no
                    "restore it from a backup, move it aside to start a new one, or start with --db OTHER.db.")
 
 
+def _missing(kind: str, name: str) -> str:
+    """A table or column of ours that is not there, as the start (check_ours), a write (Memory._ours) and a read
+    (_explain) name it."""
+    return f"the {kind} {name}, which this app made in it, is missing"
+
+
 def check_ours(db: sqlite_utils.Database, path: str) -> None:
     """Refuse, before anything is written, a database this version must not change: one a newer
     version migrated further, another program's (tables, but none of ours), or ours changed by hand."""
@@ -144,10 +150,10 @@ def _changed_by_hand(db: sqlite_utils.Database, done: set[str]) -> str | None:
     made = _schema(ran)
     for table, columns in made.items():
         if table not in have:
-            return f"the table {table}, which this app made in it, is missing"
+            return _missing("table", table)
         for column in columns:
             if column not in have[table]:
-                return f"the column {table}.{column}, which this app made in it, is missing"
+                return _missing("column", f"{table}.{column}")
     before = made
     for fn in MIGRATIONS:  # those still to run, in order, each on top of all before it
         if fn.__name__ in done:
@@ -189,7 +195,7 @@ def _explain(path: str, exc: sqlite3.Error) -> str:
     said = text.lower()
     missing = re.search(r"no such (table|column): (?:main\.)?(\S+)", text)
     if missing:  # dropped by another program while the app ran (QA 27: "check the disk it is on")
-        return f"{path}: the {missing[1]} {missing[2]}, which this app made in it, is missing: {CHANGED_BY_HAND}"
+        return f"{path}: {_missing(missing[1], missing[2])}: {CHANGED_BY_HAND}"
     if "locked" in said or "busy" in said:
         hint = ("another program holds a lock on it (a second Cogumi Chat on the same file, or a database tool in "
                 "the middle of a transaction): close that program and try again, or start with --db OTHER.db")
@@ -287,8 +293,7 @@ class Memory:
         program while the app ran came back at the next write without its keys and indexes, what it held gone
         without a word (QA 26 #4). Refused instead, as a start refuses the file (check_ours)."""
         if not self.db[table].exists():
-            raise SessionStoreError(f"{self.path}: the table {table}, which this app made in it, is missing: "
-                                    f"{CHANGED_BY_HAND}")
+            raise SessionStoreError(f"{self.path}: {_missing('table', table)}: {CHANGED_BY_HAND}")
         return self.db[table]
 
     def _mark_interrupted(self) -> int:
