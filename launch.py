@@ -242,6 +242,9 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
             if not Path(path).is_file():  # a typo: not a modifier to leave out quietly
                 what = "is a directory, not a LoRA GGUF file" if Path(path).is_dir() else "file not found"
                 raise ModelFileError(f"--modifier {name}: {path}: {what}. Fix the path, or leave out --modifier {name}.")
+            if Path(args.model).is_file() and os.path.samefile(path, args.model):  # QA 27: named with both flags
+                raise ModelFileError(f"--modifier {name}: {path} is the --model file itself: a modifier is a LoRA "
+                                     f"adapter made for that base. Fix the path, or leave out --modifier {name}.")
             modifiers[name] = Path(path)
         return user_profile(args.model, args.draft, modifiers)
     if args.draft or args.modifier:

@@ -265,6 +265,16 @@ def test_one_modifier_name_twice_is_refused(tmp_path, demo_set):
     assert_refused(result, demo_set["reasoning"], "--modifier code is given twice")
 
 
+def test_the_model_file_given_as_a_modifier_is_named_as_the_model_itself(tmp_path, demo_set):
+    """QA 27 #9: it read "--modifier code: --model …/base.gguf: is a model, not a LoRA adapter", both flags on
+    one file, after the base had loaded."""
+    result = launch(tmp_path / "data", tmp_path / "model-cache", "--model", str(demo_set["base"]),
+                    "--modifier", f"code={demo_set['base']}")
+    line = assert_refused(result, demo_set["base"], "--modifier code", "is the --model file itself")
+    assert line.count("--model") == 1 and "LoRA" in line
+    assert rows(tmp_path / "data" / "sessions.db") == []
+
+
 def demo_copy(demo_models_dir: Path, models: Path) -> Path:
     """A models dir holding the demo set's .gguf.zst files only (tests/e2e/test_app.py does the same)."""
     (models / "demo").mkdir(parents=True)
