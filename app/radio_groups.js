@@ -15,4 +15,20 @@
                                                 attributeFilter: ["name"]});
     group();
   }
+  // Past chats: the arrows move the focus only, and Enter or Space opens the chat there. A radio group's arrows
+  // check the next option, and checking one opens that chat: arrowing down the list opened every chat on the way.
+  const chats = document.getElementById("sessions");
+  chats?.addEventListener("keydown", (event) => {
+    const options = [...chats.querySelectorAll("input[type=radio]")];
+    const at = options.indexOf(event.target);
+    if (at < 0 || event.altKey || event.ctrlKey || event.metaKey) return;
+    const step = {ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1}[event.key];
+    if (step) {
+      event.preventDefault();
+      options[Math.min(options.length - 1, Math.max(0, at + step))].focus();
+    } else if (event.key === "Enter") {
+      event.preventDefault();
+      event.target.click();
+    }
+  });
 }

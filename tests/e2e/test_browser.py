@@ -1648,6 +1648,42 @@ def test_a_person_moves_between_chats_and_finds_each_as_left(app, page):
     assert page.get_by_text("Error", exact=True).count() == 0
 
 
+def test_the_arrow_keys_move_through_past_chats_and_enter_opens_one(app, page):
+    """Arrowing down Past chats opened every chat passed on the way (each a transcript and a panel drawn, the
+    chat jumping under the person's eyes): the arrows move the focus only, Enter or Space opens the chat."""
+    url, db_path = app
+    user_rows = page.locator("#chat .message-row.user-row")
+    for turn, text in enumerate(["the first chat", "the second chat", "the third chat"]):
+        if turn:
+            page.click("#new-chat")
+            expect(page.locator("#chat .message-row")).to_have_count(0)
+        send(page, text, db_path, turn=1)
+    options = page.locator("#sessions input[type=radio]")
+    expect(options).to_have_count(3)
+    options.nth(0).check()  # the newest first: the chat open
+    expect(user_rows).to_have_text(["the third chat"])
+    page.wait_for_timeout(500)  # the list drawn again
+    options.nth(0).focus()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    expect(options.nth(2)).to_be_focused()
+    page.wait_for_timeout(1000)  # what an opened chat would draw
+    expect(options.nth(0)).to_be_checked()
+    expect(user_rows).to_have_text(["the third chat"])
+    page.keyboard.press("ArrowUp")
+    expect(options.nth(1)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(user_rows).to_have_text(["the second chat"])
+    expect(options.nth(1)).to_be_checked()
+    page.wait_for_timeout(500)  # the list drawn again: the focus stays on the chat opened
+    expect(options.nth(1)).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press(" ")
+    expect(user_rows).to_have_text(["the first chat"])
+    page.keyboard.press("ArrowDown")  # past the last: it stays
+    expect(options.nth(2)).to_be_focused()
+
+
 def test_two_tabs_each_reopen_their_own_chat_and_route_on_reload(app, page):
     """The open chat was kept for the whole browser: a reload of one tab opened the chat another tab
     had opened last. A new tab still opens the browser's last chat. The Route picked by hand went back
