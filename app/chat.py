@@ -205,6 +205,7 @@ class ChatService:
             return
         update = ReplyUpdate(session_id, message_id=reply_id)
         pieces: list[str] = []
+        unsaved_decision = None
         try:
             decision = update.decision = self._route(session_id, message, history, override)
             route = decision.route if decision else (override if override != AUTO else "base")
@@ -216,8 +217,12 @@ class ChatService:
                     decision.route = "base"
                 route = "base"
             if decision:
-                self.memory.add_decision(session_id, reply_id, {**decision.to_dict(),
-                                                                "override_held": self._held(override, owner)})
+                unsaved_decision = {**decision.to_dict(), "override_held": self._held(override, owner)}
+                try:
+                    self.memory.add_decision(session_id, reply_id, unsaved_decision)
+                    unsaved_decision = None
+                except SessionStoreError as exc:  # QA 28: a lock taken just now; written with the reply instead
+                    log.warning("routing decision of reply %s not saved yet: %s", reply_id, exc)
             messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
                         {"role": "user", "content": message}]
             yield from self._stream(messages, route, use_draft, reply_id, update, pieces, stopping.is_set)
@@ -235,7 +240,8 @@ class ChatService:
         finally:
             stats = update.stats.to_dict() if update.stats else None
             save = functools.partial(self._save_reply, reply_id, "".join(pieces), update.status or "stopped", stats,
-                                     update.notice if update.status == "error" else None, update.decision is not None)
+                                     update.notice if update.status == "error" else None, update.decision is not None,
+                                     [(session_id, unsaved_decision)] if unsaved_decision else [])
             try:
                 save()
             except SessionStoreError as exc:  # shown, and saved once it can be: say so (earlier rows are untouched)
@@ -253,8 +259,13 @@ class ChatService:
         yield update
 
     def _save_reply(self, reply_id: int, text: str, status: str, stats: dict | None, error: str | None,
-                    decided: bool) -> None:
-        """A reply as it ended, with its figures beside its routing decision."""
+                    decided: bool, unsaved_decision: list[tuple[str, dict]] = ()) -> None:
+        """A reply as it ended, with its figures beside its routing decision; first that decision where it could
+        not be written before the reply (taken off the list once written: a later try does not write it twice)."""
+        while unsaved_decision:
+            session_id, decision = unsaved_decision[0]
+            self.memory.add_decision(session_id, reply_id, decision)
+            unsaved_decision.pop()
         self.memory.update_message(reply_id, content=text, status=status, stats=stats, error=error)
         if stats and decided:
             self.memory.add_decision_stats(reply_id, stats)

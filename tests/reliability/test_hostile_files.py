@@ -575,6 +575,39 @@ def test_a_reply_that_cannot_be_saved_says_so_and_nothing_stored_is_lost(chat, t
     assert Memory(db_path).interrupted == 0
 
 
+def test_a_lock_taken_between_the_message_and_its_routing_decision_still_gives_the_reply(engine, router_parts,
+                                                                                         tmp_path):
+    """QA 28 #6: another program's lock taken just after the message was saved made the decision's write fail:
+    no reply at all, the turn marked failed, and the message both in the chat and back in the box. The reply goes
+    on; the decision is written with the reply once the lock is let go."""
+    from tests.conftest import service_with_router
+
+    db_path = tmp_path / "sessions.db"
+    service = service_with_router(engine, router_parts, db_path)
+    service.memory = Memory(db_path, timeout=0.3)
+    decide, holders = service.router.decide, []
+
+    def decide_then_lock(*args, **kwargs):  # the window: the message stored, the decision not yet
+        decision = decide(*args, **kwargs)
+        holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        holder.execute("begin exclusive")
+        holders.append(threading.Timer(1.5, lambda: (holder.execute("rollback"), holder.close())))
+        holders[-1].start()
+        return decision
+
+    service.router.decide = decide_then_lock
+    *_, last = service.respond(None, "Write a Python function that reverses a list.")
+    assert last.status == "complete" and last.text, last.notice
+    holders[0].join()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and rows(db_path)[-1][4] != "complete":
+        time.sleep(0.1)
+    assert rows(db_path)[-1][2:] == ("assistant", last.text, "complete")
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        stored = db.execute("select message_id, route, tokens from decisions").fetchall()
+    assert stored == [(last.message_id, last.decision.route, last.stats.tokens)]
+
+
 # -- sessions.db at launch ------------------------------------------------------------------------
 
 
