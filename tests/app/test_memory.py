@@ -164,9 +164,8 @@ def test_past_chats_beyond_the_most_recent_are_found_by_what_they_say():
 
 
 def test_past_chats_are_found_in_any_case_in_any_alphabet():
-    """QA 25: "école" did not find a chat saying "ÉCOLE" (SQLite's LIKE folds the case of ASCII letters only). A
-    search with other letters is casefolded, "ẞ" to "ss" too; an ASCII one ("STRASSE", "istanbul") still does not
-    find "ß" or "İ": replacing İ in every row, for every ASCII search, took 24 -> 43 ms over 50,000 messages."""
+    """QA 25: "école" did not find a chat saying "ÉCOLE" (SQLite's LIKE folds the case of ASCII letters only). Every
+    search is casefolded, "ẞ" to "ss" too (QA 28: an ASCII one, "istanbul", "STRASSE", was not, and missed "İ", "ß")."""
     memory = Memory(":memory:")
     school, street, greek = (memory.new_session() for _ in range(3))
     memory.add_message(school, "user", "Notre ÉCOLE ouvre à 8 h")
@@ -187,6 +186,10 @@ def test_past_chats_are_found_in_any_case_in_any_alphabet():
     memory.add_message(decomposed, "user", "un cafe\u0301 noir")
     for typed, found in (("diyarbakır", city), ("ığdır", lake), ("Iğdır", lake), ("café", decomposed)):
         assert [s["id"] for s in memory.list_sessions(matching=typed)] == [found], typed
+    # QA 28: typed on a plain keyboard
+    for typed, found in (("istanbul", {capital, plain}), ("DIYARBAKIR", {city}), ("diyarbakir", {city}),
+                         ("STRASSE", {street}), ("hauptstrasse", {street})):
+        assert {s["id"] for s in memory.list_sessions(matching=typed)} == found, typed
 
 
 def test_the_list_of_past_chats_can_leave_out_chats_never_written_in():
