@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import urllib.request
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -2017,6 +2017,26 @@ def test_copy_gives_a_message_as_typed(app, page):
     collect()
     contents = [shown("user", t)["content"]["text"] for t in texts]
     assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts
+
+
+def test_a_link_ends_at_a_quote_in_a_message_and_in_a_reply(app, page):
+    """QA 28 #3: HTML shown as text made links of its URLs with '">' and what followed in them: typed
+    '<a href="https://example.com/q">q</a>' linked to "https://example.com/q%22>q". A URL holds no '"'."""
+    url, db_path = app
+    text = ('<a href="https://example.com/q">q</a>, "https://example.com/r" and '
+            "<form action=\"http://www.example.com/s\"><input>")
+    wanted = ["https://example.com/q", "https://example.com/r", "http://www.example.com/s"]
+    row, _ = send(page, text, db_path)
+    user = page.locator("#chat .message-row.user-row").last
+    expect(user).to_contain_text(text)
+    assert user.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == wanted
+    # a reply saying the same (a model quoting HTML), as sessions.db keeps it and the page draws it on a reload
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("update messages set content = ? where id = ?", [text, row["message_id"]])
+    page.reload()
+    reply = page.locator("#chat .message-row.bot-row").last
+    expect(reply).to_contain_text("and")
+    assert reply.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == wanted
 
 
 def test_a_person_deletes_a_chat_after_saying_yes(app, page):
