@@ -127,9 +127,18 @@ def refused(words: str) -> gr.Error:
     return gr.Error(words, print_exception=False)
 
 
+# What a callback could not do when sessions.db failed under it (QA 28 #2: only the database's failure was said)
+NOT_DONE = {"open_session": "This chat could not be opened.", "on_like": "Your 👍/👎 was not saved.",
+            "feedback_api": "The feedback was not saved.", "find_chats": "Past chats could not be searched.",
+            "delete_chat": "This chat was not deleted.", "new_chat": "A new chat could not be begun.",
+            "on_load": "Your chats could not be read.", "panel_api": "The router panel could not be read.",
+            "new_session_api": "No chat was made."}
+
+
 def explained(callback):
     """Gradio shows any exception but gr.Error as a bare "Error". The session database's failures
-    (locked, read-only, full, damaged; logged too) and refused requests carry their own explanation: show it."""
+    (locked, read-only, full, damaged; logged too) and refused requests carry their own explanation: show it,
+    after what was not done."""
     @functools.wraps(callback)
     def wrapper(*args, **kwargs):
         try:
@@ -137,7 +146,7 @@ def explained(callback):
         except gr.Error:  # a ValueError too: wrapped again, its words came quoted (QA 19)
             raise
         except SessionStoreError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise gr.Error(" ".join(filter(None, [NOT_DONE.get(callback.__name__), str(exc)]))) from exc
         except ValueError as exc:
             raise refused(str(exc)) from exc
     return wrapper

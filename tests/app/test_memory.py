@@ -300,3 +300,4 @@ def test_a_read_of_a_table_dropped_while_the_app_runs_names_it():
                                                 "program or a person changed the file") as caught:
         memory.feedback(sid)  # a chat's 👍/👎, read to draw it
     assert "check the disk" not in str(caught.value)
+    assert "saved" not in str(caught.value)  # QA 28 #2: a read said "and replies could not be saved"

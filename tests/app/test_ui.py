@@ -20,3 +20,25 @@ def test_speculative_decoding_says_why_it_cannot_be_turned_on(engine, tmp_path):
     box = component(build_ui(service), "use-draft")
     assert box.value is False and box.interactive is False
     assert box.info.startswith("off: no draft model is loaded") and "--draft" in box.info and "--no-draft" in box.info
+
+
+def test_a_failure_of_sessions_db_in_the_page_says_what_was_not_done():
+    """QA 28 #2: opening a chat, searching and 👍 said only what failed in sessions.db, not what was not done."""
+    import gradio as gr
+    import pytest
+
+    from app.memory import SessionStoreError
+    from app.ui import explained
+
+    def on_like():
+        raise SessionStoreError("sessions.db: the table feedback, which this app made in it, is missing: …")
+
+    def open_session():
+        raise SessionStoreError("sessions.db: locked")
+
+    with pytest.raises(gr.Error) as caught:
+        explained(on_like)()
+    assert caught.value.message.startswith("Your 👍/👎 was not saved. sessions.db: the table feedback")
+    with pytest.raises(gr.Error) as caught:
+        explained(open_session)()
+    assert caught.value.message == "This chat could not be opened. sessions.db: locked"
