@@ -16,7 +16,7 @@
   const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));
   const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
   const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
-  const asTyped = text => text.replace(OURS, (entity, item, open, close, first, typed, indent, language, block, end, span,
+  const fromOurs = text => text.replace(OURS, (entity, item, open, close, first, typed, indent, language, block, end, span,
                                               why, mark) => {
     if (typed !== undefined) {  // its lines as typed, but the list item's indent on the first (display.py _code_html),
       const body = item && typed.endsWith("\n" + item) ? typed.slice(0, -item.length) : typed;  // (that indent
@@ -36,6 +36,9 @@
     // a failed reply's mark, in HTML for its class, its reason's markdown escaped (display.py)
     return ENTITIES[entity] ?? `*(failed${unescape(why ?? "").replace(/\\([\\`*_[\]~|])/g, "$1")})*`;
   });
+  // display.py in_typed_order closed each opening bidi control at once, where it is shown: not in what is copied
+  const CLOSED_AT_ONCE = /([\u202a\u202b\u202d\u202e])\u202c|([\u2066-\u2068])\u2069/g;
+  const asTyped = text => fromOurs(text).replace(CLOSED_AT_ONCE, "$1$2");
   let fromChat = false;  // the click that leads to this copy was on one of COPIES
   document.addEventListener("click", e => { fromChat = !!e.target.closest(COPIES); }, true);
   if (navigator.clipboard) {

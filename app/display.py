@@ -72,13 +72,23 @@ COPY_CODE = ('<button class="copy_code_button" title="copy"><span class="copy-te
              '<span class="check"></span></button>')
 
 
+# Bidi controls that open an embedding, an override or an isolate, each closed at once where a message is shown: it
+# shows its characters in the order they were typed (QA 28 #4: "\u202egnp.exe" read "exe.png"; Past chats drops
+# them from titles). copy_as_typed.js takes the closings out again.
+_BIDI_OPENER = re.compile("[\u202a\u202b\u202d\u202e]|([\u2066-\u2068])")
+
+
+def in_typed_order(text: str) -> str:
+    return _BIDI_OPENER.sub(lambda c: c[0] + ("\u2069" if c[1] else "\u202c"), text)
+
+
 def shown(role: str, content: str, status: str = "complete", error: str | None = None,
           stop_reason: str | None = None) -> dict:
     """A message as the Chatbot takes it; a failed reply says why (`error`, as stored), on reopening too,
     and so does one cut short by a full context (`stop_reason` "context"). The text goes as a text part:
     the Chatbot passes a string through inspect.cleandoc, which took the indent off pasted code and
     turned its tabs into spaces, on the page and in what Copy gives."""
-    text = as_markdown(content, typed=role == "user")
+    text = as_markdown(in_typed_order(content), typed=role == "user")
     note = STATUS_NOTES.get(status) if role == "assistant" else None
     if role == "assistant" and status == "complete" and stop_reason == "context":
         note = FULL_CONTEXT_NOTE

@@ -13,6 +13,7 @@ import html
 import altair as alt
 import pandas as pd
 
+from app.display import in_typed_order
 from router.decision import route_asked
 
 ROUTE_COLOURS = {"base": "#6b7280", "code": "#2563eb", "reasoning": "#9333ea", "automation": "#ea580c"}
@@ -53,7 +54,7 @@ def path_html(decision: dict | None, message: str | None = None) -> str:
     steps = []
     if message is not None:
         excerpt = message if len(message) <= EXCERPT_CHARS else message[:EXCERPT_CHARS] + "…"
-        steps.append(_step("message", f'<div class="msg">{html.escape(excerpt)}</div>'))
+        steps.append(_step("message", f'<div class="msg">{html.escape(in_typed_order(excerpt))}</div>'))
     steps.append(_step("escalation gate", f"P(unhappy) {unhappy(d)} — {'escalate, never base' if esc_hit else 'pass'}",
                        fired=rule == "escalation" or (d["overridden"] and esc_hit)))
     calibrated = "" if d.get("tau_p_calibrated") else " (fallback, not calibrated)"

@@ -163,10 +163,16 @@ def tags(rendered: str) -> set[str]:
     return set(re.findall(r"<\s*([a-zA-Z][a-zA-Z0-9]*)", rendered.replace(COPY_CODE, "")))
 
 
+def display_order_back(content: str) -> str:
+    """What the page's Copy does to the closings shown after each opening bidi control (copy_as_typed.js)."""
+    return re.sub("([\u202a\u202b\u202d\u202e])\u202c|([\u2066-\u2068])\u2069", r"\1\2", content)
+
+
 def check_shown(text: str) -> None:
     """The chat bubble and the router panel's path show the text, and nothing else: no tag."""
     for role in ("user", "assistant"):
-        content = shown(role, text)["content"]["text"].replace(LINK_END, "")  # where a bare URL's link ends
+        content = display_order_back(shown(role, text)["content"]["text"]).replace(LINK_END, "")  # where a bare
+        # URL's link ends
         assert tags(MARKDOWN.render(content)) <= MARKDOWN_TAGS
         if "`" not in text and "~" not in text and "<pre>" not in content:  # no code: every character as typed,
             # "<" by its entity
@@ -182,7 +188,7 @@ def check_shown(text: str) -> None:
     (shown_message,) = re.findall(r'<div class="msg">(.*?)</div>', drawn, re.S)
     assert "<" not in shown_message and ">" not in shown_message
     excerpt = text if len(text) <= panel.EXCERPT_CHARS else text[:panel.EXCERPT_CHARS] + "…"
-    assert html.unescape(shown_message) == excerpt
+    assert display_order_back(html.unescape(shown_message)) == excerpt
     # every tag in the drawing is one of the panel's own
     assert {m for m in re.findall(r"<\s*/?\s*([a-zA-Z]+)", drawn)} <= {"style", "div", "span"}
 
@@ -325,6 +331,24 @@ def test_a_failed_replys_reason_shows_as_text():
     rendered = MARKDOWN.render(shown("assistant", "", "error", reason)["content"]["text"])
     assert not re.search(r"<(strong|code|a|img|s|b|del)\b", rendered), rendered
     assert html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip() == f"(failed: {reason})"
+
+
+BIDI_OPENERS = "\u202a\u202b\u202d\u202e\u2066\u2067\u2068"  # embeddings, overrides, isolates
+
+
+@pytest.mark.parametrize("role", ["user", "assistant"])
+@pytest.mark.parametrize("text", ["file \u202egnp.exe\u202c here", "`\u202dcode`", "```\nx = '\u2067abc'\n```",
+                                  "\u202b\u202c already closed", "\u2068"])
+def test_a_right_to_left_override_cannot_reorder_what_a_message_shows(role, text):
+    """QA 28 #4: "file \u202egnp.exe\u202c here" read "file exe.png here" in the chat (Past chats drops these
+    characters from titles). Each opening bidi control is closed at once where it is shown, so the characters
+    show in the order they were typed, in prose and in code; the page's Copy takes the closings out again."""
+    content = shown(role, text)["content"]["text"]
+    for opener in BIDI_OPENERS:
+        closer = "\u2069" if opener >= "\u2066" else "\u202c"
+        assert content.count(opener + closer) == content.count(opener) == text.count(opener)
+    assert html.unescape(display_order_back(content)).count("\u202c") == text.count("\u202c")
+    assert "\u202e\u202c" in panel.path_html(_decision(), "\u202egnp.exe")
 
 
 # What a person types outside code, and what markdown would make of it (a model's reply is markdown; a
