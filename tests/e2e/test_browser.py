@@ -2040,6 +2040,29 @@ def test_a_link_ends_at_a_quote_in_a_message_and_in_a_reply(app, page):
     assert reply.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == wanted
 
 
+def test_a_table_in_a_reply_with_one_long_word_leaves_its_other_columns_readable(app, page):
+    """QA 28 #7: a cell of one long word took the table's width, and the other columns' headers broke a few letters
+    a line ("co / l b")."""
+    url, db_path = app
+    row, _ = send(page, "a table, please", db_path)
+    table = f"| col a | col b | col c |\n|---|---|---|\n| {'wide' * 60} | <u>2</u> | `x<y` |"
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("update messages set content = ? where id = ?", [table, row["message_id"]])
+    page.reload()
+    cells = page.locator("#chat .message-row.bot-row").last.locator("th")
+    expect(cells).to_have_count(3)
+    # Where each cell's text breaks a line: only at a space
+    broken = page.locator("#chat .message-row.bot-row").last.locator("th, td").evaluate_all("""cells => cells.map(
+        cell => { const node = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT).nextNode(), at = [];
+                  const top = i => { const r = document.createRange(); r.setStart(node, i); r.setEnd(node, i + 1);
+                                     return Math.round(r.getBoundingClientRect().top); };
+                  for (let i = 1; i < node.length; i++)
+                      if (top(i) > top(i - 1) && node.data[i] !== " " && node.data[i - 1] !== " ") at.push(i);
+                  return at; })""")
+    assert broken[1:3] + broken[4:] == [[]] * 4, broken  # the long word's cell breaks it where it must
+    assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
+
+
 def test_a_person_deletes_a_chat_after_saying_yes(app, page):
     url, db_path = app
     db = sqlite3.connect(db_path)
