@@ -262,10 +262,10 @@ class ChatService:
                     decided: bool, unsaved_decision: list[tuple[str, dict]] = ()) -> None:
         """A reply as it ended, with its figures beside its routing decision; first that decision where it could
         not be written before the reply (taken off the list once written: a later try does not write it twice)."""
-        while unsaved_decision:
+        if unsaved_decision:
             session_id, decision = unsaved_decision[0]
             self.memory.add_decision(session_id, reply_id, decision)
-            unsaved_decision.pop()
+            unsaved_decision.clear()
         self.memory.update_message(reply_id, content=text, status=status, stats=stats, error=error)
         if stats and decided:
             self.memory.add_decision_stats(reply_id, stats)

@@ -16,8 +16,8 @@
   const runs = code => new Set((code.match(/`+/g) || []).map(r => r.length));
   const blockFence = code => "`".repeat(Math.max(3, ...[...runs(code)].map(n => n + 1)));
   const spanFence = code => { let n = 1; const inside = runs(code); while (inside.has(n)) n++; return "`".repeat(n); };
-  const fromOurs = text => text.replace(OURS, (entity, item, open, close, first, typed, indent, language, block, end, span,
-                                              why, mark) => {
+  const fromOurs = text => text.replace(OURS, (entity, item, open, close, first, typed, indent, language, block, end,
+                                               span, why, mark) => {
     if (typed !== undefined) {  // its lines as typed, but the list item's indent on the first (display.py _code_html),
       const body = item && typed.endsWith("\n" + item) ? typed.slice(0, -item.length) : typed;  // (that indent
       const code = body && (first === undefined ? item + unescape(body)  // again before </code>, on a line of its

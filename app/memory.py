@@ -102,8 +102,8 @@ def m006_decisions_override_held(db: sqlite_utils.Database) -> None:
 
 
 # What a database changed by hand is told to do (QA 24, 25: it opened, then every reply failed with "check the disk").
-CHANGED_BY_HAND = ("a program or a person changed the file, and the app cannot work without it. It was left as it "
-                   "is: restore it from a backup, move it aside to start a new one, or start with --db OTHER.db.")
+CHANGED_BY_HAND = ("a program or a person changed the file since this app made it. It was left as it is: restore it "
+                   "from a backup, move it aside to start a new one, or start with --db OTHER.db.")
 
 
 def _missing(kind: str, name: str) -> str:
