@@ -165,7 +165,8 @@ def test_past_chats_beyond_the_most_recent_are_found_by_what_they_say():
 
 def test_past_chats_are_found_in_any_case_in_any_alphabet():
     """QA 25: "école" did not find a chat saying "ÉCOLE" (SQLite's LIKE folds the case of ASCII letters only). Every
-    search is casefolded, "ẞ" to "ss" too (QA 28: an ASCII one, "istanbul", "STRASSE", was not, and missed "İ", "ß")."""
+    search is casefolded, "ẞ" to "ss" too (QA 28: an ASCII one, "istanbul", "STRASSE", was not, and missed "İ",
+    "ß")."""
     memory = Memory(":memory:")
     school, street, greek = (memory.new_session() for _ in range(3))
     memory.add_message(school, "user", "Notre ÉCOLE ouvre à 8 h")

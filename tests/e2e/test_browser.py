@@ -2007,7 +2007,8 @@ def test_copy_gives_a_message_as_typed(app, page):
         # QA 9: tabs in the indent (they were left as prose), and an indented block after a fenced one in an item
         "para\n\n\t\tif a < b: x", "- a\n\n\t    x<1\n- b", "x\n\n\tA <1>\n\tB <2>\n\t\tC",
         "- a\n\n  ```\n  x\n  ```\n\n      code <after>\n- b", "- z\n  - y\n    ```\n\t\n    ```\n",
-        *TYPED_NOT_MARKDOWN, *PASTED_WITHOUT_FENCES, "* a *b*\n  * c_d_\n- e\n  ---\n1. `x_y` _z_ ``a*b``",  # list markers kept
+        *TYPED_NOT_MARKDOWN, *PASTED_WITHOUT_FENCES,
+        "* a *b*\n  * c_d_\n- e\n  ---\n1. `x_y` _z_ ``a*b``",  # list markers kept
         "file \u202egnp.exe\u202c here", "\u2067x\u2069 \u202b\u202c\u202c `\u202dy`"]  # QA 28 #4: closed where shown
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
