@@ -3,6 +3,7 @@ state (the open chat, the visitor's id) lives in gr.BrowserState and gr.State, n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import threading
@@ -138,7 +139,9 @@ NOT_DONE = {"open_session": "This chat could not be opened.", "on_like": "Your �
 def explained(callback):
     """Gradio shows any exception but gr.Error as a bare "Error". The session database's failures
     (locked, read-only, full, damaged; logged too) and refused requests carry their own explanation: show it,
-    after what was not done."""
+    after what was not done. In the page that is a notice, and what is drawn stays (a gr.Error marked every block
+    the callback draws "Error", the chat and Past chats blanked under it until drawn again: QA 29 #1); an API
+    caller (a callback named *_api) gets it as its error."""
     @functools.wraps(callback)
     def wrapper(*args, **kwargs):
         try:
@@ -146,7 +149,11 @@ def explained(callback):
         except gr.Error:  # a ValueError too: wrapped again, its words came quoted (QA 19)
             raise
         except SessionStoreError as exc:
-            raise gr.Error(" ".join(filter(None, [NOT_DONE.get(callback.__name__), str(exc)]))) from exc
+            said = " ".join(filter(None, [NOT_DONE.get(callback.__name__), str(exc)]))
+            if callback.__name__.endswith("_api"):
+                raise gr.Error(said) from exc
+            gr.Warning(said)
+            return gr.skip()  # (one skip: Gradio skips every output)
         except ValueError as exc:
             raise refused(str(exc)) from exc
     return wrapper
@@ -287,9 +294,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if not service.owns(session_id, owner):
             gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching), gr.skip())
+        try:  # read before the chat on screen changes: a chat that cannot be read is not opened
+            drawn = (chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner))
+        except SessionStoreError as exc:  # the list marks the chat on screen again (QA 29 #2: the one clicked)
+            gr.Warning(f"{NOT_DONE['open_session']} {exc}")
+            return (*(gr.skip(),) * 8, gr.update(value=on_screen["chat"]), gr.skip())
         on_screen["chat"] = session_id
-        opened = (session_id, chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner),
-                  gr.skip(), following(session_id, visitor, on_screen))  # the list: find_chats, next
+        opened = (session_id, *drawn, gr.skip(), following(session_id, visitor, on_screen))  # the list: find_chats, next
         with screen:
             return (gr.skip(),) * len(opened) if overtaken(on_screen, sends) else opened
 
@@ -479,7 +490,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if not service.owns(session_id, owner):  # the page moves on, as a Delete of it does (QA: the thumb
             gr.Warning("This chat was deleted, in another tab or window: its 👍/👎 cannot be kept.")  # stayed lit)
             return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
-        service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
+        try:
+            service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
+        except SessionStoreError as exc:  # the thumbs as stored again, where the chat can be read
+            gr.Warning(f"{NOT_DONE['on_like']} {exc}")
+            with contextlib.suppress(SessionStoreError):
+                return gr.skip(), chat_view(session_id, owner), *(gr.skip(),) * 7
+            return gr.skip()
         return (*(gr.skip(),) * 8, panel.decisions_frame(service.panel(session_id, owner)["decisions"]))  # the table
 
     def chat_api(message: str, session_id: str = "", override: str = "", request: gr.Request = None) -> str:
