@@ -1720,6 +1720,24 @@ def test_the_arrow_keys_move_through_past_chats_and_enter_opens_one(app, page):
     expect(user_rows).to_have_text(["the first chat"])
     page.keyboard.press("ArrowDown")  # past the last: it stays
     expect(options.nth(2)).to_be_focused()
+    page.keyboard.press("Home")
+    expect(options.nth(0)).to_be_focused()
+    page.keyboard.press("End")
+    expect(options.nth(2)).to_be_focused()
+
+    # QA 29 #3: with a search typed, the chat left drops out of the list as the chat opened is drawn first in it:
+    # the focus stayed at its place in the list, on another chat, which the next Enter opened (or fell to the page)
+    page.fill("#search-chats textarea", "the second")
+    second = page.locator('#sessions input[type=radio]:not(:checked)')
+    expect(second).to_have_count(1)  # the chat open (the first), listed first, and the second
+    options.nth(0).focus()
+    page.keyboard.press("ArrowDown")
+    wanted = options.nth(1).get_attribute("value")
+    page.keyboard.press("Enter")
+    expect(user_rows).to_have_text(["the second chat"])
+    page.wait_for_timeout(1000)  # the list drawn again, without the first chat
+    expect(options).to_have_count(1)
+    assert page.evaluate("() => document.activeElement.value") == wanted
 
 
 def test_two_tabs_each_reopen_their_own_chat_and_route_on_reload(app, page):
