@@ -24,7 +24,8 @@
   chats.addEventListener("keydown", (event) => {
     const all = options(), at = all.indexOf(event.target);
     if (at < 0 || event.altKey || event.ctrlKey || event.metaKey) return;
-    const to = {ArrowDown: at + 1, ArrowRight: at + 1, ArrowUp: at - 1, ArrowLeft: at - 1, Home: 0, End: all.length - 1};
+    const to = {ArrowDown: at + 1, ArrowRight: at + 1, ArrowUp: at - 1, ArrowLeft: at - 1, Home: 0,
+                End: all.length - 1};
     if (event.key in to) {
       event.preventDefault();
       all[Math.min(all.length - 1, Math.max(0, to[event.key]))].focus();
