@@ -38,18 +38,21 @@
   });
   // display.py in_typed_order closed each opening bidi control at once, where it is shown: not in what is copied
   const CLOSED_AT_ONCE = /([\u202a\u202b\u202d\u202e])\u202c|([\u2066-\u2068])\u2069/g;
-  const asTyped = text => fromOurs(text).replace(CLOSED_AT_ONCE, "$1$2");
-  let fromChat = false;  // the click that leads to this copy was on one of COPIES
-  document.addEventListener("click", e => { fromChat = !!e.target.closest(COPIES); }, true);
+  const inTypedOrder = text => text.replace(CLOSED_AT_ONCE, "$1$2");  // a code block's own button copies its text
+  const asTyped = text => inTypedOrder(fromOurs(text));
+  let typed = null;  // what the click that leads to this copy makes of the text: a button of COPIES, a code block's
+  document.addEventListener("click", e => {
+    typed = e.target.closest(COPIES) ? asTyped : e.target.closest("#chat .copy_code_button") ? inTypedOrder : null;
+  }, true);
   if (navigator.clipboard) {
     const write = navigator.clipboard.writeText.bind(navigator.clipboard);
-    navigator.clipboard.writeText = text => write(fromChat ? asTyped(text) : text);
+    navigator.clipboard.writeText = text => write(typed ? typed(text) : text);
   }
   // Where the page is not a secure context (plain http but localhost), Gradio copies with execCommand.
   document.addEventListener("copy", e => {
     const box = document.activeElement;
-    if (!fromChat || !box || box.tagName !== "TEXTAREA" || box.closest("#chat, #message")) return;
-    e.clipboardData.setData("text/plain", asTyped(box.value));
+    if (!typed || !box || box.tagName !== "TEXTAREA" || box.closest("#chat, #message")) return;
+    e.clipboardData.setData("text/plain", typed(box.value));
     e.preventDefault();
   }, true);
   // Gradio labels each message by its text as the page was given it (aria-label "user's message: &#95;&#95;init…",

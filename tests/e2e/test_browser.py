@@ -2045,6 +2045,13 @@ def test_copy_gives_a_message_as_typed(app, page):
     user.locator("pre button").click()  # the code block's own (gone while code was ours: 614f3f2 to now)
     page.wait_for_timeout(300)
     assert page.evaluate("navigator.clipboard.readText()") == 'if a < b:\n    print("&lt;")'
+    # QA 29 #4: it copied the closings shown after a right-to-left override (display.py in_typed_order)
+    send(page, "```\nname = '\u202egnp.exe\u202c' \u2067x\n```", db_path)
+    last = page.locator("#chat .message-row.user-row").last
+    last.locator("pre").hover()
+    last.locator("pre button").click()
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == "name = '\u202egnp.exe\u202c' \u2067x"
 
     # The same, in the page, for 300 texts made of hostile pieces without code: they come back exactly.
     # (Code comes back with the shortest fence that holds it, and a fence left open is closed.)
