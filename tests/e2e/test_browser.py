@@ -2089,8 +2089,8 @@ def test_a_link_ends_at_a_quote_in_a_message_and_in_a_reply(app, page):
     '<a href="https://example.com/q">q</a>' linked to "https://example.com/q%22>q". A URL holds no '"'."""
     url, db_path = app
     text = ('<a href="https://example.com/q">q</a>, "https://example.com/r" and '
-            "<form action=\"http://www.example.com/s\"><input>")
-    wanted = ["https://example.com/q", "https://example.com/r", "http://www.example.com/s"]
+            "<form action=\"http://www.example.com/s\"><input> and &quot;https://example.com/t&quot;")  # (QA 29 #5)
+    wanted = ["https://example.com/q", "https://example.com/r", "http://www.example.com/s", "https://example.com/t"]
     row, _ = send(page, text, db_path)
     user = page.locator("#chat .message-row.user-row").last
     expect(user).to_contain_text(text)
