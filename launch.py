@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --model: a LoRA modifier, NAME one of code, reasoning, automation (repeatable)")
     p.add_argument("--demo", action="store_true", help="use the demo model set, whatever --profile says")
     p.add_argument("--models-dir", type=Path, default=None, help="model cache (default: $COGUMI_DATA_DIR/model-cache)")
-    p.add_argument("--db", type=Path, default=None, help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
+    p.add_argument("--db", type=_file_path, default=None, help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
     p.add_argument("--no-draft", action="store_true", help="do not load the draft model (no speculative decoding)")
     p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
@@ -92,7 +92,13 @@ _positive_int = bounded(int, lambda v: v >= 1, "a whole number, at least 1")
 _gpu_layers = bounded(int, lambda v: v >= -1, "a whole number of layers, or -1 for all of them")  # llama.cpp's -1
 _port = bounded(int, lambda v: 1 <= v <= 65_535, "a port is 1 to 65,535")
 # exp(a mean negative log-likelihood): above 1, and finite (NaN fails the test too)
-_perplexity = bounded(float, lambda v: 1 < v < math.inf, "a perplexity is more than 1")
+_perplexity = bounded(float, lambda v: 1 < v < math.inf, "a perplexity is a finite number more than 1")
+
+
+def _file_path(text: str) -> Path:
+    if not text.strip():  # Path("") is ".", the folder the app runs in (QA 29: a traceback)
+        raise argparse.ArgumentTypeError("the path of a file, not an empty text")
+    return Path(text)
 
 
 def _thread_count(text: str) -> int:
@@ -231,6 +237,9 @@ def choose_profile(args: argparse.Namespace, space: bool) -> Profile:
     """--model files, else --demo, else --profile, else (on a Space) $COGUMI_PROFILE or the small
     profile, else the demo set: only a plain start falls back to the demo."""
     if args.model:
+        other = "--demo" if args.demo else "--profile" if args.profile else None
+        if other:  # QA 29: --model won in silence
+            raise ModelFileError(f"--model and {other} are two choices of model: give one of them.")
         modifiers = {}
         for item in args.modifier:
             name, _, path = item.partition("=")

@@ -129,11 +129,11 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         # QA, 2026-12-02 night
         (("--port", "99999"), "--port: a port is 1 to 65,535, not 99999"),
         (("--port", "-1"), "--port: a port is 1 to 65,535, not -1"),
-        (("--tau-p", "0"), "--tau-p: a perplexity is more than 1, not 0"),
+        (("--tau-p", "0"), "--tau-p: a perplexity is a finite number more than 1, not 0"),
         # QA, the second pass: argparse named our functions ("invalid _port value: 'abc'"); inf was taken
         (("--port", "abc"), "--port: a port is 1 to 65,535, not abc"),
-        (("--tau-p", "abc"), "--tau-p: a perplexity is more than 1, not abc"),
-        (("--tau-p", "inf"), "--tau-p: a perplexity is more than 1, not inf"),
+        (("--tau-p", "abc"), "--tau-p: a perplexity is a finite number more than 1, not abc"),
+        (("--tau-p", "inf"), "--tau-p: a perplexity is a finite number more than 1, not inf"),  # (QA 29: inf is >1)
         (("--threads", "two"), "--threads: a whole number, at least 1, not two"),
         (("--n-ctx", "1e9"), "--n-ctx: a whole number, at least 1, not 1e9"),
         # QA, the sixth pass: "must be at least 1, not abc" for a text that is no number at all
@@ -149,6 +149,11 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--host", "10.255.255.1"), "--host 10.255.255.1: not an address of this machine"),
         (("--host", "::1"), "--host ::1: an IPv6 address"),
         (("--manifest", str(not_json)), "not_json.json: profiles file (--manifest) is not valid JSON (line 2"),
+        # QA 29: a traceback; the other model choice left out without a word
+        (("--db", ""), "--db: the path of a file, not an empty text"),
+        (("--demo", "--model", str(demo_set["base"])), "--model and --demo are two choices of model: give one"),
+        (("--profile", "demo", "--model", str(demo_set["base"])),
+         "--model and --profile are two choices of model: give one"),
     )
     try:
         for args, message in cases:
