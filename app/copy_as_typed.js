@@ -9,7 +9,9 @@
   const ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&#33;": "!"};
   for (const c of "\t #$*-=[\\]_`|~") ENTITIES[`&#${c.charCodeAt(0)};`] = c;  // a tab, a space: an indent
   ENTITIES["<!-- -->"] = "";  // where a bare URL's link ends (display.py LINK_END)
-  const OURS = /( *)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|( {0,3})<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|<em class="unrated">\(([^<]*)\)<\/em>|&(?:lt|gt|amp|#(?:9|32|33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
+  // A code block's indent is the spaces that begin its line: Copy conversation puts "user: " before a message, whose
+  // space was taken for the indent of a code block that begins the message (QA 30 #5)
+  const OURS = /((?<=^|\n) *|)<pre>\n *<button[^>]*>[\s\S]*?<\/button><code data-typed(?: class="[^"]*")?(?: data-open="([^"]*)" data-close="([^"]*)")?(?: data-first="([^"]*)")?>([\s\S]*?)<\/code><\/pre>|((?<=^|\n) {0,3}|)<pre>(?:<button[^>]*>[\s\S]*?<\/button>)?<code(?: class="language-([^"]*)")?>([\s\S]*?)(?: {0,3})<\/code><\/pre>(\n?)|<code>([\s\S]*?)<\/code>|<em class="reply-failed">\(failed(: [^<]*)?\)<\/em>|<em class="unrated">\(([^<]*)\)<\/em>|&(?:lt|gt|amp|#(?:9|32|33|35|36|42|45|61|91|92|93|95|96|124|126));|<!-- -->/g;
   const unescape = text => text.replace(/&(?:lt|gt|amp|#33|#36);/g, e => ENTITIES[e]);  // in code: ours
   const ATTRIBUTE = {...ENTITIES, "&quot;": '"', "&#x27;": "'", "&#10;": "\n", "&#13;": "\r"};
   const unattribute = text => text.replace(/&(?:lt|gt|amp|quot|#x27|#10|#13);/g, e => ATTRIBUTE[e]);

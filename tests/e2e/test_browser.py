@@ -2082,6 +2082,11 @@ def test_copy_gives_a_message_as_typed(app, page):
     collect()
     contents = [shown("user", t)["content"]["text"] for t in texts]
     assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped(c))", contents) == texts
+    # Copy conversation gives each message after its role, "user: ": a space before a message's first code block
+    # was taken for its indent (QA 30 #5: "user: ```\n x = 1\n ```")
+    fenced = ["```\nx = 1\n```", "```\nx = 1\n```\nafter", "```py\n  a < b\n```", "    indented\n    code"]
+    assert page.evaluate("cs => cs.map(c => window.cogumiAsTyped('user: ' + c))",
+                         [shown("user", t)["content"]["text"] for t in fenced]) == ["user: " + t for t in fenced]
 
 
 def test_a_link_ends_at_a_quote_in_a_message_and_in_a_reply(app, page):
