@@ -231,8 +231,10 @@ class ChatService:
         except GeneratorExit:
             update.status, update.done = "stopped", True
             raise
-        except SessionStoreError as exc:  # the routing decision could not be stored
-            update.status, update.done, update.notice = "error", True, f"The reply could not be saved. {exc}"
+        except SessionStoreError as exc:  # the session's decisions could not be read to route it (QA 30: "the reply
+            # could not be saved", where no reply was made)
+            update.status, update.done = "error", True
+            update.notice = f"This message was not answered: sessions.db could not be read to route it. {exc}"
         except Exception as exc:  # the reply fails; what was written so far is kept
             log.exception("generation failed")
             update.status, update.done = "error", True

@@ -289,9 +289,10 @@ class Memory:
             self.db.conn.execute("COMMIT")
 
     def _ours(self, table: str) -> sqlite_utils.db.Table:
-        """A table of ours, to add a row to. sqlite-utils makes a table that is not there: one dropped by another
-        program while the app ran came back at the next write without its keys and indexes, what it held gone
-        without a word (QA 26 #4). Refused instead, as a start refuses the file (check_ours)."""
+        """A table of ours, to read or write through sqlite-utils. It makes a table that is not there: one dropped by
+        another program while the app ran came back at the next write without its keys and indexes, what it held
+        gone without a word (QA 26 #4); and its reads of one found nothing: chats read as deleted (QA 30 #4).
+        Refused instead, as a start refuses the file (check_ours)."""
         if not self.db[table].exists():
             raise SessionStoreError(f"{self.path}: {_missing('table', table)}: {CHANGED_BY_HAND}")
         return self.db[table]
@@ -312,7 +313,7 @@ class Memory:
 
     def session(self, session_id: str) -> dict | None:
         with self._guard():
-            rows = list(self.db["sessions"].rows_where("id = ?", [session_id]))
+            rows = list(self._ours("sessions").rows_where("id = ?", [session_id]))
         return rows[0] if rows else None
 
     def delete_session(self, session_id: str) -> None:
@@ -370,7 +371,7 @@ class Memory:
             typed = re.sub(r"([\\%_])", r"\\\1", matching.strip())  # a typed % is a %
             params["folded"] = f"%{_casefold(typed)}%"
         with self._guard():
-            return list(self.db["sessions"].rows_where(" and ".join(where) or None, params,
+            return list(self._ours("sessions").rows_where(" and ".join(where) or None, params,
                                                        order_by="updated_at desc, rowid desc", limit=limit))
 
     # -- messages -----------------------------------------------------------------------------
@@ -382,7 +383,7 @@ class Memory:
             updates = {"updated_at": _now()}
             if role == "user" and self._count(session_id, "user") == 1:
                 updates["title"] = _title(content)
-            self.db["sessions"].update(session_id, updates)
+            self._ours("sessions").update(session_id, updates)
         return message_id
 
     def update_message(self, message_id: int, content: str | None = None, status: str | None = None,
@@ -391,11 +392,11 @@ class Memory:
         if stats is not None:
             updates["stats"] = json.dumps(stats)
         with self._guard():
-            self.db["messages"].update(message_id, updates)
+            self._ours("messages").update(message_id, updates)
 
     def messages(self, session_id: str) -> list[dict]:
         with self._guard():
-            rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id"))
+            rows = list(self._ours("messages").rows_where("session_id = ?", [session_id], order_by="id"))
         for row in rows:
             row["stats"] = json.loads(row["stats"]) if row["stats"] else None
         return rows
@@ -403,7 +404,8 @@ class Memory:
     def recent(self, session_id: str, n: int = 5) -> list[dict]:
         """The last n turns (user + assistant messages) in order, oldest first."""
         with self._guard():
-            rows = list(self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id desc", limit=2 * n))
+            rows = list(self._ours("messages").rows_where("session_id = ?", [session_id], order_by="id desc",
+                                                          limit=2 * n))
         return [{**row, "stats": json.loads(row["stats"]) if row["stats"] else None} for row in reversed(rows)]
 
     # -- routing decisions --------------------------------------------------------------------

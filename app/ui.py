@@ -130,10 +130,12 @@ def refused(words: str) -> gr.Error:
 
 # What a callback could not do when sessions.db failed under it (QA 28 #2: only the database's failure was said)
 NOT_DONE = {"open_session": "This chat could not be opened.", "on_like": "Your 👍/👎 was not saved.",
-            "feedback_api": "The feedback was not saved.", "find_chats": "Past chats could not be searched.",
+            "feedback_api": "The feedback was not saved.", "find_chats": "Past chats could not be listed.",
             "delete_chat": "This chat was not deleted.", "new_chat": "A new chat could not be begun.",
             "on_load": "Your chats could not be read.", "panel_api": "The router panel could not be read.",
-            "new_session_api": "No chat was made."}
+            "new_session_api": "No chat was made.", "after_reply": "Past chats and the router panel could not be "
+            "drawn again.", "after_stop": "The stopped reply could not be drawn.",
+            "follow_reply": "The reply could not be followed."}
 
 
 def explained(callback):
@@ -273,15 +275,22 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         """A page opens (or reloads) on the chat it showed last, and the Route and Speculative decoding as set in
         it, kept in the browser."""
         visitor = owner_of(visitor)  # on a Space, the browser's id (VISITOR_HEAD), kept in gr.BrowserState from now on
+        try:  # read before the chat is the page's (QA 30 #1: one that could not be read stayed it, unseen, and
+            # Delete deleted it)
+            if not service.owns(session_id, visitor):  # gone, or from another database
+                session_id = None
+            drawn = (session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
+                     route if route in ROUTE_CHOICES else "auto",
+                     use_draft is not False and service.engine.draft is not None,
+                     *figures_and_panel(service, session_id, visitor))
+        except SessionStoreError as exc:
+            gr.Warning(f"{NOT_DONE['on_load']} {exc} Then reload the page.")
+            return (visitor, gr.skip(), NO_CHAT, *(gr.skip(),) * 9)
         with screen:
             if on_screen["chat"] is not None:  # a message was sent before the load came back: the page is that chat's
                 return (visitor, session_choices(visitor, on_screen["chat"]), *(gr.skip(),) * 10)
-            if not service.owns(session_id, visitor):  # gone, or from another database
-                session_id = None
             on_screen["chat"] = session_id
-        return (visitor, session_choices(visitor, session_id), session_id, chat_view(session_id, visitor),
-                route if route in ROUTE_CHOICES else "auto", use_draft is not False and service.engine.draft is not None,
-                *figures_and_panel(service, session_id, visitor), following(session_id, visitor, on_screen))
+        return (visitor, *drawn, following(session_id, visitor, on_screen))
 
     @explained
     def open_session(session_id, visitor, on_screen, matching, sends):
@@ -294,12 +303,14 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if not service.owns(session_id, owner):
             gr.Info("That chat is not there any more: it was deleted, in another tab or window.")
             return (*(gr.skip(),) * 8, session_choices(visitor, on_screen["chat"], matching), gr.skip())
-        try:  # read before the chat on screen changes: a chat that cannot be read is not opened
+        before, on_screen["chat"] = on_screen["chat"], session_id  # first: a message sent meanwhile goes on in it
+        try:
             drawn = (chat_view(session_id, owner), "", *figures_and_panel(service, session_id, owner))
-        except SessionStoreError as exc:  # the list marks the chat on screen again (QA 29 #2: the one clicked)
+        except SessionStoreError as exc:  # not opened: the chat on screen stays it, and the list marks it again
+            if on_screen["chat"] == session_id:  # (QA 29 #2: it marked the one clicked, which Delete then took)
+                on_screen["chat"] = before
             gr.Warning(f"{NOT_DONE['open_session']} {exc}")
             return (*(gr.skip(),) * 8, gr.update(value=on_screen["chat"]), gr.skip())
-        on_screen["chat"] = session_id
         opened = (session_id, *drawn, gr.skip(), following(session_id, visitor, on_screen))  # the list: find_chats, next
         with screen:
             return (gr.skip(),) * len(opened) if overtaken(on_screen, sends) else opened
@@ -630,15 +641,23 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # begun, it is drawn again (QA 11: the chat left stayed listed, as "the open chat"), with the search
         # box read then, not at the click (typed meanwhile, the list drawn last was the older search's).
         list_chats = (find_chats, [search, session_id, visitor], sessions)
+        # A New chat or Delete that failed leaves the page on its chat: the next send is that chat's (QA 30 #2: it
+        # began a new chat, the flag set at the click left on).
+        still_on_a_chat = (None, session_id, None)
+        still_on_a_chat_js = (f"(chat) => {{ if (chat && chat !== '{NO_CHAT}') window.cogumiNewChat = false; "
+                              f"return []; }}")
         for starts_afresh in (new_button.click, chatbot.clear):  # the chat's trash button (hidden: page.css)
             # and the box takes the keys (QA 15: by keyboard, they stayed on New chat)
-            starts_afresh(new_chat, [visitor, on_screen, press], [session_id, chatbot, notice, stats, sessions, *views],
-                          js="(visitor, on_screen) => { " + KEYS_TO_BOX +
-                             "window.cogumiNewChat = true; return [visitor, on_screen, window.cogumiSends ?? 0]; }",
-                          api_visibility="private").then(*list_chats, api_visibility="private")
+            afresh = starts_afresh(new_chat, [visitor, on_screen, press],
+                                   [session_id, chatbot, notice, stats, sessions, *views],
+                                   js="(visitor, on_screen) => { " + KEYS_TO_BOX + "window.cogumiNewChat = true; "
+                                      "return [visitor, on_screen, window.cogumiSends ?? 0]; }",
+                                   api_visibility="private")
+            afresh.then(*list_chats, api_visibility="private")
+            afresh.then(*still_on_a_chat, js=still_on_a_chat_js, api_visibility="private")
         delete_button.click(delete_chat, [session_id, visitor, on_screen, search, press],
                             [session_id, chatbot, notice, stats, sessions, *views], api_visibility="private",
-                            js=CONFIRM_DELETE)
+                            js=CONFIRM_DELETE).then(*still_on_a_chat, js=still_on_a_chat_js, api_visibility="private")
         search.change(*list_chats, api_visibility="private")  # typed or pasted
         sessions.input(open_session, [sessions, visitor, on_screen, search, press],
                        [session_id, chatbot, notice, stats, *views, sessions, follow], api_visibility="private",

@@ -288,6 +288,31 @@ def test_a_table_dropped_while_the_app_runs_is_not_made_again_behind_its_back(tm
     assert table not in memory.db.table_names()
 
 
+READS = {  # a read through sqlite-utils' table methods, which give nothing for a table that is not there
+    "session": ("sessions", lambda m, sid: m.session(sid)),
+    "list_sessions": ("sessions", lambda m, sid: m.list_sessions()),
+    "list_sessions matching": ("sessions", lambda m, sid: m.list_sessions(matching="question")),
+    "messages": ("messages", lambda m, sid: m.messages(sid)),
+    "recent": ("messages", lambda m, sid: m.recent(sid)),
+}
+
+
+@pytest.mark.parametrize("read", READS)
+def test_a_read_of_a_table_renamed_while_the_app_runs_is_no_empty_answer(read):
+    """QA 30 #3, #4: with sessions or messages renamed by another program, the reads found nothing, so the page said
+    "That chat is not there any more: it was deleted", cleared the chat at a 👍, and refused a 👍 as "no reply at
+    position 1". They name the table instead, as the other reads do."""
+    from app.memory import SessionStoreError
+
+    table, do = READS[read]
+    memory = Memory(":memory:")
+    sid = memory.new_session()
+    memory.add_message(sid, "user", "a question")
+    memory.db.execute(f"alter table {table} rename to {table}_aside")
+    with pytest.raises(SessionStoreError, match=f"the table {table}, which this app made in it, is missing"):
+        do(memory, sid)
+
+
 def test_a_read_of_a_table_dropped_while_the_app_runs_names_it():
     """QA 27 #1: reads of a dropped table (a chat opened, /panel, the router's recent decisions) said "the session
     database failed (no such table: feedback); check the disk it is on"."""

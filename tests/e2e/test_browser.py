@@ -972,6 +972,44 @@ def error_badges(page) -> list[str]:
                          "e.textContent.trim() == 'Error' && !e.closest('.toast-wrap')).map(e => e.closest('[id]')?.id)")
 
 
+def test_after_a_failed_load_or_new_chat_the_page_acts_on_the_chat_it_shows(engine, tmp_path, monkeypatch):
+    """QA 30 #1: a reload whose read of sessions.db failed left the page blank, but still on the chat kept in the
+    browser: Past chats marked it once drawn, and Delete deleted it, never shown. QA 30 #2: after a New chat (or a
+    Delete) that failed, the next message began a new chat, while the page still showed the old one."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box, users = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("the chat on screen")
+        box.press("Enter")
+        expect(users).to_have_text(["the chat on screen"], timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        (chat,) = [c["id"] for c in service.sessions()]
+        db = sqlite3.connect(tmp_path / "sessions.db")
+
+        def aside(table: str, back: bool = False) -> None:
+            db.execute(f"alter table {table + '_aside' if back else table} rename to {table if back else table + '_aside'}")
+            db.commit()
+
+        aside("decisions")  # New chat draws the router panel of no chat, which reads decisions
+        page.click("#new-chat")
+        expect(page.locator(".toast-body").last).to_contain_text("A new chat could not be begun.")
+        aside("decisions", back=True)
+        box.fill("a second message")
+        box.press("Enter")
+        expect(users).to_have_text(["the chat on screen", "a second message"], timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        assert [c["id"] for c in service.sessions()] == [chat]
+
+        aside("messages")
+        page.reload()
+        expect(page.locator(".toast-body").last).to_contain_text("Your chats could not be read.")
+        aside("messages", back=True)
+        page.answer = True  # the confirm() of Delete
+        page.click("#delete-chat")
+        page.wait_for_timeout(1500)
+        assert [c["id"] for c in service.sessions()] == [chat]  # not shown, so not deleted
+        assert page.confirms == []  # no chat was open to ask about
+
+
 def test_a_chat_that_cannot_be_opened_leaves_the_one_on_screen_chosen_and_says_why(engine, tmp_path, monkeypatch):
     """QA 29 #1, #2: a chat that could not be opened (sessions.db failed under it) was marked in Past chats while
     the other stayed on screen, under "Error" badges over the chat, the list and the panel; a click on it once the

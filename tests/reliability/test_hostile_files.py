@@ -608,6 +608,21 @@ def test_a_lock_taken_between_the_message_and_its_routing_decision_still_gives_t
     assert stored == [(last.message_id, last.decision.route, last.stats.tokens)]
 
 
+def test_a_message_whose_decisions_cannot_be_read_says_it_was_not_answered(engine, router_parts, tmp_path):
+    """QA 30 #7: with decisions renamed by another program, a message was marked "The reply could not be saved",
+    where no reply had been made: the router could not read the session's decisions."""
+    from tests.conftest import service_with_router
+
+    service = service_with_router(engine, router_parts, tmp_path / "sessions.db")
+    *_, first = service.respond(None, "hello")
+    with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db, db:
+        db.execute("alter table decisions rename to decisions_aside")
+    *_, last = service.respond(first.session_id, "and then?")
+    assert last.status == "error" and last.text == ""
+    assert last.notice.startswith("This message was not answered: sessions.db could not be read to route it.")
+    assert "the table decisions, which this app made in it, is missing" in last.notice
+
+
 # -- sessions.db at launch ------------------------------------------------------------------------
 
 
