@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --model: a LoRA modifier, NAME one of code, reasoning, automation (repeatable)")
     p.add_argument("--demo", action="store_true", help="use the demo model set, whatever --profile says")
     p.add_argument("--models-dir", type=Path, default=None, help="model cache (default: $COGUMI_DATA_DIR/model-cache)")
-    p.add_argument("--db", type=_file_path, default=None, help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
+    p.add_argument("--db", type=_file_path, default=None,
+                   help="session database (default: $COGUMI_DATA_DIR/sessions.db)")
     p.add_argument("--no-draft", action="store_true", help="do not load the draft model (no speculative decoding)")
     p.add_argument("--verify", action="store_true", help="rehash cached model files before use")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")

@@ -43,8 +43,9 @@ _MARKDOWN_INLINE = re.compile(r"[\\`*_\[\]~|]")
 # as typed too: what the page's markdown (marked, GFM) makes a link of, a bare URL or an e-mail address, by
 # its own expressions (QA 12: a reference at a link's end lost its ";" to the link, and showed as "&#95").
 _SYNTAX_CHARS = r"[&<>\\`*_~\[\]|#$]"
+_URL_START = r"(?:(?:ftp|https?)://|www\.)[a-zA-Z0-9-]"  # where marked (GFM) begins a bare URL's link
 _TYPED_SYNTAX = re.compile(
-    r"(?P<url>(?:(?:ftp|https?)://|www\.)[a-zA-Z0-9-][^\s<\"]*)"  # no URL holds a '"' (QA 28: '<a href="…">')
+    rf"(?P<url>{_URL_START}[^\s<\"]*)"  # no URL holds a '"' (QA 28: '<a href="…">')
     r"|(?P<email>(?<![A-Za-z0-9.!#$%&'*+/=?_`{|}~-])[A-Za-z0-9._+-]++@[a-zA-Z0-9_-]++"
     r"(?:\.[a-zA-Z0-9_-]*+(?<=[a-zA-Z0-9]))++(?![-_]))"
     r"|^(?P<line>[ \t]*)(?P<first>[-=])(?=[-= \t]*(?:\r|\n|$))|^(?P<marker>[ \t]*\*)(?=[ \t])"
@@ -57,7 +58,7 @@ _LINK_BACKPEDAL = re.compile(r"""(?:[^?!.,:;*_'"~()&]+|\([^)]*\)|&(?![a-zA-Z0-9]
 LINK_END = "<!-- -->"
 # A URL a '"' follows in a reply, or "&quot;" (escaped: "&amp;quot;"): its link ends there too (QA 28: a reply quoting
 # '<form action="http://…">' linked to "http://…%22><input"; QA 29: "&quot;https://…/t&quot;" to "…/t&quot")
-_URL_BEFORE_QUOTE = re.compile(r'(?:(?:ftp|https?)://|www\.)[a-zA-Z0-9-](?:(?!&amp;quot;)[^\s<"])*(?="|&amp;quot;)')
+_URL_BEFORE_QUOTE = re.compile(_URL_START + r'(?:(?!&amp;quot;)[^\s<"])*(?="|&amp;quot;)')
 # Markdown's block structure (CommonMark), read to find where it sees an indented code block: the block
 # rules alone (inline parsing was 3/4 of the time: 50,000 characters in 186 ms, 11 ms without), and only
 # for text with a line indented 4 columns, which such a block needs (a streaming reply is shown 25 times

@@ -372,7 +372,7 @@ class Memory:
             params["folded"] = f"%{_casefold(typed)}%"
         with self._guard():
             return list(self._ours("sessions").rows_where(" and ".join(where) or None, params,
-                                                       order_by="updated_at desc, rowid desc", limit=limit))
+                                                          order_by="updated_at desc, rowid desc", limit=limit))
 
     # -- messages -----------------------------------------------------------------------------
     def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:
