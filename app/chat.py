@@ -377,7 +377,7 @@ class ChatService:
     def _stream(self, messages: list[dict], route: str, use_draft: bool, reply_id: int, update: ReplyUpdate,
                 pieces: list[str], should_stop) -> Iterator[ReplyUpdate]:
         """Generate on `route`, growing `pieces` and saving the text every save_every_s."""
-        saved_at, saving = time.monotonic(), True
+        saved_at, told = time.monotonic(), False
         seed = self.settings.seed if self.settings.seed is not None else time.time_ns() & 0x7FFFFFFF
         stream = self.engine.generate(messages, max_tokens=self.settings.max_tokens,
                                       temperature=self.settings.temperature, top_p=self.settings.top_p,
@@ -390,12 +390,13 @@ class ChatService:
                     break
                 pieces.append(item)
                 update.text = "".join(pieces)
-                if saving and time.monotonic() - saved_at >= self.settings.save_every_s:
-                    try:
-                        self.memory.update_message(reply_id, content=update.text)
+                if time.monotonic() - saved_at >= self.settings.save_every_s:
+                    try:  # without waiting for another program's lock: the next save tries again
+                        self.memory.update_message(reply_id, content=update.text, wait=False)
                     except SessionStoreError as exc:  # keep replying; the save at the end says if it is kept
-                        log.warning("reply %s not saved as it streams: %s", reply_id, exc)
-                        saving = False
+                        if not told:
+                            log.warning("reply %s not saved as it streams: %s", reply_id, exc)
+                        told = True
                     saved_at = time.monotonic()
                 yield update
         stopped = update.stats is not None and update.stats.stop_reason == "stopped"

@@ -239,6 +239,7 @@ class Memory:
     def __init__(self, path: Path | str, timeout: float = LOCK_WAIT_S):
         """`timeout`: how long a read or write waits for another program's lock before it fails."""
         self.path = str(path)
+        self._timeout_ms = round(timeout * 1000)
         self._lock = threading.RLock()
         conn = None
         try:
@@ -387,12 +388,20 @@ class Memory:
         return message_id
 
     def update_message(self, message_id: int, content: str | None = None, status: str | None = None,
-                       stats: dict | None = None, error: str | None = None) -> None:
+                       stats: dict | None = None, error: str | None = None, wait: bool = True) -> None:
+        """`wait=False`: fail at once on another program's lock, not after `timeout` (a save as a reply streams, on
+        the generating thread: the reply stopped growing for 10 s, QA 30 #6)."""
         updates = {k: v for k, v in {"content": content, "status": status, "error": error}.items() if v is not None}
         if stats is not None:
             updates["stats"] = json.dumps(stats)
         with self._guard():
-            self._ours("messages").update(message_id, updates)
+            if not wait:
+                self.db.execute("pragma busy_timeout = 0")
+            try:
+                self._ours("messages").update(message_id, updates)
+            finally:
+                if not wait:
+                    self.db.execute(f"pragma busy_timeout = {self._timeout_ms}")
 
     def messages(self, session_id: str) -> list[dict]:
         with self._guard():

@@ -575,6 +575,31 @@ def test_a_reply_that_cannot_be_saved_says_so_and_nothing_stored_is_lost(chat, t
     assert Memory(db_path).interrupted == 0
 
 
+def test_a_lock_taken_while_a_reply_streams_does_not_hold_the_reply_up(engine, tmp_path):
+    """QA 30 #6: the save as a reply streams waited for another program's lock on the generating thread, and the
+    reply stopped growing for 10 s. It is tried without waiting, again at the next save, and the reply goes on; the
+    save at its end waits, and keeps it whole."""
+    db_path = tmp_path / "sessions.db"
+    settings = ChatSettings(temperature=0, max_tokens=48, seed=0, save_every_s=0.0)
+    chat = ChatService(engine, Memory(db_path, timeout=30), settings)
+    *_, first = chat.respond(None, "hello")
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    shown_at = []
+    with contextlib.closing(chat.respond(first.session_id, "tell me a long story")) as stream:
+        next(stream)  # the message and its reply row are stored: the lock comes as the reply streams
+        holder.execute("begin exclusive")
+        releaser = threading.Timer(3.0, lambda: (holder.execute("rollback"), holder.close()))
+        releaser.start()
+        shown_at.append(time.monotonic())
+        for last in stream:
+            shown_at.append(time.monotonic())
+    releaser.join()
+    gaps = [b - a for a, b in zip(shown_at, shown_at[1:-1])]  # the last update comes after the save at the end
+    assert len(gaps) > 5 and max(gaps) < 1.5, gaps  # not one 3 s wait for the lock, as the reply grows
+    assert last.status == "complete" and last.text and last.notice is None
+    assert rows(db_path)[-1][2:] == ("assistant", last.text, "complete")
+
+
 def test_a_lock_taken_between_the_message_and_its_routing_decision_still_gives_the_reply(engine, router_parts,
                                                                                          tmp_path):
     """QA 28 #6: another program's lock taken just after the message was saved made the decision's write fail:
