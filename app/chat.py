@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from sqlite_utils.db import NotFoundError
 
-from app.memory import Memory, SessionStoreError
+from app.memory import LOCK_WAIT_S, Memory, SessionStoreError
 from models.engine import Engine, GenerationStats
 from models.errors import ContextOverflowError
 from router.decision import NOT_AVAILABLE, ROUTES, Decision, route_asked
@@ -54,6 +54,8 @@ class ReplyUpdate:
 
 
 AUTO = "auto"           # the override value that leaves the choice to the router
+WAITING_FOR_LOCK = (f"Waiting for sessions.db: another program holds a lock on it (a database tool, a backup). Your "
+                    f"message is sent as soon as it lets go, or comes back to the box after {LOCK_WAIT_S:.0f} s.")
 RECENT_TURNS = 5        # how many of the session's last turns the router reads
 
 
@@ -92,6 +94,10 @@ class ChatService:
 
     def new_session(self, owner: str | None = None) -> str:
         return self.memory.new_session(owner=owner)
+
+    def waiting_for_lock(self) -> str | None:
+        """What a write to sessions.db would wait for now (another program's lock), as the page says it; else None."""
+        return WAITING_FOR_LOCK if self.memory.locked_elsewhere() else None
 
     def sessions(self, owner: str | None = None, matching: str | None = None, limit: int = 50,
                  used_only: bool = False) -> list[dict]:
@@ -179,6 +185,8 @@ class ChatService:
         override = (override or AUTO).strip().lower()
         stopping = threading.Event()
         try:
+            if self.memory.locked_elsewhere():  # the writes below wait for it: say so (QA 28)
+                yield ReplyUpdate(session_id or "", status="waiting", notice=WAITING_FOR_LOCK)
             if not self.owns(session_id, owner):  # none yet, or not this visitor's: a new one
                 session_id = self.memory.new_session(owner=owner)
             # A reply still going on in this chat (a reloaded page's, carried on; another tab's): this message

@@ -289,6 +289,20 @@ class Memory:
                 raise
             self.db.conn.execute("COMMIT")
 
+    def locked_elsewhere(self) -> bool:
+        """Whether a write now would wait for another program's lock (up to `timeout`), asked without waiting:
+        so that the page can say what a message waits for (QA 28: 10 s without a word)."""
+        with self._lock:
+            self.db.execute("pragma busy_timeout = 0")
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                self.db.conn.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError as exc:
+                return "locked" in str(exc) or "busy" in str(exc)
+            finally:
+                self.db.execute(f"pragma busy_timeout = {self._timeout_ms}")
+
     def _ours(self, table: str) -> sqlite_utils.db.Table:
         """A table of ours, to read or write through sqlite-utils. It makes a table that is not there: one dropped by
         another program while the app ran came back at the next write without its keys and indexes, what it held

@@ -397,6 +397,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             known = service.owns(session_id, visitor)
             deleted = not known and session_id not in (None, NO_CHAT)  # on screen, then deleted elsewhere
             if not known:  # so that Stop, even before the reply starts, finds it
+                if waiting := service.waiting_for_lock():  # (QA 28: 10 s with an empty box and not a word)
+                    yield gr.skip(), gr.skip(), gr.skip(), waiting, *(gr.skip(),) * 2, visitor, gr.skip(), gr.skip()
                 session_id = service.new_session(visitor)
             stored = chat_view(session_id, visitor)  # QA 27: a table dropped by another program: bare "Error"s
         except SessionStoreError as exc:
@@ -433,7 +435,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     stored = chat_view(session_id, visitor)
                     before = stored["value"]
                     yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]),
-                           *(gr.skip(),) * 5, visitor, gr.skip(), gr.skip())
+                           gr.skip(), gr.skip(), update.notice or gr.skip(), *(gr.skip(),) * 2, visitor, gr.skip(),
+                           gr.skip())
                     continue
                 # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
                 # not held back by the page.

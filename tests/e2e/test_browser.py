@@ -1010,6 +1010,33 @@ def test_after_a_failed_load_or_new_chat_the_page_acts_on_the_chat_it_shows(engi
         assert page.confirms == []  # no chat was open to ask about
 
 
+@pytest.mark.parametrize("where", ["a new chat", "the chat on screen"])
+def test_a_message_that_waits_for_another_programs_lock_says_so_while_it_waits(engine, tmp_path, monkeypatch, where):
+    """QA 28: a message sent while another program held sessions.db's lock waited up to 10 s for it with not a word
+    on the page (the box emptied, nothing in the chat). It says what it waits for, then goes on as the lock goes."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box, users = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        if where == "the chat on screen":
+            box.fill("the chat on screen")
+            box.press("Enter")
+            expect(users).to_have_text(["the chat on screen"], timeout=30_000)
+            assert service.wait_for_replies(30) == 0
+        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
+        holder.execute("begin exclusive")
+        releaser = threading.Timer(4.0, lambda: (holder.execute("rollback"), holder.close()))
+        releaser.start()
+        box.fill("sent under a lock")
+        box.press("Enter")
+        notice = page.locator("#notice")
+        expect(notice).to_contain_text("Waiting for sessions.db", timeout=3_000)
+        expect(notice).to_contain_text("another program holds a lock on it")
+        releaser.join()
+        expect(users.last).to_have_text("sent under a lock", timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        expect(notice).not_to_contain_text("Waiting")
+        assert [m["content"] for m in service.memory.messages(service.sessions()[0]["id"])][-2] == "sent under a lock"
+
+
 def test_a_chat_that_cannot_be_opened_leaves_the_one_on_screen_chosen_and_says_why(engine, tmp_path, monkeypatch):
     """QA 29 #1, #2: a chat that could not be opened (sessions.db failed under it) was marked in Past chats while
     the other stayed on screen, under "Error" badges over the chat, the list and the panel; a click on it once the

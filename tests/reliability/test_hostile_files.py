@@ -40,7 +40,7 @@ import gguf
 import pytest
 import zstandard
 
-from app.chat import ChatService, ChatSettings
+from app.chat import WAITING_FOR_LOCK, ChatService, ChatSettings
 from app.memory import Memory, SessionStoreError
 from models.demo import DemoSpec, compress, sha256_file, write_lora, write_model
 from models.errors import ModelFileError
@@ -436,8 +436,10 @@ def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goe
     *_, first = chat.respond(None, "hello")
     before = rows(db_path)
     with locked(db_path):
-        *_, refused = chat.respond(first.session_id, "a second message")
+        *waited, refused = chat.respond(first.session_id, "a second message")
         *_, new_chat = chat.respond(None, "a new chat")
+    # what it waits for is said as it waits (QA 28)
+    assert [(u.status, u.notice) for u in waited] == [("waiting", WAITING_FOR_LOCK)]
     for update in (refused, new_chat):
         assert update.done and update.status == "ignored"
         assert "was not sent" in update.notice and str(db_path) in update.notice and "locked" in update.notice
