@@ -229,8 +229,8 @@ def _content_size(source: Path) -> int | None:
                 at += 8 + int.from_bytes(head[4:8], "little")
                 continue
             if magic != ZSTD_MAGIC:
-                if at == 0:
-                    return None  # not zstd at all: the decompression says so, by name
+                if at == 0:  # QA 31 #3: "its zstd data is damaged … Delete it", of a good model misnamed
+                    raise ModelFileError(_not_zstd(source, head))
                 raise ModelFileError(f"{source}: {end - at:,} bytes after its zstd data are not zstd data: a "
                                      f"damaged or wrong file. {REDO}")
             try:
@@ -251,6 +251,14 @@ def _content_size(source: Path) -> int | None:
             known = frame.content_size != zstandard.CONTENTSIZE_UNKNOWN and total is not None
             total = total + frame.content_size if known else None
     return total
+
+
+def _not_zstd(source: Path, head: bytes) -> str:
+    if head[:4] == b"GGUF":
+        return (f"{source}: is a GGUF model, not zstd-compressed: give it a name ending in .gguf, and it is used as it "
+                f"is.")
+    return (f"{source}: is not zstd-compressed (zstd data begins with the bytes 28 b5 2f fd, this file "
+            f"with {head[:8]!r}): a wrong or damaged file. {REDO}")
 
 
 def _write_durably(f, data: bytes) -> None:

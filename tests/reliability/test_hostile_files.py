@@ -203,6 +203,11 @@ MODEL_FILES = {  # how to make it → what the error line says besides the file'
     "a .gguf.zst of text": (lambda d, g: zst(d / "model.gguf.zst", b"just some text, not a model\n" * 50),
                             ["not a GGUF model file", "b'just'"]),
     "a .gguf.zst of nothing": (lambda d, g: zst(d / "model.gguf.zst", b""), ["not a GGUF model file"]),
+    # QA 31 #3: both were "its zstd data is damaged … Delete it", of what may be the only copy of a good model
+    "a GGUF named .gguf.zst": (lambda d, g: Path(shutil.copyfile(g, d / "model.gguf.zst")),
+                               ["is a GGUF model, not zstd-compressed", "name ending in .gguf"]),
+    "a text named .gguf.zst": (lambda d, g: (d / "model.gguf.zst").write_text("hello\n") and d / "model.gguf.zst",
+                               ["is not zstd-compressed", "b'hello\\n'"]),
     "0 layers": (with_values(block_count=0), ["llama.block_count is 0"]),
     "a 2^32-1 token context": (with_values(context_length=2**32 - 1), ["llama.context_length is 4,294,967,295"]),
     "NaN in its weights": (lambda d, g: with_nan(g, d / "model.gguf", "blk.0.attn_q.weight"),
