@@ -95,6 +95,14 @@ class ChatService:
     def new_session(self, owner: str | None = None) -> str:
         return self.memory.new_session(owner=owner)
 
+    def discard_unsent(self, session_id: str) -> None:
+        """Delete a chat made for a message that was not sent, if it holds nothing: it was listed as "New chat",
+        empty (QA 30 #7). Where that cannot be done either, it is left: an empty chat loses nothing."""
+        try:
+            self.memory.discard_unused(session_id)
+        except SessionStoreError as exc:
+            log.info("empty chat %s left: %s", session_id, exc)
+
     def waiting_for_lock(self) -> str | None:
         """What a write to sessions.db would wait for now (another program's lock), as the page says it; else None."""
         return WAITING_FOR_LOCK if self.memory.locked_elsewhere() else None
@@ -183,12 +191,12 @@ class ChatService:
             yield ReplyUpdate(session_id or "", done=True, status="ignored", notice=refused)
             return
         override = (override or AUTO).strip().lower()
-        stopping = threading.Event()
+        stopping, made = threading.Event(), False
         try:
             if self.memory.locked_elsewhere():  # the writes below wait for it: say so (QA 28)
                 yield ReplyUpdate(session_id or "", status="waiting", notice=WAITING_FOR_LOCK)
             if not self.owns(session_id, owner):  # none yet, or not this visitor's: a new one
-                session_id = self.memory.new_session(owner=owner)
+                session_id, made = self.memory.new_session(owner=owner), True
             # A reply still going on in this chat (a reloaded page's, carried on; another tab's): this message
             # comes after it whole. Its reply would wait for the engine anyway; its conversation held the
             # reply as far as it was saved (often nothing yet).
@@ -200,13 +208,14 @@ class ChatService:
                 time.sleep(0.02)
             self._stopping[session_id] = stopping  # first: a Stop pressed as the message shows finds this reply
             history = _conversation(self.memory.messages(session_id))
-            self.memory.add_message(session_id, "user", message)  # committed before anything can fail
-            reply_id = self.memory.add_message(session_id, "assistant", "", status="streaming")
+            reply_id = self.memory.add_turn(session_id, message)  # committed before anything can fail
         except BaseException as exc:  # registered, this reply must not stay so: the chat's next message waits for it
             if session_id and self._stopping.get(session_id) is stopping:
                 del self._stopping[session_id]
             if not isinstance(exc, SessionStoreError):
                 raise
+            if made:
+                self.discard_unsent(session_id)
             # locked, read-only, full: nothing is answered that is not kept
             yield ReplyUpdate(session_id or "", done=True, status="ignored",
                               notice=f"Your message was not sent, because it could not be saved. {exc}")

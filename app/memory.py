@@ -392,14 +392,35 @@ class Memory:
     # -- messages -----------------------------------------------------------------------------
     def add_message(self, session_id: str, role: str, content: str, status: str = "complete") -> int:
         with self._writing():
-            message_id = self._ours("messages").insert(
-                {"session_id": session_id, "role": role, "content": content, "status": status, "created_at": _now()}
-            ).last_pk
-            updates = {"updated_at": _now()}
-            if role == "user" and self._count(session_id, "user") == 1:
-                updates["title"] = _title(content)
-            self._ours("sessions").update(session_id, updates)
+            return self._insert_message(session_id, role, content, status)
+
+    def add_turn(self, session_id: str, message: str) -> int:
+        """The user's message and its reply's row (empty, "streaming") in one write; returns the reply's id. Apart,
+        a message stored whose reply's row failed was said "not sent" and stayed in the chat too."""
+        with self._writing():
+            self._insert_message(session_id, "user", message, "complete")
+            return self._insert_message(session_id, "assistant", "", "streaming")
+
+    def _insert_message(self, session_id: str, role: str, content: str, status: str) -> int:
+        """In a write begun by the caller; the first user message titles its session."""
+        message_id = self._ours("messages").insert(
+            {"session_id": session_id, "role": role, "content": content, "status": status, "created_at": _now()}
+        ).last_pk
+        updates = {"updated_at": _now()}
+        if role == "user" and self._count(session_id, "user") == 1:
+            updates["title"] = _title(content)
+        self._ours("sessions").update(session_id, updates)
         return message_id
+
+    def discard_unused(self, session_id: str) -> None:
+        """Delete a session that holds no message (made for a first message that could not be stored: QA 30 #7);
+        one that holds any is left. Without a messages table (renamed by another program) it holds none."""
+        with self._writing():
+            if self.db["messages"].exists():
+                self.db.execute("delete from sessions where id = ? and not exists "
+                                "(select 1 from messages where session_id = ?)", [session_id, session_id])
+            else:
+                self.db.execute("delete from sessions where id = ?", [session_id])
 
     def update_message(self, message_id: int, content: str | None = None, status: str | None = None,
                        stats: dict | None = None, error: str | None = None, wait: bool = True) -> None:

@@ -393,16 +393,19 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if refused:
             yield gr.skip(), press, session_id, refused, gr.skip(), gr.skip(), visitor, gr.skip(), gr.skip()
             return
+        made = None  # the chat made for this message, if it is the first of one
         try:
             known = service.owns(session_id, visitor)
             deleted = not known and session_id not in (None, NO_CHAT)  # on screen, then deleted elsewhere
             if not known:  # so that Stop, even before the reply starts, finds it
                 if waiting := service.waiting_for_lock():  # (QA 28: 10 s with an empty box and not a word)
                     yield gr.skip(), gr.skip(), gr.skip(), waiting, *(gr.skip(),) * 2, visitor, gr.skip(), gr.skip()
-                session_id = service.new_session(visitor)
+                session_id = made = service.new_session(visitor)
             stored = chat_view(session_id, visitor)  # QA 27: a table dropped by another program: bare "Error"s
         except SessionStoreError as exc:
-            yield (gr.skip(), press, session_id, f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,
+            if made:  # not left behind, empty (QA 30 #7)
+                service.discard_unsent(made)
+            yield (gr.skip(), press, gr.skip(), f"Your message was not sent. {exc}", gr.skip(), gr.skip(), visitor,
                    gr.skip(), gr.skip())
             return
         before = stored["value"]
@@ -423,8 +426,13 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     ending = service.stop(session_id, visitor)
                 away = on_screen["chat"] != session_id
                 if update.status == "ignored":  # not saved: the message goes back to the box
-                    yield (gr.skip() if away else before, press, gr.skip(), update.notice, gr.skip(), gr.skip(),
-                           visitor, gr.skip(), gr.skip())
+                    if made:  # not left behind, empty (QA 30 #7)
+                        service.discard_unsent(made)
+                        with screen:
+                            if not away:
+                                on_screen["chat"] = None
+                    yield (gr.skip() if away else before, press, NO_CHAT if made and not away else gr.skip(),
+                           update.notice, gr.skip(), gr.skip(), visitor, gr.skip(), gr.skip())
                     return
                 if away:  # one update that leaves the page alone: Gradio sends the last one again at the end
                     if not left:

@@ -1037,6 +1037,36 @@ def test_a_message_that_waits_for_another_programs_lock_says_so_while_it_waits(e
         assert [m["content"] for m in service.memory.messages(service.sessions()[0]["id"])][-2] == "sent under a lock"
 
 
+def test_a_first_message_that_could_not_be_stored_leaves_no_empty_chat(engine, tmp_path, monkeypatch):
+    """QA 30 #7: with messages renamed by another program, a message sent on a new chat was "not sent", and its
+    chat was left behind, empty: listed and opened as "New chat" after a reload."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box, users = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
+        box.fill("the one chat")
+        box.press("Enter")
+        expect(users).to_have_text(["the one chat"], timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        page.click("#new-chat")
+        expect(users).to_have_count(0)
+        db = sqlite3.connect(tmp_path / "sessions.db")
+        db.execute("alter table messages rename to messages_aside")
+        db.commit()
+        box.fill("not stored")
+        box.press("Enter")
+        expect(page.locator("#notice")).to_contain_text("Your message was not sent")
+        expect(box).to_have_value("not stored")
+        db.execute("alter table messages_aside rename to messages")
+        db.commit()
+        assert [c["title"] for c in service.sessions()] == ["the one chat"]
+        box.press("Enter")  # sent again, once it can be: a new chat, not "the chat on screen was deleted"
+        expect(users).to_have_text(["not stored"], timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        expect(page.locator("#notice")).not_to_contain_text("deleted")
+        page.reload()
+        page.wait_for_function(PAGE_READY)
+        expect(page.locator("#sessions label")).to_have_text(["not stored", "the one chat"])
+
+
 def test_a_chat_that_cannot_be_opened_leaves_the_one_on_screen_chosen_and_says_why(engine, tmp_path, monkeypatch):
     """QA 29 #1, #2: a chat that could not be opened (sessions.db failed under it) was marked in Past chats while
     the other stayed on screen, under "Error" badges over the chat, the list and the panel; a click on it once the

@@ -455,6 +455,33 @@ def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goe
     assert [r[3] for r in rows(db_path)] == ["hello", first.text, "a second message", after.text]
 
 
+@pytest.mark.parametrize("change", ["alter table messages rename to messages_aside",
+                                    "create trigger no_replies before insert on messages when new.role = 'assistant' "
+                                    "begin select raise(abort, 'refused by a trigger'); end"])
+def test_a_message_that_could_not_be_stored_leaves_no_trace(engine, tmp_path, change):
+    """QA 30 #7: a first message whose storing failed (messages renamed by another program) left its new chat behind,
+    empty, listed as "New chat" after a reload. And a message stored whose reply's row then failed was said "not
+    sent", put back in the box, and kept in the chat too: the two rows are one write now."""
+    db_path = tmp_path / "sessions.db"
+    chat = ChatService(engine, Memory(db_path), ChatSettings(temperature=0, max_tokens=8, seed=0))
+    *_, first = chat.respond(None, "hello")
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute(change)
+    *_, in_chat = chat.respond(first.session_id, "in the chat")
+    *_, new_chat = chat.respond(None, "a new chat")
+    for update in (in_chat, new_chat):
+        assert update.status == "ignored" and update.notice.startswith("Your message was not sent")
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        assert db.execute("select id from sessions").fetchall() == [(first.session_id,)]
+        assert db.execute(f"select count(*) from {change.split()[-1] if 'rename' in change else 'messages'}"
+                          ).fetchone() == (2,)
+    page_made = chat.new_session()  # the page makes the chat first, for its Stop, then sends
+    *_, from_the_page = chat.respond(page_made, "from the page")
+    assert from_the_page.status == "ignored"
+    chat.discard_unsent(page_made)
+    assert [s["id"] for s in chat.sessions()] == [first.session_id]
+
+
 @pytest.mark.parametrize("case", ["a newer version's", "another program's"])
 def test_a_sessions_db_that_is_not_this_versions_is_named_and_left_as_it_is(tmp_path, case):
     """A newer version's (a migration this one does not know) started with no word and then failed at
