@@ -686,7 +686,11 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                                                "window.cogumiTabRoute ?? route, window.cogumiTabDraft == null ? "
                                                "draft : window.cogumiTabDraft === 'true']").then(
             None, None, None, js="() => { window.cogumiLoaded = true; return []; }", api_visibility="private")
-        session_id.change(None, session_id, None, js=f"(chat) => {{ window.cogumiTabSet('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
+        # A load that could not read sessions.db is on no chat (NO_CHAT, which only that failure gives a load), but
+        # the tab keeps its chat for the reload its notice asks for (QA 31 #2: that reload was on no chat too).
+        session_id.change(None, session_id, None,
+                          js=f"(chat) => {{ if (!(chat === '{NO_CHAT}' && !window.cogumiLoaded)) "
+                             f"window.cogumiTabSet('{TAB_CHAT_KEY}', chat ?? '{NO_CHAT}'); return []; }}")
         route.change(None, route, None, js=f"(route) => {{ window.cogumiTabSet('{TAB_ROUTE_KEY}', route); return []; }}")
         use_draft.input(None, use_draft, None, js=f"(on) => {{ window.cogumiTabSet('{TAB_DRAFT_KEY}', on); return []; }}")
         if per_visitor:  # the id the page goes by, where the next page reads it (a browser's from before VISITOR_HEAD)

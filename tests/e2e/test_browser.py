@@ -1008,6 +1008,9 @@ def test_after_a_failed_load_or_new_chat_the_page_acts_on_the_chat_it_shows(engi
         page.wait_for_timeout(1500)
         assert [c["id"] for c in service.sessions()] == [chat]  # not shown, so not deleted
         assert page.confirms == []  # no chat was open to ask about
+        page.reload()  # as the notice says, once sessions.db is well: on the chat this tab had (QA 31 #2: on none)
+        page.wait_for_function(PAGE_READY)
+        expect(users).to_have_text(["the chat on screen", "a second message"])
 
 
 @pytest.mark.parametrize("where", ["a new chat", "the chat on screen"])
