@@ -72,7 +72,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"longest reply in tokens; the context keeps this much room for it, at most a quarter "
                         f"of the window (default: "
                         f"{DEFAULT_MAX_TOKENS}, ChatSettings.max_tokens)")
-    return p.parse_args(argv)
+    return p.parse_args(_negative_numbers_as_values(sys.argv[1:] if argv is None else argv))
+
+
+def _negative_numbers_as_values(argv: list[str]) -> list[str]:
+    """`--tau-p -inf` as `--tau-p=-inf`: argparse takes a negative number it does not know for a flag ("-1" it knows,
+    "-inf" and "-1e3" not) and said only "expected one argument" (QA 30 #8); as a value, its check says what is
+    wrong with it."""
+    glued: list[str] = []
+    for arg in argv:
+        if glued and glued[-1].startswith("--") and "=" not in glued[-1] and arg.startswith("-") and _is_float(arg):
+            glued[-1] += f"={arg}"
+        else:
+            glued.append(arg)
+    return glued
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def bounded(kind, ok, says: str):

@@ -134,6 +134,9 @@ def test_model_flag_errors_are_clear(tmp_path, demo_set, demo_models_dir):
         (("--port", "abc"), "--port: a port is 1 to 65,535, not abc"),
         (("--tau-p", "abc"), "--tau-p: a perplexity is a finite number more than 1, not abc"),
         (("--tau-p", "inf"), "--tau-p: a perplexity is a finite number more than 1, not inf"),  # (QA 29: inf is >1)
+        # QA 30 #8: argparse took a negative number it does not know as a flag ("expected one argument")
+        (("--tau-p", "-inf"), "--tau-p: a perplexity is a finite number more than 1, not -inf"),
+        (("--n-ctx", "-1e3"), "--n-ctx: a whole number, at least 1, not -1e3"),
         (("--threads", "two"), "--threads: a whole number, at least 1, not two"),
         (("--n-ctx", "1e9"), "--n-ctx: a whole number, at least 1, not 1e9"),
         # QA, the sixth pass: "must be at least 1, not abc" for a text that is no number at all
