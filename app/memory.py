@@ -289,19 +289,29 @@ class Memory:
                 raise
             self.db.conn.execute("COMMIT")
 
+    @contextmanager
+    def _not_waiting(self, wait: bool = False) -> Iterator[None]:
+        """Within it (unless `wait`), another program's lock fails a statement at once instead of after `timeout`."""
+        if wait:
+            yield
+            return
+        with self._lock:
+            self.db.execute("pragma busy_timeout = 0")
+            try:
+                yield
+            finally:
+                self.db.execute(f"pragma busy_timeout = {self._timeout_ms}")
+
     def locked_elsewhere(self) -> bool:
         """Whether a write now would wait for another program's lock (up to `timeout`), asked without waiting:
         so that the page can say what a message waits for (QA 28: 10 s without a word)."""
-        with self._lock:
-            self.db.execute("pragma busy_timeout = 0")
+        with self._not_waiting():
             try:
                 self.db.conn.execute("BEGIN IMMEDIATE")
                 self.db.conn.execute("ROLLBACK")
                 return False
             except sqlite3.OperationalError as exc:
                 return "locked" in str(exc) or "busy" in str(exc)
-            finally:
-                self.db.execute(f"pragma busy_timeout = {self._timeout_ms}")
 
     def _ours(self, table: str) -> sqlite_utils.db.Table:
         """A table of ours, to read or write through sqlite-utils. It makes a table that is not there: one dropped by
@@ -429,14 +439,8 @@ class Memory:
         updates = {k: v for k, v in {"content": content, "status": status, "error": error}.items() if v is not None}
         if stats is not None:
             updates["stats"] = json.dumps(stats)
-        with self._guard():
-            if not wait:
-                self.db.execute("pragma busy_timeout = 0")
-            try:
-                self._ours("messages").update(message_id, updates)
-            finally:
-                if not wait:
-                    self.db.execute(f"pragma busy_timeout = {self._timeout_ms}")
+        with self._guard(), self._not_waiting(wait):
+            self._ours("messages").update(message_id, updates)
 
     def messages(self, session_id: str) -> list[dict]:
         with self._guard():
