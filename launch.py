@@ -208,6 +208,7 @@ def as_given(message: str, profile: Profile, store: Store) -> str:
     --verify (which decompresses the same file again) and --modifier with the copy's name, and left the copy
     (QA 19); it is removed."""
     from models.engine import IN_THE_CACHE
+    from models.store import REDO
 
     for f in profile.files:
         flag = {"base": "--model", "draft": "--draft"}.get(f.name, f"--modifier {f.name}")
@@ -222,7 +223,8 @@ def as_given(message: str, profile: Profile, store: Store) -> str:
         if str(source) in message and flag not in message:
             message = message.replace(str(source), f"{flag} {source}", 1)
     return (message.replace(f" {IN_THE_CACHE}; else copy or download it again.", " Copy or download it again.")
-            .replace(f" {IN_THE_CACHE}.", ""))  # a file of your own is no copy in the model cache
+            .replace(f" {IN_THE_CACHE}.", "")  # a file of your own is no copy in the model cache
+            .replace(f" {REDO}", " Copy or download it again."))  # nor a profile's or the demo set's to delete
 
 
 def refuse_own_modifiers(args: argparse.Namespace, failed: dict[str, str]) -> None:

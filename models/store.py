@@ -53,12 +53,12 @@ class Store:
         the profile's folder. entry.file may be a path of the user's own (--model FILE.gguf.zst, no
         digest): its copy's name then carries a digest of that path, so two folders' model.gguf.zst
         never share one copy."""
-        if not entry.file.endswith(".zst"):
+        if not entry.file.lower().endswith(".zst"):  # QA 32 #3: MODEL.GGUF.ZST, from a FAT stick
             return self.source_path(profile, entry)
-        name = Path(entry.file).name.removesuffix(".zst")
+        name = Path(entry.file).name[:-len(".zst")]
         if entry.sha256 is None:
             where = hashlib.sha256(str(self.source_path(profile, entry).resolve()).encode()).hexdigest()[:12]
-            name = f"{name.removesuffix('.gguf')}.{where}.gguf"
+            name = f"{name[:-len('.gguf')] if name.lower().endswith('.gguf') else name}.{where}.gguf"
         return self.folder(profile) / name
 
     def is_ready(self, profile: str, entry: ModelFile) -> bool:
@@ -219,6 +219,8 @@ def _content_size(source: Path) -> int | None:
     file cut inside its last frame's checksum, or about bytes after its last frame: only the blocks'
     own headers show where the data ends (3 bytes each, one per ≤128 KiB of content)."""
     end, total = source.stat().st_size, 0
+    if end == 0:
+        raise ModelFileError(_not_zstd(source, b""))
     with open(source, "rb") as f:
         at = 0
         while at < end:
@@ -254,6 +256,8 @@ def _content_size(source: Path) -> int | None:
 
 
 def _not_zstd(source: Path, head: bytes) -> str:
+    if not head:
+        return f"{source}: is empty: not zstd-compressed data. {REDO}"
     if head[:4] == b"GGUF":
         return (f"{source}: is a GGUF model, not zstd-compressed: give it a name ending in .gguf, and it is used as it "
                 f"is.")

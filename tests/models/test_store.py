@@ -226,6 +226,15 @@ def test_your_own_compressed_files_of_one_name_are_kept_apart(tmp_path, gguf_fil
     assert store.ensure("custom", _own(mine)) == first and sha256_file(first) == sha256_file(gguf_file)
 
 
+def test_your_own_compressed_file_named_in_capitals_is_decompressed(tmp_path, gguf_file):
+    """QA 32 #3: MODEL.GGUF.ZST (copied from a FAT stick) was read as a GGUF, and refused as "not a GGUF model file"
+    for starting with zstd's magic."""
+    source = tmp_path / "REAL.GGUF.ZST"
+    compress(gguf_file, source)
+    copy = Store(tmp_path / "cache", progress=False).ensure("custom", _own(source))
+    assert copy != source.resolve() and copy.suffix == ".gguf" and sha256_file(copy) == sha256_file(gguf_file)
+
+
 def test_your_own_compressed_file_replaced_by_another_is_decompressed_again_even_when_older(
         tmp_path, gguf_file, other_gguf):
     """A copy newer than its source was reused: a file copied in with its older date (cp -p, rsync -a)

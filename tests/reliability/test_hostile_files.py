@@ -207,7 +207,11 @@ MODEL_FILES = {  # how to make it → what the error line says besides the file'
     "a GGUF named .gguf.zst": (lambda d, g: Path(shutil.copyfile(g, d / "model.gguf.zst")),
                                ["is a GGUF model, not zstd-compressed", "name ending in .gguf"]),
     "a text named .gguf.zst": (lambda d, g: (d / "model.gguf.zst").write_text("hello\n") and d / "model.gguf.zst",
-                               ["is not zstd-compressed", "b'hello\\n'"]),
+                               ["is not zstd-compressed", "b'hello\\n'", "Copy or download it again."]),
+    # QA 32 #4: "decompresses to nothing", as if an empty archive; and the cache's advice ("Delete it … the demo set's
+    # is rebuilt") for a file of your own
+    "an empty .gguf.zst": (lambda d, g: (d / "model.gguf.zst").write_bytes(b"") or d / "model.gguf.zst",
+                           ["is empty: not zstd-compressed", "Copy or download it again."]),
     "0 layers": (with_values(block_count=0), ["llama.block_count is 0"]),
     "a 2^32-1 token context": (with_values(context_length=2**32 - 1), ["llama.context_length is 4,294,967,295"]),
     "NaN in its weights": (lambda d, g: with_nan(g, d / "model.gguf", "blk.0.attn_q.weight"),
@@ -232,6 +236,7 @@ def test_a_hostile_model_file_stops_launch_with_the_file_named(tmp_path, small_g
     line = assert_refused(result, path, *words)
     # named as given, with its flag (QA 19: "base model …"); a file of your own is no copy in the model cache
     assert line.startswith(f"error: --model {path}") and "--verify" not in line and "model-cache" not in line
+    assert "Delete it" not in line and "demo set" not in line
     # nothing half-made is left in the cache; sessions.db, opened first, holds no chat
     assert not [p for p in models.rglob("*") if p.is_file()]
     assert rows(tmp_path / "data" / "sessions.db") == []
@@ -290,7 +295,7 @@ def demo_copy(demo_models_dir: Path, models: Path) -> Path:
 
 DEMO_FILES = {
     "a directory": (lambda p: p.mkdir(), ["could not write the demo model set", "Is a directory"]),
-    "a zero-byte file": (lambda p: p.write_bytes(b""), ["decompressed to 0 bytes"]),
+    "a zero-byte file": (lambda p: p.write_bytes(b""), ["is empty: not zstd-compressed", "Delete it"]),
     "zstd of a text": (lambda p: zst(p, b"not a model\n" * 1000), ["expected sha256", "actual"]),
 }
 
