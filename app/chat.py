@@ -5,6 +5,7 @@ writes the turn, its Decision and its GenerationStats back to memory."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import re
@@ -54,8 +55,10 @@ class ReplyUpdate:
 
 
 AUTO = "auto"           # the override value that leaves the choice to the router
-WAITING_FOR_LOCK = (f"Waiting for sessions.db: another program holds a lock on it (a database tool, a backup). Your "
-                    f"message is sent as soon as it lets go, or comes back to the box after {LOCK_WAIT_S:.0f} s.")
+LOCKED = "another program holds a lock on it (a database tool, a backup)"
+WAITING_FOR_LOCK = (f"Waiting for sessions.db: {LOCKED}. Your message is sent as soon as it lets go, or comes back to "
+                    f"the box after {LOCK_WAIT_S:.0f} s.")
+WAITING_TO_SAVE = f"Saving this reply waits for sessions.db: {LOCKED}."
 RECENT_TURNS = 5        # how many of the session's last turns the router reads
 
 
@@ -103,9 +106,14 @@ class ChatService:
         except SessionStoreError as exc:
             log.info("empty chat %s left: %s", session_id, exc)
 
-    def waiting_for_lock(self) -> str | None:
-        """What a write to sessions.db would wait for now (another program's lock), as the page says it; else None."""
-        return WAITING_FOR_LOCK if self.memory.locked_elsewhere() else None
+    def waiting_for_lock(self, done: str | None = None) -> str | None:
+        """What a write to sessions.db would wait for now (another program's lock), as the page says it, with what is
+        `done` when it lets go (by default, a message sent); else None."""
+        if not self.memory.locked_elsewhere():
+            return None
+        if done is None:
+            return WAITING_FOR_LOCK
+        return f"Waiting for sessions.db: {LOCKED}. {done} as soon as it lets go, within {LOCK_WAIT_S:.0f} s, or not at all."
 
     def sessions(self, owner: str | None = None, matching: str | None = None, limit: int = 50,
                  used_only: bool = False) -> list[dict]:
@@ -243,10 +251,14 @@ class ChatService:
             messages = [{"role": "system", "content": self.settings.system_prompt}, *history,
                         {"role": "user", "content": message}]
             yield from self._stream(messages, route, use_draft, reply_id, update, pieces, stopping.is_set)
+            if self.memory.locked_elsewhere():  # the save below waits for it: the whole reply first, and why (QA 32 #1:
+                # its last words were held back, without a word, until the lock went)
+                yield dataclasses.replace(update, done=False, status="streaming",
+                                          notice=" ".join(filter(None, [update.notice, WAITING_TO_SAVE])))
         except ContextOverflowError as exc:
             update.status, update.done, update.notice = "error", True, str(exc)
-        except GeneratorExit:
-            update.status, update.done = "stopped", True
+        except GeneratorExit:  # Stop, or the page gone; as the reply waited for its save, it has ended as it ended
+            update.status, update.done = update.status if update.done else "stopped", True
             raise
         except SessionStoreError as exc:  # the session's decisions could not be read to route it (QA 30: "the reply
             # could not be saved", where no reply was made)

@@ -351,6 +351,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
             if not service.owns(session_id, owner_of(visitor)):  # gone: nothing is lost, and the page moves on
                 gr.Info("This chat was already deleted, in another tab or window.")
             else:
+                if waiting := service.waiting_for_lock("This chat is deleted"):  # (QA 32 #5)
+                    gr.Info(waiting)
                 service.delete_session(session_id, owner_of(visitor))
         except BaseException:  # not deleted (its reply did not stop, a lock): the chat is on screen still
             with screen:
@@ -418,7 +420,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                  if deleted else "")
         yield (gr.update(value=before + [shown("user", message)], feedback_value=stored["feedback_value"]), gr.skip(),
                session_id, moved, "", gr.skip(), visitor, gr.skip(), press)
-        shown_at, path_drawn, left, ending = 0.0, False, False, False
+        shown_at, path_drawn, left, ending, told = 0.0, False, False, False, None
         replies = service.respond(session_id, message, override=route, use_draft=use_draft, owner=visitor)
         try:
             for update in replies:
@@ -448,9 +450,9 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     continue
                 # Each yield re-sends the chat to the browser: at most ~25 a second, so a fast model is
                 # not held back by the page.
-                if not update.done and time.monotonic() - shown_at < UI_FRAME_S:
-                    continue
-                shown_at = time.monotonic()
+                if not update.done and time.monotonic() - shown_at < UI_FRAME_S and update.notice == told:
+                    continue  # (one that says something new is drawn: it may stay a while, ChatService.WAITING_TO_SAVE)
+                shown_at, told = time.monotonic(), update.notice
                 status = update.status if update.done else "complete"
                 stop_reason = update.stats.stop_reason if update.done and update.stats else None
                 chat = before + [shown("user", message),
@@ -512,6 +514,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if not service.owns(session_id, owner):  # the page moves on, as a Delete of it does (QA: the thumb
             gr.Warning("This chat was deleted, in another tab or window: its 👍/👎 cannot be kept.")  # stayed lit)
             return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
+        if waiting := service.waiting_for_lock("Your 👍/👎 is saved"):  # (QA 32 #5: 10 s under Gradio's timer alone)
+            gr.Info(waiting)
         try:
             service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)
         except SessionStoreError as exc:  # the thumbs as stored again, where the chat can be read

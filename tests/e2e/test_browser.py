@@ -1040,6 +1040,66 @@ def test_a_message_that_waits_for_another_programs_lock_says_so_while_it_waits(e
         assert [m["content"] for m in service.memory.messages(service.sessions()[0]["id"])][-2] == "sent under a lock"
 
 
+def test_a_reply_whose_save_waits_for_another_programs_lock_is_shown_whole_and_says_so(engine, tmp_path,
+                                                                                      monkeypatch):
+    """QA 32 #1: a reply that ended while another program held sessions.db's lock stopped short of its last words
+    for as long as the lock lasted, with no word why: its save at the end waited before the page had them."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
+        generate, released = service.engine.generate, []
+
+        def locked_from_the_first_token(*args, **kwargs):
+            for n, item in enumerate(generate(*args, **kwargs)):
+                if n == 0:
+                    holder.execute("begin exclusive")
+                    released.append(threading.Timer(5.0, lambda: (holder.execute("rollback"), holder.close())))
+                    released[0].start()
+                yield item
+        monkeypatch.setattr(service.engine, "generate", locked_from_the_first_token)
+        page.locator("#message textarea").fill("tell me a story")
+        page.locator("#message textarea").press("Enter")
+        expect(page.locator("#notice")).to_contain_text("Saving this reply waits for sessions.db", timeout=4_000)
+        shown = page.locator("#chat .message-row.bot-row").last.inner_text()  # under the lock still
+        released[0].join()
+        assert service.wait_for_replies(30) == 0
+        (chat,) = service.sessions()
+        stored = service.transcript(chat["id"])[-1]
+        assert stored["status"] == "complete"
+        words = re.compile(r"[A-Za-z]{3,}")  # (markdown may draw the other characters otherwise)
+        assert words.findall(shown)[-5:] == words.findall(stored["content"])[-5:], shown[-200:]
+        expect(page.locator("#notice")).not_to_contain_text("Saving")
+
+
+@pytest.mark.parametrize("action", ["👍", "Delete"])
+def test_a_like_or_delete_that_waits_for_another_programs_lock_says_so(engine, tmp_path, monkeypatch, action):
+    """QA 32 #5: a 👍 or a Delete under another program's lock waited up to 10 s with only Gradio's timer."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
+        box = page.locator("#message textarea")
+        box.fill("a chat to act on")
+        box.press("Enter")
+        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=30_000)
+        assert service.wait_for_replies(30) == 0
+        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
+        holder.execute("begin exclusive")
+        releaser = threading.Timer(4.0, lambda: (holder.execute("rollback"), holder.close()))
+        releaser.start()
+        if action == "👍":
+            page.locator('#chat button[aria-label="Like"]').first.click()
+        else:
+            page.answer = True
+            page.click("#delete-chat")
+        expect(page.locator(".toast-body").first).to_contain_text("Waiting for sessions.db", timeout=3_000)
+        releaser.join()
+        (chat,) = service.sessions() or [None]
+        if action == "👍":
+            expect(page.locator(".toast-body").first).to_contain_text("another program holds a lock")
+            page.wait_for_timeout(1500)
+            assert list(service.memory.feedback(chat["id"]).values()) == [True]
+        else:
+            page.wait_for_timeout(1500)
+            assert service.sessions() == []
+
+
 def test_a_first_message_that_could_not_be_stored_leaves_no_empty_chat(engine, tmp_path, monkeypatch):
     """QA 30 #7: with messages renamed by another program, a message sent on a new chat was "not sent", and its
     chat was left behind, empty: listed and opened as "New chat" after a reload."""

@@ -40,7 +40,7 @@ import gguf
 import pytest
 import zstandard
 
-from app.chat import WAITING_FOR_LOCK, ChatService, ChatSettings
+from app.chat import WAITING_FOR_LOCK, WAITING_TO_SAVE, ChatService, ChatSettings
 from app.memory import Memory, SessionStoreError
 from models.demo import DemoSpec, compress, sha256_file, write_lora, write_model
 from models.errors import ModelFileError
@@ -630,12 +630,16 @@ def test_a_lock_taken_while_a_reply_streams_does_not_hold_the_reply_up(engine, t
         releaser = threading.Timer(3.0, lambda: (holder.execute("rollback"), holder.close()))
         releaser.start()
         shown_at.append(time.monotonic())
+        updates = []
         for last in stream:
             shown_at.append(time.monotonic())
+            updates.append((last.text, last.done, last.notice))
     releaser.join()
     gaps = [b - a for a, b in zip(shown_at, shown_at[1:-1])]  # the last update comes after the save at the end
     assert len(gaps) > 5 and max(gaps) < 1.5, gaps  # not one 3 s wait for the lock, as the reply grows
     assert last.status == "complete" and last.text and last.notice is None
+    # QA 32 #1: the save at its end waited for the lock with the reply's last words held back, and not a word said
+    assert updates[-2] == (last.text, False, WAITING_TO_SAVE)
     assert rows(db_path)[-1][2:] == ("assistant", last.text, "complete")
 
 
