@@ -48,6 +48,7 @@ class ReplyUpdate:
     stats: GenerationStats | None = None
     message_id: int | None = None  # the assistant row in sessions.db
     decision: Decision | None = None  # how this reply was routed (None: no router configured)
+    saved: bool = True            # False: its save at the end failed, and is tried again (ChatService._save_later)
 
     def tell(self, text: str) -> None:
         """Add `text` to the notice, after what it says already."""
@@ -277,6 +278,7 @@ class ChatService:
                 save()
             except SessionStoreError as exc:  # shown, and saved once it can be: say so (earlier rows are untouched)
                 log.warning("reply %s not saved: %s", reply_id, exc)
+                update.saved = False
                 update.tell(f"This reply could not be saved. {exc} The app tries again each second for "
                             f"{SAVE_RETRY_S / 60:.0f} minutes.")
                 self._save_later(reply_id, save)

@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from app import panel
-from app.chat import AUTO, ChatService, no_such_chat, shown_value
+from app.chat import AUTO, SAVE_RETRY_S, ChatService, no_such_chat, shown_value
 from app.display import chat_labels, shown, stats_line, stored_stats_line
 from app.memory import SessionStoreError
 from router.decision import ROUTES
@@ -255,20 +255,33 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
     @explained
     def follow_reply(visitor, on_screen, matching):
         """A tick of that timer: the chat as saved; once its reply has ended, its figures, the list and the
-        panel too, and the timer stops."""
+        panel too, and the timer stops. This page's own reply whose save failed (`unsaved`, tried again for
+        SAVE_RETRY_S) is left as the page shows it until it is saved, then drawn as saved, its notice gone
+        (QA 32 #2: "could not be saved" stayed after a later try had saved it)."""
         chat = on_screen["chat"]
         stored = watched(chat, visitor, on_screen)
+        unsaved_chat, until = on_screen.get("unsaved") or (None, 0.0)
         if not stored:  # another chat, none, deleted meanwhile, or this page's own reply now
-            return (*(gr.skip(),) * 7, gr.Timer(active=False))
+            return (*(gr.skip(),) * 7, gr.Timer(active=False), gr.skip())
+        if unsaved_chat == chat and streaming(stored):  # what is stored of it is behind what the page shows
+            if time.monotonic() < until:
+                return (gr.skip(),) * 9
+            on_screen["unsaved"] = None  # never saved: left as the page shows it
+            return (*(gr.skip(),) * 7, gr.Timer(active=False), gr.skip())
         if streaming(stored):
-            drawn = (chat_view(chat, visitor, stored), *(gr.skip(),) * 7)
+            drawn = (chat_view(chat, visitor, stored), *(gr.skip(),) * 8)
         else:
             drawn = (chat_view(chat, visitor, stored), *figures_and_panel(service, chat, owner_of(visitor)),
-                     session_choices(visitor, chat, matching), gr.Timer(active=False))
+                     session_choices(visitor, chat, matching), gr.Timer(active=False),
+                     "" if unsaved_chat == chat else gr.skip())
         # Asked again last (QA 10): New chat, Delete or another chat may have been clicked while this was drawn
         # (the panel takes a while), and their answer is on the page before this one; an answer started after
         # this check comes after it. The timer is then the one they leave, which the next tick stops.
-        return drawn if on_screen["chat"] == chat and on_screen.get("sending") != chat else (gr.skip(),) * 8
+        if on_screen["chat"] != chat or on_screen.get("sending") == chat:
+            return (gr.skip(),) * 9
+        if unsaved_chat == chat:
+            on_screen["unsaved"] = None
+        return drawn
 
     @explained
     def on_load(visitor, session_id, on_screen, route, use_draft):
@@ -370,9 +383,12 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
 
     @explained
     def after_reply(visitor, matching, on_screen):
-        """The list and the panel for the chat on screen: the page may have opened another meanwhile."""
+        """The list and the panel for the chat on screen: the page may have opened another meanwhile; and for a reply
+        of its own not saved yet, the timer that draws it once it is (follow_reply)."""
         chat = on_screen["chat"]
-        return session_choices(visitor, chat, matching), *panel_views(service, chat, owner_of(visitor))
+        waits = (on_screen.get("unsaved") or (None,))[0] == chat
+        return (session_choices(visitor, chat, matching), *panel_views(service, chat, owner_of(visitor)),
+                gr.Timer(active=True) if waits else gr.skip())  # (on even if saved already: it draws it so)
 
     def send(message, session_id, route, use_draft, visitor, on_screen, matching, press, chosen=None):
         """Streams the reply into the page while the page shows its chat. Opened elsewhere (another chat,
@@ -466,6 +482,8 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                     # and the list, now that the message is stored: this chat moves to the top here, as the
                     # person sends, not under their pointer as the reply ends (a click then opened another)
                     listed, path_drawn = session_choices(visitor, session_id, matching), True
+                if update.done and not update.saved:  # drawn as saved once a later try saves it (follow_reply)
+                    on_screen["unsaved"] = (session_id, time.monotonic() + SAVE_RETRY_S + 5)
                 said = " ".join(filter(None, [moved, update.notice]))
                 # failed before a word: back in the box too, to send again (QA 15)
                 unanswered = press if update.done and update.status == "error" and not update.text else gr.skip()
@@ -641,7 +659,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         # of what was typed after it. send_after_reply.js sends such a message once the reply has ended.
         sent = gr.on([box.submit, send_button.click], send, inputs, outputs, api_visibility="private",
                      concurrency_id=ENGINE_QUEUE, js=sent_as)
-        sent.then(after_reply, [visitor, search, on_screen], [sessions, *views], api_visibility="private")
+        sent.then(after_reply, [visitor, search, on_screen], [sessions, *views, follow], api_visibility="private")
         began.change(None, began, None, js="(n) => { window.cogumiBegan(n); return []; }")
         unsent.change(None, unsent, None, js="(n) => { window.cogumiUnsent(n); return []; }")
         # Not Gradio's cancels=: the stopped reply ends its own stream. A cancel missed a reply that had only
@@ -679,7 +697,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
                        js="(chat, visitor, on_screen, search) => { window.cogumiNewChat = false; window.cogumiShowChat?.(); "
                           "return [chat, visitor, on_screen, search, window.cogumiSends ?? 0]; }").then(
             *list_chats, api_visibility="private")
-        follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow],
+        follow.tick(follow_reply, [visitor, on_screen, search], [chatbot, stats, *views, sessions, follow, notice],
                     api_visibility="private", show_progress="hidden")  # no spinner over the chat twice a second
         chatbot.like(on_like, [session_id, visitor, on_screen, search], [session_id, chatbot, notice, stats, sessions,
                                                                        *views], api_visibility="private")

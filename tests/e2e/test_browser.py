@@ -848,13 +848,14 @@ CHAT_SCROLL = """() => { const box = document.querySelector('#chat .bubble-wrap'
 
 
 @contextmanager
-def paced_app(engine, tmp_path: Path, monkeypatch, pace_s: float = 0.04):
+def paced_app(engine, tmp_path: Path, monkeypatch, pace_s: float = 0.04, lock_wait_s: float = 10.0):
     """The app in-process on the demo engine, each streamed update of a reply held pace_s: a real model's
     reply streams for many seconds, the demo's in a fraction of one. Yields its ChatService and a page."""
     from app.chat import ChatService, ChatSettings
     from app.memory import Memory
 
-    service = ChatService(engine, Memory(tmp_path / "sessions.db"), ChatSettings(temperature=0, max_tokens=200, seed=0))
+    service = ChatService(engine, Memory(tmp_path / "sessions.db", timeout=lock_wait_s),
+                          ChatSettings(temperature=0, max_tokens=200, seed=0))
     respond = service.respond
 
     def paced(*args, **kwargs):
@@ -1098,6 +1099,32 @@ def test_a_like_or_delete_that_waits_for_another_programs_lock_says_so(engine, t
         else:
             page.wait_for_timeout(1500)
             assert service.sessions() == []
+
+
+def test_a_reply_saved_on_a_later_try_is_drawn_as_saved(engine, tmp_path, monkeypatch):
+    """QA 32 #2: "This reply could not be saved … tries again" stayed on the page after a later try had saved it
+    (and the panel's table kept "—" for the reply's figures) until the chat was opened again."""
+    with paced_app(engine, tmp_path, monkeypatch, pace_s=0, lock_wait_s=1.0) as (service, page):
+        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
+        generate, released = service.engine.generate, []
+
+        def locked_from_the_first_token(*args, **kwargs):
+            for n, item in enumerate(generate(*args, **kwargs)):
+                if n == 0:
+                    holder.execute("begin exclusive")
+                    released.append(threading.Timer(4.0, lambda: (holder.execute("rollback"), holder.close())))
+                    released[0].start()
+                yield item
+        monkeypatch.setattr(service.engine, "generate", locked_from_the_first_token)
+        page.locator("#message textarea").fill("tell me a story")
+        page.locator("#message textarea").press("Enter")
+        notice = page.locator("#notice")
+        expect(notice).to_contain_text("This reply could not be saved", timeout=10_000)
+        released[0].join()
+        expect(notice).not_to_contain_text("could not be saved", timeout=10_000)
+        expect(page.locator("#chat .message-row.bot-row").last).not_to_contain_text("could not be saved")
+        (chat,) = service.sessions()
+        assert service.transcript(chat["id"])[-1]["status"] == "complete"
 
 
 def test_a_first_message_that_could_not_be_stored_leaves_no_empty_chat(engine, tmp_path, monkeypatch):
