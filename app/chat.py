@@ -57,8 +57,8 @@ class ReplyUpdate:
 
 AUTO = "auto"           # the override value that leaves the choice to the router
 LOCKED = "another program holds a lock on it (a database tool, a backup)"
-WAITING_FOR_LOCK = (f"Waiting for sessions.db: {LOCKED}. Your message is sent as soon as it lets go, or comes back to "
-                    f"the box after {LOCK_WAIT_S:.0f} s.")
+WAITING_FOR_LOCK = f"Waiting for sessions.db: {LOCKED}."
+MESSAGE_WAITS = f"Your message is sent as soon as it lets go, or comes back to the box after {LOCK_WAIT_S:.0f} s."
 WAITING_TO_SAVE = f"Saving this reply waits for sessions.db: {LOCKED}."
 RECENT_TURNS = 5        # how many of the session's last turns the router reads
 
@@ -113,8 +113,8 @@ class ChatService:
         if not self.memory.locked_elsewhere():
             return None
         if done is None:
-            return WAITING_FOR_LOCK
-        return f"Waiting for sessions.db: {LOCKED}. {done} as soon as it lets go, within {LOCK_WAIT_S:.0f} s, or not at all."
+            return f"{WAITING_FOR_LOCK} {MESSAGE_WAITS}"
+        return f"{WAITING_FOR_LOCK} {done} as soon as it lets go, within {LOCK_WAIT_S:.0f} s, or not at all."
 
     def sessions(self, owner: str | None = None, matching: str | None = None, limit: int = 50,
                  used_only: bool = False) -> list[dict]:
@@ -202,8 +202,8 @@ class ChatService:
         override = (override or AUTO).strip().lower()
         stopping, made = threading.Event(), False
         try:
-            if self.memory.locked_elsewhere():  # the writes below wait for it: say so (QA 28)
-                yield ReplyUpdate(session_id or "", status="waiting", notice=WAITING_FOR_LOCK)
+            if waiting := self.waiting_for_lock():  # the writes below wait for it: say so (QA 28)
+                yield ReplyUpdate(session_id or "", status="waiting", notice=waiting)
             if not self.owns(session_id, owner):  # none yet, or not this visitor's: a new one
                 session_id, made = self.memory.new_session(owner=owner), True
             # A reply still going on in this chat (a reloaded page's, carried on; another tab's): this message

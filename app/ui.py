@@ -532,7 +532,7 @@ def build_ui(service: ChatService, banner: str | None = None, model_label: str =
         if not service.owns(session_id, owner):  # the page moves on, as a Delete of it does (QA: the thumb
             gr.Warning("This chat was deleted, in another tab or window: its 👍/👎 cannot be kept.")  # stayed lit)
             return empty_chat(visitor, on_screen, session_choices(visitor, None, matching))
-        if waiting := service.waiting_for_lock("Your 👍/👎 is saved"):  # (QA 32 #5: 10 s under Gradio's timer alone)
+        if waiting := service.waiting_for_lock("Your 👍/👎 is saved"):  # (QA 32 #5: 10 s, Gradio's timer alone)
             gr.Info(waiting)
         try:
             service.give_feedback(session_id, like.index if isinstance(like.index, int) else like.index[0], liked, owner)

@@ -40,7 +40,7 @@ import gguf
 import pytest
 import zstandard
 
-from app.chat import WAITING_FOR_LOCK, WAITING_TO_SAVE, ChatService, ChatSettings
+from app.chat import MESSAGE_WAITS, WAITING_FOR_LOCK, WAITING_TO_SAVE, ChatService, ChatSettings
 from app.memory import Memory, SessionStoreError
 from models.demo import DemoSpec, compress, sha256_file, write_lora, write_model
 from models.errors import ModelFileError
@@ -449,7 +449,7 @@ def test_a_message_sent_while_sessions_db_is_locked_is_not_sent_and_the_chat_goe
         *waited, refused = chat.respond(first.session_id, "a second message")
         *_, new_chat = chat.respond(None, "a new chat")
     # what it waits for is said as it waits (QA 28)
-    assert [(u.status, u.notice) for u in waited] == [("waiting", WAITING_FOR_LOCK)]
+    assert [(u.status, u.notice) for u in waited] == [("waiting", f"{WAITING_FOR_LOCK} {MESSAGE_WAITS}")]
     for update in (refused, new_chat):
         assert update.done and update.status == "ignored"
         assert "was not sent" in update.notice and str(db_path) in update.notice and "locked" in update.notice
