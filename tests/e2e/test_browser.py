@@ -946,10 +946,7 @@ def test_a_table_dropped_while_the_app_runs_is_named_and_the_message_goes_back_i
     list and panel, which cannot be read either, stay as they were drawn, under a notice of the same reason."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
         box = page.locator("#message textarea")
-        box.fill("before the drop")
-        box.press("Enter")
-        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=30_000)
-        assert service.wait_for_replies(30) == 0
+        answered(page, service, "before the drop")
         with sqlite3.connect(tmp_path / "sessions.db") as other:
             other.execute("drop table feedback")
         box.fill("after the drop")
@@ -967,6 +964,14 @@ def test_a_table_dropped_while_the_app_runs_is_named_and_the_message_goes_back_i
         assert [m["content"] for m in service.memory.messages(chat["id"])][-1] != "after the drop"
 
 
+def answered(page, service, text: str) -> None:
+    """Send text from the page's box (the chat's first message), and wait until its reply has ended and is saved."""
+    page.locator("#message textarea").fill(text)
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=30_000)
+    assert service.wait_for_replies(30) == 0
+
+
 def error_badges(page) -> list[str]:
     """The ids of the blocks Gradio marks "Error" (an exception in a callback that draws them)."""
     return page.evaluate("() => [...document.querySelectorAll('*')].filter(e => !e.childElementCount && "
@@ -979,10 +984,7 @@ def test_after_a_failed_load_or_new_chat_the_page_acts_on_the_chat_it_shows(engi
     Delete) that failed, the next message began a new chat, while the page still showed the old one."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
         box, users = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
-        box.fill("the chat on screen")
-        box.press("Enter")
-        expect(users).to_have_text(["the chat on screen"], timeout=30_000)
-        assert service.wait_for_replies(30) == 0
+        answered(page, service, "the chat on screen")
         (chat,) = [c["id"] for c in service.sessions()]
         db = sqlite3.connect(tmp_path / "sessions.db")
 
@@ -1014,6 +1016,28 @@ def test_after_a_failed_load_or_new_chat_the_page_acts_on_the_chat_it_shows(engi
         expect(users).to_have_text(["the chat on screen", "a second message"])
 
 
+def lock_for(db_path: Path, hold_s: float) -> threading.Timer:
+    """Another program takes sessions.db's write lock now and lets it go after hold_s: join the timer returned."""
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("begin exclusive")
+    releaser = threading.Timer(hold_s, lambda: (holder.execute("rollback"), holder.close()))
+    releaser.start()
+    return releaser
+
+
+def lock_at_the_first_token(service, monkeypatch, hold_s: float) -> list[threading.Timer]:
+    """Another program's lock (lock_for) taken as the next reply's first token comes: its timer joins the list."""
+    generate, released = service.engine.generate, []
+
+    def locked_from_the_first_token(*args, **kwargs):
+        for n, item in enumerate(generate(*args, **kwargs)):
+            if n == 0:
+                released.append(lock_for(Path(service.memory.path), hold_s))
+            yield item
+    monkeypatch.setattr(service.engine, "generate", locked_from_the_first_token)
+    return released
+
+
 @pytest.mark.parametrize("where", ["a new chat", "the chat on screen"])
 def test_a_message_that_waits_for_another_programs_lock_says_so_while_it_waits(engine, tmp_path, monkeypatch, where):
     """QA 28: a message sent while another program held sessions.db's lock waited up to 10 s for it with not a word
@@ -1025,10 +1049,7 @@ def test_a_message_that_waits_for_another_programs_lock_says_so_while_it_waits(e
             box.press("Enter")
             expect(users).to_have_text(["the chat on screen"], timeout=30_000)
             assert service.wait_for_replies(30) == 0
-        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
-        holder.execute("begin exclusive")
-        releaser = threading.Timer(4.0, lambda: (holder.execute("rollback"), holder.close()))
-        releaser.start()
+        releaser = lock_for(tmp_path / "sessions.db", 4.0)
         box.fill("sent under a lock")
         box.press("Enter")
         notice = page.locator("#notice")
@@ -1046,17 +1067,7 @@ def test_a_reply_whose_save_waits_for_another_programs_lock_is_shown_whole_and_s
     """QA 32 #1: a reply that ended while another program held sessions.db's lock stopped short of its last words
     for as long as the lock lasted, with no word why: its save at the end waited before the page had them."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
-        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
-        generate, released = service.engine.generate, []
-
-        def locked_from_the_first_token(*args, **kwargs):
-            for n, item in enumerate(generate(*args, **kwargs)):
-                if n == 0:
-                    holder.execute("begin exclusive")
-                    released.append(threading.Timer(5.0, lambda: (holder.execute("rollback"), holder.close())))
-                    released[0].start()
-                yield item
-        monkeypatch.setattr(service.engine, "generate", locked_from_the_first_token)
+        released = lock_at_the_first_token(service, monkeypatch, 5.0)
         page.locator("#message textarea").fill("tell me a story")
         page.locator("#message textarea").press("Enter")
         expect(page.locator("#notice")).to_contain_text("Saving this reply waits for sessions.db", timeout=4_000)
@@ -1075,15 +1086,8 @@ def test_a_reply_whose_save_waits_for_another_programs_lock_is_shown_whole_and_s
 def test_a_like_or_delete_that_waits_for_another_programs_lock_says_so(engine, tmp_path, monkeypatch, action):
     """QA 32 #5: a 👍 or a Delete under another program's lock waited up to 10 s with only Gradio's timer."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
-        box = page.locator("#message textarea")
-        box.fill("a chat to act on")
-        box.press("Enter")
-        expect(page.locator("#chat .message-row.bot-row")).to_have_count(1, timeout=30_000)
-        assert service.wait_for_replies(30) == 0
-        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
-        holder.execute("begin exclusive")
-        releaser = threading.Timer(4.0, lambda: (holder.execute("rollback"), holder.close()))
-        releaser.start()
+        answered(page, service, "a chat to act on")
+        releaser = lock_for(tmp_path / "sessions.db", 4.0)
         if action == "👍":
             page.locator('#chat button[aria-label="Like"]').first.click()
         else:
@@ -1105,17 +1109,7 @@ def test_a_reply_saved_on_a_later_try_is_drawn_as_saved(engine, tmp_path, monkey
     """QA 32 #2: "This reply could not be saved … tries again" stayed on the page after a later try had saved it
     (and the panel's table kept "—" for the reply's figures) until the chat was opened again."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0, lock_wait_s=1.0) as (service, page):
-        holder = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None, check_same_thread=False)
-        generate, released = service.engine.generate, []
-
-        def locked_from_the_first_token(*args, **kwargs):
-            for n, item in enumerate(generate(*args, **kwargs)):
-                if n == 0:
-                    holder.execute("begin exclusive")
-                    released.append(threading.Timer(4.0, lambda: (holder.execute("rollback"), holder.close())))
-                    released[0].start()
-                yield item
-        monkeypatch.setattr(service.engine, "generate", locked_from_the_first_token)
+        released = lock_at_the_first_token(service, monkeypatch, 4.0)
         page.locator("#message textarea").fill("tell me a story")
         page.locator("#message textarea").press("Enter")
         notice = page.locator("#notice")
@@ -1132,10 +1126,7 @@ def test_a_first_message_that_could_not_be_stored_leaves_no_empty_chat(engine, t
     chat was left behind, empty: listed and opened as "New chat" after a reload."""
     with paced_app(engine, tmp_path, monkeypatch, pace_s=0) as (service, page):
         box, users = page.locator("#message textarea"), page.locator("#chat .message-row.user-row")
-        box.fill("the one chat")
-        box.press("Enter")
-        expect(users).to_have_text(["the one chat"], timeout=30_000)
-        assert service.wait_for_replies(30) == 0
+        answered(page, service, "the one chat")
         page.click("#new-chat")
         expect(users).to_have_count(0)
         db = sqlite3.connect(tmp_path / "sessions.db")
