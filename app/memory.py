@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import unicodedata
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -290,11 +290,8 @@ class Memory:
             self.db.conn.execute("COMMIT")
 
     @contextmanager
-    def _not_waiting(self, wait: bool = False) -> Iterator[None]:
-        """Within it (unless `wait`), another program's lock fails a statement at once instead of after `timeout`."""
-        if wait:
-            yield
-            return
+    def _not_waiting(self) -> Iterator[None]:
+        """Within it, another program's lock fails a statement at once instead of after `timeout`."""
         with self._lock:
             self.db.execute("pragma busy_timeout = 0")
             try:
@@ -439,7 +436,7 @@ class Memory:
         updates = {k: v for k, v in {"content": content, "status": status, "error": error}.items() if v is not None}
         if stats is not None:
             updates["stats"] = json.dumps(stats)
-        with self._guard(), self._not_waiting(wait):
+        with self._guard(), nullcontext() if wait else self._not_waiting():
             self._ours("messages").update(message_id, updates)
 
     def messages(self, session_id: str) -> list[dict]:
